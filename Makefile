@@ -1,0 +1,48 @@
+# segbench — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+SEGBENCH := $(BIN)/segbench
+SEEDS ?= 0 1 2
+# Scale of the ablation sweeps: `cpu` (minutes on a laptop) or `paper` (GPU, paper-size models).
+SCALE ?= cpu
+export PYTHONUNBUFFERED := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo test test-slow lint format clean
+
+help:  ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-26s\033[0m %s\n", $$1, $$2}'
+	@echo "  variables: SEEDS='$(SEEDS)' SCALE=$(SCALE) (cpu|paper) VENV=$(VENV)"
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed  ## create .venv and install segbench with its dev tools
+
+demo: venv  ## train FCN-8s on the embedded synthetic scenes (CPU, ~5 min) and print the results
+	$(SEGBENCH) fit --config experiments/quickstart.yaml --run.overwrite true
+
+test: venv  ## lint, format check and the test suite (no slow tests)
+	$(BIN)/ruff check segbench tests
+	$(BIN)/ruff format --check segbench tests
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+test-slow: venv  ## the slow tests: real data (SEGBENCH_CAMVID), training to a target
+	$(BIN)/python -m pytest -q -m slow
+
+lint: venv  ## ruff lint and format check
+	$(BIN)/ruff check segbench tests
+	$(BIN)/ruff format --check segbench tests
+
+format: venv  ## ruff format + fix
+	$(BIN)/ruff format segbench tests
+	$(BIN)/ruff check --fix segbench tests
+
+clean:  ## remove caches (keeps .venv and runs/)
+	rm -rf .pytest_cache .ruff_cache **/__pycache__

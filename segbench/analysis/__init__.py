@@ -1,0 +1,1 @@
+"""Training-free tools: model summary, run reports and sweeps (more with each paper)."""

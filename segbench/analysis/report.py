@@ -1,0 +1,299 @@
+"""``segbench report RUNS... [--out PREFIX] [--metrics ...] [--paper FILE]``: runs side by side.
+
+Reads the ``metrics.json`` of each run (a run directory, a directory of runs, or a glob) and
+prints a markdown table: one row per configuration, the config keys that differ between runs as
+columns, then the metrics. Runs whose configs differ only by the seed form one row with
+``mean ± std`` (sample standard deviation) and the number of seeds ``n``. ``--out PREFIX`` also
+writes ``PREFIX.md``, ``PREFIX.csv`` (means, stds and n in separate columns) and ``PREFIX.png``
+(a bar chart of the first metric with ±std error bars).
+
+Validation metrics are those of the best epoch (by val/mIoU), test metrics those of the best
+checkpoint. ``--paper FILE.yaml`` adds the published numbers next to ours::
+
+    source: FCN, CVPR 2015, table 2 (VOC2011 val)
+    key: model.net.init_args.variant        # the config key that identifies a row
+    rows:
+      32s: {mIoU: 59.4, pixel_acc: 89.1}
+      8s: {mIoU: 62.7, pixel_acc: 90.3}
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import re
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segbench.callbacks import METRICS_FILE
+
+#: Config keys that never distinguish variants (names, paths, bookkeeping).
+IGNORED_KEYS = re.compile(
+    r"^(config|ckpt_path|seed_everything|run\.(name|tags|root|overwrite|test_after_fit|wandb)"
+    r"|trainer\.(logger|callbacks|enable_progress_bar|default_root_dir)|data\.init_args\.root"
+    r"|data\.init_args\.num_workers)$"
+)
+DEFAULT_METRICS = ("val/mIoU", "test/mIoU", "test/pixel_acc", "test/mean_acc", "test/fwIoU")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, float | None]
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("run.name", self.path.parent.name))
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed_everything")
+
+
+@dataclass
+class Row:
+    """Runs that share a configuration (up to the seed)."""
+
+    label: str
+    config: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, metric: str) -> list[float]:
+        return [
+            v for r in self.runs if (v := r.metrics.get(metric)) is not None and not math.isnan(v)
+        ]
+
+    def mean_std(self, metric: str) -> tuple[float | None, float | None, int]:
+        vals = self.values(metric)
+        if not vals:
+            return None, None, 0
+        std = statistics.stdev(vals) if len(vals) > 1 else None
+        return statistics.fmean(vals), std, len(vals)
+
+
+def find_runs(paths: Iterable[str]) -> list[Path]:
+    """The ``metrics.json`` files under the given runs, directories or globs, in order."""
+    found: list[Path] = []
+    for pattern in paths:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        for m in map(Path, matches):
+            if m.is_file() and m.name == METRICS_FILE:
+                found.append(m)
+            elif (m / METRICS_FILE).is_file():
+                found.append(m / METRICS_FILE)
+            elif m.is_dir():
+                found.extend(sorted(m.rglob(METRICS_FILE)))
+    seen: set[Path] = set()
+    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def load_run(path: Path) -> Run:
+    data = json.loads(path.read_text())
+    metrics: dict[str, float | None] = {}
+    metrics.update(
+        {
+            k: v
+            for k, v in (data.get("best_val") or data.get("val") or {}).items()
+            if k.startswith("val/")
+        }
+    )
+    metrics.update(data.get("test") or {})
+    params = data.get("params") or {}
+    if "total" in params:
+        metrics["params"] = float(params["total"])
+    timing = data.get("timing") or {}
+    for k in ("train_images_per_s", "fit_seconds"):
+        if k in timing:
+            metrics[k] = float(timing[k])
+    return Run(path.parent, data.get("config") or {}, metrics)
+
+
+def group_runs(runs: Sequence[Run]) -> tuple[list[Row], list[str]]:
+    """Group runs by configuration; return the rows and the config keys that differ."""
+    keys = sorted({k for r in runs for k in r.config if not IGNORED_KEYS.match(k)})
+    differing = [
+        k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1
+    ]
+    rows: dict[str, Row] = {}
+    for r in runs:
+        cfg = {k: r.config.get(k) for k in differing}
+        sig = json.dumps(cfg, sort_keys=True, default=str)
+        if sig not in rows:
+            rows[sig] = Row(re.sub(r"-s\d+$", "", r.name), cfg)
+        rows[sig].runs.append(r)
+    return list(rows.values()), differing
+
+
+def _short(key: str) -> str:
+    return key.replace(".init_args.", ".").removeprefix("model.net.").removeprefix("model.")
+
+
+def _fmt(mean: float | None, std: float | None, n: int, scale: float) -> str:
+    if mean is None:
+        return "–"
+    if n > 1 and std is not None:
+        return f"{mean * scale:.2f} ± {std * scale:.2f}"
+    return f"{mean * scale:.2f}"
+
+
+def _scale(metric: str) -> float:
+    """Ratios are shown in percent, like the papers; counts and seconds as they are."""
+    return 100.0 if re.search(r"(IoU|acc)", metric) else 1.0
+
+
+def load_paper(path: str | None) -> dict[str, Any] | None:
+    if not path:
+        return None
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict) or "key" not in data or "rows" not in data:
+        raise ValueError(
+            f"{path}: expected a mapping with 'key' and 'rows' (see segbench report --help)"
+        )
+    return data
+
+
+def build_table(
+    rows: Sequence[Row],
+    differing: Sequence[str],
+    metrics: Sequence[str],
+    paper: dict[str, Any] | None = None,
+) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the markdown table."""
+    paper_metrics = sorted({m for r in (paper or {}).get("rows", {}).values() for m in r})
+    header = [
+        "run",
+        *(_short(k) for k in differing),
+        "n",
+        *(f"{m} (%)" if _scale(m) == 100 else m for m in metrics),
+        *(f"paper {m}" for m in paper_metrics),
+    ]
+    cells = []
+    for row in rows:
+        n = len(row.runs)
+        line = [row.label, *(str(row.config.get(k)) for k in differing), str(n)]
+        line += [_fmt(*row.mean_std(m), _scale(m)) for m in metrics]
+        if paper:
+            value = row.runs[0].config.get(paper["key"])
+            ref = paper["rows"].get(value) or paper["rows"].get(str(value)) or {}
+            line += [str(ref.get(m, "–")) for m in paper_metrics]
+        cells.append(line)
+    return header, cells
+
+
+def markdown(header: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(
+    path: Path, rows: Sequence[Row], differing: Sequence[str], metrics: Sequence[str]
+) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["run", *differing, "n", *(f"{m}{s}" for m in metrics for s in ("_mean", "_std", "_n"))]
+        )
+        for row in rows:
+            vals = []
+            for m in metrics:
+                mean, std, n = row.mean_std(m)
+                vals += [mean, std, n]
+            w.writerow(
+                [
+                    row.label,
+                    *(row.config.get(k) for k in differing),
+                    len(row.runs),
+                    *("" if v is None else v for v in vals),
+                ]
+            )
+
+
+def plot(path: Path, rows: Sequence[Row], metric: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scale = _scale(metric)
+    stats = [row.mean_std(metric) for row in rows]
+    means = [(m or 0.0) * scale for m, _, _ in stats]
+    errs = [(s or 0.0) * scale for _, s, _ in stats]
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.5))
+    y = range(len(rows))
+    ax.barh(list(y), means, xerr=errs, capsize=3, color="#4c72b0")
+    ax.set_yticks(list(y), [r.label for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} (%)" if scale == 100 else metric)
+    ax.set_title(title)
+    lo = min(m - e for m, e in zip(means, errs, strict=True)) if means else 0
+    ax.set_xlim(left=max(0.0, lo - 5 * scale / 100))
+    for i, (m, (_, _, n)) in enumerate(zip(means, stats, strict=True)):
+        ax.text(m, i, f" {m:.1f} (n={n})", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(
+    paths: Sequence[str],
+    *,
+    metrics: Sequence[str] | None = None,
+    out: str | None = None,
+    paper: str | None = None,
+    title: str | None = None,
+) -> str:
+    """Build the report; write the files if ``out`` is given; return the markdown."""
+    files = find_runs(paths)
+    if not files:
+        raise FileNotFoundError(f"no {METRICS_FILE} under {list(paths)}")
+    runs = [load_run(f) for f in files]
+    rows, differing = group_runs(runs)
+    available = {m for r in runs for m in r.metrics}
+    metrics = list(metrics) if metrics else [m for m in DEFAULT_METRICS if m in available]
+    ref = load_paper(paper)
+    header, cells = build_table(rows, differing, metrics, ref)
+    text = markdown(header, cells)
+    if ref and ref.get("source"):
+        text += f"\nPaper numbers: {ref['source']}.\n"
+    if out:
+        prefix = Path(out)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        heading = f"# {title}\n\n" if title else ""
+        prefix.with_suffix(".md").write_text(heading + text)
+        write_csv(prefix.with_suffix(".csv"), rows, differing, metrics)
+        if metrics:
+            plot(prefix.with_suffix(".png"), rows, metrics[0], title or prefix.name)
+    return text
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="segbench report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("runs", nargs="+", help="run directories, parents of runs, or globs")
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        help=f"columns (default: {' '.join(DEFAULT_METRICS)}"
+        "); any logged key, e.g. test/IoU/boat, params, train_images_per_s",
+    )
+    parser.add_argument("--out", help="write PREFIX.md, PREFIX.csv and PREFIX.png")
+    parser.add_argument("--paper", help="YAML file of published numbers to show alongside")
+    parser.add_argument("--title", help="title of the written report and plot")
+    args = parser.parse_args(argv)
+    sys.stdout.write(
+        report(args.runs, metrics=args.metrics, out=args.out, paper=args.paper, title=args.title)
+    )

@@ -1,0 +1,88 @@
+"""``segbench summary --config FILE.yaml [overrides] [--input_size H W]``.
+
+The configured network's parameter count (total and trainable), output stride and FLOPs at an
+input size, without loading any data or weights: the network is built on the meta device and the
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``, which counts a multiply-add as
+2 FLOPs. Many papers (and fvcore) quote multiply-adds as "FLOPs", so both are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from segbench.cli import build
+
+
+@dataclass
+class ModelSummary:
+    name: str
+    params: int
+    trainable: int
+    output_stride: int | None
+    input_size: tuple[int, int]
+    flops: int
+
+    def markdown(self) -> str:
+        rows = [
+            ("model", self.name),
+            ("parameters", f"{self.params:,} ({self.params / 1e6:.2f} M)"),
+            ("trainable", f"{self.trainable:,} ({self.trainable / 1e6:.2f} M)"),
+            ("output stride", str(self.output_stride)),
+            ("input", f"{self.input_size[0]} x {self.input_size[1]}"),
+            ("GFLOPs", f"{self.flops / 1e9:.2f} (= {self.flops / 2e9:.2f} G multiply-adds)"),
+        ]
+        return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]) + "\n"
+
+
+def count_flops(net: nn.Module, input_size: tuple[int, int], device: str = "meta") -> int:
+    """FLOPs of one forward pass of a ``1 x 3 x H x W`` input (in eval mode)."""
+    was_training = net.training
+    net.eval()
+    x = torch.zeros(1, 3, *input_size, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x)
+    net.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def summarise(net: nn.Module, input_size: tuple[int, int]) -> ModelSummary:
+    params = sum(p.numel() for p in net.parameters())
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    device = next(net.parameters()).device.type
+    return ModelSummary(
+        name=type(net).__name__,
+        params=params,
+        trainable=trainable,
+        output_stride=getattr(net, "output_stride", None),
+        input_size=input_size,
+        flops=count_flops(net, input_size, device=device),
+    )
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="segbench summary",
+        description="Parameters, output stride and FLOPs of the network a config builds. Other "
+        "arguments are those of `segbench fit` (--config, --model.net.init_args.*).",
+    )
+    parser.add_argument(
+        "--input_size",
+        type=int,
+        nargs=2,
+        default=(512, 512),
+        metavar=("H", "W"),
+        help="input height and width (default 512 512)",
+    )
+    known, rest = parser.parse_known_args(argv)
+    if not rest:
+        parser.error("give a config: --config FILE.yaml")
+    with torch.device("meta"):
+        task, _, _ = build(rest)
+    summary = summarise(task.net, tuple(known.input_size))
+    sys.stdout.write(summary.markdown())

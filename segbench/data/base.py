@@ -1,0 +1,162 @@
+"""The base DataModule: class names, palette and void label in one place; loaders; DDP-exact eval.
+
+A data set declares its classes once (``class_names``, ``ignore_index``); the CLI links them into
+the task and the network, so nothing else repeats them. Every data module yields batches
+``{"image": float N x 3 x H x W (normalised), "mask": int64 N x H x W, "name": list[str]}``.
+
+Exact metrics under DDP: for training Lightning wraps the data in a ``DistributedSampler``, which
+pads the split with repeated samples so every process gets the same number. For validation and
+test that would count some images twice, so the evaluation loaders here carry Lightning's
+``UnrepeatedDistributedSampler`` themselves (Lightning leaves a loader that already has a
+distributed sampler alone): each image is seen by exactly one process, processes may differ by
+one batch, and the metric states are summed across processes by torchmetrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import lightning as L
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset
+
+from segbench.data.transforms import Augment, eval_transform, train_transform
+
+Split = Literal["train", "val", "test"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_palette(n: int) -> list[tuple[int, int, int]]:
+    """The PASCAL VOC colour map (bit-interleaved), for data sets without a palette of their own."""
+    palette = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Base class: subclasses set the class list and implement :meth:`build_dataset`.
+
+    Args:
+        batch_size: training batch size per process.
+        val_batch_size: evaluation batch size per process (default: ``batch_size``).
+        num_workers: loader worker processes per split (0: load in the main process).
+        augment: training augmentation (``None``: none, only normalisation).
+    """
+
+    #: Names of the K classes, in label order.
+    class_names: tuple[str, ...] = ()
+    #: RGB colour per class, for overlays and palette PNGs.
+    palette: tuple[tuple[int, int, int], ...] = ()
+    #: Label of void pixels in the masks this module yields.
+    ignore_index: int = 255
+    #: Normalisation of the RGB images (0..1 scale).
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        augment: Augment | None = None,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        #: Every split is resized by this factor first (a subclass's ``scale`` argument).
+        self.scale = 1.0
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def colours(self) -> list[tuple[int, int, int]]:
+        """The palette, completed with the VOC colour map if the data set has none."""
+        return (
+            list(self.palette)
+            if len(self.palette) >= self.num_classes
+            else default_palette(self.num_classes)
+        )
+
+    def build_dataset(self, split: Split, transform: object) -> Dataset:
+        """Return the data set of ``split`` whose samples go through ``transform``."""
+        raise NotImplementedError
+
+    def _build(self, split: Split) -> None:
+        if split in self.datasets:
+            return
+        if split == "train" and self.augment is not None:
+            tf = train_transform(
+                self.augment,
+                mean=self.mean,
+                std=self.std,
+                ignore_index=self.ignore_index,
+                scale=self.scale,
+            )
+        else:
+            tf = eval_transform(mean=self.mean, std=self.std, scale=self.scale)
+        self.datasets[split] = self.build_dataset(split, tf)
+
+    def setup(self, stage: str) -> None:
+        splits: dict[str, tuple[Split, ...]] = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("test",),
+        }
+        for split in splits[stage]:
+            self._build(split)
+
+    def _loader(self, split: Split, *, train: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        sampler = None
+        trainer = self.trainer
+        if not train and trainer is not None and trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.val_batch_size,
+            shuffle=train,
+            sampler=sampler,
+            drop_last=train and len(dataset) >= self.batch_size,  # type: ignore[arg-type]
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=trainer is not None
+            and trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+
+def check_class_names(names: Sequence[str], num_classes: int, where: str) -> tuple[str, ...]:
+    """Validate user-given class names against the number of classes."""
+    if len(names) != num_classes:
+        raise ValueError(f"{where}: {len(names)} class names for num_classes={num_classes}")
+    return tuple(names)

@@ -1,0 +1,133 @@
+"""Image/mask pairs on disk, read and checked with errors that name the file at fault.
+
+Images and masks are read with Pillow (torchvision 0.29 deprecates its own decoders). Images are
+converted to RGB;
+single-channel and palette ("P") PNGs hold class indices directly (CamVid, VOC, Cityscapes
+trainIds); RGB masks are converted to indices through a colour palette. Raw mask values can be
+remapped with a look-up table (e.g. CamVid's void 11 -> 255, Cityscapes' labelIds -> trainIds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """Decode an image file to ``uint8 3 x H x W`` RGB."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {path}") from None
+    except OSError as err:  # PIL.UnidentifiedImageError is an OSError
+        raise OSError(f"cannot read image {path}: {err}") from err
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def read_mask(path: Path, palette: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """Read a label map as ``int64 H x W``.
+
+    ``palette`` (RGB per class) converts an RGB-coded mask to indices; a colour not in it is an
+    error naming the file and the colour.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            arr = np.asarray(im.convert("RGB") if mode in ("RGB", "RGBA") else im)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"mask not found: {path}") from None
+    except OSError as err:
+        raise OSError(f"cannot read mask {path}: {err}") from err
+    if arr.ndim == 2:
+        return arr.astype(np.int64)
+    if palette is None:
+        raise ValueError(
+            f"{path} is an {mode} mask: give the data module a palette (one RGB colour per class)"
+            " to convert it, or store class indices in a single-channel or palette PNG"
+        )
+    code = (arr[..., 0].astype(np.int64) << 16) | (arr[..., 1].astype(np.int64) << 8) | arr[..., 2]
+    keys = np.asarray([(r << 16) | (g << 8) | b for r, g, b in palette], np.int64)
+    order = np.argsort(keys)
+    pos = np.clip(np.searchsorted(keys[order], code), 0, len(keys) - 1)
+    found = keys[order][pos] == code
+    if not found.all():
+        bad = np.unique(code[~found])[:5]
+        colours = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in bad.tolist()]
+        raise ValueError(f"{path}: colours {colours} are not in the palette")
+    return order[pos]
+
+
+class ImageMaskPairs(Dataset):
+    """A list of ``(image, mask)`` files with checks on every sample.
+
+    Args:
+        pairs: the files, in order.
+        num_classes: K; mask values must lie in ``[0, K)`` or equal ``ignore_index``.
+        ignore_index: the void label after remapping.
+        transform: a joint v2 transform applied to ``{"image", "mask"}``.
+        label_map: raw mask value -> label, for values that change (e.g. ``{11: 255}``).
+        palette: RGB colour per class, to read RGB-coded masks.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, Path]],
+        *,
+        num_classes: int,
+        ignore_index: int,
+        transform: object,
+        label_map: dict[int, int] | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        self.pairs = list(pairs)
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.transform, self.palette = transform, palette
+        self.lut: np.ndarray | None = None
+        if label_map:
+            size = max(256, max(label_map) + 1)
+            self.lut = np.arange(size, dtype=np.int64)
+            for raw, label in label_map.items():
+                self.lut[raw] = label
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The checked ``(uint8 3 x H x W image, int64 H x W mask)`` of one pair."""
+        img_path, mask_path = self.pairs[index]
+        image = read_image(img_path)
+        mask = read_mask(mask_path, self.palette)
+        if tuple(image.shape[-2:]) != mask.shape:
+            raise ValueError(
+                f"{img_path} is {tuple(image.shape[-2:])} (H, W) but its mask "
+                f"{mask_path} is {mask.shape}"
+            )
+        if self.lut is not None:
+            if mask.max() >= len(self.lut):
+                raise ValueError(f"{mask_path}: value {mask.max()} beyond the label map")
+            mask = self.lut[mask]
+        bad = (mask >= self.num_classes) & (mask != self.ignore_index) | (mask < 0)
+        if bad.any():
+            values = np.unique(mask[bad])[:8].tolist()
+            raise ValueError(
+                f"{mask_path}: label values {values} are outside [0, "
+                f"{self.num_classes}) and are not ignore_index={self.ignore_index}"
+            )
+        return image, torch.from_numpy(mask)
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        image, mask = self.load(index)
+        sample = self.transform({"image": tv_tensors.Image(image), "mask": tv_tensors.Mask(mask)})
+        return {
+            "image": sample["image"].as_subclass(torch.Tensor),
+            "mask": sample["mask"].as_subclass(torch.Tensor),
+            "name": self.pairs[index][0].stem,
+        }

@@ -1,0 +1,104 @@
+"""Joint image/mask transforms on ``torchvision.transforms.v2``.
+
+Samples are dicts ``{"image": tv_tensors.Image (uint8, 3 x H x W), "mask": tv_tensors.Mask
+(int64, H x W), ...}``; v2 applies every geometric transform to both, resizing masks with nearest
+neighbour and padding them with ``ignore_index``. Only the photometric steps (dtype, normalise)
+touch the image alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+
+@dataclass
+class Augment:
+    """Training-time augmentation, applied jointly to image and mask.
+
+    Attributes:
+        scale_range: random rescaling factor, uniform in ``[low, high]`` (``[1, 1]``: off).
+            Images are resized bilinearly, masks with nearest neighbour.
+        crop_size: random crop ``[height, width]`` after rescaling (``None``: no crop). Smaller
+            images are padded, the mask with ``ignore_index``, so every batch has this size.
+        flip: random horizontal flip with probability 0.5.
+        rotation: random rotation in ``[-rotation, rotation]`` degrees (0: off); the mask's
+            uncovered corners become ``ignore_index``.
+    """
+
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    crop_size: tuple[int, int] | None = None
+    flip: bool = True
+    rotation: float = 0.0
+
+
+class RandomScale(v2.Transform):
+    """Resize by a factor drawn uniformly from ``scale_range`` (aspect ratio kept)."""
+
+    def __init__(self, scale_range: Sequence[float]) -> None:
+        super().__init__()
+        self.low, self.high = float(scale_range[0]), float(scale_range[1])
+        if not 0 < self.low <= self.high:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        s = self.low + (self.high - self.low) * float(torch.rand(()))
+        return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(TF.resize, inpt, size=params["size"], antialias=True)
+
+
+def _normalise(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
+    return [
+        v2.ToDtype(
+            {tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None},
+            scale=True,
+        ),
+        v2.Normalize(mean=list(mean), std=list(std)),
+    ]
+
+
+def _rescale(scale: float) -> list[v2.Transform]:
+    return [] if scale == 1.0 else [RandomScale((scale, scale))]
+
+
+def train_transform(
+    augment: Augment,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    ignore_index: int,
+    scale: float = 1.0,
+) -> v2.Compose:
+    """(Fixed rescale,) augmentation, then normalisation, for the training split."""
+    # Uncovered pixels: the mean colour in the image (0 after normalisation), void in the mask.
+    fill = {tv_tensors.Image: [round(255 * m) for m in mean], tv_tensors.Mask: ignore_index}
+    steps: list[v2.Transform] = _rescale(scale)
+    if tuple(augment.scale_range) != (1.0, 1.0):
+        steps.append(RandomScale(augment.scale_range))
+    if augment.rotation:
+        steps.append(
+            v2.RandomRotation(
+                augment.rotation, fill=fill, interpolation=v2.InterpolationMode.BILINEAR
+            )
+        )
+    if augment.crop_size is not None:
+        steps.append(v2.RandomCrop(list(augment.crop_size), pad_if_needed=True, fill=fill))
+    if augment.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps + _normalise(mean, std))
+
+
+def eval_transform(
+    *, mean: Sequence[float], std: Sequence[float], scale: float = 1.0
+) -> v2.Compose:
+    """(Fixed rescale, then) normalisation: evaluation sees whole images."""
+    return v2.Compose(_rescale(scale) + _normalise(mean, std))

@@ -1,0 +1,6 @@
+"""Segmentation architectures: one file per paper, all following :mod:`segbench.models.base`."""
+
+from segbench.models.base import SegmentationModel
+from segbench.models.fcn import FCN
+
+__all__ = ["FCN", "SegmentationModel"]

@@ -1,0 +1,73 @@
+"""The contract every segbench architecture follows.
+
+A segmentation network is ``backbone -> (neck) -> head -> upsampler``. Whatever its parts, it is
+an ``nn.Module`` whose ``forward(image)`` returns a dict:
+
+* ``"out"``: raw logits ``N x K x H x W`` at the input size (never softmaxed);
+* optionally ``"aux"``: auxiliary logits, also at the input size.
+
+The keys never depend on ``self.training``, so code that reads them (the task, the analysis tools,
+exported models) sees the same structure in training and evaluation.
+
+Two hooks let an architecture ask the task for something without the task knowing the
+architecture: :meth:`SegmentationModel.setup_from_data` (a data-driven initialisation before
+training, e.g. DUpsampling's W) and :meth:`SegmentationModel.extra_losses` (loss terms beyond
+the per-output cross-entropy).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    import lightning as L
+
+
+class SegmentationModel(nn.Module):
+    """Base class of segbench architectures.
+
+    Subclasses set :attr:`output_stride` (the stride of the coarsest map the head classifies)
+    and implement ``forward``.
+    """
+
+    output_stride: int = 1
+
+    def setup_from_data(self, datamodule: L.LightningDataModule) -> None:
+        """Called by the task once, before the first training step, on every process.
+
+        The default does nothing. Override it for initialisations that need the training data.
+        """
+
+    def extra_losses(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Loss terms the task adds to the cross-entropy of ``out`` (and ``aux``).
+
+        Returns a dict ``{name: scalar}``; each is logged as ``train/<name>`` and summed into the
+        loss. The default returns no terms.
+        """
+        return {}
+
+
+def pad_to_multiple(x: Tensor, multiple: int, value: float = 0.0) -> tuple[Tensor, tuple[int, int]]:
+    """Pad ``x`` (``N x C x H x W``) at the bottom and right to a multiple of ``multiple``.
+
+    Returns the padded tensor and the original ``(H, W)`` so the caller can crop its output back.
+    Padding with 0 after normalisation means padding with the data set's mean colour.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), value=value)
+    return x, (h, w)
+
+
+def resize_to(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """Bilinear resize of logits to ``size`` (``align_corners=False``), a no-op at that size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

@@ -1,0 +1,5 @@
+"""Small parts shared by several architectures."""
+
+from segbench.models.layers.upsample import BilinearConvTranspose2d, bilinear_kernel
+
+__all__ = ["BilinearConvTranspose2d", "bilinear_kernel"]

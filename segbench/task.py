@@ -1,0 +1,250 @@
+"""SegmentationTask: the one LightningModule every architecture and data set plugs into.
+
+One batch through the task: ``{"image": N x 3 x H x W, "mask": N x H x W}`` -> ``net(image)``
+-> ``{"out": logits, "aux": logits?}`` -> loss (cross-entropy or OHEM on ``out``, plus
+``aux_weight`` x cross-entropy on ``aux``, plus the net's ``extra_losses``) -> optimiser step and
+per-iteration learning-rate schedule. Validation and test accumulate one confusion matrix each
+(:class:`segbench.metrics.SegmentationMetrics`) and the mean loss over valid pixels, both
+torchmetrics states that are summed exactly across DDP processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import ConstantLR, LinearLR, LRScheduler, PolynomialLR, SequentialLR
+from torchmetrics import MeanMetric
+
+from segbench.losses import SegmentationLoss
+from segbench.metrics import SegmentationMetrics
+from segbench.models.base import SegmentationModel
+
+log = logging.getLogger(__name__)
+
+#: The optimiser when none is configured (the CLI shows it in ``--print_config``).
+DEFAULT_OPTIMIZER: dict[str, Any] = {
+    "class_path": "torch.optim.SGD",
+    "init_args": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+}
+
+Stage = Literal["val", "test"]
+
+
+def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, **DEFAULT_OPTIMIZER["init_args"])
+
+
+class SegmentationTask(L.LightningModule):
+    """Train, evaluate and predict any segbench architecture on any segbench data set.
+
+    Args:
+        net: the network (``class_path`` in YAML); its ``forward`` returns ``{"out": ...}``
+            and optionally ``"aux"``, logits at the input size.
+        num_classes: K; set by the data module (linked by the CLI).
+        ignore_index: label of void pixels; set by the data module.
+        class_names: names for the per-class metrics; set by the data module.
+        class_weights: per-class weights of the cross-entropy (``None``: unweighted).
+        aux_weight: weight of the auxiliary head's cross-entropy (GALD, PSPNet: 0.4); unused
+            by nets without ``"aux"``.
+        ohem_thresh: ``None`` for plain cross-entropy on ``out``; a probability threshold to
+            use online hard example mining (GALD: 0.7). The auxiliary loss stays plain.
+        ohem_min_kept: OHEM keeps at least this many pixels per batch (GALD: 100000).
+        optimizer: the optimiser (``class_path`` in YAML; default SGD, lr 0.01, momentum 0.9,
+            weight decay 1e-4).
+        lr_schedule: ``"poly"``: ``lr * (1 - it / max_it) ** poly_power`` stepped every
+            iteration (DeepLab, DRN, GALD, DUpsampling); ``"constant"``: fixed (FCN).
+        poly_power: exponent of the poly schedule.
+        warmup_iters: linear warm-up from ``warmup_factor * lr`` over this many iterations
+            before the schedule (0: none).
+        warmup_factor: starting fraction of the learning rate during warm-up.
+        init_from: a checkpoint (``.ckpt`` of a segbench run, or a plain state dict) whose
+            tensors initialise the net where names and shapes match, e.g. FCN-16s from FCN-32s
+            (FCN's staged training). Ignored when resuming with ``--ckpt_path``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        num_classes: int,
+        ignore_index: int = 255,
+        class_names: Sequence[str] | None = None,
+        class_weights: Sequence[float] | None = None,
+        aux_weight: float = 0.4,
+        ohem_thresh: float | None = None,
+        ohem_min_kept: int = 100_000,
+        optimizer: OptimizerCallable | None = None,
+        lr_schedule: Literal["poly", "constant"] = "poly",
+        poly_power: float = 0.9,
+        warmup_iters: int = 0,
+        warmup_factor: float = 0.1,
+        init_from: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.net = net
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.class_names = (
+            list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        )
+        self.criterion = SegmentationLoss(
+            ignore_index=ignore_index,
+            class_weights=class_weights,
+            ohem_thresh=ohem_thresh,
+            ohem_min_kept=ohem_min_kept,
+        )
+        self.aux_criterion = SegmentationLoss(
+            ignore_index=ignore_index, class_weights=class_weights
+        )
+        self.aux_weight = aux_weight
+        self.optimizer_factory = optimizer or _default_optimizer
+        self.lr_schedule, self.poly_power = lr_schedule, poly_power
+        self.warmup_iters, self.warmup_factor = warmup_iters, warmup_factor
+        self.init_from = init_from
+        self.metrics = nn.ModuleDict(
+            {
+                s: SegmentationMetrics(num_classes, ignore_index, self.class_names)
+                for s in ("val", "test")
+            }
+        )
+        self.losses = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        # Runs before Lightning restores a --ckpt_path, so a resumed run keeps its own weights.
+        if self.init_from:
+            self.load_matching(self.init_from)
+        if isinstance(self.net, SegmentationModel) and self.trainer.datamodule is not None:
+            self.net.setup_from_data(self.trainer.datamodule)
+
+    def load_matching(self, path: str) -> None:
+        """Copy the tensors of ``path`` whose names and shapes match the net's."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"model.init_from: no checkpoint at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = state.get("state_dict", state)
+        state = {k.removeprefix("net."): v for k, v in state.items()}
+        own = self.net.state_dict()
+        taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not taken:
+            raise ValueError(f"model.init_from: no tensor of {path} fits {type(self.net).__name__}")
+        self.net.load_state_dict(taken, strict=False)
+        left = sorted(set(own) - set(taken))
+        log.info(
+            "initialised %d/%d tensors from %s; kept initial values for %s",
+            len(taken),
+            len(own),
+            path,
+            left or "none",
+        )
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        main: LRScheduler
+        if self.lr_schedule == "poly":
+            main = PolynomialLR(
+                optimizer, total_iters=max(1, total - self.warmup_iters), power=self.poly_power
+            )
+        else:
+            main = ConstantLR(optimizer, factor=1.0, total_iters=0)
+        scheduler: LRScheduler = main
+        if self.warmup_iters > 0:
+            warm = LinearLR(
+                optimizer, start_factor=self.warmup_factor, total_iters=self.warmup_iters
+            )
+            scheduler = SequentialLR(optimizer, [warm, main], milestones=[self.warmup_iters])
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    # -- steps ----------------------------------------------------------------------------------
+    def forward(self, image: Tensor) -> dict[str, Tensor]:
+        return self.net(image)
+
+    def compute_loss(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """All loss terms; ``"loss"`` is their weighted sum."""
+        target = batch["mask"]
+        terms = {"ce": self.criterion(outputs["out"], target)}
+        loss = terms["ce"]
+        if "aux" in outputs and self.aux_weight > 0:
+            terms["aux"] = self.aux_criterion(outputs["aux"], target)
+            loss = loss + self.aux_weight * terms["aux"]
+        if isinstance(self.net, SegmentationModel):
+            for name, value in self.net.extra_losses(outputs, batch).items():
+                terms[name] = value
+                loss = loss + value
+        terms["loss"] = loss
+        return terms
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        terms = self.compute_loss(self(batch["image"]), batch)
+        n = batch["image"].shape[0]
+        loss = terms.pop("loss")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=n)
+        self.log(
+            "train/lr",
+            self.trainer.optimizers[0].param_groups[0]["lr"],
+            on_step=True,
+            on_epoch=False,
+            batch_size=n,
+        )
+        return loss
+
+    def _eval_step(self, stage: Stage, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        logits = self(batch["image"])["out"]
+        target = batch["mask"]
+        valid = (target != self.ignore_index).sum()
+        loss_sum = F.cross_entropy(
+            logits.float(), target, ignore_index=self.ignore_index, reduction="sum"
+        )
+        # Weighted by the number of valid pixels: the epoch value is the mean over every valid
+        # pixel of the split, also when processes see different numbers of pixels.
+        self.losses[stage].update(loss_sum / valid.clamp(min=1), weight=valid)
+        pred = logits.argmax(1)
+        self.metrics[stage].update(pred, target)
+        return {"pred": pred}
+
+    def _log_stage(self, stage: Stage) -> dict[str, Tensor]:
+        results = {f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}
+        results[f"{stage}/loss"] = self.losses[stage].compute()
+        self.metrics[stage].reset()
+        self.losses[stage].reset()
+        # Values are already reduced over processes by torchmetrics: no sync_dist here.
+        miou = f"{stage}/mIoU"
+        self.log(miou, results[miou], prog_bar=True)
+        self.log_dict({k: v for k, v in results.items() if k != miou})
+        return results
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_stage("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_stage("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Label maps (``N x H x W``, int64) with the batch's file names."""
+        pred = self(batch["image"])["out"].argmax(1)
+        return {"pred": pred, "name": batch.get("name")}

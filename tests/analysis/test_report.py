@@ -1,0 +1,90 @@
+"""segbench report: grouping by seed, mean ± std, differing config columns, paper numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from segbench.analysis.report import report
+from segbench.callbacks import write_json
+
+
+def fake_run(root: Path, variant: str, seed: int, miou: float) -> None:
+    config = {
+        "model.net.init_args.variant": variant,
+        "seed_everything": seed,
+        "run.name": f"fcn{variant}-s{seed}",
+        "trainer.max_epochs": 5,
+        "data.init_args.num_workers": seed,
+    }  # bookkeeping keys never make columns
+    write_json_dir = root / f"fcn{variant}-s{seed}"
+    write_json_dir.mkdir(parents=True)
+    write_json(
+        write_json_dir / "metrics.json",
+        {
+            "config": config,
+            "best_val": {"val/mIoU": miou + 0.01, "epoch": 3},
+            "val": {"val/mIoU": miou},
+            "test": {"test/mIoU": miou, "test/pixel_acc": 0.9, "test/IoU/boat": None},
+        },
+    )
+
+
+SCORES = {"32s": [0.50, 0.52, 0.54], "8s": [0.60, 0.61]}
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    for variant, values in SCORES.items():
+        for seed, v in enumerate(values):
+            fake_run(tmp_path / "runs", variant, seed, v)
+    return tmp_path / "runs"
+
+
+def test_rows_group_seeds_with_mean_and_std(runs):
+    text = report([str(runs)], metrics=["test/mIoU", "val/mIoU"])
+    lines = text.strip().splitlines()
+    assert lines[0] == "| run | variant | n | test/mIoU (%) | val/mIoU (%) |"
+    m32, s32 = statistics.fmean(SCORES["32s"]), statistics.stdev(SCORES["32s"])
+    assert (
+        f"| fcn32s | 32s | 3 | {100 * m32:.2f} ± {100 * s32:.2f} | "
+        f"{100 * (m32 + 0.01):.2f} ± {100 * s32:.2f} |" in lines
+    )
+    assert any(line.startswith("| fcn8s | 8s | 2 | 60.50 ± 0.71 |") for line in lines)
+
+
+def test_files_and_paper_columns(runs, tmp_path):
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(
+        "source: FCN table 2\nkey: model.net.init_args.variant\n"
+        "rows:\n  32s: {mIoU: 59.4}\n  8s: {mIoU: 62.7}\n"
+    )
+    out = tmp_path / "results" / "fcn"
+    text = report([str(runs / "*")], out=str(out), paper=str(paper), title="FCN skips")
+    assert "paper mIoU" in text.splitlines()[0]
+    assert "| 59.4 |" in text
+    assert "FCN table 2" in text
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert [r["run"] for r in rows] == ["fcn32s", "fcn8s"]
+    assert float(rows[1]["test/mIoU_mean"]) == pytest.approx(0.605)
+    assert rows[1]["test/mIoU_n"] == "2"
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert out.with_suffix(".md").read_text().startswith("# FCN skips")
+
+
+def test_no_runs_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no metrics\.json"):
+        report([str(tmp_path)])
+
+
+def test_missing_values_show_as_dashes(runs):
+    assert "| – |" in report([str(runs)], metrics=["test/IoU/boat"])
+
+
+def test_metrics_file_round_trips(tmp_path):
+    write_json(tmp_path / "m.json", {"a": 1})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}

@@ -1,0 +1,167 @@
+"""CamVid (SegNet layout) and generic folders, on tiny trees written in the real layout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segbench.data import CamVid, FolderSegmentation
+from segbench.data.camvid import ENV_VAR
+
+SEGNET_PREFIX = "/SegNet/CamVid/"
+
+
+def write_png(path: Path, array: np.ndarray, palette: list[int] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(array)
+    if palette is not None:
+        img = img.convert("P")
+        img.putpalette(palette)
+    img.save(path)
+
+
+def camvid_tree(root: Path, n: int = 3, *, prefix: str = "") -> Path:
+    """A CamVid tree in the SegNet layout: 36 x 48 images, labels 0..11 (11 = void)."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        lines = []
+        for i in range(n):
+            name = f"0001TP_{i:06d}.png"
+            write_png(root / split / name, rng.integers(0, 255, (36, 48, 3), dtype=np.uint8))
+            write_png(root / f"{split}annot" / name, rng.integers(0, 12, (36, 48), dtype=np.uint8))
+            lines.append(f"{prefix}{split}/{name} {prefix}{split}annot/{name}")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def first_batch(dm, stage: str = "fit") -> dict:
+    dm.setup(stage)
+    loader = dm.train_dataloader() if stage == "fit" else dm.test_dataloader()
+    return next(iter(loader))
+
+
+@pytest.mark.parametrize("prefix", ["", SEGNET_PREFIX])
+def test_camvid_reads_the_segnet_layout_and_maps_void(tmp_path, prefix):
+    root = camvid_tree(tmp_path, prefix=prefix)
+    dm = CamVid(root=str(root), batch_size=2, num_workers=0, augment=None)
+    batch = first_batch(dm)
+    assert batch["image"].shape == (2, 3, 36, 48)
+    raw = np.asarray(Image.open(root / "trainannot" / "0001TP_000000.png"))
+    mask = batch["mask"][0].numpy() if batch["name"][0] == "0001TP_000000" else None
+    values = set(batch["mask"].unique().tolist())
+    assert 11 not in values
+    assert 255 in values
+    assert values <= set(range(11)) | {255}
+    if mask is not None:
+        assert np.array_equal(mask == 255, raw == 11)
+    assert dm.num_classes == 11
+    assert len(dm.colours()) == 11
+
+
+def test_camvid_reads_the_root_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(camvid_tree(tmp_path)))
+    dm = CamVid(batch_size=2, num_workers=0, augment=None, test_split="val")
+    assert first_batch(dm, "test")["mask"].shape == (2, 36, 48)
+
+
+def test_camvid_errors_name_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.raises(ValueError, match=ENV_VAR):
+        CamVid(num_workers=0).setup("fit")
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        CamVid(root=str(tmp_path / "nowhere"), num_workers=0).setup("fit")
+    root = camvid_tree(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"test\.txt"):
+        CamVid(root=str(root), num_workers=0).setup("test")
+    (root / "trainannot" / "0001TP_000001.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"train\.txt:2: no such file .*000001\.png"):
+        CamVid(root=str(root), num_workers=0).setup("fit")
+
+
+def folder_tree(root: Path, *, rgb_masks: bool = False) -> Path:
+    rng = np.random.default_rng(1)
+    palette = [(0, 0, 0), (255, 0, 0), (0, 255, 0)]
+    for i in range(4):
+        write_png(root / "images" / f"im{i}.png", rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
+        labels = rng.integers(0, 3, (20, 30)).astype(np.uint8)
+        labels[0, 0] = 255
+        if rgb_masks:
+            lut = np.array([*palette] + [(255, 255, 255)] * 253, np.uint8)
+            rgb = lut[labels]
+            rgb[labels == 255] = (255, 255, 255)
+            write_png(root / "masks" / f"im{i}.png", rgb)
+        else:
+            flat = [c for col in palette for c in col]
+            write_png(root / "masks" / f"im{i}.png", labels, palette=flat + [0] * (768 - len(flat)))
+    (root / "train.txt").write_text("im0\nim1\n")
+    (root / "val.txt").write_text("im2\nim3\n")
+    return root
+
+
+def make_folder(root: Path, **kwargs) -> FolderSegmentation:
+    return FolderSegmentation(
+        root=str(root), num_classes=3, image_suffix=".png", batch_size=2, num_workers=0, **kwargs
+    )
+
+
+def test_folder_reads_palette_png_indices(tmp_path):
+    dm = make_folder(folder_tree(tmp_path), class_names=["bg", "a", "b"])
+    batch = first_batch(dm)
+    assert batch["mask"].shape == (2, 20, 30)
+    assert set(batch["mask"].unique().tolist()) == {0, 1, 2, 255}
+    assert dm.class_names == ("bg", "a", "b")
+
+
+def test_folder_reads_rgb_masks_through_the_palette(tmp_path):
+    root = folder_tree(tmp_path, rgb_masks=True)
+    palette = [(0, 0, 0), (255, 0, 0), (0, 255, 0)]
+    with pytest.raises(ValueError, match=r"colours \[\(255, 255, 255\)\] are not in the palette"):
+        first_batch(make_folder(root, palette=palette))
+    with pytest.raises(ValueError, match="give the data module a palette"):
+        first_batch(make_folder(root))
+
+
+def test_folder_errors_name_the_file(tmp_path):
+    root = folder_tree(tmp_path)
+    write_png(root / "masks" / "im1.png", np.full((20, 30), 7, np.uint8))
+    dm = make_folder(root)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match=r"im1\.png: label values \[7\] are outside \[0, 3\)"):
+        dm.datasets["train"][1]
+    write_png(root / "masks" / "im1.png", np.zeros((10, 30), np.uint8))
+    with pytest.raises(ValueError, match=r"im1\.png is \(20, 30\).*im1\.png is \(10, 30\)"):
+        dm.datasets["train"][1]
+    (root / "images" / "im0.png").write_bytes(b"not a png")
+    with pytest.raises(OSError, match=r"cannot read image .*im0\.png"):
+        dm.datasets["train"][0]
+    with pytest.raises(FileNotFoundError, match=r"split list not found: .*test\.txt"):
+        make_folder(root).setup("test")
+
+
+def test_folder_class_names_must_match(tmp_path):
+    with pytest.raises(ValueError, match="2 class names for num_classes=3"):
+        make_folder(tmp_path, class_names=["a", "b"])
+
+
+CAMVID = os.environ.get(ENV_VAR)
+
+
+@pytest.mark.skipif(
+    not CAMVID or not Path(CAMVID).is_dir(),
+    reason=f"real CamVid not available: set {ENV_VAR} to the SegNet-layout folder",
+)
+def test_real_camvid_loads_both_splits():
+    dm = CamVid(batch_size=4, num_workers=0, test_split="val")
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 367
+    assert len(dm.datasets["val"]) == 101
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].shape == (4, 3, 360, 480)
+    values = set(batch["mask"].unique().tolist())
+    assert values <= set(range(11)) | {255}
+    assert torch.isfinite(batch["image"]).all()

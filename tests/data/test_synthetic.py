@@ -1,0 +1,112 @@
+"""The embedded synthetic scenes keep their promises."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from segbench.data.synthetic import (
+    BIRD,
+    BOAT,
+    CAR,
+    CLASS_NAMES,
+    POLE,
+    SCENE_STUFF,
+    SyntheticSegmentation,
+    _draw_bird,
+    _draw_pole,
+    _draw_vehicle,
+    render_scene,
+)
+
+SIZE = (96, 128)
+
+
+def digest(split: str, index: int, seed: int = 0) -> str:
+    img, label, _ = render_scene(seed, split, index, SIZE)
+    return hashlib.sha1(img.tobytes() + label.tobytes()).hexdigest()
+
+
+def test_rendering_is_deterministic_and_seeded():
+    assert digest("train", 3) == digest("train", 3)
+    assert digest("train", 3) != digest("train", 3, seed=1)
+
+
+def test_splits_never_share_an_image():
+    hashes = {s: {digest(s, i) for i in range(150)} for s in ("train", "val", "test")}
+    assert all(len(h) == 150 for h in hashes.values())
+    assert not hashes["train"] & hashes["val"]
+    assert not hashes["train"] & hashes["test"]
+    assert not hashes["val"] & hashes["test"]
+
+
+def test_every_class_appears_with_its_scene():
+    seen = np.zeros(len(CLASS_NAMES), bool)
+    for i in range(120):
+        _, label, scene = render_scene(0, "train", i, SIZE)
+        present = set(np.unique(label).tolist())
+        seen[list(present)] = True
+        # Boats only at the coast, cars only in the city: the scene decides.
+        assert BOAT not in present or scene == "coast"
+        assert CAR not in present or scene == "city"
+        other_stuff = {c for s, cs in SCENE_STUFF.items() if s != scene for c in cs}
+        assert not present & other_stuff
+    assert seen.all(), [n for n, s in zip(CLASS_NAMES, seen, strict=True) if not s]
+
+
+def test_boat_and_car_are_drawn_identically():
+    """Same random stream -> the same pixels; only the label differs."""
+    imgs, labels = [], []
+    for cls in (BOAT, CAR):
+        img = np.zeros((*SIZE, 3), np.float32)
+        label = np.zeros(SIZE, np.uint8)
+        _draw_vehicle(img, label, cls, np.random.default_rng(7), top=20)
+        imgs.append(img)
+        labels.append(label)
+    assert np.array_equal(imgs[0], imgs[1])
+    assert np.array_equal(labels[0] == BOAT, labels[1] == CAR)
+    assert (labels[0] == BOAT).any()
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_poles_are_thin_and_birds_small(seed):
+    img = np.zeros((*SIZE, 3), np.float32)
+    label = np.zeros(SIZE, np.uint8)
+    _draw_pole(img, label, np.random.default_rng(seed), top=20)
+    pole = label == POLE
+    if pole.any():
+        ys, xs = np.nonzero(pole)
+        length = np.hypot(np.ptp(ys) + 1, np.ptp(xs) + 1)
+        assert pole.sum() / length <= 2.5  # mean thickness: 1-2 px lines
+    label[:] = 0
+    _draw_bird(img, label, np.random.default_rng(seed), horizon=30)
+    assert 1 <= (label == BIRD).sum() <= 25  # a few pixels: 2-5 px across
+
+
+def test_datamodule_yields_normalised_batches_of_the_right_types():
+    dm = SyntheticSegmentation(
+        num_train=8, num_val=4, num_test=4, image_size=SIZE, batch_size=4, num_workers=0
+    )
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, *SIZE)
+    assert batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (4, *SIZE)
+    assert batch["mask"].dtype == torch.int64
+    assert type(batch["image"]) is torch.Tensor
+    assert len(batch["name"]) == 4
+    assert dm.num_classes == len(CLASS_NAMES) == len(dm.colours())
+
+
+def test_declared_normalisation_matches_the_data():
+    pixels = (
+        np.concatenate(
+            [render_scene(0, "train", i, (128, 128))[0].reshape(-1, 3) for i in range(300)]
+        )
+        / 255.0
+    )
+    assert pixels.mean(0) == pytest.approx(SyntheticSegmentation.mean, abs=0.02)
+    assert pixels.std(0) == pytest.approx(SyntheticSegmentation.std, abs=0.02)

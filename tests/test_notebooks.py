@@ -1,0 +1,63 @@
+"""Notebooks run top to bottom on runs the test makes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from segbench.cli import main
+from tests.conftest import REPO, tiny_args
+
+
+def execute(notebook: Path, env: dict[str, str]) -> nbformat.NotebookNode:
+    nb = nbformat.read(notebook, as_version=4)
+    # The kernel is started as `python`: make that this environment's interpreter.
+    env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        NotebookClient(
+            nb,
+            timeout=300,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(notebook.parent)}},
+        ).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    return nb
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    for variant in ("32s", "8s"):
+        main(
+            [
+                "fit",
+                *tiny_args(
+                    root,
+                    name=f"fcn{variant}-s0",
+                    epochs=2,
+                    extra=["--model.net.init_args.variant", variant],
+                ),
+            ]
+        )
+    return root
+
+
+def test_compare_runs_notebook(two_runs):
+    nb = execute(REPO / "notebooks" / "compare_runs.ipynb", {"SEGBENCH_RUNS": str(two_runs)})
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "2 runs under" in text
+    tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    assert tables
+    assert "| fcn32s | 32s |" in tables[0]
+    assert "| fcn8s | 8s |" in tables[0]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2

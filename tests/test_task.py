@@ -1,0 +1,145 @@
+"""SegmentationTask: loss composition, hooks, learning-rate schedule, evaluation accounting."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segbench.models.base import SegmentationModel
+from segbench.task import SegmentationTask
+
+
+class ToyNet(SegmentationModel):
+    """1x1 convolutions with an auxiliary head and an extra loss term."""
+
+    def __init__(self, num_classes: int = 3, aux: bool = True) -> None:
+        super().__init__()
+        self.out = nn.Conv2d(3, num_classes, 1)
+        self.aux = nn.Conv2d(3, num_classes, 1) if aux else None
+        self.seen_datamodule = None
+
+    def forward(self, x):
+        out = {"out": self.out(x)}
+        if self.aux is not None:
+            out["aux"] = self.aux(x)
+        return out
+
+    def setup_from_data(self, datamodule) -> None:
+        self.seen_datamodule = datamodule
+
+    def extra_losses(self, outputs, batch):
+        return {"l2": 0.5 * self.out.weight.square().sum()}
+
+
+def batch(n: int = 2) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    mask = torch.randint(0, 3, (n, 4, 5))
+    mask[0, 0] = 255
+    return {"image": torch.randn(n, 3, 4, 5), "mask": mask}
+
+
+def test_loss_is_ce_plus_weighted_aux_plus_extra_terms():
+    task = SegmentationTask(ToyNet(), num_classes=3, aux_weight=0.4)
+    b = batch()
+    out = task(b["image"])
+    terms = task.compute_loss(out, b)
+    ce = F.cross_entropy(out["out"], b["mask"], ignore_index=255)
+    aux = F.cross_entropy(out["aux"], b["mask"], ignore_index=255)
+    l2 = 0.5 * task.net.out.weight.square().sum()
+    assert terms["ce"].item() == pytest.approx(ce.item())
+    assert terms["aux"].item() == pytest.approx(aux.item())
+    assert terms["loss"].item() == pytest.approx((ce + 0.4 * aux + l2).item(), rel=1e-6)
+
+
+def test_aux_is_skipped_when_weight_is_zero_or_absent():
+    b = batch()
+    assert "aux" not in SegmentationTask(ToyNet(), num_classes=3, aux_weight=0.0).compute_loss(
+        ToyNet()(b["image"]), b
+    )
+    assert "aux" not in SegmentationTask(ToyNet(aux=False), num_classes=3).compute_loss(
+        ToyNet(aux=False)(b["image"]), b
+    )
+
+
+def test_setup_calls_the_data_hook_only_for_fit():
+    task = SegmentationTask(ToyNet(), num_classes=3)
+    dm = object()
+    task._trainer = SimpleNamespace(datamodule=dm)
+    task.setup("validate")
+    assert task.net.seen_datamodule is None
+    task.setup("fit")
+    assert task.net.seen_datamodule is dm
+
+
+def lrs(task: SegmentationTask, total: int) -> list[float]:
+    task._trainer = SimpleNamespace(estimated_stepping_batches=total)
+    conf = task.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "step"
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_poly_schedule_per_iteration():
+    task = SegmentationTask(
+        ToyNet(), num_classes=3, poly_power=0.9, optimizer=lambda p: torch.optim.SGD(p, lr=0.1)
+    )
+    got = lrs(task, 20)
+    want = [0.1 * (1 - t / 20) ** 0.9 for t in range(20)]
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_warmup_then_poly():
+    task = SegmentationTask(
+        ToyNet(),
+        num_classes=3,
+        warmup_iters=5,
+        warmup_factor=0.1,
+        optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+    )
+    got = lrs(task, 25)
+    assert got[0] == pytest.approx(0.1)
+    assert got[:5] == sorted(got[:5])  # rising
+    assert got[5] == pytest.approx(1.0)
+    assert got[5 + 10] == pytest.approx((1 - 10 / 20) ** 0.9, rel=1e-5)
+
+
+def test_constant_schedule():
+    task = SegmentationTask(
+        ToyNet(),
+        num_classes=3,
+        lr_schedule="constant",
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.3),
+    )
+    assert set(lrs(task, 7)) == {0.3}
+
+
+def test_eval_loss_is_the_mean_over_all_valid_pixels_of_the_split():
+    task = SegmentationTask(ToyNet(aux=False), num_classes=3)
+    b1, b2 = batch(2), batch(1)
+    b2["mask"][:, :3] = 255  # batches with different numbers of valid pixels
+    total, count = 0.0, 0
+    for b in (b1, b2):
+        task._eval_step("val", b)
+        logits = task(b["image"])["out"]
+        total += F.cross_entropy(logits, b["mask"], ignore_index=255, reduction="sum").item()
+        count += int((b["mask"] != 255).sum())
+    assert task.losses["val"].compute().item() == pytest.approx(total / count, rel=1e-6)
+
+
+def test_init_from_reports_what_does_not_fit(tmp_path):
+    ckpt = tmp_path / "other.pt"
+    torch.save({"something.else": torch.zeros(1)}, ckpt)
+    task = SegmentationTask(ToyNet(), num_classes=3)
+    with pytest.raises(ValueError, match=r"no tensor of .* fits ToyNet"):
+        task.load_matching(str(ckpt))
+    with pytest.raises(FileNotFoundError, match=r"model\.init_from"):
+        task.load_matching(str(tmp_path / "missing.ckpt"))
