@@ -10,7 +10,15 @@ SCALE ?= cpu
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-slow lint format clean
+.PHONY: help venv demo test test-slow lint format clean ablation-fcn
+
+# $(call sweep,GROUP,DIR,EXTRA): the variants of DIR/variants/ x SEEDS on DIR/base.yaml (plus
+# DIR/_scale_paper.yaml when SCALE=paper), then the report in results/GROUP[-paper].{md,csv,png}.
+define sweep
+$(SEGBENCH) sweep --group $(1)$(if $(filter paper,$(SCALE)),-paper) \
+  --base $(2)/base.yaml $(if $(filter paper,$(SCALE)),$(2)/_scale_paper.yaml) \
+  --variants $(sort $(wildcard $(2)/variants/*.yaml)) --seeds $(SEEDS) $(3)
+endef
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -43,6 +51,10 @@ lint: venv  ## ruff lint and format check
 format: venv  ## ruff format + fix
 	$(BIN)/ruff format segbench tests
 	$(BIN)/ruff check --fix segbench tests
+
+ablation-fcn: venv  ## FCN-32s/16s/8s skips x SEEDS on the synthetic scenes (CPU ~40 min)
+	$(call sweep,fcn-skips,experiments/fcn/synthetic,--paper experiments/fcn/paper.yaml \
+	  --metrics test/mIoU test/pixel_acc test/mean_acc test/fwIoU test/IoU/pole test/IoU/bird)
 
 clean:  ## remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .ruff_cache **/__pycache__

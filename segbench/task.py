@@ -51,7 +51,10 @@ class SegmentationTask(L.LightningModule):
         num_classes: K; set by the data module (linked by the CLI).
         ignore_index: label of void pixels; set by the data module.
         class_names: names for the per-class metrics; set by the data module.
-        class_weights: per-class weights of the cross-entropy (``None``: unweighted).
+        class_weights: per-class weights of the cross-entropy: ``None`` (unweighted), a list,
+            or ``"median_frequency"``: median frequency balancing computed from the training
+            split when training starts (the data module's ``median_frequency_weights``).
+            Validation and test losses are always unweighted.
         aux_weight: weight of the auxiliary head's cross-entropy (GALD, PSPNet: 0.4); unused
             by nets without ``"aux"``.
         ohem_thresh: ``None`` for plain cross-entropy on ``out``; a probability threshold to
@@ -77,7 +80,7 @@ class SegmentationTask(L.LightningModule):
         num_classes: int,
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
-        class_weights: Sequence[float] | None = None,
+        class_weights: Sequence[float] | Literal["median_frequency"] | None = None,
         aux_weight: float = 0.4,
         ohem_thresh: float | None = None,
         ohem_min_kept: int = 100_000,
@@ -95,14 +98,16 @@ class SegmentationTask(L.LightningModule):
         self.class_names = (
             list(class_names) if class_names else [str(i) for i in range(num_classes)]
         )
+        self.class_weights_mode = class_weights if isinstance(class_weights, str) else None
+        fixed_weights = None if isinstance(class_weights, str) else class_weights
         self.criterion = SegmentationLoss(
             ignore_index=ignore_index,
-            class_weights=class_weights,
+            class_weights=fixed_weights,
             ohem_thresh=ohem_thresh,
             ohem_min_kept=ohem_min_kept,
         )
         self.aux_criterion = SegmentationLoss(
-            ignore_index=ignore_index, class_weights=class_weights
+            ignore_index=ignore_index, class_weights=fixed_weights
         )
         self.aux_weight = aux_weight
         self.optimizer_factory = optimizer or _default_optimizer
@@ -124,6 +129,14 @@ class SegmentationTask(L.LightningModule):
         # Runs before Lightning restores a --ckpt_path, so a resumed run keeps its own weights.
         if self.init_from:
             self.load_matching(self.init_from)
+        if self.class_weights_mode == "median_frequency" and self.trainer.datamodule is not None:
+            weights = torch.tensor(self.trainer.datamodule.median_frequency_weights())
+            log.info(
+                "median-frequency class weights: %s",
+                dict(zip(self.class_names, [round(w, 3) for w in weights.tolist()], strict=True)),
+            )
+            self.criterion.weight = weights
+            self.aux_criterion.weight = weights
         if isinstance(self.net, SegmentationModel) and self.trainer.datamodule is not None:
             self.net.setup_from_data(self.trainer.datamodule)
 

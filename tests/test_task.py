@@ -143,3 +143,14 @@ def test_init_from_reports_what_does_not_fit(tmp_path):
         task.load_matching(str(ckpt))
     with pytest.raises(FileNotFoundError, match=r"model\.init_from"):
         task.load_matching(str(tmp_path / "missing.ckpt"))
+
+
+def test_median_frequency_weights_come_from_the_data_module_at_fit():
+    task = SegmentationTask(ToyNet(), num_classes=3, class_weights="median_frequency")
+    assert task.criterion.weight is None
+    dm = SimpleNamespace(median_frequency_weights=lambda: [0.5, 1.0, 4.0])
+    task._trainer = SimpleNamespace(datamodule=dm)
+    task.net.setup_from_data = lambda datamodule: None
+    task.setup("fit")
+    assert task.criterion.weight.tolist() == [0.5, 1.0, 4.0]
+    assert task.aux_criterion.weight.tolist() == [0.5, 1.0, 4.0]

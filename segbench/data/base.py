@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
@@ -92,6 +93,30 @@ class SegmentationDataModule(L.LightningDataModule):
             if len(self.palette) >= self.num_classes
             else default_palette(self.num_classes)
         )
+
+    def median_frequency_weights(self, max_images: int = 500) -> list[float]:
+        """Class weights by median frequency balancing (Eigen & Fergus, ICCV 2015; SegNet).
+
+        ``freq(c)`` = pixels of class c / pixels of the training images that contain c, over the
+        first ``max_images`` training images (no augmentation); the weight of c is
+        ``median(freq) / freq(c)``, and 1 for a class that never occurs.
+        """
+        dataset = self.build_dataset(
+            "train", eval_transform(mean=self.mean, std=self.std, scale=self.scale)
+        )
+        k = self.num_classes
+        pixels = torch.zeros(k, dtype=torch.float64)
+        image_pixels = torch.zeros(k, dtype=torch.float64)
+        for i in range(min(max_images, len(dataset))):  # type: ignore[arg-type]
+            mask = dataset[i]["mask"]
+            counts = torch.bincount(mask[mask != self.ignore_index].flatten(), minlength=k)[:k]
+            pixels += counts
+            image_pixels += (counts > 0) * counts.sum()
+        present = image_pixels > 0
+        freq = pixels[present] / image_pixels[present]
+        weights = torch.ones(k, dtype=torch.float64)
+        weights[present] = freq.median() / freq
+        return weights.tolist()
 
     def build_dataset(self, split: Split, transform: object) -> Dataset:
         """Return the data set of ``split`` whose samples go through ``transform``."""

@@ -165,3 +165,21 @@ def test_real_camvid_loads_both_splits():
     values = set(batch["mask"].unique().tolist())
     assert values <= set(range(11)) | {255}
     assert torch.isfinite(batch["image"]).all()
+
+
+def test_median_frequency_weights_match_a_hand_count(tmp_path):
+    """freq(c) = pixels of c / pixels of images containing c; weight = median(freq) / freq(c)."""
+    masks = [
+        np.array([[0, 0, 1, 255]] * 2, np.uint8),  # 8 px: 4 x class 0, 2 x class 1, void
+        np.array([[0, 2, 2, 2]] * 2, np.uint8),  # 8 px: 2 x class 0, 6 x class 2
+    ]
+    for i, m in enumerate(masks):
+        write_png(tmp_path / "images" / f"im{i}.png", np.zeros((*m.shape, 3), np.uint8))
+        write_png(tmp_path / "masks" / f"im{i}.png", m)
+    (tmp_path / "train.txt").write_text("im0\nim1\n")
+    dm = FolderSegmentation(root=str(tmp_path), num_classes=4, image_suffix=".png", num_workers=0)
+    # Valid pixels per image: 6 and 8. Class 3 never occurs.
+    freq = {0: 6 / 14, 1: 2 / 6, 2: 6 / 8}
+    median = sorted(freq.values())[1]
+    want = [median / freq[0], median / freq[1], median / freq[2], 1.0]
+    assert dm.median_frequency_weights() == pytest.approx(want)
