@@ -208,3 +208,16 @@ def test_every_experiment_config_parses(configs, capsys):
         args += ["--config", str(c)]
     run_main([*args, "--print_config"])
     assert "class_path" in capsys.readouterr().out
+
+
+def test_same_seed_same_run_on_cpu(tiny):
+    """seed_everything makes a CPU run repeatable (no Trainer(deterministic=True) needed)."""
+    results = []
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        run_main(["fit", *tiny(name=name), "--seed_everything", seed])
+        results.append(metrics(tiny.root / "test" / name)["val"])
+    for r in results:
+        r.pop("epoch")
+        r.pop("step")
+    assert results[0] == results[1]
+    assert results[0] != results[2]
