@@ -188,16 +188,34 @@ def test_summary_counts_parameters_without_data(capsys):
     assert "GFLOPs" in out
 
 
+EXPERIMENTS = REPO / "experiments"
+#: One data section per real data set: ``experiments/datasets/<dataset>.yaml``.
+DATASETS = EXPERIMENTS / "datasets"
+
+
+def dataset_section(path: Path) -> Path | None:
+    """``experiments/datasets/<dataset>.yaml`` for ``experiments/<paper>/<dataset>/...``."""
+    parts = path.relative_to(EXPERIMENTS).parts
+    if len(parts) < 3 or parts[0] == DATASETS.name:
+        return None
+    section = DATASETS / f"{parts[1]}.yaml"
+    return section if section.is_file() else None
+
+
 def parse_pairs() -> list:
-    """Every YAML under experiments/; files in a `variants/` folder compose with ../base.yaml."""
+    """Every YAML under experiments/; files in a `variants/` folder compose with ../base.yaml,
+    and a paper's recipe for a data set composes after that data set's section."""
     cases = []
-    for path in sorted((REPO / "experiments").rglob("*.yaml")):
+    for path in sorted(EXPERIMENTS.rglob("*.yaml")):
         configs = [path]
         if path.parent.name == "variants":
             configs = [path.parent.parent / "base.yaml", path]
         elif path.name.startswith("_") or path.name == "paper.yaml":
             continue  # fragments that only make sense composed; paper numbers for reports
-        cases.append(pytest.param(configs, id=str(path.relative_to(REPO / "experiments"))))
+        section = dataset_section(path)
+        if section is not None:
+            configs = [section, *configs]
+        cases.append(pytest.param(configs, id=str(path.relative_to(EXPERIMENTS))))
     return cases
 
 
@@ -208,3 +226,40 @@ def test_every_experiment_config_parses(configs, capsys):
         args += ["--config", str(c)]
     run_main([*args, "--print_config"])
     assert "class_path" in capsys.readouterr().out
+
+
+def test_paper_recipes_leave_the_data_class_to_the_data_set_section():
+    """A recipe under experiments/<paper>/<dataset>/ only overrides data.init_args: the data
+    module (and its root, lists and classes) comes from experiments/datasets/<dataset>.yaml."""
+    recipes = [p for p in EXPERIMENTS.rglob("*.yaml") if dataset_section(p) is not None]
+    assert recipes, "no paper recipe composes with experiments/datasets/"
+    for path in recipes:
+        data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+        assert "class_path" not in data, f"{path}: data.class_path belongs in the data set section"
+    for section in DATASETS.glob("*.yaml"):
+        assert set(yaml.safe_load(section.read_text())) == {"data"}, f"{section}: data only"
+
+
+def test_a_data_set_section_and_a_recipe_compose_into_the_real_data_module(capsys):
+    run_main(
+        [
+            "fit",
+            "--config",
+            str(DATASETS / "voc_aug.yaml"),
+            "--config",
+            str(EXPERIMENTS / "fcn" / "voc_aug" / "base.yaml"),
+            "--config",
+            str(EXPERIMENTS / "fcn" / "voc_aug" / "variants" / "fcn8s.yaml"),
+            "--print_config",
+        ]
+    )
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["data"]["class_path"] == "segbench.data.PascalVOC"
+    args = cfg["data"]["init_args"]
+    assert (args["train_split"], args["val_split"], args["batch_size"]) == (
+        "sbd_train",
+        "seg11valid",
+        1,
+    )
+    assert args["val_batch_size"] == 1  # from the data set section
+    assert cfg["model"]["net"]["init_args"]["variant"] == "8s"
