@@ -16,11 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
+from segbench.cli import main as segbench_main
 from segbench.data import ADE20K, Cityscapes, PascalContext, PascalVOC
 from segbench.data.base import default_palette
 from segbench.data.cityscapes import ENV_VAR as CITYSCAPES_ENV
 from segbench.data.convert_sbd import convert_sbd, voc_palette_png
-from segbench.data.convert_sbd import main as convert_main
 from segbench.data.voc import SBD_ENV, VOC_ENV
 from tests.data.test_files import write_png
 
@@ -206,7 +206,7 @@ def test_convert_sbd_writes_palette_pngs_of_every_listed_label(tmp_path, monkeyp
     for i, name in enumerate(SBD_TRAIN + SBD_VAL):
         with (sbd / "cls" / f"{name}.mat").open("wb") as f:
             np.save(f, sbd_label(i))
-    convert_main([str(sbd.parent)])  # benchmark_RELEASE is accepted too
+    segbench_main(["convert-sbd", str(sbd.parent)])  # benchmark_RELEASE is accepted too
     assert f"wrote 6 label PNGs to {sbd / 'cls_png'}" in capsys.readouterr().out
     for i, name in enumerate(SBD_TRAIN + SBD_VAL):
         png = Image.open(sbd / "cls_png" / f"{name}.png")
@@ -395,3 +395,50 @@ def test_pascal_context_errors_say_what_was_expected_where(tmp_path):
     (root / "VOCdevkit/VOC2010/ImageSets/SegmentationContext/val.txt").unlink()
     with pytest.raises(FileNotFoundError, match=r"SegmentationContext/val\.txt"):
         PascalContext(root=str(root / "VOCdevkit"), num_workers=0).setup("validate")
+
+
+# -- end to end ---------------------------------------------------------------------------------
+def test_fit_and_test_on_voc_train_aug_with_the_papers_protocols(tmp_path, monkeypatch):
+    """The CLI on the VOC + SBD tree: data section + overrides, 21 classes linked into the model,
+    sliding-window validation and multi-scale + flip testing at the labels' size."""
+    from tests.conftest import REPO, tiny_args
+    from tests.test_cli import metrics, run_main
+
+    monkeypatch.setenv(VOC_ENV, str(voc_tree(tmp_path / "voc")))
+    monkeypatch.setenv(SBD_ENV, str(sbd_tree(tmp_path / "sbd")))
+    args = tiny_args(tmp_path / "runs", extra=["--run.test_after_fit", "true"])
+    # Drop the synthetic set's own keys (flag and value) from the tiny run's arguments.
+    keys = ("num_train", "num_val", "num_test", "image_size")
+    synthetic = {f"--data.init_args.{k}" for k in keys}
+    kept = [a for i, a in enumerate(args) if a not in synthetic and args[i - 1] not in synthetic]
+    run_main(
+        [
+            "fit",
+            *kept,
+            "--config",
+            str(REPO / "experiments" / "datasets" / "voc_aug.yaml"),
+            "--data.init_args.num_workers",
+            "0",
+            "--data.init_args.batch_size",
+            "2",
+            "--data.init_args.augment.crop_size",
+            "[16, 16]",
+            "--model.class_weights",
+            "null",
+            "--model.val_protocol.mode",
+            "slide",
+            "--model.val_protocol.crop_size",
+            "[16, 16]",
+            "--model.val_protocol.stride",
+            "[8, 8]",
+            "--model.test_protocol.scales",
+            "[0.5, 1.0]",
+            "--model.test_protocol.flip",
+            "true",
+        ]
+    )
+    m = metrics(tmp_path / "runs" / "test" / "tiny")
+    assert "val/IoU/aeroplane" in m["val"]
+    assert "test/IoU/tvmonitor" in m["test"]
+    assert m["config"]["data.init_args.train_split"] == "train_aug"
+    assert m["config"]["model.test_protocol.flip"] is True
