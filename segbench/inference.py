@@ -25,8 +25,8 @@ special.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +67,10 @@ class EvalProtocol:
                 raise ValueError(f"EvalProtocol: {name} must be two positive sizes, got {pair}")
         if not self.scales or min(self.scales) <= 0:
             raise ValueError(f"EvalProtocol: scales must be positive, got {list(self.scales)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists, not tuples): checkpoints stay loadable with ``weights_only``."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @property
     def views(self) -> int:

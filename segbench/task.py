@@ -103,7 +103,10 @@ class SegmentationTask(L.LightningModule):
         test_protocol: EvalProtocol = WHOLE_IMAGE,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "val_protocol", "test_protocol"])
+        self.hparams.update(
+            val_protocol=val_protocol.to_dict(), test_protocol=test_protocol.to_dict()
+        )
         self.net = net
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.class_names = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -186,3 +188,20 @@ def test_each_stage_uses_its_own_protocol():
         pred = task.predict_step(b, 0)["pred"]
     assert net.calls == [(8, 8)] * 8
     assert pred.shape == (2, 16, 16)
+
+
+def test_protocols_are_recorded_as_plain_values_in_checkpoints():
+    protocol = EvalProtocol(mode="slide", crop_size=(8, 8), stride=(4, 4), scales=(0.5, 1.0))
+    task = SegmentationTask(ConvNet(), num_classes=K, test_protocol=protocol)
+    buf = io.BytesIO()
+    torch.save({"hyper_parameters": dict(task.hparams)}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)["hyper_parameters"]  # no pickled classes
+    assert saved["test_protocol"] == {
+        "mode": "slide",
+        "crop_size": [8, 8],
+        "stride": [4, 4],
+        "scales": [0.5, 1.0],
+        "flip": False,
+    }
+    assert saved["val_protocol"]["mode"] == "whole"
