@@ -109,6 +109,10 @@ def test_fit_then_test_writes_a_complete_run_directory(tiny):
     assert m["config"]["model.net.init_args.variant"] == "8s"
     assert m["params"]["total"] > 0
     assert m["timing"]["train_images_per_s"] > 0
+    # What evaluating cost: every image of the split, in positive time.
+    assert m["eval_timing"]["val"]["images"] == 10
+    assert m["eval_timing"]["test"]["images"] == 6
+    assert m["eval_timing"]["test"]["seconds"] > 0
 
     # A fresh process can test the saved run by its config and "best".
     test_after_fit = m["test"]
