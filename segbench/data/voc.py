@@ -191,11 +191,14 @@ class PascalVOC(SegmentationDataModule):
     def voc_pairs(self, name: str) -> list[tuple[Path, Path]]:
         """``(image, label)`` of a VOC list (torchvision's VOCSegmentation for its three)."""
         parent = self._voc()
+        listing = parent / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / f"{name}.txt"
+        if not listing.is_file():
+            raise FileNotFoundError(f"PASCAL VOC: split list not found: {listing}")
         if name in VOC_SPLITS:
             voc = tvd.VOCSegmentation(str(parent), year="2012", image_set=name)
             return [(Path(i), Path(m)) for i, m in zip(voc.images, voc.masks, strict=True)]
         base = parent / "VOCdevkit" / "VOC2012"
-        names = read_names(base / "ImageSets" / "Segmentation" / f"{name}.txt", "PASCAL VOC")
+        names = read_names(listing, "PASCAL VOC")
         return [
             (base / "JPEGImages" / f"{n}.jpg", base / "SegmentationClass" / f"{n}.png")
             for n in names

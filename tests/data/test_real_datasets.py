@@ -179,6 +179,9 @@ def test_voc_errors_say_what_was_expected_where(tmp_path, monkeypatch):
     (sbd / "train.txt").unlink()
     with pytest.raises(FileNotFoundError, match=r"SBD: expected .* missing: train\.txt"):
         PascalVOC(root=voc, sbd_root=str(sbd), num_workers=0).setup("fit")
+    (Path(voc) / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"split list not found: .*Segmentation/val\.txt"):
+        PascalVOC(root=voc, num_workers=0).setup("validate")
 
 
 def fake_scipy(monkeypatch) -> None:
