@@ -8,8 +8,8 @@ SBD (the Semantic Boundaries Dataset, ``benchmark.tgz``) ships its labels as MAT
 the class indices, which :class:`segbench.data.PascalVOC` reads for its ``train_aug`` and
 ``sbd_*`` splits. Existing PNGs are kept unless ``--overwrite``.
 
-torchvision reads ``.mat`` files with ``scipy.io.loadmat``; scipy is not a dependency of segbench,
-so install it for this one-off conversion (``pip install scipy``).
+torchvision reads ``.mat`` files with ``scipy.io.loadmat``; scipy is an optional dependency of
+segbench for this one-off conversion (``pip install 'segbench[sbd]'`` or ``pip install scipy``).
 """
 
 from __future__ import annotations

@@ -233,7 +233,10 @@ def test_convert_sbd_reads_real_mat_files_with_scipy(tmp_path):
     sio = pytest.importorskip("scipy.io", reason="scipy is not installed (optional)")
     sbd = sbd_tree(tmp_path, converted=False)
     for i, name in enumerate(SBD_TRAIN + SBD_VAL):
-        gtcls = {"Segmentation": sbd_label(i), "Boundaries": np.empty((20, 1), object)}
+        boundaries = np.empty((20, 1), object)  # SBD: one (sparse) boundary map per class
+        for c in range(20):
+            boundaries[c, 0] = np.zeros_like(sbd_label(i))
+        gtcls = {"Segmentation": sbd_label(i), "Boundaries": boundaries}
         sio.savemat(sbd / "cls" / f"{name}.mat", {"GTcls": gtcls})
     assert convert_sbd(sbd) == 6
     png = np.asarray(Image.open(sbd / "cls_png" / f"{SBD_TRAIN[0]}.png"))
