@@ -88,3 +88,10 @@ def test_the_scale_learns_toward_a_target_by_gradient_descent():
 def test_wrong_channel_count_is_named():
     with pytest.raises(ValueError, match="L2Norm\\(4\\) got 3 channels"):
         L2Norm(4)(torch.randn(1, 3, 2, 2))
+
+
+def test_half_precision_features_with_a_large_norm_do_not_overflow():
+    x = torch.full((2, 4096), 100.0, dtype=torch.float16)  # squared norm 4e7 > float16's max
+    y = L2Norm(4096, scale_init=10.0)(x)
+    assert y.dtype == torch.float16
+    assert torch.allclose(y.float().norm(dim=1), torch.tensor([10.0, 10.0]), rtol=1e-2)

@@ -58,9 +58,12 @@ class L2Norm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[1] != self.channels:
             raise ValueError(f"L2Norm({self.channels}) got {x.shape[1]} channels")
-        norm = x.square().sum(1, keepdim=True).add(self.eps).sqrt()
+        # In float16 the sum of squares overflows for ordinary feature norms (> 256): compute the
+        # normalisation in float32 under mixed precision and return the input's dtype.
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        norm = xf.square().sum(1, keepdim=True).add(self.eps).sqrt()
         shape = (1, self.channels) + (1,) * (x.dim() - 2)
-        return x / norm * self.weight.view(shape)
+        return (xf / norm * self.weight.view(shape)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, scale_init={self.scale_init}, learnable={self.learnable}"
