@@ -145,7 +145,8 @@ def markdown(rows: Sequence[LayerNorm]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r.name} | {r.channels} | {r.size[0]}x{r.size[1]} | {r.stride:g} | "
+            f"| {r.name} | {r.channels} | {r.size[0]}x{r.size[1]} | "
+            f"{'global' if r.size == (1, 1) else f'{r.stride:g}'} | "
             f"{r.mean:.4g} | {r.std:.3g} | {r.mean / smallest:.3g} |"
         )
     return "\n".join(lines) + "\n"
@@ -198,7 +199,9 @@ def main(argv: list[str]) -> None:
     rows = feature_norms(
         loaded.net, images, modules=known.modules, bn=bn, batch_size=known.batch_size
     )
-    title = f"{loaded.name}; {len(images)} val images; batch norm: {bn} statistics"
+    title = f"{loaded.name}; {len(images)} val images"
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in loaded.net.modules()):
+        title += f"; batch norm: {bn} statistics"
     text = f"Feature norms: {title}\n\n" + markdown(rows)
     if known.out:
         prefix = Path(known.out)
