@@ -52,6 +52,8 @@ TOOLS = {
     "sweep": "segbench.analysis.sweep",
     "benchmark": "segbench.analysis.benchmark",
     "convert-sbd": "segbench.data.convert_sbd",
+    "feature-norms": "segbench.analysis.feature_norms",
+    "erf": "segbench.analysis.erf",
 }
 
 WANDB_ID_FILE = "wandb_id"
@@ -318,7 +320,10 @@ class _BuildOnly(SegbenchCLI):
         pass
 
     def instantiate_classes(self) -> None:
-        self.config_init = self.parser.instantiate_classes(self.config)
+        # jsonargparse >= 4.49 renamed ``instantiate_classes`` to ``instantiate`` (the old name
+        # warns); LightningCLI itself still calls the old one from its own module.
+        instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes
+        self.config_init = instantiate(self.config)
         self.datamodule = self.config_init[self.subcommand]["data"]
         self.model = self.config_init[self.subcommand]["model"]
 

@@ -61,3 +61,37 @@ def test_compare_runs_notebook(two_runs):
     assert "| fcn32s | 32s |" in tables[0]
     assert "| fcn8s | 8s |" in tables[0]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+
+
+@pytest.fixture(scope="module")
+def fcn_and_parsenet_runs(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("erf-runs")
+    nets = {
+        "fcn32s": ["--model.net.init_args.variant", "32s"],
+        "parsenet": ["--model.net", "segbench.models.ParseNet", "--model.net.init_args.width",
+                     "0.0625", "--model.net.init_args.batch_norm", "true"],
+    }  # fmt: skip
+    for name, extra in nets.items():
+        main(["fit", *tiny_args(root, name=name, epochs=2, extra=extra)])
+    return [root / "test" / name for name in nets]
+
+
+def test_erf_notebook(fcn_and_parsenet_runs):
+    env = {
+        "SEGBENCH_ERF_RUNS": os.pathsep.join(str(p) for p in fcn_and_parsenet_runs),
+        "SEGBENCH_ERF_IMAGES": "1",
+        "SEGBENCH_ERF_PATCH": "16",
+        "SEGBENCH_ERF_CANVAS": "512",
+    }
+    nb = execute(REPO / "notebooks" / "erf.ipynb", env)
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "2 runs: fcn32s, parsenet" in text
+    assert "measured 2 models" in text
+    tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in tables[0].splitlines()[2:]}
+    assert set(rows) == {"fcn32s", "parsenet"}
+    # A 64 x 64 image lies inside both theoretical fields; only global context is unbounded.
+    assert "| 100% | 436x436 |" in rows["fcn32s"]
+    assert "| 100% | global" in rows["parsenet"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1

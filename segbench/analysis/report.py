@@ -15,6 +15,9 @@ checkpoint. ``--paper FILE.yaml`` adds the published numbers next to ours::
     rows:
       32s: {mIoU: 59.4, pixel_acc: 89.1}
       8s: {mIoU: 62.7, pixel_acc: 90.3}
+
+``key: variant`` identifies a row by its label instead (the run name without ``-s<seed>``: a
+sweep's variant file name), for ablations whose variants differ in several keys at once.
 """
 
 from __future__ import annotations
@@ -183,7 +186,8 @@ def build_table(
         line = [row.label, *(str(row.config.get(k)) for k in differing), str(n)]
         line += [_fmt(*row.mean_std(m), _scale(m)) for m in metrics]
         if paper:
-            value = row.runs[0].config.get(paper["key"])
+            key = paper["key"]
+            value = row.label if key == "variant" else row.runs[0].config.get(key)
             ref = paper["rows"].get(value) or paper["rows"].get(str(value)) or {}
             line += [str(ref.get(m, "–")) for m in paper_metrics]
         cells.append(line)

@@ -2,5 +2,6 @@
 
 from segbench.models.base import SegmentationModel
 from segbench.models.fcn import FCN
+from segbench.models.parsenet import ParseNet
 
-__all__ = ["FCN", "SegmentationModel"]
+__all__ = ["FCN", "ParseNet", "SegmentationModel"]

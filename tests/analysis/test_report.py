@@ -76,6 +76,16 @@ def test_files_and_paper_columns(runs, tmp_path):
     assert out.with_suffix(".md").read_text().startswith("# FCN skips")
 
 
+def test_paper_rows_by_variant_name(runs, tmp_path):
+    paper = tmp_path / "paper.yaml"
+    paper.write_text("key: variant\nrows:\n  fcn8s: {mIoU: 62.7}\n")
+    lines = report([str(runs / "*")], paper=str(paper)).splitlines()
+    assert lines[2].startswith("| fcn32s |")
+    assert lines[2].endswith("| – |")
+    assert lines[3].startswith("| fcn8s |")
+    assert lines[3].endswith("| 62.7 |")
+
+
 def test_no_runs_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no metrics\.json"):
         report([str(tmp_path)])

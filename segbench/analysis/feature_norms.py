@@ -1,0 +1,214 @@
+"""``segbench feature-norms (RUN_DIR | --config FILE.yaml [overrides]) [--modules ...]``.
+
+ParseNet's observation (section 3.3): the features of different layers differ in scale, often by
+orders of magnitude, so a naive concatenation is dominated by the largest. This tool measures it
+on our networks: the mean over positions and images of the L2 norm (over channels) of each
+tapped layer's features, as a markdown table and a bar plot on a log scale.
+
+Tapped layers: every output of ``net.backbone`` when the backbone names them
+(``feature_names``: ``pool1 .. pool5, fc7`` for VGG16), plus the output of each module named by
+``--modules`` (dotted names inside the network, e.g. ``pool6`` for ParseNet's global feature or
+``norms.fc7`` for a normalised one).
+
+Images: the first ``--images`` of the validation split, without augmentation. A trained run is
+measured in eval mode (batch norm with its running statistics). A fresh network's running
+statistics are still the initial ones, so by default its batch-norm layers use the batch's own
+statistics, as in the first training step (``--bn`` overrides either choice). Dropout is off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from segbench.analysis.loading import load_model, sample_images
+
+
+@dataclass
+class LayerNorm:
+    """The feature norms of one tapped layer."""
+
+    name: str
+    channels: int
+    size: tuple[int, int]
+    stride: float
+    mean: float
+    std: float
+
+
+@contextmanager
+def batch_norm_mode(net: nn.Module, mode: Literal["running", "batch"]) -> Iterator[None]:
+    """Eval mode, with batch-norm layers in training mode (batch statistics) if ``mode`` is
+    ``"batch"``; restores the modules' modes and running statistics afterwards."""
+    was = {m: m.training for m in net.modules()}
+    saved = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "batches" in k}
+    net.eval()
+    if mode == "batch":
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+    try:
+        yield
+    finally:
+        for m, training in was.items():
+            m.training = training
+        if saved:
+            net.load_state_dict(saved, strict=False)
+
+
+def _as_maps(name: str, value: object) -> list[tuple[str, Tensor]]:
+    if isinstance(value, Tensor):
+        return [(name, value)]
+    if isinstance(value, list | tuple):
+        return [(f"{name}[{i}]", v) for i, v in enumerate(value) if isinstance(v, Tensor)]
+    if isinstance(value, dict):
+        return [(f"{name}[{k}]", v) for k, v in value.items() if isinstance(v, Tensor)]
+    return []
+
+
+def feature_norms(
+    net: nn.Module,
+    images: Tensor,
+    *,
+    modules: Sequence[str] = (),
+    bn: Literal["running", "batch"] = "running",
+    batch_size: int = 8,
+) -> list[LayerNorm]:
+    """Mean and std over positions (and images) of the channel-wise L2 norm of each tapped
+    layer: the backbone's named outputs, then ``modules`` in the given order."""
+    norms: dict[str, list[Tensor]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str, value: object) -> None:
+        for key, t in _as_maps(name, value):
+            if t.dim() < 2:
+                continue
+            shapes.setdefault(key, tuple(t.shape))
+            norms.setdefault(key, []).append(t.detach().float().norm(dim=1).flatten())
+
+    hooks = []
+    backbone = getattr(net, "backbone", None)
+    names = getattr(backbone, "feature_names", None)
+    if backbone is not None and names is not None:
+
+        def backbone_hook(_m: nn.Module, _i: object, out: Sequence[Tensor]) -> None:
+            for n, t in zip(names, out, strict=True):
+                record(n, t)
+
+        hooks.append(backbone.register_forward_hook(backbone_hook))
+    named = dict(net.named_modules())
+    for name in modules:
+        if name not in named:
+            raise ValueError(f"no module {name!r} in {type(net).__name__}")
+        hooks.append(named[name].register_forward_hook(lambda _m, _i, out, n=name: record(n, out)))
+    if not hooks:
+        raise ValueError(f"{type(net).__name__} has no named backbone features: give --modules")
+    try:
+        with batch_norm_mode(net, bn), torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                net(images[start : start + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = []
+    for key, values in norms.items():
+        shape = shapes[key]
+        size = (shape[2], shape[3]) if len(shape) >= 4 else (1, 1)
+        flat = torch.cat(values)
+        rows.append(
+            LayerNorm(
+                name=key,
+                channels=shape[1],
+                size=size,
+                stride=images.shape[-2] / size[0],
+                mean=float(flat.mean()),
+                std=float(flat.std()) if flat.numel() > 1 else 0.0,
+            )
+        )
+    return rows
+
+
+def markdown(rows: Sequence[LayerNorm]) -> str:
+    smallest = min((r.mean for r in rows if r.mean > 0), default=1.0)
+    lines = [
+        "| layer | channels | map | stride | mean L2 norm | std | x smallest |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.name} | {r.channels} | {r.size[0]}x{r.size[1]} | "
+            f"{'global' if r.size == (1, 1) else f'{r.stride:g}'} | "
+            f"{r.mean:.4g} | {r.std:.3g} | {r.mean / smallest:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[LayerNorm], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.0 * len(rows) + 2.5, 3.5))
+    x = range(len(rows))
+    means = [max(r.mean, 1e-12) for r in rows]
+    ax.bar(list(x), means, color="#4c72b0")
+    ax.set_yscale("log")
+    ax.set_xticks(list(x), [r.name for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("mean L2 norm over channels")
+    ax.set_title(title, fontsize=9)
+    for i, m in enumerate(means):
+        ax.text(i, m, f"{m:.3g}", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="segbench feature-norms",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--modules", nargs="+", default=[], help="extra modules to tap")
+    parser.add_argument("--images", type=int, default=16, help="validation images to average")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument(
+        "--bn",
+        choices=["auto", "running", "batch"],
+        default="auto",
+        help="batch-norm statistics: auto = running for a trained run, batch for a fresh net",
+    )
+    parser.add_argument("--ckpt", default="best", help="checkpoint of a run: best, last or a path")
+    parser.add_argument("--out", help="write PREFIX.md, PREFIX.png and PREFIX.json")
+    known, rest = parser.parse_known_args(argv)
+    if not rest:
+        parser.error("give a run directory or --config FILE.yaml")
+    loaded = load_model(rest, ckpt=known.ckpt)
+    bn = known.bn if known.bn != "auto" else ("running" if loaded.trained else "batch")
+    images = sample_images(loaded.datamodule, known.images)
+    rows = feature_norms(
+        loaded.net, images, modules=known.modules, bn=bn, batch_size=known.batch_size
+    )
+    title = f"{loaded.name}; {len(images)} val images"
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in loaded.net.modules()):
+        title += f"; batch norm: {bn} statistics"
+    text = f"Feature norms: {title}\n\n" + markdown(rows)
+    if known.out:
+        prefix = Path(known.out)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        prefix.with_suffix(".md").write_text(text)
+        prefix.with_suffix(".json").write_text(
+            json.dumps({"title": title, "layers": [asdict(r) for r in rows]}, indent=2) + "\n"
+        )
+        plot(rows, prefix.with_suffix(".png"), title)
+    sys.stdout.write(text)

@@ -1,0 +1,96 @@
+"""Networks and images for the analysis tools, from a config (fresh) or a trained run directory.
+
+A tool's model arguments are either a run directory (``runs/<group>/<name>``: its
+``config.yaml`` is parsed and ``checkpoints/<ckpt>.ckpt`` loaded into the network, strictly), or
+``segbench fit`` arguments (``--config FILE.yaml [--model.net.init_args.width 0.25 ...]``) for a
+freshly initialised network. Further ``segbench fit`` overrides may follow a run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jsonargparse import Namespace
+from torch import Tensor, nn
+
+from segbench.cli import build
+from segbench.data.base import SegmentationDataModule, Split
+from segbench.data.transforms import eval_transform
+from segbench.task import SegmentationTask
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for analysis (eval mode, CPU) with its data module."""
+
+    task: SegmentationTask
+    datamodule: SegmentationDataModule
+    config: Namespace
+    #: The run directory it was loaded from, or ``None`` for a fresh network.
+    run_dir: Path | None
+    checkpoint: Path | None
+
+    @property
+    def net(self) -> nn.Module:
+        return self.task.net
+
+    @property
+    def trained(self) -> bool:
+        return self.checkpoint is not None
+
+    @property
+    def name(self) -> str:
+        kind = f"{self.run_dir} ({self.checkpoint.name})" if self.checkpoint else "fresh"
+        return f"{type(self.net).__name__}, {kind}"
+
+
+def is_run_dir(path: str) -> bool:
+    return Path(path).is_dir() and (Path(path) / "config.yaml").is_file()
+
+
+def load_model(args: list[str], *, ckpt: str = "best") -> LoadedModel:
+    """Build the network of ``args`` (a run directory first, or ``segbench fit`` arguments).
+
+    ``ckpt`` names the run's checkpoint (``best``, ``last``) or is a path to one.
+    """
+    if not args:
+        raise ValueError("give a run directory or --config FILE.yaml")
+    run_dir: Path | None = None
+    checkpoint: Path | None = None
+    if is_run_dir(args[0]):
+        run_dir = Path(args[0])
+        args = ["--config", str(run_dir / "config.yaml"), *args[1:]]
+        checkpoint = Path(ckpt) if Path(ckpt).suffix == ".ckpt" else None
+        checkpoint = checkpoint or run_dir / "checkpoints" / f"{ckpt}.ckpt"
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+    task, dm, cfg = build(args)
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = state.get("state_dict", state)
+        net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+        task.net.load_state_dict(net_state)
+    task.net.eval()
+    return LoadedModel(task, dm, cfg, run_dir, checkpoint)
+
+
+def sample_images(dm: SegmentationDataModule, num: int, split: Split = "val") -> Tensor:
+    """The first ``num`` (normalised) images of ``split`` without augmentation, ``N x 3 x H x W``.
+
+    All images must share a size (true of the synthetic scenes; crop real data sets first).
+    """
+    dataset = dm.build_dataset(split, eval_transform(mean=dm.mean, std=dm.std, scale=dm.scale))
+    images = [dataset[i]["image"] for i in range(min(num, len(dataset)))]  # type: ignore[arg-type]
+    sizes = {tuple(im.shape[-2:]) for im in images}
+    if len(sizes) > 1:
+        raise ValueError(f"the {split} images differ in size ({sorted(sizes)}): crop them first")
+    return torch.stack(images)
+
+
+def denormalise(images: Tensor, dm: SegmentationDataModule) -> Tensor:
+    """Normalised images back to RGB in [0, 1] for display."""
+    mean = torch.tensor(dm.mean).view(1, 3, 1, 1)
+    std = torch.tensor(dm.std).view(1, 3, 1, 1)
+    return (images * std + mean).clamp(0, 1)
