@@ -230,3 +230,27 @@ def test_segmentation_head_initialisation():
     assert not net.seg.bias.any()
     assert net.seg.weight.std().item() == pytest.approx(math.sqrt(2 / 19), rel=0.2)
     assert count(net) == count(net.backbone) + net.seg.weight.numel() + 19
+
+
+@pytest.mark.parametrize("name", [*NAMED, "drn_b_26"])
+def test_segbench_summary_shows_the_official_counts(name, capsys):
+    from segbench.cli import main
+    from tests.conftest import REPO
+
+    imagenet = REPO / "experiments" / "drn" / "imagenet"
+    main(
+        [
+            "summary",
+            "--config",
+            str(imagenet / "base.yaml"),
+            "--config",
+            str(imagenet / "variants" / f"{name}.yaml"),
+            "--input_size",
+            "224",
+            "224",
+        ]
+    )
+    params = OFFICIAL["drn_c_26" if name == "drn_b_26" else name][0]
+    out = capsys.readouterr().out
+    assert f"| parameters | {params:,} (" in out
+    assert "| output stride | 8 |" in out
