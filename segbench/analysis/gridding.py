@@ -240,6 +240,24 @@ def markdown(results: list[GriddingResult]) -> str:
     return "\n".join(lines)
 
 
+def crop_to_support(response: Tensor, fraction: float = 0.01, margin: int = 2) -> Tensor:
+    """The box around the pixels above ``fraction`` of the maximum, plus ``margin``, at least
+    9 x 9 (for display: a small response is lost in a large map)."""
+    h, w = response.shape[-2:]
+    ys, xs = torch.nonzero(response > fraction * response.max(), as_tuple=True)
+    if len(ys) == 0:
+        return response
+    cy, cx = (int(ys.min()) + int(ys.max())) // 2, (int(xs.min()) + int(xs.max())) // 2
+    half = max(
+        4,
+        (int(ys.max()) - int(ys.min())) // 2 + margin,
+        (int(xs.max()) - int(xs.min())) // 2 + margin,
+    )
+    return response[
+        max(0, cy - half) : min(h, cy + half + 1), max(0, cx - half) : min(w, cx + half + 1)
+    ]
+
+
 def _show(ax, image, title: str) -> None:
     ax.imshow(image, cmap="magma", interpolation="nearest")
     ax.set_title(title, fontsize=7)
@@ -249,7 +267,8 @@ def _show(ax, image, title: str) -> None:
 
 def plot(results: list[GriddingResult], path: Path, max_images: int = 1) -> None:
     """Per model: a row of activation norms per image, then a row of impulse responses
-    (square root, to show the weak off-lattice response), one column per level."""
+    (square root, to show the weak off-lattice response; cropped to their support), one column
+    per level."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,7 +302,7 @@ def plot(results: list[GriddingResult], path: Path, max_images: int = 1) -> None
                 row[j + 1].axis("on")
                 _show(
                     row[j + 1],
-                    r.responses[j].sqrt().numpy(),
+                    crop_to_support(r.responses[j]).sqrt().numpy(),
                     f"{level}: {r.impulse[j]:.1f}%",
                 )
     fig.suptitle(

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from segbench.analysis.gridding import (
+    crop_to_support,
     find_backbone,
     impulse_positions,
     lattice_coherence,
@@ -102,6 +103,15 @@ def test_impulse_positions_cover_the_phases_of_the_stride():
     assert len(positions) == 4
     assert {(y % 8, x % 8) for y, x in positions} == {(0, 0), (0, 4), (4, 0), (4, 4)}
     assert all(0 <= y < 64 and 0 <= x < 48 for y, x in positions)
+
+
+def test_figures_crop_a_small_response_to_its_support():
+    response = torch.zeros(64, 64)
+    response[30:33, 40:42] = 1.0
+    crop = crop_to_support(response)
+    assert crop.shape == (9, 9)
+    assert crop.sum() == response.sum()
+    assert crop_to_support(torch.zeros(8, 8)).shape == (8, 8)
 
 
 def test_find_backbone_for_any_segbench_network():
