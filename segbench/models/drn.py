@@ -35,7 +35,8 @@ builds a projection shortcut for its residual-free level 7 and never uses it), `
 ``UpsamplingBilinear2d``, i.e. ``align_corners=True``; segbench's bilinear resize uses
 ``align_corners=False``).
 
-Deviations: ``width`` (a channel multiplier for CPU-scale runs; 1.0 is the paper's network).
+Deviations: ``width`` and ``min_channels`` (a channel multiplier and a floor on it for CPU-scale
+runs; 1.0 and 1 are the paper's network).
 fyu/drn's DRN-A classifier uses ``AvgPool2d(28)`` and an ``nn.Linear`` fc, its DRN-C/D a fixed
 ``AvgPool2d(28)`` and a 1x1 convolution: here all use adaptive global average pooling (identical
 at 224 x 224) and a 1x1 convolution (as many parameters as the linear layer). Inputs whose size
@@ -78,6 +79,9 @@ class DRN(SegmentationModel):
         upsample: ``"deconv"``: the frozen bilinear grouped transposed convolution x8 of
             fyu/drn's ``DRNSeg``; ``"bilinear"``: bilinear interpolation (``use_torch_up``).
         width: channel multiplier of the backbone (1.0 = the paper's DRN).
+        min_channels: floor on every level's channels after the multiplier, so that CPU-scale
+            models keep usable early levels (width 1/4 alone gives DRN-C 4 and 8 channels in
+            levels 1-2); 1 = no floor, the paper's network at width 1.
         backbone_weights: ``None``, a path to a state dict in the layout's names (fyu/drn's
             ImageNet checkpoints), or for DRN-A a torchvision ``ResNet<depth>_Weights`` member.
     """
@@ -95,6 +99,7 @@ class DRN(SegmentationModel):
         unused_projection: bool = False,
         upsample: Literal["deconv", "bilinear"] = "deconv",
         width: float = 1.0,
+        min_channels: int = 1,
         backbone_weights: str | None = None,
     ) -> None:
         super().__init__()
@@ -109,6 +114,7 @@ class DRN(SegmentationModel):
             first_dilation=first_dilation,
             unused_projection=unused_projection,
             width=width,
+            min_channels=min_channels,
             output_stride=OUTPUT_STRIDE,
             weights=backbone_weights,
         )

@@ -254,3 +254,11 @@ def test_segbench_summary_shows_the_official_counts(name, capsys):
     out = capsys.readouterr().out
     assert f"| parameters | {params:,} (" in out
     assert "| output stride | 8 |" in out
+
+
+def test_min_channels_floors_the_narrow_levels_only():
+    c = DRNBackbone(width=1 / 4, min_channels=16)
+    assert c.out_channels == (16, 16, 16, 32, 64, 128, 128, 128)
+    a = DRNBackbone(width=1 / 4, min_channels=16, remove_max_pooling=False, add_levels_78=False)
+    assert a.out_channels == (16, 16, 32, 64, 128)
+    assert DRNBackbone(width=1 / 4).out_channels[:2] == (4, 8)

@@ -109,6 +109,8 @@ class DRNBackbone(nn.Module):
             residual-free level 7 whose input is wider (DRN-C-58), so the parameter count and
             state dict equal the official ones.
         width: channel multiplier (1.0 = the paper's widths).
+        min_channels: no level narrower than this after the multiplier (CPU scale: at width
+            1/4 levels 1-2 would have 4 and 8 channels; 1 = no floor).
         output_stride: 8 (the paper: levels 5-8 dilated 2, 4, 2, 1), 16 (level 5 strided;
             dilations 1, 2, 1, 1) or 32 (no dilation).
         weights: ``None``, or a path to a state dict with this layout's names (fyu/drn's
@@ -127,12 +129,14 @@ class DRNBackbone(nn.Module):
         first_dilation: Literal["full", "one"] = "full",
         unused_projection: bool = False,
         width: float = 1.0,
+        min_channels: int = 1,
         output_stride: Literal[8, 16, 32] = 8,
         weights: str | None = None,
     ) -> None:
         super().__init__()
         block: type[BasicBlock | Bottleneck] = BasicBlock if depth < 50 else Bottleneck
-        ch = [max(1, round(c * width)) for c in LEVEL_CHANNELS]
+        floor = max(1, min_channels)
+        ch = [max(floor, round(c * width)) for c in LEVEL_CHANNELS]
         self.layout: Literal["maxpool", "residual", "plain"] = (
             "maxpool" if not remove_max_pooling else "plain" if plain_conv_levels else "residual"
         )
@@ -152,7 +156,7 @@ class DRNBackbone(nn.Module):
             strides.append(stride)
 
         if self.layout == "maxpool":
-            stem = max(1, round(RESNET_STEM_CHANNELS * width))
+            stem = max(floor, round(RESNET_STEM_CHANNELS * width))
             self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
             self.bn1 = nn.BatchNorm2d(stem)
             self.relu = nn.ReLU(inplace=True)
