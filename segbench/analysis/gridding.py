@@ -343,6 +343,17 @@ def sample_images(datamodule: object, n: int) -> Tensor | None:
     return torch.stack([dataset[i]["image"] for i in range(min(n, len(dataset)))])
 
 
+def config_name(args: list[str]) -> str | None:
+    """The stem of the last ``--config`` file (a variant's name), if any."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return Path(files[-1]).stem if files else None
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="segbench gridding",
@@ -384,7 +395,7 @@ def main(argv: list[str]) -> None:
             models.append((Path(run).name, net, dm, Path(run)))
     else:
         task, dm, _ = build(rest)
-        models.append((type(task.net).__name__, task.net, dm, None))
+        models.append((config_name(rest) or type(task.net).__name__, task.net, dm, None))
     for name, net, dm, run_dir in models:
         result = measure(
             net,

@@ -153,13 +153,13 @@ def test_gridding_command_on_a_config_writes_table_and_figures(tmp_path, capsys)
     )
     text = capsys.readouterr().out
     assert "impulse lattice coherence (%), period 4" in text
-    assert "| DRN |" in text
+    assert "| base |" in text  # named after the last config file
     assert "level8" in text.splitlines()[2]
-    scores = json.loads((out / "gridding.json").read_text())["DRN"]
+    scores = json.loads((out / "gridding.json").read_text())["base"]
     assert 0.0 <= scores["gridding/impulse"] <= 100.0
     assert "gridding/activation/level1" in scores
     assert (out / "gridding.png").stat().st_size > 1000
-    assert (out / "gridding_DRN.png").is_file()
+    assert (out / "gridding_base.png").is_file()
 
 
 def test_gridding_records_into_a_trained_run_for_the_report(tiny, capsys):
