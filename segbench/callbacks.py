@@ -1,8 +1,9 @@
 """Callbacks that make a run readable without W&B: the metrics file and the validation figure.
 
 * :class:`RunFiles` keeps ``<run_dir>/metrics.json`` up to date: the resolved config (flat, one
-  key per switch), the last and the best validation metrics, the test metrics, the parameter count
-  and the training throughput. ``segbench report`` builds its tables from these files.
+  key per switch), the last and the best validation metrics, the test metrics, the parameter count,
+  the training throughput and the time of the last validation and test (``eval_timing``: what an
+  evaluation protocol costs). ``segbench report`` builds its tables from these files.
 * :class:`SegmentationVisualizer` draws a few validation images with their ground truth and
   prediction into ``<run_dir>/val_examples.png`` and, when a W&B logger is present, logs them as
   mask overlays together with a per-class IoU table.
@@ -60,6 +61,7 @@ class RunFiles(Callback):
         if config is not None:
             self.data["config"] = config
         self._train_time, self._train_images, self._tick, self._fit_start = 0.0, 0, 0.0, 0.0
+        self._eval_start, self._eval_images = 0.0, 0
 
     def _write(self, trainer: L.Trainer) -> None:
         if trainer.is_global_zero:
@@ -95,12 +97,56 @@ class RunFiles(Callback):
         self._tick = now
         self._train_images += int(batch["image"].shape[0]) * trainer.world_size
 
+    # -- evaluation time: wall-clock of the epoch (loading included), this process's images ---
+    def _eval_begin(self) -> None:
+        self._eval_start, self._eval_images = time.perf_counter(), 0
+
+    def _eval_count(self, batch: Any) -> None:
+        self._eval_images += int(batch["image"].shape[0])
+
+    def _eval_timing(self, stage: str) -> None:
+        seconds = time.perf_counter() - self._eval_start
+        self.data.setdefault("eval_timing", {})[stage] = {
+            "seconds": seconds,
+            "images": self._eval_images,
+            "images_per_s": self._eval_images / seconds if seconds > 0 else None,
+        }
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_begin()
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._eval_count(batch)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_begin()
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._eval_count(batch)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         val = _floats(trainer.callback_metrics, "val/")
         if not val:
             return
+        self._eval_timing("val")
         val["epoch"] = trainer.current_epoch
         val["step"] = trainer.global_step
         self.data["val"] = val
@@ -130,6 +176,7 @@ class RunFiles(Callback):
         self._write(trainer)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_timing("test")
         self.data["test"] = _floats(trainer.callback_metrics, "test/")
         self.data["test_checkpoint"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
         self._write(trainer)

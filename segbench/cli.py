@@ -51,6 +51,7 @@ TOOLS = {
     "report": "segbench.analysis.report",
     "sweep": "segbench.analysis.sweep",
     "benchmark": "segbench.analysis.benchmark",
+    "convert-sbd": "segbench.data.convert_sbd",
     "gridding": "segbench.analysis.gridding",
 }
 

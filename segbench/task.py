@@ -3,7 +3,9 @@
 One batch through the task: ``{"image": N x 3 x H x W, "mask": N x H x W}`` -> ``net(image)``
 -> ``{"out": logits, "aux": logits?}`` -> loss (cross-entropy or OHEM on ``out``, plus
 ``aux_weight`` x cross-entropy on ``aux``, plus the net's ``extra_losses``) -> optimiser step and
-per-iteration learning-rate schedule. Validation and test accumulate one confusion matrix each
+per-iteration learning-rate schedule. Validation and test predict each image under their stage's
+evaluation protocol (:class:`segbench.inference.EvalProtocol`: whole image, sliding window,
+multi-scale + flip), resized to the label's size, and accumulate one confusion matrix each
 (:class:`segbench.metrics.SegmentationMetrics`) and the mean loss over valid pixels, both
 torchmetrics states that are summed exactly across DDP processes.
 """
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ConstantLR, LinearLR, LRScheduler, PolynomialLR, SequentialLR
 from torchmetrics import MeanMetric
 
+from segbench.inference import WHOLE_IMAGE, EvalProtocol, predict_log_probs
 from segbench.losses import SegmentationLoss
 from segbench.metrics import SegmentationMetrics
 from segbench.models.base import SegmentationModel
@@ -71,6 +74,12 @@ class SegmentationTask(L.LightningModule):
         init_from: a checkpoint (``.ckpt`` of a segbench run, or a plain state dict) whose
             tensors initialise the net where names and shapes match, e.g. FCN-16s from FCN-32s
             (FCN's staged training). Ignored when resuming with ``--ckpt_path``.
+        val_protocol: how validation images are predicted: ``mode`` whole or slide (with
+            ``crop_size`` and ``stride``), ``scales`` and ``flip`` for test-time augmentation.
+            Predictions are resized to the label's size before scoring. Default: the whole
+            image, once.
+        test_protocol: the same for the test and predict stages (e.g. multi-scale + flip for
+            the final numbers while validation during training stays cheap).
     """
 
     def __init__(
@@ -90,9 +99,14 @@ class SegmentationTask(L.LightningModule):
         warmup_iters: int = 0,
         warmup_factor: float = 0.1,
         init_from: str | None = None,
+        val_protocol: EvalProtocol = WHOLE_IMAGE,
+        test_protocol: EvalProtocol = WHOLE_IMAGE,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "val_protocol", "test_protocol"])
+        self.hparams.update(
+            val_protocol=val_protocol.to_dict(), test_protocol=test_protocol.to_dict()
+        )
         self.net = net
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.class_names = (
@@ -114,6 +128,7 @@ class SegmentationTask(L.LightningModule):
         self.lr_schedule, self.poly_power = lr_schedule, poly_power
         self.warmup_iters, self.warmup_factor = warmup_iters, warmup_factor
         self.init_from = init_from
+        self.protocols: dict[Stage, EvalProtocol] = {"val": val_protocol, "test": test_protocol}
         self.metrics = nn.ModuleDict(
             {
                 s: SegmentationMetrics(num_classes, ignore_index, self.class_names)
@@ -220,17 +235,21 @@ class SegmentationTask(L.LightningModule):
         )
         return loss
 
+    def predict_log_probs(
+        self, image: Tensor, stage: Stage, size: tuple[int, int] | None = None
+    ) -> Tensor:
+        """Log-probabilities ``N x K x size`` of ``image`` under the stage's protocol."""
+        return predict_log_probs(self.net, image, self.protocols[stage], size)
+
     def _eval_step(self, stage: Stage, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        logits = self(batch["image"])["out"]
         target = batch["mask"]
+        log_probs = self.predict_log_probs(batch["image"], stage, tuple(target.shape[-2:]))
         valid = (target != self.ignore_index).sum()
-        loss_sum = F.cross_entropy(
-            logits.float(), target, ignore_index=self.ignore_index, reduction="sum"
-        )
+        loss_sum = F.nll_loss(log_probs, target, ignore_index=self.ignore_index, reduction="sum")
         # Weighted by the number of valid pixels: the epoch value is the mean over every valid
         # pixel of the split, also when processes see different numbers of pixels.
         self.losses[stage].update(loss_sum / valid.clamp(min=1), weight=valid)
-        pred = logits.argmax(1)
+        pred = log_probs.argmax(1)
         self.metrics[stage].update(pred, target)
         return {"pred": pred}
 
@@ -258,6 +277,6 @@ class SegmentationTask(L.LightningModule):
         self._log_stage("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Label maps (``N x H x W``, int64) with the batch's file names."""
-        pred = self(batch["image"])["out"].argmax(1)
+        """Label maps (``N x H x W``, int64) under the test protocol, with the file names."""
+        pred = self.predict_log_probs(batch["image"], "test").argmax(1)
         return {"pred": pred, "name": batch.get("name")}

@@ -109,6 +109,10 @@ def test_fit_then_test_writes_a_complete_run_directory(tiny):
     assert m["config"]["model.net.init_args.variant"] == "8s"
     assert m["params"]["total"] > 0
     assert m["timing"]["train_images_per_s"] > 0
+    # What evaluating cost: every image of the split, in positive time.
+    assert m["eval_timing"]["val"]["images"] == 10
+    assert m["eval_timing"]["test"]["images"] == 6
+    assert m["eval_timing"]["test"]["seconds"] > 0
 
     # A fresh process can test the saved run by its config and "best".
     test_after_fit = m["test"]
@@ -188,16 +192,34 @@ def test_summary_counts_parameters_without_data(capsys):
     assert "GFLOPs" in out
 
 
+EXPERIMENTS = REPO / "experiments"
+#: One data section per real data set: ``experiments/datasets/<dataset>.yaml``.
+DATASETS = EXPERIMENTS / "datasets"
+
+
+def dataset_section(path: Path) -> Path | None:
+    """``experiments/datasets/<dataset>.yaml`` for ``experiments/<paper>/<dataset>/...``."""
+    parts = path.relative_to(EXPERIMENTS).parts
+    if len(parts) < 3 or parts[0] == DATASETS.name:
+        return None
+    section = DATASETS / f"{parts[1]}.yaml"
+    return section if section.is_file() else None
+
+
 def parse_pairs() -> list:
-    """Every YAML under experiments/; files in a `variants/` folder compose with ../base.yaml."""
+    """Every YAML under experiments/; files in a `variants/` folder compose with ../base.yaml,
+    and a paper's recipe for a data set composes after that data set's section."""
     cases = []
-    for path in sorted((REPO / "experiments").rglob("*.yaml")):
+    for path in sorted(EXPERIMENTS.rglob("*.yaml")):
         configs = [path]
         if path.parent.name == "variants":
             configs = [path.parent.parent / "base.yaml", path]
         elif path.name.startswith("_") or path.name == "paper.yaml":
             continue  # fragments that only make sense composed; paper numbers for reports
-        cases.append(pytest.param(configs, id=str(path.relative_to(REPO / "experiments"))))
+        section = dataset_section(path)
+        if section is not None:
+            configs = [section, *configs]
+        cases.append(pytest.param(configs, id=str(path.relative_to(EXPERIMENTS))))
     return cases
 
 

@@ -20,7 +20,7 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from segbench.data.transforms import Augment, eval_transform, train_transform
 
@@ -43,6 +43,22 @@ def default_palette(n: int) -> list[tuple[int, int, int]]:
             c >>= 3
         palette.append((r, g, b))
     return palette
+
+
+def collate(samples: list[dict[str, object]]) -> dict[str, object]:
+    """``default_collate``, with a clear message when the images of a batch differ in size."""
+    try:
+        return default_collate(samples)
+    except RuntimeError as err:
+        sizes = sorted({tuple(s["image"].shape[-2:]) for s in samples})  # type: ignore[attr-defined]
+        if len(sizes) < 2:
+            raise
+        names = [s.get("name") for s in samples]
+        raise RuntimeError(
+            f"images {names} have different sizes {sizes} and cannot be stacked into one batch: "
+            "evaluate whole images one at a time (data.init_args.val_batch_size 1); for "
+            "training, crop them to one size (augment.crop_size) or use batch_size 1"
+        ) from err
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -162,6 +178,7 @@ class SegmentationDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=train and len(dataset) >= self.batch_size,  # type: ignore[arg-type]
             num_workers=self.num_workers,
+            collate_fn=collate,
             persistent_workers=self.num_workers > 0,
             pin_memory=trainer is not None
             and trainer.accelerator.__class__.__name__ == "CUDAAccelerator",

@@ -9,7 +9,8 @@ remapped with a look-up table (e.g. CamVid's void 11 -> 255, Cityscapes' labelId
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,54 @@ def read_mask(path: Path, palette: Sequence[Sequence[int]] | None = None) -> np.
         colours = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in bad.tolist()]
         raise ValueError(f"{path}: colours {colours} are not in the palette")
     return order[pos]
+
+
+def resolve_root(root: str | None, env_var: str, dataset: str) -> Path:
+    """The data set's folder: ``root`` if given, else ``$env_var``; checked to be a directory.
+
+    Data modules call this when a split is built, not in ``__init__``, so configs print and
+    models build (``--print_config``, ``segbench summary``) on machines without the data.
+    """
+    value = root or os.environ.get(env_var)
+    if not value:
+        raise ValueError(f"{dataset}: no root given; set data.init_args.root or ${env_var}")
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{dataset} root {path} is not a directory (set data.init_args.root or ${env_var})"
+        )
+    return path
+
+
+def read_names(listing: Path, dataset: str) -> list[str]:
+    """The names of a split list (one per line, blank lines skipped); errors name the file."""
+    if not listing.is_file():
+        raise FileNotFoundError(f"{dataset}: split list not found: {listing}")
+    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{dataset}: {listing} lists no images")
+    return names
+
+
+def check_pairs(
+    pairs: Iterable[tuple[Path, Path]], dataset: str, hint: str = ""
+) -> list[tuple[Path, Path]]:
+    """Check that every image and mask exists; the error names the first missing files.
+
+    ``hint`` (e.g. the conversion command that writes the masks) is appended to the message.
+    """
+    pairs = list(pairs)
+    missing = [p for pair in pairs for p in pair if not p.is_file()]
+    if missing:
+        shown = "\n  ".join(str(p) for p in missing[:5])
+        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise FileNotFoundError(
+            f"{dataset}: {len(missing)} listed file(s) missing:\n  {shown}{more}"
+            + (f"\n{hint}" if hint else "")
+        )
+    if not pairs:
+        raise ValueError(f"{dataset}: the split has no images")
+    return pairs
 
 
 class ImageMaskPairs(Dataset):
