@@ -11,6 +11,7 @@ export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo test test-slow lint format clean ablation-fcn ablation-parsenet
+.PHONY: ablation-degridding
 
 # $(call sweep,GROUP,DIR,EXTRA): the variants of DIR/variants/ x SEEDS on DIR/base.yaml (plus
 # DIR/_scale_paper.yaml when SCALE=paper), then the report in results/GROUP[-paper].{md,csv,png}.
@@ -59,6 +60,19 @@ ablation-fcn: venv  ## FCN-32s/16s/8s skips x SEEDS on the synthetic scenes (CPU
 ablation-parsenet: venv  ## ParseNet context, early/late fusion, L2 norm x SEEDS, synthetic (CPU ~75 min)
 	$(call sweep,parsenet-context,experiments/parsenet/synthetic,--paper experiments/parsenet/paper.yaml \
 	  --metrics test/mIoU test/IoU/boat test/IoU/car test/pixel_acc test/mean_acc)
+# DRN degridding: the sweep, then each run's gridding score into its metrics.json, then the report
+# with that column. FIT_ARGS='--trainer.max_epochs 1' passes extra arguments to every fit.
+DRN_GROUP = drn-degridding$(if $(filter paper,$(SCALE)),-paper)
+DRN_VARIANTS = $(basename $(notdir $(sort $(wildcard experiments/drn/synthetic/variants/*.yaml))))
+DRN_RUNS = $(foreach v,$(DRN_VARIANTS),$(foreach s,$(SEEDS),runs/$(DRN_GROUP)/$(v)-s$(s)))
+DRN_METRICS = test/mIoU test/IoU/pole test/IoU/bird test/IoU/building test/IoU/water gridding/impulse
+
+ablation-degridding: venv  ## DRN-A, degridding steps 1-3 (B, C), DRN-D x SEEDS + gridding score (CPU ~100 min)
+	$(call sweep,drn-degridding,experiments/drn/synthetic,--paper experiments/drn/paper.yaml \
+	  --metrics $(DRN_METRICS) $(if $(FIT_ARGS),-- $(FIT_ARGS)))
+	$(SEGBENCH) gridding --record --runs $(DRN_RUNS) --out results/$(DRN_GROUP)-gridding
+	$(SEGBENCH) report $(DRN_RUNS) --out results/$(DRN_GROUP) --title $(DRN_GROUP) \
+	  --paper experiments/drn/paper.yaml --metrics $(DRN_METRICS)
 
 clean:  ## remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .ruff_cache **/__pycache__

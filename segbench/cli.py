@@ -54,6 +54,7 @@ TOOLS = {
     "convert-sbd": "segbench.data.convert_sbd",
     "feature-norms": "segbench.analysis.feature_norms",
     "erf": "segbench.analysis.erf",
+    "gridding": "segbench.analysis.gridding",
 }
 
 WANDB_ID_FILE = "wandb_id"
@@ -320,10 +321,7 @@ class _BuildOnly(SegbenchCLI):
         pass
 
     def instantiate_classes(self) -> None:
-        # jsonargparse >= 4.49 renamed ``instantiate_classes`` to ``instantiate`` (the old name
-        # warns); LightningCLI itself still calls the old one from its own module.
-        instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes
-        self.config_init = instantiate(self.config)
+        self.config_init = self.parser.instantiate(self.config)
         self.datamodule = self.config_init[self.subcommand]["data"]
         self.model = self.config_init[self.subcommand]["model"]
 

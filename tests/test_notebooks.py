@@ -95,3 +95,17 @@ def test_erf_notebook(fcn_and_parsenet_runs):
     assert "| 100% | 436x436 |" in rows["fcn32s"]
     assert "| 100% | global" in rows["parsenet"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
+
+
+def test_gridding_notebook_on_fresh_models():
+    nb = execute(
+        REPO / "notebooks" / "gridding.ipynb",
+        {"SEGBENCH_GRIDDING_WIDTH": "0.0625", "SEGBENCH_GRIDDING_SIZE": "64"},
+    )
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "5 models: step0_drn_a, step1_no_max_pooling" in text
+    tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    assert "impulse lattice coherence (%), period 4" in tables[0]
+    assert "| step4_drn_d |" in tables[0]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3

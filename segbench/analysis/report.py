@@ -8,7 +8,9 @@ writes ``PREFIX.md``, ``PREFIX.csv`` (means, stds and n in separate columns) and
 (a bar chart of the first metric with ±std error bars).
 
 Validation metrics are those of the best epoch (by val/mIoU), test metrics those of the best
-checkpoint. ``--paper FILE.yaml`` adds the published numbers next to ours::
+checkpoint; numbers that analysis tools stored after training (``"analysis"`` in metrics.json,
+e.g. ``gridding/impulse`` from ``segbench gridding --record``) are columns like any metric.
+``--paper FILE.yaml`` adds the published numbers next to ours::
 
     source: FCN, CVPR 2015, table 2 (VOC2011 val)
     key: model.net.init_args.variant        # the config key that identifies a row
@@ -37,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from segbench.callbacks import METRICS_FILE
+from segbench.callbacks import METRICS_FILE, write_json
 
 #: Config keys that never distinguish variants (names, paths, bookkeeping).
 IGNORED_KEYS = re.compile(
@@ -118,7 +120,25 @@ def load_run(path: Path) -> Run:
     for k in ("train_images_per_s", "fit_seconds"):
         if k in timing:
             metrics[k] = float(timing[k])
+    for k, v in (data.get("analysis") or {}).items():
+        if isinstance(v, int | float):
+            metrics[k] = float(v)
     return Run(path.parent, data.get("config") or {}, metrics)
+
+
+def record_analysis(run_dir: str | Path, values: dict[str, float]) -> None:
+    """Add ``values`` to the ``"analysis"`` section of a run's ``metrics.json``.
+
+    For numbers an analysis tool computes after training (e.g. ``segbench gridding --record``):
+    :func:`load_run` reads them like logged metrics, so ``segbench report --metrics NAME`` shows
+    them as columns. Existing keys are replaced, others kept.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {METRICS_FILE} in {run_dir}")
+    data = json.loads(path.read_text())
+    data.setdefault("analysis", {}).update({k: float(v) for k, v in values.items()})
+    write_json(path, data)
 
 
 def group_runs(runs: Sequence[Run]) -> tuple[list[Row], list[str]]:

@@ -1,7 +1,8 @@
 """Segmentation architectures: one file per paper, all following :mod:`segbench.models.base`."""
 
 from segbench.models.base import SegmentationModel
+from segbench.models.drn import DRN, DRNClassifier
 from segbench.models.fcn import FCN
 from segbench.models.parsenet import ParseNet
 
-__all__ = ["FCN", "ParseNet", "SegmentationModel"]
+__all__ = ["DRN", "FCN", "DRNClassifier", "ParseNet", "SegmentationModel"]

@@ -98,3 +98,25 @@ def test_missing_values_show_as_dashes(runs):
 def test_metrics_file_round_trips(tmp_path):
     write_json(tmp_path / "m.json", {"a": 1})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+
+
+def test_analysis_values_are_columns_and_paper_rows_match_by_run(runs, tmp_path):
+    from segbench.analysis.report import record_analysis
+
+    record_analysis(runs / "fcn8s-s0", {"gridding/impulse": 2.5})
+    record_analysis(runs / "fcn8s-s1", {"gridding/impulse": 3.5, "other": 1})
+    data = json.loads((runs / "fcn8s-s1" / "metrics.json").read_text())
+    assert data["test"]["test/mIoU"] == 0.61  # the rest of the file is kept
+    assert data["analysis"] == {"gridding/impulse": 3.5, "other": 1.0}
+    paper = tmp_path / "paper.yaml"
+    paper.write_text("key: variant\nrows:\n  fcn8s: {top1_err: 24.9}\n")
+    text = report([str(runs)], metrics=["gridding/impulse"], paper=str(paper))
+    assert "| fcn8s | 8s | 2 | 3.00 ± 0.71 | 24.9 |" in text
+    assert "| fcn32s | 32s | 3 | – | – |" in text
+
+
+def test_record_analysis_needs_a_run(tmp_path):
+    from segbench.analysis.report import record_analysis
+
+    with pytest.raises(FileNotFoundError):
+        record_analysis(tmp_path, {"x": 1.0})

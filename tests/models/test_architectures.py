@@ -15,13 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-from segbench.models import FCN, ParseNet
+from segbench.models import DRN, FCN, ParseNet
 
 NUM_CLASSES = 5
 
 ARCHITECTURES = [
     pytest.param(FCN, {"width": 1 / 16, "caffe_padding": False, "batch_norm": True}, id="fcn"),
     pytest.param(ParseNet, {"width": 1 / 16, "batch_norm": True}, id="parsenet"),
+    pytest.param(DRN, {"width": 1 / 8}, id="drn"),
 ]
 
 

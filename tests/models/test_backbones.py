@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segbench.models.backbones import VGG16, ResNet, TinyBackbone
+from segbench.models.backbones import VGG16, DRNBackbone, ResNet, TinyBackbone
 
 BACKBONES = [
     pytest.param(lambda os: VGG16(width=1 / 16, output_stride=os), id="vgg16"),
@@ -25,6 +25,17 @@ BACKBONES = [
             multi_grid=(1, 2, 4),
         ),
         id="resnet50-deep",
+    ),
+    pytest.param(lambda os: DRNBackbone(width=1 / 8, output_stride=os), id="drn-c-26"),
+    pytest.param(
+        lambda os: DRNBackbone(
+            depth=50, width=1 / 8, output_stride=os, remove_max_pooling=False, add_levels_78=False
+        ),
+        id="drn-a-50",
+    ),
+    pytest.param(
+        lambda os: DRNBackbone(width=1 / 8, output_stride=os, plain_conv_levels=True),
+        id="drn-d-22",
     ),
 ]
 

@@ -133,6 +133,36 @@ def make_group(
     return nn.Sequential(*layers)
 
 
+def group_plan(
+    counts: tuple[int, ...],
+    *,
+    output_stride: int,
+    first_dilation: Literal["previous", "one", "full"],
+    multi_grid: tuple[int, ...] = (1,),
+    first_stride: int = 1,
+) -> list[tuple[int, list[int]]]:
+    """``(stride, per-block dilations)`` of the four groups of a dilated ResNet.
+
+    The groups run at strides 4, 8, 16, 32 of the input; for an output stride of 16 (8) the last
+    one (two) keep the resolution and dilate by 2 (2 and 4) instead. ``first_stride`` is the
+    stride of the first group: 1 after ResNet's max-pool, 2 where that group does the
+    downsampling itself (DRN-B/C/D's level 3). ``first_dilation`` and ``multi_grid`` as in
+    :class:`ResNet`.
+    """
+    dilate = {32: (1, 1), 16: (1, 2), 8: (2, 4)}[output_stride]
+    plan, prev = [], 1
+    for i, n in enumerate(counts):
+        d = dilate[i - 2] if i >= 2 else 1
+        stride = (first_stride if i == 0 else 2) if d == 1 else 1
+        grid = multi_grid if i == 3 else (1,)
+        dilations = [d * grid[j % len(grid)] for j in range(n)]
+        if d > 1 and first_dilation != "full":
+            dilations[0] = prev if first_dilation == "previous" else 1
+        plan.append((stride, dilations))
+        prev = d
+    return plan
+
+
 def init_resnet(module: nn.Module) -> None:
     """He (fan-out) initialisation of convolutions, BN weight 1 and bias 0 (torchvision)."""
     for m in module.modules():
@@ -189,23 +219,22 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
 
-        dilate = {32: (1, 1), 16: (1, 2), 8: (2, 4)}[output_stride]
-        counts = _LAYERS[depth]
+        plan = group_plan(
+            _LAYERS[depth],
+            output_stride=output_stride,
+            first_dilation=first_dilation,
+            multi_grid=multi_grid,
+        )
         inplanes = stem_out
-        prev = 1
-        for i, (planes, n) in enumerate(zip(c, counts, strict=True)):
-            d = dilate[i - 2] if i >= 2 else 1
-            stride = 2 if i >= 1 and d == 1 else 1
-            grid = multi_grid if i == 3 else (1,)
-            dilations = [d * grid[j % len(grid)] for j in range(n)]
-            if d > 1 and first_dilation != "full":
-                dilations[0] = prev if first_dilation == "previous" else 1
+        for i, (planes, n, (stride, dilations)) in enumerate(
+            zip(c, _LAYERS[depth], plan, strict=True)
+        ):
             setattr(
                 self,
                 f"layer{i + 1}",
                 make_group(block, inplanes, planes, n, stride=stride, dilations=dilations),
             )
-            inplanes, prev = planes * block.expansion, d
+            inplanes = planes * block.expansion
 
         self.out_channels: tuple[int, ...] = (stem_out, *(p * block.expansion for p in c))
         self.strides: tuple[int, ...] = (2, 4, 8, min(16, output_stride), output_stride)
