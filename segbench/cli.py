@@ -51,6 +51,7 @@ TOOLS = {
     "report": "segbench.analysis.report",
     "sweep": "segbench.analysis.sweep",
     "benchmark": "segbench.analysis.benchmark",
+    "upper-bound": "segbench.analysis.upper_bound",
 }
 
 WANDB_ID_FILE = "wandb_id"
@@ -317,7 +318,9 @@ class _BuildOnly(SegbenchCLI):
         pass
 
     def instantiate_classes(self) -> None:
-        self.config_init = self.parser.instantiate_classes(self.config)
+        # jsonargparse >= 4.49 renamed instantiate_classes (deprecated) to instantiate.
+        instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes
+        self.config_init = instantiate(self.config)
         self.datamodule = self.config_init[self.subcommand]["data"]
         self.model = self.config_init[self.subcommand]["model"]
 

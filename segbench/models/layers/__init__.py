@@ -1,5 +1,6 @@
 """Small parts shared by several architectures."""
 
+from segbench.models.layers.dupsample import DUpsample
 from segbench.models.layers.upsample import BilinearConvTranspose2d, bilinear_kernel
 
-__all__ = ["BilinearConvTranspose2d", "bilinear_kernel"]
+__all__ = ["BilinearConvTranspose2d", "DUpsample", "bilinear_kernel"]
