@@ -10,7 +10,7 @@ SCALE ?= cpu
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-slow lint format clean ablation-fcn
+.PHONY: help venv demo test test-slow lint format clean ablation-fcn ablation-upsampler
 
 # $(call sweep,GROUP,DIR,EXTRA): the variants of DIR/variants/ x SEEDS on DIR/base.yaml (plus
 # DIR/_scale_paper.yaml when SCALE=paper), then the report in results/GROUP[-paper].{md,csv,png}.
@@ -55,6 +55,15 @@ format: venv  ## ruff format + fix
 ablation-fcn: venv  ## FCN-32s/16s/8s skips x SEEDS on the synthetic scenes (CPU ~40 min)
 	$(call sweep,fcn-skips,experiments/fcn/synthetic,--paper experiments/fcn/paper.yaml \
 	  --metrics test/mIoU test/pixel_acc test/mean_acc test/fwIoU test/IoU/pole test/IoU/bird)
+
+ablation-upsampler: venv  ## DUpsampling: upper bound (synthetic, + CamVid if SEGBENCH_CAMVID) and DUpsample vs bilinear x SEEDS (CPU ~1.5 h)
+	$(SEGBENCH) upper-bound --config experiments/dupsampling/synthetic/base.yaml \
+	  --num_workers 2 --title "synthetic val" --out results/upper-bound-synthetic
+	$(if $(SEGBENCH_CAMVID),$(SEGBENCH) upper-bound \
+	  --config experiments/dupsampling/synthetic/base.yaml --data segbench.data.CamVid \
+	  --title "CamVid val" --out results/upper-bound-camvid)
+	$(call sweep,dupsampling-upsampler,experiments/dupsampling/synthetic,\
+	  --metrics test/mIoU test/IoU/pole test/IoU/bird)
 
 clean:  ## remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .ruff_cache **/__pycache__

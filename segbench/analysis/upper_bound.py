@@ -100,7 +100,7 @@ def _mask_of(sample: dict[str, Tensor]) -> Tensor:
     return sample["mask"]
 
 
-def _batches(masks: Sequence[Tensor], pixels: int = 1 << 21) -> list[Tensor]:
+def _batches(masks: Sequence[Tensor], pixels: int = 1 << 18) -> list[Tensor]:
     """Consecutive masks of equal size stacked into batches of about ``pixels`` pixels."""
     out: list[Tensor] = []
     batch: list[Tensor] = []

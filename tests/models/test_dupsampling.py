@@ -105,3 +105,15 @@ def test_fit_fits_w_through_the_task_and_a_second_run_reads_the_cache(tiny, tmp_
         )["state_dict"]
         assert torch.equal(state["net.upsample.weight"], basis["weight"])  # fixed W (the paper)
         assert bool(state["net.upsample.fitted"])
+
+
+def test_dupsample_decoder_costs_less_than_the_deeplabv3plus_decoder():
+    from segbench.analysis.summary import summarise
+
+    with torch.device("meta"):
+        nets = {u: DUpsampling(21, upsampler=u, width=0.25) for u in ("dupsample", "deeplabv3plus")}
+    s = {u: summarise(net, (128, 128)) for u, net in nets.items()}
+    assert s["dupsample"].backbone_flops == s["deeplabv3plus"].backbone_flops > 0
+    decoder = {u: x.flops - x.backbone_flops for u, x in s.items()}
+    assert 0 < decoder["dupsample"] < decoder["deeplabv3plus"]
+    assert "decoder GFLOPs" in s["dupsample"].markdown()
