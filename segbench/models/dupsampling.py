@@ -4,7 +4,8 @@ Decoding Enables Flexible Feature Aggregation", CVPR 2019 (arXiv 1903.02120).
 Reference implementation: none official. The unofficial LinZhuoChen/DUpsampling (PyTorch) was read
 for facts only: ResNet-50 at output stride 16, conv1 features downsampled and concatenated with
 layer3's, a decoder to a few channels, W a 1x1 convolution to ``K x 16 x 16`` channels pre-trained
-by SGD and then trained jointly, and a depth-to-space reshape that transposes non-square maps.
+by SGD and then trained jointly, and a hand-written depth-to-space reshape (checked: correct on
+non-square maps, with a channel order of its own; see :mod:`segbench.models.layers.dupsample`).
 
 Architecture (paper sections 3.1-3.3):
 

@@ -14,8 +14,11 @@ Conventions used throughout (and checked against explicit loops in the tests):
 * **Patch layout.** Entry ``n = c r^2 + i r + j`` of a patch vector is class ``c`` at row ``i``,
   column ``j`` of the block: exactly the channel order of :func:`torch.nn.functional.pixel_shuffle`
   (depth-to-space) and ``pixel_unshuffle`` (space-to-depth), which handle non-square maps
-  correctly. (The unofficial code's hand-written permute/view sequence transposes height and width
-  of a non-square map.)
+  correctly. The unofficial codes rearrange by hand-written permute/view sequences; the two read
+  (LinZhuoChen/DUpsampling, haochange/DUpsampling) were checked numerically: both put every block
+  at the right place on non-square maps (the reported non-square bug did not reproduce), but their
+  channel orders differ from this one (position-major; column-major within the block), which is
+  harmless for a learned W and wrong for a basis fitted on row-major patches.
 * **Mean.** The fit is a proper PCA: ``mu`` is the mean patch and ``W`` holds the top-k principal
   directions of the centred patches; ``mu`` is the 1x1 convolution's bias. The paper's eq. 3 has no
   offset; with one, k components reconstruct at least as well as k uncentred ones.
