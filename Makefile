@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo test test-slow lint format clean ablation-fcn ablation-parsenet
-.PHONY: ablation-degridding
+.PHONY: ablation-degridding ablation-upsampler
 
 # $(call sweep,GROUP,DIR,EXTRA): the variants of DIR/variants/ x SEEDS on DIR/base.yaml (plus
 # DIR/_scale_paper.yaml when SCALE=paper), then the report in results/GROUP[-paper].{md,csv,png}.
@@ -73,6 +73,14 @@ ablation-degridding: venv  ## DRN-A, degridding steps 1-3 (B, C), DRN-D x SEEDS 
 	$(SEGBENCH) gridding --record --runs $(DRN_RUNS) --out results/$(DRN_GROUP)-gridding
 	$(SEGBENCH) report $(DRN_RUNS) --out results/$(DRN_GROUP) --title $(DRN_GROUP) \
 	  --paper experiments/drn/paper.yaml --metrics $(DRN_METRICS)
+ablation-upsampler: venv  ## DUpsampling: upper bound (synthetic, + CamVid if SEGBENCH_CAMVID) and DUpsample vs bilinear x SEEDS (CPU ~1.5 h)
+	$(SEGBENCH) upper-bound --config experiments/dupsampling/synthetic/base.yaml \
+	  --num_workers 2 --title "synthetic val" --out results/upper-bound-synthetic
+	$(if $(SEGBENCH_CAMVID),$(SEGBENCH) upper-bound \
+	  --config experiments/dupsampling/synthetic/base.yaml --data segbench.data.CamVid \
+	  --title "CamVid val" --out results/upper-bound-camvid)
+	$(call sweep,dupsampling-upsampler,experiments/dupsampling/synthetic,\
+	  --metrics test/mIoU test/IoU/pole test/IoU/bird)
 
 clean:  ## remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .ruff_cache **/__pycache__

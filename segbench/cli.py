@@ -55,6 +55,7 @@ TOOLS = {
     "feature-norms": "segbench.analysis.feature_norms",
     "erf": "segbench.analysis.erf",
     "gridding": "segbench.analysis.gridding",
+    "upper-bound": "segbench.analysis.upper_bound",
 }
 
 WANDB_ID_FILE = "wandb_id"

@@ -3,7 +3,9 @@
 The configured network's parameter count (total and trainable), output stride and FLOPs at an
 input size, without loading any data or weights: the network is built on the meta device and the
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``, which counts a multiply-add as
-2 FLOPs. Many papers (and fvcore) quote multiply-adds as "FLOPs", so both are printed.
+2 FLOPs. Many papers (and fvcore) quote multiply-adds as "FLOPs", so both are printed. For a
+network with a ``backbone`` submodule the FLOPs are also split into the backbone's and the rest
+(neck, head, decoder and upsampler: everything the architectures differ by).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class ModelSummary:
     output_stride: int | None
     input_size: tuple[int, int]
     flops: int
+    backbone_flops: int | None = None
 
     def markdown(self) -> str:
         rows = [
@@ -37,31 +40,53 @@ class ModelSummary:
             ("input", f"{self.input_size[0]} x {self.input_size[1]}"),
             ("GFLOPs", f"{self.flops / 1e9:.2f} (= {self.flops / 2e9:.2f} G multiply-adds)"),
         ]
+        if self.backbone_flops is not None:
+            rest = self.flops - self.backbone_flops
+            rows += [
+                ("backbone GFLOPs", f"{self.backbone_flops / 1e9:.2f}"),
+                ("decoder GFLOPs (total - backbone)", f"{rest / 1e9:.2f}"),
+            ]
         return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]) + "\n"
 
 
 def count_flops(net: nn.Module, input_size: tuple[int, int], device: str = "meta") -> int:
     """FLOPs of one forward pass of a ``1 x 3 x H x W`` input (in eval mode)."""
+    return count_flops_by_module(net, input_size, device)[0]
+
+
+def count_flops_by_module(
+    net: nn.Module, input_size: tuple[int, int], device: str = "meta"
+) -> tuple[int, dict[str, int]]:
+    """Total FLOPs of one forward pass and the FLOPs inside each submodule, keyed by its name
+    (``""`` is the whole network, ``"backbone"`` a child, ``"backbone.layer1"`` ...)."""
     was_training = net.training
     net.eval()
     x = torch.zeros(1, 3, *input_size, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(x)
     net.train(was_training)
-    return int(counter.get_total_flops())
+    root = type(net).__name__
+    per_module = {
+        name.removeprefix(root).removeprefix("."): int(sum(ops.values()))
+        for name, ops in counter.get_flop_counts().items()
+        if name != "Global"
+    }
+    return int(counter.get_total_flops()), per_module
 
 
 def summarise(net: nn.Module, input_size: tuple[int, int]) -> ModelSummary:
     params = sum(p.numel() for p in net.parameters())
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     device = next(net.parameters()).device.type
+    total, per_module = count_flops_by_module(net, input_size, device=device)
     return ModelSummary(
         name=type(net).__name__,
         params=params,
         trainable=trainable,
         output_stride=getattr(net, "output_stride", None),
         input_size=input_size,
-        flops=count_flops(net, input_size, device=device),
+        flops=total,
+        backbone_flops=per_module.get("backbone") if hasattr(net, "backbone") else None,
     )
 
 

@@ -2,7 +2,8 @@
 
 from segbench.models.base import SegmentationModel
 from segbench.models.drn import DRN, DRNClassifier
+from segbench.models.dupsampling import DUpsampling
 from segbench.models.fcn import FCN
 from segbench.models.parsenet import ParseNet
 
-__all__ = ["DRN", "FCN", "DRNClassifier", "ParseNet", "SegmentationModel"]
+__all__ = ["DRN", "FCN", "DRNClassifier", "DUpsampling", "ParseNet", "SegmentationModel"]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from segbench.models import DRN, FCN, ParseNet
+from segbench.models import DRN, FCN, DUpsampling, ParseNet
 
 NUM_CLASSES = 5
 
@@ -23,6 +23,7 @@ ARCHITECTURES = [
     pytest.param(FCN, {"width": 1 / 16, "caffe_padding": False, "batch_norm": True}, id="fcn"),
     pytest.param(ParseNet, {"width": 1 / 16, "batch_norm": True}, id="parsenet"),
     pytest.param(DRN, {"width": 1 / 8}, id="drn"),
+    pytest.param(DUpsampling, {"width": 1 / 16, "compressed_dim": 16}, id="dupsampling"),
 ]
 
 
