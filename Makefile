@@ -10,7 +10,7 @@ SCALE ?= cpu
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-slow lint format clean ablation-fcn
+.PHONY: help venv demo test test-slow lint format clean ablation-fcn ablation-gald
 
 # $(call sweep,GROUP,DIR,EXTRA): the variants of DIR/variants/ x SEEDS on DIR/base.yaml (plus
 # DIR/_scale_paper.yaml when SCALE=paper), then the report in results/GROUP[-paper].{md,csv,png}.
@@ -55,6 +55,9 @@ format: venv  ## ruff format + fix
 ablation-fcn: venv  ## FCN-32s/16s/8s skips x SEEDS on the synthetic scenes (CPU ~40 min)
 	$(call sweep,fcn-skips,experiments/fcn/synthetic,--paper experiments/fcn/paper.yaml \
 	  --metrics test/mIoU test/pixel_acc test/mean_acc test/fwIoU test/IoU/pole test/IoU/bird)
+
+ablation-gald: venv  ## GALD: GA (none/CGNL/non-local/PSP/GAP) x LD x SEEDS, synthetic (CPU ~40 min/seed)
+	$(call sweep,gald,experiments/gald/synthetic,--metrics test/mIoU test/IoU/bird test/IoU/pole)
 
 clean:  ## remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .ruff_cache **/__pycache__

@@ -51,6 +51,7 @@ TOOLS = {
     "report": "segbench.analysis.report",
     "sweep": "segbench.analysis.sweep",
     "benchmark": "segbench.analysis.benchmark",
+    "ld-masks": "segbench.analysis.ld_masks",
 }
 
 WANDB_ID_FILE = "wandb_id"
@@ -317,7 +318,7 @@ class _BuildOnly(SegbenchCLI):
         pass
 
     def instantiate_classes(self) -> None:
-        self.config_init = self.parser.instantiate_classes(self.config)
+        self.config_init = self.parser.instantiate(self.config)
         self.datamodule = self.config_init[self.subcommand]["data"]
         self.model = self.config_init[self.subcommand]["model"]
 

@@ -2,5 +2,6 @@
 
 from segbench.models.base import SegmentationModel
 from segbench.models.fcn import FCN
+from segbench.models.gald import GALD
 
-__all__ = ["FCN", "SegmentationModel"]
+__all__ = ["FCN", "GALD", "SegmentationModel"]

@@ -15,12 +15,13 @@ import pytest
 import torch
 from torch import nn
 
-from segbench.models import FCN
+from segbench.models import FCN, GALD
 
 NUM_CLASSES = 5
 
 ARCHITECTURES = [
     pytest.param(FCN, {"width": 1 / 16, "caffe_padding": False, "batch_norm": True}, id="fcn"),
+    pytest.param(GALD, {"depth": 50, "width": 1 / 16}, id="gald"),
 ]
 
 

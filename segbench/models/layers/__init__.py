@@ -1,5 +1,16 @@
 """Small parts shared by several architectures."""
 
+from segbench.models.layers.global_context import (
+    GlobalAggregation,
+    LocalDistribution,
+    global_aggregation,
+)
 from segbench.models.layers.upsample import BilinearConvTranspose2d, bilinear_kernel
 
-__all__ = ["BilinearConvTranspose2d", "bilinear_kernel"]
+__all__ = [
+    "BilinearConvTranspose2d",
+    "GlobalAggregation",
+    "LocalDistribution",
+    "bilinear_kernel",
+    "global_aggregation",
+]
