@@ -56,7 +56,7 @@ ablation-fcn: venv  ## FCN-32s/16s/8s skips x SEEDS on the synthetic scenes (CPU
 	$(call sweep,fcn-skips,experiments/fcn/synthetic,--paper experiments/fcn/paper.yaml \
 	  --metrics test/mIoU test/pixel_acc test/mean_acc test/fwIoU test/IoU/pole test/IoU/bird)
 
-ablation-gald: venv  ## GALD: GA (none/CGNL/non-local/PSP/GAP) x LD x SEEDS, synthetic (CPU ~40 min/seed)
+ablation-gald: venv  ## GALD: GA (none/CGNL/non-local/PSP/GAP) x LD x SEEDS, synthetic (CPU ~50 min/seed)
 	$(call sweep,gald,experiments/gald/synthetic,--metrics test/mIoU test/IoU/bird test/IoU/pole)
 
 clean:  ## remove caches (keeps .venv and runs/)
