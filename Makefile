@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo test test-slow lint format clean ablation-fcn ablation-parsenet
-.PHONY: ablation-degridding ablation-upsampler
+.PHONY: ablation-degridding ablation-upsampler ablation-gald
 
 # $(call sweep,GROUP,DIR,EXTRA): the variants of DIR/variants/ x SEEDS on DIR/base.yaml (plus
 # DIR/_scale_paper.yaml when SCALE=paper), then the report in results/GROUP[-paper].{md,csv,png}.
@@ -60,6 +60,7 @@ ablation-fcn: venv  ## FCN-32s/16s/8s skips x SEEDS on the synthetic scenes (CPU
 ablation-parsenet: venv  ## ParseNet context, early/late fusion, L2 norm x SEEDS, synthetic (CPU ~75 min)
 	$(call sweep,parsenet-context,experiments/parsenet/synthetic,--paper experiments/parsenet/paper.yaml \
 	  --metrics test/mIoU test/IoU/boat test/IoU/car test/pixel_acc test/mean_acc)
+
 # DRN degridding: the sweep, then each run's gridding score into its metrics.json, then the report
 # with that column. FIT_ARGS='--trainer.max_epochs 1' passes extra arguments to every fit.
 DRN_GROUP = drn-degridding$(if $(filter paper,$(SCALE)),-paper)
@@ -73,6 +74,7 @@ ablation-degridding: venv  ## DRN-A, degridding steps 1-3 (B, C), DRN-D x SEEDS 
 	$(SEGBENCH) gridding --record --runs $(DRN_RUNS) --out results/$(DRN_GROUP)-gridding
 	$(SEGBENCH) report $(DRN_RUNS) --out results/$(DRN_GROUP) --title $(DRN_GROUP) \
 	  --paper experiments/drn/paper.yaml --metrics $(DRN_METRICS)
+
 ablation-upsampler: venv  ## DUpsampling: upper bound (synthetic, + CamVid if SEGBENCH_CAMVID) and DUpsample vs bilinear x SEEDS (CPU ~1.5 h)
 	$(SEGBENCH) upper-bound --config experiments/dupsampling/synthetic/base.yaml \
 	  --num_workers 2 --title "synthetic val" --out results/upper-bound-synthetic
@@ -81,6 +83,9 @@ ablation-upsampler: venv  ## DUpsampling: upper bound (synthetic, + CamVid if SE
 	  --title "CamVid val" --out results/upper-bound-camvid)
 	$(call sweep,dupsampling-upsampler,experiments/dupsampling/synthetic,\
 	  --metrics test/mIoU test/IoU/pole test/IoU/bird)
+
+ablation-gald: venv  ## GALD: GA (none/CGNL/non-local/PSP/GAP) x LD x SEEDS, synthetic (CPU ~50 min/seed)
+	$(call sweep,gald,experiments/gald/synthetic,--metrics test/mIoU test/IoU/bird test/IoU/pole)
 
 clean:  ## remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .ruff_cache **/__pycache__

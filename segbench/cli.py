@@ -56,6 +56,7 @@ TOOLS = {
     "erf": "segbench.analysis.erf",
     "gridding": "segbench.analysis.gridding",
     "upper-bound": "segbench.analysis.upper_bound",
+    "ld-masks": "segbench.analysis.ld_masks",
 }
 
 WANDB_ID_FILE = "wandb_id"

@@ -5,6 +5,10 @@ CCNet): among the valid pixels, keep those whose predicted probability of the tr
 most ``thresh``; if that keeps fewer than ``min_kept``, raise the threshold to the
 ``min_kept``-th smallest probability so that at least ``min_kept`` pixels are kept (all of them
 if there are fewer valid pixels). The loss is the mean cross-entropy over the kept pixels.
+``tests/test_losses.py`` checks the selection against the code's algorithm. Two things to know
+when copying a recipe: ``min_kept`` counts over the batch a process sees (the GALD code trains
+one 769 x 769 crop per GPU, so its 100000 is per image; a process with 8 crops keeps 100000 of
+all 8), and with ``min_kept = 0`` the code mines nothing while here the threshold alone applies.
 """
 
 from __future__ import annotations

@@ -4,6 +4,15 @@ from segbench.models.base import SegmentationModel
 from segbench.models.drn import DRN, DRNClassifier
 from segbench.models.dupsampling import DUpsampling
 from segbench.models.fcn import FCN
+from segbench.models.gald import GALD
 from segbench.models.parsenet import ParseNet
 
-__all__ = ["DRN", "FCN", "DRNClassifier", "DUpsampling", "ParseNet", "SegmentationModel"]
+__all__ = [
+    "DRN",
+    "FCN",
+    "GALD",
+    "DRNClassifier",
+    "DUpsampling",
+    "ParseNet",
+    "SegmentationModel",
+]

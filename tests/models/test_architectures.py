@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from segbench.models import DRN, FCN, DUpsampling, ParseNet
+from segbench.models import DRN, FCN, GALD, DUpsampling, ParseNet
 
 NUM_CLASSES = 5
 
@@ -24,6 +24,7 @@ ARCHITECTURES = [
     pytest.param(ParseNet, {"width": 1 / 16, "batch_norm": True}, id="parsenet"),
     pytest.param(DRN, {"width": 1 / 8}, id="drn"),
     pytest.param(DUpsampling, {"width": 1 / 16, "compressed_dim": 16}, id="dupsampling"),
+    pytest.param(GALD, {"depth": 50, "width": 1 / 16}, id="gald"),
 ]
 
 

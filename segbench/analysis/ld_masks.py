@@ -1,0 +1,221 @@
+"""``segbench ld-masks (--run RUN_DIR | --config FILE.yaml [overrides]) [--out DIR]``.
+
+GALD's local distribution masks (the paper's mask visualisation): for a few validation images,
+the mask ``M`` of a few channels of the LD module, over the input. GALD's claim is that the mask
+damps the inside of large uniform regions (where the globally aggregated features are already
+right) and keeps small patterns and boundaries (where they are over-smoothed); with the code's
+module ``M`` lies in ``[0.5, 1)``, so the figure's colour scale is fixed to that range.
+
+Writes, into ``--out`` (default: the run directory, or ``ld_masks/`` for a fresh model):
+
+* ``ld_masks.png``: one row per image: the image, its ground truth, then the masks of the
+  ``--channels`` channels whose mask varies most over the images (or ``--channel_ids``),
+  bilinearly upsampled and blended over the image;
+* ``ld_mask_stats.json`` (and a table on stdout): the mean of ``M`` over all channels for the
+  pixels of each ground-truth class, over ``--stats_images`` validation images, and the mean
+  inside regions versus near their boundaries (pixels within ``--boundary`` pixels of another
+  label): the figure's claim as numbers.
+
+``--run`` loads ``RUN_DIR/config.yaml`` and ``RUN_DIR/checkpoints/<--ckpt>.ckpt``; ``--config``
+builds a fresh (untrained) network, which checks the plumbing but says nothing about GALD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from segbench.callbacks import colourise, write_json
+from segbench.cli import build
+from segbench.models.layers.global_context import LocalDistribution
+
+log = logging.getLogger("segbench")
+
+
+def load(run: str | None, ckpt: str, rest: list[str]) -> tuple:
+    """The task and data module of a run directory (with its checkpoint) or of a config."""
+    if run is None:
+        task, dm, _ = build(rest)
+        return task, dm
+    run_dir = Path(run)
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"--run: no config.yaml in {run_dir}")
+    task, dm, _ = build(["--config", str(config), *rest])
+    path = Path(ckpt) if ckpt not in ("best", "last") else run_dir / "checkpoints" / f"{ckpt}.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt: no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = state.get("state_dict", state)
+    net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    task.net.load_state_dict(net_state)
+    return task, dm
+
+
+def ld_masks(net: torch.nn.Module, images: Tensor) -> Tensor:
+    """The mask ``M`` of the (first) LD module of ``net`` for ``images``: ``N x C x h x w``."""
+    modules = [m for m in net.modules() if isinstance(m, LocalDistribution)]
+    if not modules:
+        raise ValueError(
+            f"{type(net).__name__} has no local distribution module (GALD with ld: true has one)"
+        )
+    masks: list[Tensor] = []
+    handle = modules[0].register_forward_hook(
+        lambda module, inputs, output: masks.append(module.mask(inputs[0]))
+    )
+    try:
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            net(images)
+        net.train(was_training)
+    finally:
+        handle.remove()
+    return masks[0]
+
+
+def boundary_mask(labels: Tensor, width: int) -> Tensor:
+    """``N x H x W`` bool: pixels within ``width`` pixels (Chebyshev) of a different label."""
+    lab = labels.float().unsqueeze(1)
+    k = 2 * width + 1
+    hi = F.max_pool2d(lab, k, stride=1, padding=width)
+    lo = -F.max_pool2d(-lab, k, stride=1, padding=width)
+    return (hi != lo).squeeze(1)
+
+
+def class_statistics(
+    masks: Tensor, labels: Tensor, class_names: list[str], ignore_index: int, boundary: int
+) -> dict[str, dict[str, float | int | None]]:
+    """Mean of ``M`` (over channels) per ground-truth class, overall, inside and at boundaries."""
+    m = F.interpolate(masks, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    m = m.mean(1)  # N x H x W: mean over channels
+    edge = boundary_mask(labels, boundary)
+    stats: dict[str, dict[str, float | int | None]] = {}
+    for k, name in enumerate(class_names):
+        sel = labels == k
+        inner, edges = sel & ~edge, sel & edge
+        stats[name] = {
+            "pixels": int(sel.sum()),
+            "mean": float(m[sel].mean()) if sel.any() else None,
+            "interior": float(m[inner].mean()) if inner.any() else None,
+            "boundary": float(m[edges].mean()) if edges.any() else None,
+        }
+    valid = labels != ignore_index
+    stats["all"] = {"pixels": int(valid.sum()), "mean": float(m[valid].mean())}
+    return stats
+
+
+def draw(
+    images: np.ndarray,
+    labels: np.ndarray,
+    masks: np.ndarray,
+    channels: list[int],
+    palette: list[tuple[int, int, int]],
+    path: Path,
+) -> None:
+    """Rows: image, ground truth, and each channel's mask blended over the image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, cols = len(images), 2 + len(channels)
+    fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.2 * n), squeeze=False)
+    shown = None
+    for i in range(n):
+        axes[i, 0].imshow(images[i])
+        axes[i, 1].imshow(colourise(labels[i], palette))
+        for j, c in enumerate(channels):
+            axes[i, 2 + j].imshow(images[i].mean(-1), cmap="gray", vmin=0, vmax=255)
+            shown = axes[i, 2 + j].imshow(masks[i, c], cmap="jet", vmin=0.5, vmax=1.0, alpha=0.6)
+    for j, title in enumerate(["image", "ground truth", *(f"M, channel {c}" for c in channels)]):
+        axes[0, j].set_title(title, fontsize=8)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    if shown is not None:
+        fig.colorbar(shown, ax=axes, fraction=0.02, pad=0.01, label="LD mask M")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def markdown(stats: dict[str, dict[str, float | int | None]]) -> str:
+    def fmt(v: float | int | None) -> str:
+        return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else f"{v:,}"
+
+    lines = ["| class | pixels | mean M | interior | boundary |", "|---|---|---|---|---|"]
+    for name, s in stats.items():
+        lines.append(
+            f"| {name} | {fmt(s['pixels'])} | {fmt(s['mean'])} | {fmt(s.get('interior'))} "
+            f"| {fmt(s.get('boundary'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="segbench ld-masks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--run", help="a run directory (config.yaml + checkpoints/)")
+    parser.add_argument("--ckpt", default="best", help="best, last, or a checkpoint path")
+    parser.add_argument("--out", help="output folder (default: the run directory)")
+    parser.add_argument("--images", type=int, default=4, help="images in the figure")
+    parser.add_argument("--channels", type=int, default=4, help="mask channels in the figure")
+    parser.add_argument("--channel_ids", type=int, nargs="+", help="these channels instead")
+    parser.add_argument("--stats_images", type=int, default=50, help="images for the table")
+    parser.add_argument("--boundary", type=int, default=2, help="boundary width in pixels")
+    known, rest = parser.parse_known_args(argv)
+    if known.run is None and not rest:
+        parser.error("give --run RUN_DIR or a config: --config FILE.yaml")
+
+    task, dm = load(known.run, known.ckpt, rest)
+    dm.setup("validate")
+    dataset = dm.datasets["val"]
+    count = max(known.images, known.stats_images)
+    samples = [dataset[i] for i in range(min(count, len(dataset)))]
+    images = torch.stack([s["image"] for s in samples])
+    labels = torch.stack([s["mask"] for s in samples])
+    masks = ld_masks(task.net, images)
+
+    class_names = list(task.class_names)
+    stats = class_statistics(
+        masks[: known.stats_images],
+        labels[: known.stats_images],
+        class_names,
+        task.ignore_index,
+        known.boundary,
+    )
+    n = min(known.images, len(samples))
+    if known.channel_ids:
+        channels = list(known.channel_ids)
+    else:
+        # The channels whose mask varies most across positions of the shown images.
+        spread = masks[:n].flatten(2).std(-1).mean(0)
+        channels = spread.argsort(descending=True)[: known.channels].tolist()
+    up = F.interpolate(masks[:n], size=images.shape[-2:], mode="bilinear", align_corners=False)
+    mean = torch.tensor(dm.mean).view(1, 3, 1, 1)
+    std = torch.tensor(dm.std).view(1, 3, 1, 1)
+    rgb = ((images[:n] * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).numpy()
+
+    out = Path(known.out or known.run or "ld_masks")
+    out.mkdir(parents=True, exist_ok=True)
+    draw(rgb, labels[:n].numpy(), up.numpy(), channels, dm.colours(), out / "ld_masks.png")
+    write_json(
+        out / "ld_mask_stats.json",
+        {
+            "channels": channels,
+            "images": len(samples),
+            "boundary": known.boundary,
+            "classes": stats,
+        },
+    )
+    sys.stdout.write(markdown(stats))
+    log.info("LD masks of channels %s: %s", channels, (out / "ld_masks.png").resolve())
