@@ -44,6 +44,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from segbench.analysis.loading import load_model, sample_images
+
 log = logging.getLogger("segbench")
 
 
@@ -318,29 +320,9 @@ def plot(results: list[GriddingResult], path: Path, max_images: int = 1) -> None
 # -- models from runs or configs ----------------------------------------------------------------
 def load_run(run_dir: Path) -> tuple[nn.Module, object]:
     """The trained network (best checkpoint, else last) and data module of a run directory."""
-    from segbench.cli import build
-
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"{run_dir}: no config.yaml (is it a run directory?)")
-    ckpts = [run_dir / "checkpoints" / f"{n}.ckpt" for n in ("best", "last")]
-    ckpt = next((c for c in ckpts if c.is_file()), None)
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoints/best.ckpt or last.ckpt")
-    task, datamodule, _ = build(["--config", str(config)])
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-    task.net.load_state_dict(net_state)
-    return task.net, datamodule
-
-
-def sample_images(datamodule: object, n: int) -> Tensor | None:
-    """The first ``n`` images of the data module's test split (``None`` if ``n`` is 0)."""
-    if n <= 0:
-        return None
-    datamodule.setup("test")  # type: ignore[attr-defined]
-    dataset = datamodule.datasets["test"]  # type: ignore[attr-defined]
-    return torch.stack([dataset[i]["image"] for i in range(min(n, len(dataset)))])
+    ckpt = "best" if (Path(run_dir) / "checkpoints" / "best.ckpt").is_file() else "last"
+    loaded = load_model([str(run_dir)], ckpt=ckpt)
+    return loaded.net, loaded.datamodule
 
 
 def config_name(args: list[str]) -> str | None:
@@ -400,7 +382,7 @@ def main(argv: list[str]) -> None:
         result = measure(
             net,
             name=name,
-            images=sample_images(dm, known.num_images),
+            images=sample_images(dm, known.num_images, "test") if known.num_images else None,
             input_size=tuple(known.input_size),
             period=known.period,
             amplitude=known.amplitude,

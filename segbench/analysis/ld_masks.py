@@ -32,31 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from segbench.analysis.loading import denormalise, load_model
 from segbench.callbacks import colourise, write_json
-from segbench.cli import build
 from segbench.models.layers.global_context import LocalDistribution
 
 log = logging.getLogger("segbench")
-
-
-def load(run: str | None, ckpt: str, rest: list[str]) -> tuple:
-    """The task and data module of a run directory (with its checkpoint) or of a config."""
-    if run is None:
-        task, dm, _ = build(rest)
-        return task, dm
-    run_dir = Path(run)
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"--run: no config.yaml in {run_dir}")
-    task, dm, _ = build(["--config", str(config), *rest])
-    path = Path(ckpt) if ckpt not in ("best", "last") else run_dir / "checkpoints" / f"{ckpt}.ckpt"
-    if not path.is_file():
-        raise FileNotFoundError(f"--ckpt: no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state = state.get("state_dict", state)
-    net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-    task.net.load_state_dict(net_state)
-    return task, dm
 
 
 def ld_masks(net: torch.nn.Module, images: Tensor) -> Tensor:
@@ -176,7 +156,8 @@ def main(argv: list[str]) -> None:
     if known.run is None and not rest:
         parser.error("give --run RUN_DIR or a config: --config FILE.yaml")
 
-    task, dm = load(known.run, known.ckpt, rest)
+    loaded = load_model([known.run, *rest] if known.run else rest, ckpt=known.ckpt)
+    task, dm = loaded.task, loaded.datamodule
     dm.setup("validate")
     dataset = dm.datasets["val"]
     count = max(known.images, known.stats_images)
@@ -201,9 +182,7 @@ def main(argv: list[str]) -> None:
         spread = masks[:n].flatten(2).std(-1).mean(0)
         channels = spread.argsort(descending=True)[: known.channels].tolist()
     up = F.interpolate(masks[:n], size=images.shape[-2:], mode="bilinear", align_corners=False)
-    mean = torch.tensor(dm.mean).view(1, 3, 1, 1)
-    std = torch.tensor(dm.std).view(1, 3, 1, 1)
-    rgb = ((images[:n] * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).numpy()
+    rgb = (denormalise(images[:n], dm) * 255).byte().permute(0, 2, 3, 1).numpy()
 
     out = Path(known.out or known.run or "ld_masks")
     out.mkdir(parents=True, exist_ok=True)

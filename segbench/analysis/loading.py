@@ -59,6 +59,8 @@ def load_model(args: list[str], *, ckpt: str = "best") -> LoadedModel:
         raise ValueError("give a run directory or --config FILE.yaml")
     run_dir: Path | None = None
     checkpoint: Path | None = None
+    if not args[0].startswith("-") and not is_run_dir(args[0]):
+        raise FileNotFoundError(f"{args[0]}: not a run directory (no config.yaml in it)")
     if is_run_dir(args[0]):
         run_dir = Path(args[0])
         args = ["--config", str(run_dir / "config.yaml"), *args[1:]]
