@@ -53,11 +53,11 @@ format: venv  ## ruff format + fix
 	$(BIN)/ruff format segbench tests
 	$(BIN)/ruff check --fix segbench tests
 
-ablation-fcn: venv  ## FCN-32s/16s/8s skips x SEEDS on the synthetic scenes (CPU ~40 min)
+ablation-fcn: venv  ## FCN-32s/16s/8s skips x SEEDS on the synthetic scenes (CPU ~15 min/seed)
 	$(call sweep,fcn-skips,experiments/fcn/synthetic,--paper experiments/fcn/paper.yaml \
 	  --metrics test/mIoU test/pixel_acc test/mean_acc test/fwIoU test/IoU/pole test/IoU/bird)
 
-ablation-parsenet: venv  ## ParseNet context, early/late fusion, L2 norm x SEEDS, synthetic (CPU ~75 min)
+ablation-parsenet: venv  ## ParseNet context, early/late fusion, L2 norm x SEEDS, synthetic (CPU ~25 min/seed)
 	$(call sweep,parsenet-context,experiments/parsenet/synthetic,--paper experiments/parsenet/paper.yaml \
 	  --metrics test/mIoU test/IoU/boat test/IoU/car test/pixel_acc test/mean_acc)
 
@@ -68,14 +68,14 @@ DRN_VARIANTS = $(basename $(notdir $(sort $(wildcard experiments/drn/synthetic/v
 DRN_RUNS = $(foreach v,$(DRN_VARIANTS),$(foreach s,$(SEEDS),runs/$(DRN_GROUP)/$(v)-s$(s)))
 DRN_METRICS = test/mIoU test/IoU/pole test/IoU/bird test/IoU/building test/IoU/water gridding/impulse
 
-ablation-degridding: venv  ## DRN-A, degridding steps 1-3 (B, C), DRN-D x SEEDS + gridding score (CPU ~100 min)
+ablation-degridding: venv  ## DRN-A, degridding steps 1-3 (B, C), DRN-D x SEEDS + gridding score (CPU ~25 min/seed)
 	$(call sweep,drn-degridding,experiments/drn/synthetic,--paper experiments/drn/paper.yaml \
 	  --metrics $(DRN_METRICS) $(if $(FIT_ARGS),-- $(FIT_ARGS)))
 	$(SEGBENCH) gridding --record --runs $(DRN_RUNS) --out results/$(DRN_GROUP)-gridding
 	$(SEGBENCH) report $(DRN_RUNS) --out results/$(DRN_GROUP) --title $(DRN_GROUP) \
 	  --paper experiments/drn/paper.yaml --metrics $(DRN_METRICS)
 
-ablation-upsampler: venv  ## DUpsampling: upper bound (synthetic, + CamVid if SEGBENCH_CAMVID) and DUpsample vs bilinear x SEEDS (CPU ~1.5 h)
+ablation-upsampler: venv  ## DUpsampling: upper bound (synthetic, + CamVid if SEGBENCH_CAMVID) and DUpsample vs bilinear x SEEDS (CPU ~25 min/seed)
 	$(SEGBENCH) upper-bound --config experiments/dupsampling/synthetic/base.yaml \
 	  --num_workers 2 --title "synthetic val" --out results/upper-bound-synthetic
 	$(if $(SEGBENCH_CAMVID),$(SEGBENCH) upper-bound \
