@@ -5,8 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SEGBENCH := $(BIN)/segbench
 SEEDS ?= 0 1 2
-# Scale of the ablation sweeps: `cpu` (minutes on a laptop) or `paper` (GPU, paper-size models).
+# Scale of the ablation sweeps: `cpu` (minutes on a laptop), or any NAME with a _scale_NAME.yaml
+# beside the ablation's base.yaml: `long` (the CPU recipe trained 3x longer, to check that a
+# reading is not about convergence speed), `paper` (GPU, paper-size models).
 SCALE ?= cpu
+# The suffix of a non-default scale's group (runs/GROUP-SCALE, results/GROUP-SCALE).
+SCALE_SUFFIX = $(if $(filter-out cpu,$(SCALE)),-$(SCALE))
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
@@ -14,17 +18,17 @@ export PYTHONUNBUFFERED := 1
 .PHONY: ablation-degridding ablation-upsampler ablation-gald
 
 # $(call sweep,GROUP,DIR,EXTRA): the variants of DIR/variants/ x SEEDS on DIR/base.yaml (plus
-# DIR/_scale_paper.yaml when SCALE=paper), then the report in results/GROUP[-paper].{md,csv,png}.
+# DIR/_scale_$(SCALE).yaml unless SCALE=cpu), then the report in results/GROUP[-SCALE].{md,csv,png}.
 define sweep
-$(SEGBENCH) sweep --group $(1)$(if $(filter paper,$(SCALE)),-paper) \
-  --base $(2)/base.yaml $(if $(filter paper,$(SCALE)),$(2)/_scale_paper.yaml) \
+$(SEGBENCH) sweep --group $(1)$(SCALE_SUFFIX) \
+  --base $(2)/base.yaml $(if $(SCALE_SUFFIX),$(2)/_scale_$(SCALE).yaml) \
   --variants $(sort $(wildcard $(2)/variants/*.yaml)) --seeds $(SEEDS) $(3)
 endef
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-26s\033[0m %s\n", $$1, $$2}'
-	@echo "  variables: SEEDS='$(SEEDS)' SCALE=$(SCALE) (cpu|paper) VENV=$(VENV)"
+	@echo "  variables: SEEDS='$(SEEDS)' SCALE=$(SCALE) (cpu|long|paper) VENV=$(VENV)"
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,7 +67,7 @@ ablation-parsenet: venv  ## ParseNet context, early/late fusion, L2 norm x SEEDS
 
 # DRN degridding: the sweep, then each run's gridding score into its metrics.json, then the report
 # with that column. FIT_ARGS='--trainer.max_epochs 1' passes extra arguments to every fit.
-DRN_GROUP = drn-degridding$(if $(filter paper,$(SCALE)),-paper)
+DRN_GROUP = drn-degridding$(SCALE_SUFFIX)
 DRN_VARIANTS = $(basename $(notdir $(sort $(wildcard experiments/drn/synthetic/variants/*.yaml))))
 DRN_RUNS = $(foreach v,$(DRN_VARIANTS),$(foreach s,$(SEEDS),runs/$(DRN_GROUP)/$(v)-s$(s)))
 DRN_METRICS = test/mIoU test/IoU/pole test/IoU/bird test/IoU/building test/IoU/water gridding/impulse

@@ -208,12 +208,15 @@ def dataset_section(path: Path) -> Path | None:
 
 def parse_pairs() -> list:
     """Every YAML under experiments/; files in a `variants/` folder compose with ../base.yaml,
-    and a paper's recipe for a data set composes after that data set's section."""
+    `_scale_<name>.yaml` with base.yaml beside it, and a paper's recipe for a data set composes
+    after that data set's section."""
     cases = []
     for path in sorted(EXPERIMENTS.rglob("*.yaml")):
         configs = [path]
         if path.parent.name == "variants":
             configs = [path.parent.parent / "base.yaml", path]
+        elif path.name.startswith("_scale_"):
+            configs = [path.parent / "base.yaml", path]  # `make ablation-* SCALE=<name>`
         elif path.name.startswith("_") or path.name == "paper.yaml":
             continue  # fragments that only make sense composed; paper numbers for reports
         section = dataset_section(path)
