@@ -88,7 +88,7 @@ ablation-upsampler: venv  ## DUpsampling: upper bound (synthetic, + CamVid if SE
 	$(call sweep,dupsampling-upsampler,experiments/dupsampling/synthetic,\
 	  --metrics test/mIoU test/IoU/pole test/IoU/bird)
 
-ablation-gald: venv  ## GALD: GA (none/CGNL/non-local/PSP/GAP) x LD x SEEDS, synthetic (CPU ~50 min/seed)
+ablation-gald: venv  ## GALD: GA (none/CGNL/non-local/PSP/GAP) x LD x SEEDS, synthetic (CPU ~30 min/seed)
 	$(call sweep,gald,experiments/gald/synthetic,--metrics test/mIoU test/IoU/bird test/IoU/pole)
 
 clean:  ## remove caches (keeps .venv and runs/)
