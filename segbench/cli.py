@@ -92,6 +92,17 @@ class RunConfig:
     test_after_fit: bool = False
 
 
+#: (source, target) config keys: the data module declares its classes, the task and the network
+#: receive them when instantiated. A fresh run's parsed config leaves the targets unset; a resumed
+#: one has them filled from the checkpoint's hyperparameters.
+LINKS = (
+    ("data.num_classes", "model.num_classes"),
+    ("data.num_classes", "model.net.init_args.num_classes"),
+    ("data.ignore_index", "model.ignore_index"),
+    ("data.class_names", "model.class_names"),
+)
+
+
 def run_dir_of(run: Namespace | RunConfig) -> Path:
     return Path(run.root) / run.group / run.name
 
@@ -162,12 +173,7 @@ class SegbenchCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunConfig, "run")
         parser.set_defaults({"model.optimizer": DEFAULT_OPTIMIZER})
-        for source, target in (
-            ("data.num_classes", "model.num_classes"),
-            ("data.num_classes", "model.net.init_args.num_classes"),
-            ("data.ignore_index", "model.ignore_index"),
-            ("data.class_names", "model.class_names"),
-        ):
+        for source, target in LINKS:
             parser.link_arguments(source, target, apply_on="instantiate")
 
     # -- configuration seen by every subcommand ----------------------------------------------

@@ -4,8 +4,10 @@ Reads the ``metrics.json`` of each run (a run directory, a directory of runs, or
 prints a markdown table: one row per configuration, the config keys that differ between runs as
 columns, then the metrics. Runs whose configs differ only by the seed form one row with
 ``mean ± std`` (sample standard deviation) and the number of seeds ``n``. ``--out PREFIX`` also
-writes ``PREFIX.md``, ``PREFIX.csv`` (means, stds and n in separate columns) and ``PREFIX.png``
-(a bar chart of the first metric with ±std error bars).
+writes ``PREFIX.md``, ``PREFIX.csv`` (means, stds and n in separate columns), ``PREFIX.png``
+(a bar chart of the first metric with ±std error bars) and ``PREFIX_curves.png`` (validation mIoU
+and training loss per epoch, mean ± std over the seeds of each row, from each run's
+``metrics.csv``: is a variant still climbing when training stops?).
 
 Validation metrics are those of the best epoch (by val/mIoU), test metrics those of the best
 checkpoint; numbers that analysis tools stored after training (``"analysis"`` in metrics.json,
@@ -40,14 +42,20 @@ from typing import Any
 import yaml
 
 from segbench.callbacks import METRICS_FILE, write_json
+from segbench.cli import LINKS
 
-#: Config keys that never distinguish variants (names, paths, bookkeeping).
+#: Config keys that never distinguish variants: names, paths, bookkeeping, and the keys linked
+#: from the data module (set in a resumed run's config only; the data keys say the same).
 IGNORED_KEYS = re.compile(
     r"^(config|ckpt_path|seed_everything|run\.(name|tags|root|overwrite|test_after_fit|wandb)"
     r"|trainer\.(logger|callbacks|enable_progress_bar|default_root_dir)|data\.init_args\.root"
-    r"|data\.init_args\.num_workers)$"
+    r"|data\.init_args\.num_workers"
+    + "".join("|" + re.escape(target) for _, target in LINKS)
+    + ")$"
 )
 DEFAULT_METRICS = ("val/mIoU", "test/mIoU", "test/pixel_acc", "test/mean_acc", "test/fwIoU")
+#: The per-epoch keys of the learning-curve figure.
+CURVE_KEYS = ("val/mIoU", "train/loss_epoch")
 
 
 @dataclass
@@ -139,6 +147,21 @@ def record_analysis(run_dir: str | Path, values: dict[str, float]) -> None:
     data = json.loads(path.read_text())
     data.setdefault("analysis", {}).update({k: float(v) for k, v in values.items()})
     write_json(path, data)
+
+
+def learning_curve(run_dir: Path, key: str = "val/mIoU") -> dict[int, float]:
+    """``{epoch: value}`` of one per-epoch key in a run's ``metrics.csv`` (empty if none).
+
+    A resumed run logs the epoch it resumed in again; the last value logged for an epoch wins.
+    """
+    path = Path(run_dir) / "metrics.csv"
+    curve: dict[int, float] = {}
+    if path.is_file():
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get(key) and row.get("epoch"):
+                    curve[int(row["epoch"])] = float(row[key])
+    return curve
 
 
 def group_runs(runs: Sequence[Run]) -> tuple[list[Row], list[str]]:
@@ -269,6 +292,46 @@ def plot(path: Path, rows: Sequence[Row], metric: str, title: str) -> None:
     plt.close(fig)
 
 
+def plot_curves(rows: Sequence[Row], keys: Sequence[str] = CURVE_KEYS, title: str = ""):
+    """One panel per key: each row's per-epoch mean over its seeds, ±std shaded (n > 1).
+
+    Returns the matplotlib figure, or None when no run logged any of ``keys``.
+    """
+    import matplotlib.pyplot as plt
+
+    curves = {
+        (key, i): [c for r in row.runs if (c := learning_curve(r.path, key))]
+        for key in keys
+        for i, row in enumerate(rows)
+    }
+    if not any(curves.values()):
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        scale = _scale(key)
+        for i, row in enumerate(rows):
+            runs = curves[key, i]
+            epochs = sorted({e for c in runs for e in c})
+            if not epochs:
+                continue
+            per_epoch = [[c[e] * scale for c in runs if e in c] for e in epochs]
+            mean = [statistics.fmean(v) for v in per_epoch]
+            (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=f"{row.label} (n={len(runs)})")
+            if len(runs) > 1:
+                std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
+                lo = [m - s for m, s in zip(mean, std, strict=True)]
+                hi = [m + s for m, s in zip(mean, std, strict=True)]
+                ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{key} (%)" if scale == 100 else key)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def report(
     paths: Sequence[str],
     *,
@@ -296,8 +359,17 @@ def report(
         heading = f"# {title}\n\n" if title else ""
         prefix.with_suffix(".md").write_text(heading + text)
         write_csv(prefix.with_suffix(".csv"), rows, differing, metrics)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
         if metrics:
             plot(prefix.with_suffix(".png"), rows, metrics[0], title or prefix.name)
+        fig = plot_curves(rows, title=title or prefix.name)
+        if fig is not None:
+            fig.savefig(prefix.with_name(prefix.name + "_curves.png"), dpi=120)
+            plt.close(fig)
     return text
 
 
@@ -314,7 +386,9 @@ def main(argv: list[str]) -> None:
         help=f"columns (default: {' '.join(DEFAULT_METRICS)}"
         "); any logged key, e.g. test/IoU/boat, params, train_images_per_s",
     )
-    parser.add_argument("--out", help="write PREFIX.md, PREFIX.csv and PREFIX.png")
+    parser.add_argument(
+        "--out", help="write PREFIX.md, PREFIX.csv, PREFIX.png and PREFIX_curves.png"
+    )
     parser.add_argument("--paper", help="YAML file of published numbers to show alongside")
     parser.add_argument("--title", help="title of the written report and plot")
     args = parser.parse_args(argv)

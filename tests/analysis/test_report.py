@@ -120,3 +120,56 @@ def test_record_analysis_needs_a_run(tmp_path):
 
     with pytest.raises(FileNotFoundError):
         record_analysis(tmp_path, {"x": 1.0})
+
+
+def write_history(run_dir: Path, rows: list[tuple[int, str, str]]) -> None:
+    """A Lightning-style metrics.csv: (epoch, val/mIoU, train/loss_epoch) per row, '' = absent."""
+    with (run_dir / "metrics.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "step", "train/loss_step", "val/mIoU", "train/loss_epoch"])
+        for epoch, miou, loss in rows:
+            w.writerow([epoch, 10 * epoch + 9, "0.9", miou, loss])
+
+
+def test_learning_curve_per_epoch_last_value_wins(tmp_path):
+    from segbench.analysis.report import learning_curve
+
+    # epoch 1 logged twice: the run died after its validation and resumed in epoch 1
+    write_history(tmp_path, [(0, "0.2", ""), (0, "", "1.5"), (1, "0.3", "1.2"), (1, "0.35", "")])
+    assert learning_curve(tmp_path) == {0: 0.2, 1: 0.35}
+    assert learning_curve(tmp_path, "train/loss_epoch") == {0: 1.5, 1: 1.2}
+    assert learning_curve(tmp_path / "missing") == {}
+
+
+def test_curves_figure_means_over_seeds(runs, tmp_path):
+    from segbench.analysis.report import group_runs, load_run, plot_curves
+
+    out = tmp_path / "results" / "fcn"
+    report([str(runs)], out=str(out))
+    assert not (out.parent / "fcn_curves.png").exists()  # no run has a history
+    for seed, (a, b) in enumerate([("0.2", "0.4"), ("0.3", "0.6")]):
+        write_history(runs / f"fcn8s-s{seed}", [(0, a, "1.0"), (1, b, "0.5")])
+    report([str(runs)], out=str(out))
+    assert (out.parent / "fcn_curves.png").stat().st_size > 1000
+    rows, _ = group_runs([load_run(p) for p in sorted(runs.glob("*/metrics.json"))])
+    fig = plot_curves(rows)
+    val_axis = fig.axes[0]
+    (line,) = val_axis.get_lines()  # only fcn8s has curves
+    assert list(line.get_xdata()) == [0, 1]
+    assert list(line.get_ydata()) == pytest.approx([25.0, 50.0])
+    assert line.get_label() == "fcn8s (n=2)"
+    assert val_axis.get_ylabel() == "val/mIoU (%)"
+
+
+def test_resumed_runs_group_with_fresh_ones(runs):
+    # A resumed run's config holds the values linked from the data module (LightningCLI loads the
+    # checkpoint's hyperparameters); a fresh run's leaves them unset. Same configuration.
+    path = runs / "fcn8s-s1" / "metrics.json"
+    data = json.loads(path.read_text())
+    data["config"].update(
+        {"model.num_classes": 11, "model.class_names": ["a", "b"], "model.ignore_index": 255}
+    )
+    write_json(path, data)
+    lines = report([str(runs)], metrics=["test/mIoU"]).strip().splitlines()
+    assert lines[0] == "| run | variant | n | test/mIoU (%) |"
+    assert sum(line.startswith("| fcn8s |") for line in lines) == 1
