@@ -165,10 +165,16 @@ def learning_curve(run_dir: Path, key: str = "val/mIoU") -> dict[int, float]:
 
 
 def group_runs(runs: Sequence[Run]) -> tuple[list[Row], list[str]]:
-    """Group runs by configuration; return the rows and the config keys that differ."""
+    """Group runs by configuration; return the rows and the config keys that differ.
+
+    A key differs when the runs that have it hold more than one value. A key that some runs lack
+    (a switch added to segbench after they ran) and the others all set alike does not split them.
+    """
     keys = sorted({k for r in runs for k in r.config if not IGNORED_KEYS.match(k)})
     differing = [
-        k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1
+        k
+        for k in keys
+        if len({json.dumps(r.config[k], sort_keys=True) for r in runs if k in r.config}) > 1
     ]
     rows: dict[str, Row] = {}
     for r in runs:

@@ -173,3 +173,22 @@ def test_resumed_runs_group_with_fresh_ones(runs):
     lines = report([str(runs)], metrics=["test/mIoU"]).strip().splitlines()
     assert lines[0] == "| run | variant | n | test/mIoU (%) |"
     assert sum(line.startswith("| fcn8s |") for line in lines) == 1
+
+
+def test_keys_missing_from_older_runs_do_not_split_rows(runs):
+    # fcn8s-s0 ran before segbench had `test_protocol`; the others have its (one) value.
+    for path in runs.glob("*/metrics.json"):
+        if path.parent.name != "fcn8s-s0":
+            data = json.loads(path.read_text())
+            data["config"]["model.test_protocol.mode"] = "whole"
+            write_json(path, data)
+    lines = report([str(runs)], metrics=["test/mIoU"]).strip().splitlines()
+    assert lines[0] == "| run | variant | n | test/mIoU (%) |"
+    assert any(line.startswith("| fcn8s | 8s | 2 |") for line in lines)
+    # ... but a key with two values among the runs that have it is a column, missing = None
+    data = json.loads((runs / "fcn32s-s0" / "metrics.json").read_text())
+    data["config"]["model.test_protocol.mode"] = "slide"
+    write_json(runs / "fcn32s-s0" / "metrics.json", data)
+    lines = report([str(runs)], metrics=["test/mIoU"]).strip().splitlines()
+    assert lines[0] == "| run | variant | test_protocol.mode | n | test/mIoU (%) |"
+    assert sum(line.startswith("| fcn8s |") for line in lines) == 2
