@@ -304,6 +304,7 @@ def plot_curves(rows: Sequence[Row], keys: Sequence[str] = CURVE_KEYS, title: st
     Returns the matplotlib figure, or None when no run logged any of ``keys``.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     curves = {
         (key, i): [c for r in row.runs if (c := learning_curve(r.path, key))]
@@ -329,6 +330,7 @@ def plot_curves(rows: Sequence[Row], keys: Sequence[str] = CURVE_KEYS, title: st
                 hi = [m + s for m, s in zip(mean, std, strict=True)]
                 ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.15)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{key} (%)" if scale == 100 else key)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
