@@ -273,10 +273,7 @@ def write_csv(
 
 
 def plot(path: Path, rows: Sequence[Row], metric: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # report() has chosen the Agg backend
 
     scale = _scale(metric)
     stats = [row.mean_std(metric) for row in rows]
