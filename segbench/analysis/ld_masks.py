@@ -14,7 +14,11 @@ Writes, into ``--out`` (default: the run directory, or ``ld_masks/`` for a fresh
 * ``ld_mask_stats.json`` (and a table on stdout): the mean of ``M`` over all channels for the
   pixels of each ground-truth class, over ``--stats_images`` validation images, and the mean
   inside regions versus near their boundaries (pixels within ``--boundary`` pixels of another
-  label): the figure's claim as numbers.
+  label): the figure's claim as numbers; and, under ``mask_ablation``, the mIoU and per-class
+  IoU over ``--ablation_images`` validation images with ``M`` as trained, with ``M`` replaced by
+  its mean over positions (per image and channel: no spatial selectivity left), and with ``M``
+  replaced by its mean over the images too (a constant per-channel gain). If mIoU holds without
+  the spatial variation, LD's gain does not come from weighting small patterns against large ones.
 
 ``--run`` loads ``RUN_DIR/config.yaml`` and ``RUN_DIR/checkpoints/<--ckpt>.ckpt``; ``--config``
 builds a fresh (untrained) network, which checks the plumbing but says nothing about GALD.
@@ -25,7 +29,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,20 +41,31 @@ from torch import Tensor
 
 from segbench.analysis.loading import denormalise, load_model
 from segbench.callbacks import colourise, write_json
+from segbench.metrics import SegmentationMetrics
 from segbench.models.layers.global_context import LocalDistribution
 
 log = logging.getLogger("segbench")
 
 
-def ld_masks(net: torch.nn.Module, images: Tensor) -> Tensor:
-    """The mask ``M`` of the (first) LD module of ``net`` for ``images``: ``N x C x h x w``."""
+#: How :func:`replaced_mask` changes ``M``: ``trained`` leaves it, ``spatial_mean`` averages it
+#: over positions (per image and channel), ``constant`` sets it to a given per-channel value.
+MaskReplacement = Literal["trained", "spatial_mean", "constant"]
+
+
+def ld_module(net: torch.nn.Module) -> LocalDistribution:
+    """The (first) LD module of ``net``."""
     modules = [m for m in net.modules() if isinstance(m, LocalDistribution)]
     if not modules:
         raise ValueError(
             f"{type(net).__name__} has no local distribution module (GALD with ld: true has one)"
         )
+    return modules[0]
+
+
+def ld_masks(net: torch.nn.Module, images: Tensor) -> Tensor:
+    """The mask ``M`` of the (first) LD module of ``net`` for ``images``: ``N x C x h x w``."""
     masks: list[Tensor] = []
-    handle = modules[0].register_forward_hook(
+    handle = ld_module(net).register_forward_hook(
         lambda module, inputs, output: masks.append(module.mask(inputs[0]))
     )
     try:
@@ -59,6 +77,64 @@ def ld_masks(net: torch.nn.Module, images: Tensor) -> Tensor:
     finally:
         handle.remove()
     return masks[0]
+
+
+@contextmanager
+def replaced_mask(
+    module: LocalDistribution, how: MaskReplacement, constant: Tensor | None = None
+) -> Iterator[None]:
+    """Within the block, ``module`` outputs ``x + x * M'`` with ``M'`` from ``M`` as ``how`` says.
+
+    ``constant`` (``C`` values) is the mask for ``how="constant"``.
+    """
+    if how == "constant" and constant is None:
+        raise ValueError("how='constant' needs the per-channel constant")
+
+    def hook(mod: LocalDistribution, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        x = inputs[0]
+        if how == "trained":
+            return output
+        if how == "spatial_mean":
+            m = mod.mask(x).mean((2, 3), keepdim=True)
+        else:
+            m = constant.to(x).view(1, -1, 1, 1)  # type: ignore[union-attr]
+        return x + x * m
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def mask_ablation(
+    net: torch.nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    class_names: list[str],
+    ignore_index: int,
+    batch_size: int = 16,
+) -> dict[str, dict[str, float]]:
+    """mIoU and per-class IoU of ``net`` on ``images`` with the LD mask as trained, averaged
+    over positions, and fixed to its mean over ``images`` (see :func:`replaced_mask`)."""
+    module = ld_module(net)
+    batches = [slice(i, i + batch_size) for i in range(0, len(images), batch_size)]
+    # The mean of M over the images and positions, per channel (batches weighted by their size).
+    constant = sum(ld_masks(net, images[b]).mean((2, 3)).sum(0) for b in batches) / len(images)
+    results: dict[str, dict[str, float]] = {}
+    was_training = net.training
+    net.eval()
+    for how in ("trained", "spatial_mean", "constant"):
+        metric = SegmentationMetrics(len(class_names), ignore_index, class_names)
+        with torch.no_grad(), replaced_mask(module, how, constant):  # type: ignore[arg-type]
+            for b in batches:
+                metric.update(net(images[b])["out"], labels[b])
+        computed = metric.compute()
+        results[how] = {
+            k: float(v) for k, v in computed.items() if k == "mIoU" or k.startswith("IoU/")
+        }
+    net.train(was_training)
+    return results
 
 
 def boundary_mask(labels: Tensor, width: int) -> Tensor:
@@ -138,6 +214,27 @@ def markdown(stats: dict[str, dict[str, float | int | None]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ablation_markdown(ablation: dict[str, dict[str, float]], images: int) -> str:
+    """The mask ablation as a table: mIoU and per-class IoU (%), one row per mask."""
+    names = {
+        "trained": "M as trained",
+        "spatial_mean": "M averaged over positions",
+        "constant": "M a constant per channel",
+    }
+    keys = list(next(iter(ablation.values())))
+    head = ["mask", *(k.removeprefix("IoU/") for k in keys)]
+    lines = [
+        f"Mask ablation over {images} validation images (IoU, %):",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for how, metrics in ablation.items():
+        cells = [f"{100 * metrics[k]:.2f}" for k in keys]
+        lines.append(f"| {names[how]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="segbench ld-masks",
@@ -152,6 +249,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--channel_ids", type=int, nargs="+", help="these channels instead")
     parser.add_argument("--stats_images", type=int, default=50, help="images for the table")
     parser.add_argument("--boundary", type=int, default=2, help="boundary width in pixels")
+    parser.add_argument(
+        "--ablation_images", type=int, default=200, help="images for the mask ablation (0: skip)"
+    )
     known, rest = parser.parse_known_args(argv)
     if known.run is None and not rest:
         parser.error("give --run RUN_DIR or a config: --config FILE.yaml")
@@ -160,16 +260,18 @@ def main(argv: list[str]) -> None:
     task, dm = loaded.task, loaded.datamodule
     dm.setup("validate")
     dataset = dm.datasets["val"]
-    count = max(known.images, known.stats_images)
+    count = max(known.images, known.stats_images, known.ablation_images)
     samples = [dataset[i] for i in range(min(count, len(dataset)))]
     images = torch.stack([s["image"] for s in samples])
     labels = torch.stack([s["mask"] for s in samples])
-    masks = ld_masks(task.net, images)
+    n_stats = min(known.stats_images, len(samples))
+    n_ablation = min(known.ablation_images, len(samples))
+    masks = ld_masks(task.net, images[: max(known.images, n_stats)])
 
     class_names = list(task.class_names)
     stats = class_statistics(
-        masks[: known.stats_images],
-        labels[: known.stats_images],
+        masks[:n_stats],
+        labels[:n_stats],
         class_names,
         task.ignore_index,
         known.boundary,
@@ -184,6 +286,18 @@ def main(argv: list[str]) -> None:
     up = F.interpolate(masks[:n], size=images.shape[-2:], mode="bilinear", align_corners=False)
     rgb = (denormalise(images[:n], dm) * 255).byte().permute(0, 2, 3, 1).numpy()
 
+    ablation = (
+        mask_ablation(
+            task.net,
+            images[:n_ablation],
+            labels[:n_ablation],
+            class_names,
+            task.ignore_index,
+        )
+        if n_ablation > 0
+        else {}
+    )
+
     out = Path(known.out or known.run or "ld_masks")
     out.mkdir(parents=True, exist_ok=True)
     draw(rgb, labels[:n].numpy(), up.numpy(), channels, dm.colours(), out / "ld_masks.png")
@@ -191,10 +305,14 @@ def main(argv: list[str]) -> None:
         out / "ld_mask_stats.json",
         {
             "channels": channels,
-            "images": len(samples),
+            "images": n_stats,
             "boundary": known.boundary,
             "classes": stats,
+            "ablation_images": n_ablation,
+            "mask_ablation": ablation,
         },
     )
     sys.stdout.write(markdown(stats))
+    if ablation:
+        sys.stdout.write("\n" + ablation_markdown(ablation, n_ablation))
     log.info("LD masks of channels %s: %s", channels, (out / "ld_masks.png").resolve())

@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
-from segbench.analysis.ld_masks import boundary_mask
+from segbench.analysis.ld_masks import boundary_mask, mask_ablation, replaced_mask
 from segbench.cli import main
+from segbench.metrics import SegmentationMetrics
+from segbench.models.layers.global_context import LocalDistribution
 from tests.conftest import REPO
 
 GALD_TINY = [
@@ -74,7 +76,13 @@ def test_ld_masks_of_a_trained_run(tmp_path):
     run = tmp_path / "gald" / "gald"
     main(["ld-masks", "--run", str(run), "--images", "2", "--channel_ids", "0", "5"])
     assert (run / "ld_masks.png").is_file()
-    assert read_stats(run / "ld_mask_stats.json")["channels"] == [0, 5]
+    stats = read_stats(run / "ld_mask_stats.json")
+    assert stats["channels"] == [0, 5]
+    assert stats["ablation_images"] == 6
+    assert set(stats["mask_ablation"]) == {"trained", "spatial_mean", "constant"}
+    for metrics in stats["mask_ablation"].values():
+        assert 0 <= metrics["mIoU"] <= 1
+        assert "IoU/bird" in metrics
 
 
 def test_a_model_without_ld_is_refused(tmp_path):
@@ -87,3 +95,53 @@ def test_boundary_mask_marks_pixels_near_another_label():
     labels[0, :, 3:] = 1
     edge = boundary_mask(labels, 1)
     assert edge[0, 0].tolist() == [False, False, True, True, False, False]
+
+
+def test_replaced_mask_flattens_or_fixes_the_mask_and_then_restores_it():
+    torch.manual_seed(0)
+    ld = LocalDistribution(4).eval()
+    x = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        m = ld.mask(x)
+        assert m.flatten(2).std(-1).max() > 1e-3  # a mask that varies over positions
+        trained = ld(x)
+        with replaced_mask(ld, "trained"):
+            torch.testing.assert_close(ld(x), trained)
+        with replaced_mask(ld, "spatial_mean"):
+            torch.testing.assert_close(ld(x), x + x * m.mean((2, 3), keepdim=True))
+        c = torch.tensor([0.5, 0.6, 0.7, 0.8])
+        with replaced_mask(ld, "constant", c):
+            torch.testing.assert_close(ld(x), x + x * c.view(1, 4, 1, 1))
+        torch.testing.assert_close(ld(x), trained)  # the hook is gone
+    with pytest.raises(ValueError, match="constant"), replaced_mask(ld, "constant"):
+        pass
+
+
+class _TinyLDNet(torch.nn.Module):
+    """conv -> LD -> 1x1 classifier: an LD network small enough to evaluate by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.ld = LocalDistribution(8)
+        self.cls = torch.nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        return {"out": self.cls(self.ld(self.conv(x)))}
+
+
+def test_mask_ablation_as_trained_is_the_plain_evaluation():
+    torch.manual_seed(0)
+    net = _TinyLDNet().eval()
+    images = torch.randn(5, 3, 32, 32)
+    labels = torch.randint(0, 3, (5, 32, 32))
+    labels[0, :4] = 255
+    names = ["a", "b", "c"]
+    result = mask_ablation(net, images, labels, names, 255, batch_size=2)
+    plain = SegmentationMetrics(3, 255, names)
+    with torch.no_grad():
+        plain.update(net(images)["out"], labels)
+    assert result["trained"]["mIoU"] == pytest.approx(float(plain.compute()["mIoU"]))
+    assert set(result["constant"]) == {"mIoU", "IoU/a", "IoU/b", "IoU/c"}
+    assert result["spatial_mean"] != result["trained"]  # the replacement reached the network
+    assert not net.ld._forward_hooks
