@@ -88,8 +88,23 @@ ablation-upsampler: venv  ## DUpsampling: upper bound (synthetic, + CamVid if SE
 	$(call sweep,dupsampling-upsampler,experiments/dupsampling/synthetic,\
 	  --metrics test/mIoU test/IoU/pole test/IoU/bird)
 
-ablation-gald: venv  ## GALD: GA (none/CGNL/non-local/PSP/GAP) x LD x SEEDS, synthetic (CPU ~30 min/seed)
-	$(call sweep,gald,experiments/gald/synthetic,--metrics test/mIoU test/IoU/bird test/IoU/pole)
+# GALD: the sweep, then each LD run's masks and mask ablation (does M's spatial variation matter?)
+# recorded in its metrics.json, once per checkpoint, then the report with that column.
+GALD_GROUP = gald$(SCALE_SUFFIX)
+GALD_VARIANTS = $(basename $(notdir $(sort $(wildcard experiments/gald/synthetic/variants/*.yaml))))
+GALD_RUNS = $(foreach v,$(GALD_VARIANTS),$(foreach s,$(SEEDS),runs/$(GALD_GROUP)/$(v)-s$(s)))
+GALD_LD_MASKS = $(foreach v,$(filter %_ld,$(GALD_VARIANTS)),$(foreach s,$(SEEDS),\
+  results/$(GALD_GROUP)-ld-masks/$(v)-s$(s)/ld_mask_stats.json))
+GALD_METRICS = test/mIoU test/IoU/bird test/IoU/pole ld_mask/spatial_mIoU_gain
+
+ablation-gald: venv  ## GALD: GA (none/CGNL/non-local/PSP/GAP) x LD x SEEDS + LD mask ablation, synthetic (CPU ~35 min/seed)
+	$(call sweep,gald,experiments/gald/synthetic,--metrics $(GALD_METRICS))
+	$(MAKE) --no-print-directory $(GALD_LD_MASKS)
+	$(SEGBENCH) report $(GALD_RUNS) --out results/$(GALD_GROUP) --title $(GALD_GROUP) \
+	  --metrics $(GALD_METRICS)
+
+results/$(GALD_GROUP)-ld-masks/%/ld_mask_stats.json: runs/$(GALD_GROUP)/%/checkpoints/best.ckpt
+	$(SEGBENCH) ld-masks --run runs/$(GALD_GROUP)/$* --record --out $(@D)
 
 clean:  ## remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .ruff_cache **/__pycache__

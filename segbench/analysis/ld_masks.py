@@ -19,6 +19,10 @@ Writes, into ``--out`` (default: the run directory, or ``ld_masks/`` for a fresh
   its mean over positions (per image and channel: no spatial selectivity left), and with ``M``
   replaced by its mean over the images too (a constant per-channel gain). If mIoU holds without
   the spatial variation, LD's gain does not come from weighting small patterns against large ones.
+  ``--record`` also stores these mIoUs and their differences (``ld_mask/spatial_mIoU_gain``: as
+  trained minus averaged over positions; ``ld_mask/input_mIoU_gain``: as trained minus constant)
+  in the run's ``metrics.json``, for ``segbench report --metrics`` (see
+  :func:`segbench.analysis.report.record_analysis`).
 
 ``--run`` loads ``RUN_DIR/config.yaml`` and ``RUN_DIR/checkpoints/<--ckpt>.ckpt``; ``--config``
 builds a fresh (untrained) network, which checks the plumbing but says nothing about GALD.
@@ -214,6 +218,16 @@ def markdown(stats: dict[str, dict[str, float | int | None]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recorded(ablation: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The mask ablation's values for a run's ``metrics.json`` (``--record``)."""
+    miou = {how: metrics["mIoU"] for how, metrics in ablation.items()}
+    return {
+        **{f"ld_mask/mIoU_{how}": v for how, v in miou.items()},
+        "ld_mask/spatial_mIoU_gain": miou["trained"] - miou["spatial_mean"],
+        "ld_mask/input_mIoU_gain": miou["trained"] - miou["constant"],
+    }
+
+
 def ablation_markdown(ablation: dict[str, dict[str, float]], images: int) -> str:
     """The mask ablation as a table: mIoU and per-class IoU (%), one row per mask."""
     names = {
@@ -252,9 +266,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--ablation_images", type=int, default=200, help="images for the mask ablation (0: skip)"
     )
+    parser.add_argument(
+        "--record", action="store_true", help="store the mask ablation in the run's metrics.json"
+    )
     known, rest = parser.parse_known_args(argv)
     if known.run is None and not rest:
         parser.error("give --run RUN_DIR or a config: --config FILE.yaml")
+    if known.record and (known.run is None or known.ablation_images <= 0):
+        parser.error("--record needs --run and --ablation_images > 0")
 
     loaded = load_model([known.run, *rest] if known.run else rest, ckpt=known.ckpt)
     task, dm = loaded.task, loaded.datamodule
@@ -312,6 +331,11 @@ def main(argv: list[str]) -> None:
             "mask_ablation": ablation,
         },
     )
+    if known.record:
+        from segbench.analysis.report import record_analysis
+
+        record_analysis(known.run, recorded(ablation))
+        log.info("ld-masks: mask ablation recorded in %s", Path(known.run) / "metrics.json")
     sys.stdout.write(markdown(stats))
     if ablation:
         sys.stdout.write("\n" + ablation_markdown(ablation, n_ablation))

@@ -74,7 +74,7 @@ def test_ld_masks_of_a_trained_run(tmp_path):
         ]
     )
     run = tmp_path / "gald" / "gald"
-    main(["ld-masks", "--run", str(run), "--images", "2", "--channel_ids", "0", "5"])
+    main(["ld-masks", "--run", str(run), "--images", "2", "--channel_ids", "0", "5", "--record"])
     assert (run / "ld_masks.png").is_file()
     stats = read_stats(run / "ld_mask_stats.json")
     assert stats["channels"] == [0, 5]
@@ -83,6 +83,20 @@ def test_ld_masks_of_a_trained_run(tmp_path):
     for metrics in stats["mask_ablation"].values():
         assert 0 <= metrics["mIoU"] <= 1
         assert "IoU/bird" in metrics
+    ablation = stats["mask_ablation"]
+    analysis = json.loads((run / "metrics.json").read_text())["analysis"]
+    assert analysis["ld_mask/mIoU_trained"] == pytest.approx(ablation["trained"]["mIoU"])
+    assert analysis["ld_mask/spatial_mIoU_gain"] == pytest.approx(
+        ablation["trained"]["mIoU"] - ablation["spatial_mean"]["mIoU"]
+    )
+    assert analysis["ld_mask/input_mIoU_gain"] == pytest.approx(
+        ablation["trained"]["mIoU"] - ablation["constant"]["mIoU"]
+    )
+
+
+def test_record_needs_a_run(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["ld-masks", *GALD_TINY, "--out", str(tmp_path), "--record"])
 
 
 def test_a_model_without_ld_is_refused(tmp_path):
