@@ -123,20 +123,31 @@ def mask_ablation(
     over positions, and fixed to its mean over ``images`` (see :func:`replaced_mask`)."""
     module = ld_module(net)
     batches = [slice(i, i + batch_size) for i in range(0, len(images), batch_size)]
-    # The mean of M over the images and positions, per channel (batches weighted by their size).
-    constant = sum(ld_masks(net, images[b]).mean((2, 3)).sum(0) for b in batches) / len(images)
-    results: dict[str, dict[str, float]] = {}
-    was_training = net.training
-    net.eval()
-    for how in ("trained", "spatial_mean", "constant"):
+
+    def evaluate() -> dict[str, float]:
         metric = SegmentationMetrics(len(class_names), ignore_index, class_names)
-        with torch.no_grad(), replaced_mask(module, how, constant):  # type: ignore[arg-type]
+        with torch.no_grad():
             for b in batches:
                 metric.update(net(images[b])["out"], labels[b])
-        computed = metric.compute()
-        results[how] = {
-            k: float(v) for k, v in computed.items() if k == "mIoU" or k.startswith("IoU/")
+        return {
+            k: float(v) for k, v in metric.compute().items() if k == "mIoU" or k.startswith("IoU/")
         }
+
+    was_training = net.training
+    net.eval()
+    # The pass with M as trained also sums, per channel, each image's mean of M: the constant.
+    sums: list[Tensor] = []
+    handle = module.register_forward_hook(
+        lambda mod, inputs, output: sums.append(mod.mask(inputs[0]).mean((2, 3)).sum(0))
+    )
+    try:
+        results = {"trained": evaluate()}
+    finally:
+        handle.remove()
+    constant = torch.stack(sums).sum(0) / len(images)
+    for how in ("spatial_mean", "constant"):
+        with replaced_mask(module, how, constant):  # type: ignore[arg-type]
+            results[how] = evaluate()
     net.train(was_training)
     return results
 
