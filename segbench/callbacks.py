@@ -1,9 +1,16 @@
-"""Callbacks that make a run readable without W&B: the metrics file and the validation figure.
+"""Callbacks: the run's files, its checkpoints of the latest state, exact resume, figures.
 
-* :class:`RunFiles` keeps ``<run_dir>/metrics.json`` up to date: the resolved config (flat, one
-  key per switch), the last and the best validation metrics, the test metrics, the parameter count,
-  the training throughput and the time of the last validation and test (``eval_timing``: what an
-  evaluation protocol costs). ``segbench report`` builds its tables from these files.
+* :class:`RunFiles` keeps the run's sections of ``metrics.json`` up to date (through
+  :class:`segbench.rundir.RunDir`): ``fit`` (the last and best validation, the test after fit,
+  parameters, throughput, progress), ``validate`` / ``test`` (a later command's metrics with its
+  checkpoint and protocol) and ``provenance`` (how the run was made). ``segbench report`` builds
+  its tables from these files.
+* :class:`LastCheckpoint` writes ``checkpoints/last.ckpt``, the latest training state, at the end
+  of every epoch and every N steps or minutes, so a crash costs minutes, not epochs.
+* :class:`ExactResume` stores every random generator in the checkpoints and restores them, and
+  the training loader's position, on resume;
+  with the data order and augmentation as pure functions of (seed, epoch, index)
+  (:mod:`segbench.data.base`), a resumed run continues exactly as the uninterrupted one.
 * :class:`SegmentationVisualizer` draws a few validation images with their ground truth and
   prediction into ``<run_dir>/val_examples.png`` and, when a W&B logger is present, logs them as
   mask overlays together with a per-class IoU table.
@@ -12,9 +19,9 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import math
-import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -23,10 +30,13 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch import Tensor
 
-METRICS_FILE = "metrics.json"
+from segbench.provenance import provenance
+from segbench.rundir import RunDir
+
+log = logging.getLogger("segbench")
 
 
 def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float | None]:
@@ -38,46 +48,76 @@ def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float | None]:
     return out
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically, so a run killed mid-write leaves the previous file intact."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 class RunFiles(Callback):
-    """Maintain ``metrics.json`` in the run directory (global rank 0 only).
+    """Maintain the run's sections of ``metrics.json`` (global rank 0 only).
 
     Args:
         run_dir: the run directory.
-        config: the flat resolved config to record with the results.
+        command: the ``segbench`` command running (``fit``, ``validate``, ``test``, ``predict``):
+            ``fit`` owns the ``fit`` section (its test after fit included); ``validate`` and
+            ``test`` write their own sections and never touch ``fit``'s.
+        config: the flat resolved config to record with the results (``fit`` only).
+        effective_batch: the effective batch the recipe states; a different one is warned about.
     """
 
-    def __init__(self, run_dir: str | Path, config: dict[str, Any] | None = None) -> None:
-        self.path = Path(run_dir) / METRICS_FILE
-        self.data: dict[str, Any] = {}
-        if self.path.is_file():  # a resumed run keeps what it had
-            self.data = json.loads(self.path.read_text())
-        if config is not None:
-            self.data["config"] = config
+    def __init__(
+        self,
+        run_dir: str | Path | RunDir,
+        command: str = "fit",
+        config: dict[str, Any] | None = None,
+        effective_batch: int | None = None,
+    ) -> None:
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.command = command
+        self.config = config
+        self.effective_batch = effective_batch
+        self.fit: dict[str, Any] = self.run.section("fit") if command == "fit" else {}
         self._train_time, self._train_images, self._tick, self._fit_start = 0.0, 0, 0.0, 0.0
+        self._fit_before = 0.0
         self._eval_start, self._eval_images = 0.0, 0
 
-    def _write(self, trainer: L.Trainer) -> None:
+    def _write_fit(self, trainer: L.Trainer) -> None:
         if trainer.is_global_zero:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(self.path, self.data)
+            self.run.write_section("fit", self.fit)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.data["params"] = {
+        self.fit["params"] = {
             "total": sum(p.numel() for p in pl_module.parameters()),
             "trainable": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
         }
+        self.fit["finished"] = False
         # A resumed run adds to the throughput totals of the runs before it.
-        timing = self.data.get("timing", {})
+        timing = self.fit.get("timing", {})
         self._train_images = timing.get("train_images", 0)
         self._train_time = timing.get("train_seconds", 0.0)
+        self._fit_before = timing.get("fit_seconds", 0.0)
         self._fit_start = time.perf_counter()
+        info = provenance(trainer)
+        if trainer.is_global_zero:
+            self.run.update(lambda d: self._start(d, info))
+        self._write_fit(trainer)
+        stated = self.effective_batch
+        if stated is not None and info["effective_batch"] != stated and trainer.is_global_zero:
+            log.warning(
+                "effective batch %d (%d per process x %d processes x %d accumulated) differs "
+                "from the %d this recipe states (run.effective_batch): the learning rate and "
+                "schedule were chosen for %d. Set trainer.accumulate_grad_batches or the batch "
+                "size to match, or scale the learning rate.",
+                info["effective_batch"],
+                info["batch_per_process"],
+                info["world_size"],
+                info["accumulate_grad_batches"],
+                stated,
+                stated,
+            )
+
+    def _start(self, data: dict[str, Any], info: dict[str, Any]) -> None:
+        """The config and the provenance; every start of the run (resumes too) is kept."""
+        if self.config is not None:
+            data["config"] = self.config
+        attempts = (data.get("provenance") or {}).get("attempts", [])
+        data["provenance"] = {**info, "attempts": [*attempts, info["attempt"]]}
+        del data["provenance"]["attempt"]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._tick = time.perf_counter()
@@ -104,9 +144,9 @@ class RunFiles(Callback):
     def _eval_count(self, batch: Any) -> None:
         self._eval_images += int(batch["image"].shape[0])
 
-    def _eval_timing(self, stage: str) -> None:
+    def _eval_seconds(self) -> dict[str, Any]:
         seconds = time.perf_counter() - self._eval_start
-        self.data.setdefault("eval_timing", {})[stage] = {
+        return {
             "seconds": seconds,
             "images": self._eval_images,
             "images_per_s": self._eval_images / seconds if seconds > 0 else None,
@@ -140,26 +180,49 @@ class RunFiles(Callback):
     ) -> None:
         self._eval_count(batch)
 
+    def _command_section(self, trainer: L.Trainer, stage: str, pl_module: Any) -> None:
+        """A ``segbench validate`` / ``test`` command's own section."""
+        if not trainer.is_global_zero:
+            return
+        protocols = getattr(pl_module, "protocols", {})
+        protocol = protocols.get("val" if stage == "validate" else "test")
+        prefix = "val/" if stage == "validate" else "test/"
+        self.run.write_section(
+            stage,
+            {
+                "metrics": _floats(trainer.callback_metrics, prefix),
+                "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+                "protocol": protocol.to_dict() if protocol is not None else None,
+                "eval_timing": self._eval_seconds(),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
+            return
+        if self.command == "validate":
+            self._command_section(trainer, "validate", pl_module)
+            return
+        if self.command != "fit":
             return
         val = _floats(trainer.callback_metrics, "val/")
         if not val:
             return
-        self._eval_timing("val")
+        self.fit.setdefault("eval_timing", {})["val"] = self._eval_seconds()
         val["epoch"] = trainer.current_epoch
         val["step"] = trainer.global_step
-        self.data["val"] = val
-        best = self.data.get("best_val")
+        self.fit["val"] = val
+        best = self.fit.get("best_val")
         if best is None or (val.get("val/mIoU") or 0.0) > (best.get("val/mIoU") or 0.0):
-            self.data["best_val"] = dict(val)
-        if trainer.state.fn == "fit":
-            self._update_timing()
-        self._write(trainer)
+            self.fit["best_val"] = dict(val)
+        self._update_timing()
+        self._write_fit(trainer)
 
     def _update_timing(self) -> None:
         if self._train_time > 0:
-            self.data["timing"] = {
+            self.fit["timing"] = {
+                **self.fit.get("timing", {}),
                 "train_images": self._train_images,
                 "train_seconds": self._train_time,
                 "train_images_per_s": self._train_images / self._train_time,
@@ -167,19 +230,169 @@ class RunFiles(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._update_timing()
-        self.data.setdefault("timing", {})["fit_seconds"] = time.perf_counter() - self._fit_start
+        self.fit.setdefault("timing", {})["fit_seconds"] = self._fit_before + (
+            time.perf_counter() - self._fit_start
+        )
         ckpt = trainer.checkpoint_callback
         if ckpt is not None and getattr(ckpt, "best_model_path", ""):
-            self.data["best_checkpoint"] = ckpt.best_model_path
-        self.data["completed_epochs"] = trainer.current_epoch
-        self.data["global_step"] = trainer.global_step
-        self._write(trainer)
+            self.fit["best_checkpoint"] = ckpt.best_model_path
+        self.fit["completed_epochs"] = trainer.current_epoch
+        self.fit["global_step"] = trainer.global_step
+        self.fit["finished"] = bool(trainer.fit_loop.done) and not trainer.interrupted
+        self._write_fit(trainer)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_timing("test")
-        self.data["test"] = _floats(trainer.callback_metrics, "test/")
-        self.data["test_checkpoint"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
-        self._write(trainer)
+        if self.command != "fit":
+            self._command_section(trainer, "test", pl_module)
+            return
+        self.fit.setdefault("eval_timing", {})["test"] = self._eval_seconds()
+        self.fit["test"] = _floats(trainer.callback_metrics, "test/")
+        self.fit["test_checkpoint"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
+        self._write_fit(trainer)
+
+
+class LastCheckpoint(Callback):
+    """``checkpoints/last.ckpt``: the latest training state, for ``--ckpt_path last``.
+
+    Written at the end of every training epoch (after that epoch's validation), and within an
+    epoch every ``every_n_steps`` optimiser steps and/or every ``every_minutes`` minutes. The
+    file is replaced atomically (:class:`segbench.rundir.RunCheckpointIO`), so a kill while it is
+    written leaves the previous one. Rows of ``metrics.csv`` logged up to a save are flushed to
+    disk right after it, so the resumed run continues the file without gaps or repeats.
+
+    Args:
+        path: the checkpoint file.
+        every_n_steps: also save every N optimiser steps (``None``: not by steps).
+        every_minutes: also save when this many minutes passed since the last save
+            (``None``: not by time).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        every_n_steps: int | None = None,
+        every_minutes: float | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+        self.every_minutes = every_minutes
+        self._last_save = time.monotonic()
+        self._flush = False
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self._last_save = time.monotonic()
+        self._flush = True
+
+    def _flush_csv(self, trainer: L.Trainer) -> None:
+        if self._flush:
+            for logger in trainer.loggers:
+                if isinstance(logger, CSVLogger):
+                    logger.save()
+            self._flush = False
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        due = bool(self.every_n_steps) and trainer.global_step % self.every_n_steps == 0
+        if self.every_minutes is not None:
+            due |= time.monotonic() - self._last_save >= 60 * self.every_minutes
+        # Every process must save together (the dump is collective): rank 0 decides.
+        return bool(trainer.strategy.broadcast(due))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_save = time.monotonic()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._flush_csv(trainer)
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        # The epoch's last batch is followed by validation and the end-of-epoch save.
+        last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
+        if not last_of_epoch and not trainer.fit_loop._should_accumulate() and self._due(trainer):
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush_csv(trainer)
+
+
+class ExactResume(Callback):
+    """What Lightning does not restore by itself: every random generator of every process, and
+    the training loader's position when the run uses the loop's ``estimated_stepping_batches``.
+
+    * The generators (torch, CUDA, NumPy, Python) of each process go into every checkpoint and
+      are restored at the start of training (after the sanity check and the loaders' set-up,
+      which draw nothing from the global generators: the loaders have their own), so the step
+      after a resume draws what the uninterrupted run drew there (dropout, OHEM ties).
+    * The loader's position (:class:`segbench.data.base.ResumableLoader`): Lightning hands a
+      stateful loader its state when it sets the loader up, but the task's schedule asks for
+      ``trainer.estimated_stepping_batches`` in ``configure_optimizers``, which sets the loader
+      up before the loop state is restored, so that hand-over never happens. It is done here,
+      and the loader's iterator is made anew from the restored position.
+    """
+
+    def __init__(self) -> None:
+        self._to_restore: dict[str, Any] | None = None
+
+    @staticmethod
+    def _capture() -> dict[str, Any]:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "python": random.getstate(),
+        }
+
+    @staticmethod
+    def _apply(state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+    def state_dict(self) -> dict[str, Any]:
+        own = self._capture()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, own)
+            return {"ranks": states}
+        return {"ranks": [own]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        ranks = state_dict.get("ranks") or []
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        self._to_restore = ranks[rank] if rank < len(ranks) else None
+        if ranks and self._to_restore is None:
+            log.warning(
+                "the checkpoint holds the random state of %d processes, this run has more: "
+                "process %d continues with a fresh one (the resume is not bit-exact)",
+                len(ranks),
+                rank,
+            )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        fit_loop = trainer.fit_loop
+        if fit_loop.restarting and fit_loop._combined_loader_states_to_load:
+            fit_loop._load_combined_loader_states()
+            iter(fit_loop._data_fetcher)  # the iterator, from the restored position
+        if self._to_restore is not None:
+            self._apply(self._to_restore)
+            self._to_restore = None
 
 
 def colourise(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> np.ndarray:

@@ -25,10 +25,12 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ConstantLR, LinearLR, LRScheduler, PolynomialLR, SequentialLR
 from torchmetrics import MeanMetric
 
+from segbench.errors import CheckpointError, ConfigError, DivergenceError
 from segbench.inference import WHOLE_IMAGE, EvalProtocol, predict_log_probs
 from segbench.losses import SegmentationLoss
 from segbench.metrics import SegmentationMetrics
 from segbench.models.base import SegmentationModel
+from segbench.rundir import safe_load
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,16 @@ class SegmentationTask(L.LightningModule):
         test_protocol: EvalProtocol = WHOLE_IMAGE,
     ) -> None:
         super().__init__()
+        _check_values(
+            num_classes=num_classes,
+            class_weights=class_weights,
+            aux_weight=aux_weight,
+            ohem_thresh=ohem_thresh,
+            ohem_min_kept=ohem_min_kept,
+            poly_power=poly_power,
+            warmup_iters=warmup_iters,
+            warmup_factor=warmup_factor,
+        )
         self.save_hyperparameters(ignore=["net", "optimizer", "val_protocol", "test_protocol"])
         self.hparams.update(
             val_protocol=val_protocol.to_dict(), test_protocol=test_protocol.to_dict()
@@ -159,7 +171,12 @@ class SegmentationTask(L.LightningModule):
         """Copy the tensors of ``path`` whose names and shapes match the net's."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"model.init_from: no checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            state = safe_load(path)
+        except CheckpointError as err:
+            raise CheckpointError(f"model.init_from: {err}") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"model.init_from: {path} holds no state dict")
         state = state.get("state_dict", state)
         state = {k.removeprefix("net."): v for k, v in state.items()}
         own = self.net.state_dict()
@@ -176,9 +193,25 @@ class SegmentationTask(L.LightningModule):
             left or "none",
         )
 
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``; a checkpoint of another network is a clear error."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as err:
+            if "Error(s) in loading state_dict" not in str(err):
+                raise
+            details = " ".join(str(err).split())[:400]
+            raise CheckpointError(
+                f"the checkpoint does not fit this {type(self.net).__name__} (was it trained "
+                f"with another architecture or width?): {details}"
+            ) from None
+
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        try:
+            optimizer = self.optimizer_factory(params)
+        except ValueError as err:  # torch's own check of lr, momentum, betas, ...
+            raise ConfigError(f"model.optimizer: {err}") from None
         total = max(1, int(self.trainer.estimated_stepping_batches))
         main: LRScheduler
         if self.lr_schedule == "poly":
@@ -223,6 +256,7 @@ class SegmentationTask(L.LightningModule):
         terms = self.compute_loss(self(batch["image"]), batch)
         n = batch["image"].shape[0]
         loss = terms.pop("loss")
+        self._check_finite(loss, terms, batch_idx)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
         for name, value in terms.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=n)
@@ -234,6 +268,24 @@ class SegmentationTask(L.LightningModule):
             batch_size=n,
         )
         return loss
+
+    def _check_finite(self, loss: Tensor, terms: dict[str, Tensor], batch_idx: int) -> None:
+        """Stop at once on a non-finite loss, before it reaches the weights (all processes)."""
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        values = ", ".join(f"{k} = {float(v.detach()):.4g}" for k, v in terms.items())
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        raise DivergenceError(
+            f"training diverged at step {self.trainer.global_step} (epoch "
+            f"{self.current_epoch}, batch {batch_idx}): loss = {float(loss.detach()):.4g} "
+            f"({values}) at learning rate {lr:.4g}. Nothing of this step was applied or saved: the "
+            "checkpoints hold the last finite state. Lower the learning rate "
+            "(model.optimizer.init_args.lr), add warm-up (model.warmup_iters) or clip gradients "
+            "(trainer.gradient_clip_val)."
+        )
 
     def predict_log_probs(
         self, image: Tensor, stage: Stage, size: tuple[int, int] | None = None
@@ -280,3 +332,43 @@ class SegmentationTask(L.LightningModule):
         """Label maps (``N x H x W``, int64) under the test protocol, with the file names."""
         pred = self.predict_log_probs(batch["image"], "test").argmax(1)
         return {"pred": pred, "name": batch.get("name")}
+
+
+def _check_values(
+    *,
+    num_classes: int,
+    class_weights: Sequence[float] | str | None,
+    aux_weight: float,
+    ohem_thresh: float | None,
+    ohem_min_kept: int,
+    poly_power: float,
+    warmup_iters: int,
+    warmup_factor: float,
+) -> None:
+    """Reject values that cannot train, naming the config key."""
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be at least 1, got {num_classes} (set by the data)")
+    if class_weights is not None and not isinstance(class_weights, str):
+        if len(class_weights) != num_classes:
+            raise ConfigError(
+                f"model.class_weights has {len(class_weights)} values for the data's "
+                f"{num_classes} classes: give one weight per class, in label order"
+            )
+        if any(w < 0 for w in class_weights):
+            raise ConfigError(f"model.class_weights must be non-negative, got {class_weights}")
+    checks = [
+        ("model.aux_weight", aux_weight, aux_weight >= 0, "must be 0 or more"),
+        (
+            "model.ohem_thresh",
+            ohem_thresh,
+            ohem_thresh is None or 0 < ohem_thresh <= 1,
+            "is a probability in (0, 1] (or null for plain cross-entropy)",
+        ),
+        ("model.ohem_min_kept", ohem_min_kept, ohem_min_kept >= 0, "must be 0 or more"),
+        ("model.poly_power", poly_power, poly_power > 0, "must be positive"),
+        ("model.warmup_iters", warmup_iters, warmup_iters >= 0, "must be 0 or more"),
+        ("model.warmup_factor", warmup_factor, 0 < warmup_factor <= 1, "is a fraction in (0, 1]"),
+    ]
+    for key, value, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{key} {rule}, got {value}")

@@ -26,7 +26,9 @@ def run_main(args: list[str]) -> None:
 
 
 def metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
+    """The ``fit`` section of a run's metrics.json, with the file's config and provenance."""
+    data = json.loads((run_dir / "metrics.json").read_text())
+    return {**data["fit"], "config": data["config"], "provenance": data["provenance"]}
 
 
 def test_print_config_shows_the_full_resolved_config(tiny, capsys):
@@ -114,17 +116,32 @@ def test_fit_then_test_writes_a_complete_run_directory(tiny):
     assert m["eval_timing"]["test"]["images"] == 6
     assert m["eval_timing"]["test"]["seconds"] > 0
 
-    # A fresh process can test the saved run by its config and "best".
+    # A fresh process can test the saved run by its config and "best"; it writes its own
+    # section (with the checkpoint it used) and never replaces fit's.
     test_after_fit = m["test"]
     run_main(["test", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "best"])
-    assert metrics(run_dir)["test"] == test_after_fit
+    data = json.loads((run_dir / "metrics.json").read_text())
+    assert data["test"]["metrics"] == test_after_fit
+    assert data["test"]["checkpoint"].endswith("checkpoints/best.ckpt")
+    assert data["test"]["protocol"]["mode"] == "whole"
+    run_main(["validate", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last"])
+    data = json.loads((run_dir / "metrics.json").read_text())
+    assert data["validate"]["checkpoint"].endswith("checkpoints/last.ckpt")
+    assert data["fit"] == {k: v for k, v in m.items() if k not in ("config", "provenance")}
+    # How the run was made.
+    prov = m["provenance"]
+    assert prov["effective_batch"] == prov["batch_per_process"] == 4
+    assert prov["world_size"] == 1
+    assert prov["versions"]["torch"].startswith("2.14")
+    assert len(prov["attempts"]) == 1
+    assert prov["attempts"][0]["command"]
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny):
     run_main(["fit", *tiny(epochs=1)])
     run_dir = tiny.root / "test" / "tiny"
     steps = metrics(run_dir)["global_step"]
-    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     run_main(["fit", *tiny(epochs=2), "--ckpt_path", "last"])
     m = metrics(run_dir)
     assert m["global_step"] == 2 * steps
@@ -133,17 +150,19 @@ def test_resume_continues_from_the_last_checkpoint(tiny):
     with (run_dir / "metrics.csv").open() as f:
         epochs = {r["epoch"] for r in csv.DictReader(f) if r.get("val/mIoU")}
     assert epochs == {"0", "1"}
-    second = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    second = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     # Optimiser and scheduler state came along: momentum buffers exist and the LR moved on.
     assert second["optimizer_states"][0]["state"]
     assert second["lr_schedulers"][0]["last_epoch"] == 2 * steps
     assert first["lr_schedulers"][0]["last_epoch"] == steps
 
 
-def test_a_fresh_fit_never_silently_replaces_a_run(tiny):
+def test_a_fresh_fit_never_silently_replaces_a_run(tiny, capsys):
     run_main(["fit", *tiny()])
-    with pytest.raises(FileExistsError, match=r"--ckpt_path last.*--run\.overwrite true"):
+    with pytest.raises(SystemExit) as exit_:
         main(["fit", *tiny()])
+    assert exit_.value.code == 1
+    assert "--ckpt_path last" in capsys.readouterr().err
     run_main(["fit", *tiny(extra=["--run.overwrite", "true"])])
 
 

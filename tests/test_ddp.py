@@ -32,7 +32,8 @@ def segbench(*args: str, cwd: Path) -> None:
 
 
 def val_metrics(run_dir: Path) -> dict[str, float]:
-    return json.loads((run_dir / "metrics.json").read_text())["val"]
+    """The metrics of a ``segbench validate`` command (its own section of metrics.json)."""
+    return json.loads((run_dir / "metrics.json").read_text())["validate"]["metrics"]
 
 
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]

@@ -27,7 +27,7 @@ from a config (the remaining arguments are ``segbench fit``'s: ``--config FILE.y
 fresh, untrained model). Output: a markdown table of the scores per level; ``--out DIR`` writes
 ``gridding.json``, one figure per model (activation norms of the first test images and the impulse
 response per level) and ``gridding.png`` with all models; ``--record`` stores the scores in each
-run's ``metrics.json`` under ``"analysis"`` (see :func:`segbench.analysis.report.record_analysis`)
+run's ``metrics.json`` under ``"records"`` (see :func:`segbench.analysis.report.record_analysis`)
 so that ``segbench report --metrics gridding/impulse`` shows them.
 """
 
@@ -318,21 +318,18 @@ def plot(results: list[GriddingResult], path: Path, max_images: int = 1) -> None
 
 
 # -- models from runs or configs ----------------------------------------------------------------
-def load_run(run_dir: Path) -> tuple[nn.Module, object]:
-    """The trained network (best checkpoint, else last) and data module of a run directory."""
-    ckpt = "best" if (Path(run_dir) / "checkpoints" / "best.ckpt").is_file() else "last"
+def load_run(run_dir: Path, ckpt: str = "best") -> tuple[nn.Module, object, Path | None]:
+    """The trained network of a run directory's checkpoint ``ckpt`` (no fallback), its data
+    module and the checkpoint file."""
     loaded = load_model([str(run_dir)], ckpt=ckpt)
-    return loaded.net, loaded.datamodule
+    return loaded.net, loaded.datamodule, loaded.checkpoint
 
 
 def config_name(args: list[str]) -> str | None:
     """The stem of the last ``--config`` file (a variant's name), if any."""
-    files = []
-    for i, arg in enumerate(args):
-        if arg == "--config" and i + 1 < len(args):
-            files.append(args[i + 1])
-        elif arg.startswith("--config="):
-            files.append(arg.split("=", 1)[1])
+    from segbench.cli import config_files
+
+    files = config_files(args)
     return Path(files[-1]).stem if files else None
 
 
@@ -343,6 +340,7 @@ def main(argv: list[str]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--runs", nargs="+", help="run directories (trained models)")
+    parser.add_argument("--ckpt", default="best", help="the runs' checkpoint: best or last")
     parser.add_argument("--out", help="write gridding.json and the figures into this directory")
     parser.add_argument(
         "--record", action="store_true", help="store the scores in each run's metrics.json"
@@ -370,15 +368,15 @@ def main(argv: list[str]) -> None:
     from segbench.cli import build
 
     results: list[GriddingResult] = []
-    models: list[tuple[str, nn.Module, object, Path | None]] = []
+    models: list[tuple[str, nn.Module, object, Path | None, Path | None]] = []
     if known.runs:
         for run in known.runs:
-            net, dm = load_run(Path(run))
-            models.append((Path(run).name, net, dm, Path(run)))
+            net, dm, checkpoint = load_run(Path(run), known.ckpt)
+            models.append((Path(run).name, net, dm, Path(run), checkpoint))
     else:
         task, dm, _ = build(rest)
-        models.append((config_name(rest) or type(task.net).__name__, task.net, dm, None))
-    for name, net, dm, run_dir in models:
+        models.append((config_name(rest) or type(task.net).__name__, task.net, dm, None, None))
+    for name, net, dm, run_dir, checkpoint in models:
         result = measure(
             net,
             name=name,
@@ -389,7 +387,7 @@ def main(argv: list[str]) -> None:
         )
         results.append(result)
         if known.record and run_dir is not None:
-            record_analysis(run_dir, result.summary())
+            record_analysis(run_dir, result.summary(), tool="gridding", checkpoint=checkpoint)
             log.info("gridding: recorded in %s", run_dir / "metrics.json")
     text = markdown(results)
     if known.out:

@@ -44,9 +44,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segbench.analysis.loading import denormalise, load_model
-from segbench.callbacks import colourise, write_json
+from segbench.callbacks import colourise
 from segbench.metrics import SegmentationMetrics
 from segbench.models.layers.global_context import LocalDistribution
+from segbench.rundir import atomic_write_json
 
 log = logging.getLogger("segbench")
 
@@ -331,7 +332,7 @@ def main(argv: list[str]) -> None:
     out = Path(known.out or known.run or "ld_masks")
     out.mkdir(parents=True, exist_ok=True)
     draw(rgb, labels[:n].numpy(), up.numpy(), channels, dm.colours(), out / "ld_masks.png")
-    write_json(
+    atomic_write_json(
         out / "ld_mask_stats.json",
         {
             "channels": channels,
@@ -345,7 +346,9 @@ def main(argv: list[str]) -> None:
     if known.record:
         from segbench.analysis.report import record_analysis
 
-        record_analysis(known.run, recorded(ablation))
+        record_analysis(
+            known.run, recorded(ablation), tool="ld-masks", checkpoint=loaded.checkpoint
+        )
         log.info("ld-masks: mask ablation recorded in %s", Path(known.run) / "metrics.json")
     sys.stdout.write(markdown(stats))
     if ablation:

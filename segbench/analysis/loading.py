@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from segbench.cli import build
 from segbench.data.base import SegmentationDataModule, Split
 from segbench.data.transforms import eval_transform
+from segbench.errors import CheckpointError
+from segbench.rundir import RunDir, safe_load
 from segbench.task import SegmentationTask
 
 
@@ -47,7 +49,7 @@ class LoadedModel:
 
 
 def is_run_dir(path: str) -> bool:
-    return Path(path).is_dir() and (Path(path) / "config.yaml").is_file()
+    return Path(path).is_dir() and RunDir(path).is_run()
 
 
 def load_model(args: list[str], *, ckpt: str = "best") -> LoadedModel:
@@ -62,18 +64,27 @@ def load_model(args: list[str], *, ckpt: str = "best") -> LoadedModel:
     if not args[0].startswith("-") and not is_run_dir(args[0]):
         raise FileNotFoundError(f"{args[0]}: not a run directory (no config.yaml in it)")
     if is_run_dir(args[0]):
-        run_dir = Path(args[0])
-        args = ["--config", str(run_dir / "config.yaml"), *args[1:]]
-        checkpoint = Path(ckpt) if Path(ckpt).suffix == ".ckpt" else None
-        checkpoint = checkpoint or run_dir / "checkpoints" / f"{ckpt}.ckpt"
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+        run = RunDir(args[0])
+        run_dir = run.path
+        args = ["--config", str(run.config), *args[1:]]
+        if Path(ckpt).suffix == ".ckpt":
+            checkpoint = Path(ckpt)
+            if not checkpoint.is_file():
+                raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+        else:
+            checkpoint = run.require_checkpoint(ckpt)
     task, dm, cfg = build(args)
     if checkpoint is not None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        state = state.get("state_dict", state)
+        state = safe_load(checkpoint)
+        state = state.get("state_dict", state) if isinstance(state, dict) else {}
         net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-        task.net.load_state_dict(net_state)
+        try:
+            task.net.load_state_dict(net_state)
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"{checkpoint} does not fit the network of {run_dir / 'config.yaml'}: "
+                f"{str(err).splitlines()[0]}"
+            ) from None
     task.net.eval()
     return LoadedModel(task, dm, cfg, run_dir, checkpoint)
 

@@ -41,8 +41,10 @@ from typing import Any
 
 import yaml
 
-from segbench.callbacks import METRICS_FILE, write_json
-from segbench.cli import LINKS
+from segbench.cli import LINKS, flatten
+from segbench.rundir import RunDir
+
+METRICS_FILE = RunDir.METRICS
 
 #: Config keys that never distinguish variants: names, paths, bookkeeping, and the keys linked
 #: from the data module (set in a resumed run's config only; the data keys say the same).
@@ -63,6 +65,8 @@ class Run:
     path: Path
     config: dict[str, Any]
     metrics: dict[str, float | None]
+    #: How the run was made, flat (``provenance.world_size``, ``provenance.versions.torch``).
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -111,42 +115,27 @@ def find_runs(paths: Iterable[str]) -> list[Path]:
 
 
 def load_run(path: Path) -> Run:
-    data = json.loads(path.read_text())
-    metrics: dict[str, float | None] = {}
-    metrics.update(
-        {
-            k: v
-            for k, v in (data.get("best_val") or data.get("val") or {}).items()
-            if k.startswith("val/")
-        }
+    """A run's config, results and provenance, from its ``metrics.json`` (see :class:`RunDir`)."""
+    run = RunDir(path.parent)
+    data = run.read()
+    return Run(
+        path.parent,
+        data.get("config") or {},
+        run.results(),
+        flatten(data.get("provenance") or {}, "provenance."),
     )
-    metrics.update(data.get("test") or {})
-    params = data.get("params") or {}
-    if "total" in params:
-        metrics["params"] = float(params["total"])
-    timing = data.get("timing") or {}
-    for k in ("train_images_per_s", "fit_seconds"):
-        if k in timing:
-            metrics[k] = float(timing[k])
-    for k, v in (data.get("analysis") or {}).items():
-        if isinstance(v, int | float):
-            metrics[k] = float(v)
-    return Run(path.parent, data.get("config") or {}, metrics)
 
 
-def record_analysis(run_dir: str | Path, values: dict[str, float]) -> None:
-    """Add ``values`` to the ``"analysis"`` section of a run's ``metrics.json``.
-
-    For numbers an analysis tool computes after training (e.g. ``segbench gridding --record``):
-    :func:`load_run` reads them like logged metrics, so ``segbench report --metrics NAME`` shows
-    them as columns. Existing keys are replaced, others kept.
-    """
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
+def record_analysis(
+    run_dir: str | Path, values: dict[str, float], *, tool: str, checkpoint: str | Path
+) -> None:
+    """Store an analysis tool's numbers in a run (its ``records`` section, with the checkpoint
+    measured): :func:`load_run` reads them like logged metrics, so ``segbench report --metrics
+    NAME`` shows them as columns. A tool's earlier record is replaced, other tools' kept."""
+    run = RunDir(run_dir)
+    if not run.metrics_file.is_file():
         raise FileNotFoundError(f"no {METRICS_FILE} in {run_dir}")
-    data = json.loads(path.read_text())
-    data.setdefault("analysis", {}).update({k: float(v) for k, v in values.items()})
-    write_json(path, data)
+    run.record(tool, values, checkpoint=checkpoint)
 
 
 def learning_curve(run_dir: Path, key: str = "val/mIoU") -> dict[int, float]:
@@ -219,12 +208,15 @@ def build_table(
     differing: Sequence[str],
     metrics: Sequence[str],
     paper: dict[str, Any] | None = None,
+    provenance: Sequence[str] = (),
 ) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the markdown table."""
+    """Header and cells of the markdown table (``provenance``: keys shown as the set of values
+    of each row's runs)."""
     paper_metrics = sorted({m for r in (paper or {}).get("rows", {}).values() for m in r})
     header = [
         "run",
         *(_short(k) for k in differing),
+        *(k.removeprefix("provenance.") for k in provenance),
         "n",
         *(f"{m} (%)" if _scale(m) == 100 else m for m in metrics),
         *(f"paper {m}" for m in paper_metrics),
@@ -232,7 +224,9 @@ def build_table(
     cells = []
     for row in rows:
         n = len(row.runs)
-        line = [row.label, *(str(row.config.get(k)) for k in differing), str(n)]
+        line = [row.label, *(str(row.config.get(k)) for k in differing)]
+        line += [_distinct(row, k) for k in provenance]
+        line.append(str(n))
         line += [_fmt(*row.mean_std(m), _scale(m)) for m in metrics]
         if paper:
             key = paper["key"]
@@ -241,6 +235,12 @@ def build_table(
             line += [str(ref.get(m, "–")) for m in paper_metrics]
         cells.append(line)
     return header, cells
+
+
+def _distinct(row: Row, key: str) -> str:
+    key = key if key.startswith("provenance.") else f"provenance.{key}"
+    values = sorted({str(r.provenance.get(key, "–")) for r in row.runs})
+    return ", ".join(values)
 
 
 def markdown(header: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
@@ -344,6 +344,7 @@ def report(
     out: str | None = None,
     paper: str | None = None,
     title: str | None = None,
+    provenance: Sequence[str] = (),
 ) -> str:
     """Build the report; write the files if ``out`` is given; return the markdown."""
     files = find_runs(paths)
@@ -354,7 +355,7 @@ def report(
     available = {m for r in runs for m in r.metrics}
     metrics = list(metrics) if metrics else [m for m in DEFAULT_METRICS if m in available]
     ref = load_paper(paper)
-    header, cells = build_table(rows, differing, metrics, ref)
+    header, cells = build_table(rows, differing, metrics, ref, provenance)
     text = markdown(header, cells)
     if ref and ref.get("source"):
         text += f"\nPaper numbers: {ref['source']}.\n"
@@ -396,7 +397,21 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--paper", help="YAML file of published numbers to show alongside")
     parser.add_argument("--title", help="title of the written report and plot")
+    parser.add_argument(
+        "--provenance",
+        nargs="+",
+        default=[],
+        help="provenance columns: the values of each row's runs, e.g. effective_batch "
+        "world_size precision versions.torch commit dirty (see metrics.json 'provenance')",
+    )
     args = parser.parse_args(argv)
     sys.stdout.write(
-        report(args.runs, metrics=args.metrics, out=args.out, paper=args.paper, title=args.title)
+        report(
+            args.runs,
+            metrics=args.metrics,
+            out=args.out,
+            paper=args.paper,
+            title=args.title,
+            provenance=args.provenance,
+        )
     )

@@ -24,19 +24,14 @@ import time
 from pathlib import Path
 
 from segbench.analysis.report import report
-from segbench.callbacks import METRICS_FILE
+from segbench.rundir import RunDir, RunState
 
 log = logging.getLogger("segbench")
 
 
-def run_state(run_dir: Path) -> str:
+def run_state(run_dir: Path) -> RunState:
     """``"done"`` (tested), ``"partial"`` (a last checkpoint to resume) or ``"new"``."""
-    metrics = run_dir / METRICS_FILE
-    if metrics.is_file() and json.loads(metrics.read_text()).get("test"):
-        return "done"
-    if (run_dir / "checkpoints" / "last.ckpt").is_file():
-        return "partial"
-    return "new"
+    return RunDir(run_dir).state()
 
 
 def fit_command(
@@ -140,7 +135,7 @@ def main(argv: list[str]) -> None:
     out = args.out or f"results/{args.group}"
     run_dirs = [Path(args.root) / args.group / f"{Path(v).stem}-s{s}" for v, s in plan]
     text = report(
-        [str(d) for d in run_dirs if (d / METRICS_FILE).is_file()],
+        [str(d) for d in run_dirs if RunDir(d).metrics_file.is_file()],
         metrics=args.metrics,
         out=out,
         paper=args.paper,

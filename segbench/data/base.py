@@ -10,19 +10,32 @@ test that would count some images twice, so the evaluation loaders here carry Li
 ``UnrepeatedDistributedSampler`` themselves (Lightning leaves a loader that already has a
 distributed sampler alone): each image is seen by exactly one process, processes may differ by
 one batch, and the metric states are summed across processes by torchmetrics.
+
+Exact resume: the training order is a permutation drawn from ``(seed, epoch)`` and split across
+processes (:class:`EpochSampler`), and each training sample's augmentation draws from generators
+seeded by ``(seed, epoch, index)`` (:class:`SeededSamples`): the data of every step is a pure
+function of the seed and the step, whatever the number of loader workers. The training loader
+(:class:`ResumableLoader`) tells Lightning where an epoch stood when a checkpoint was written and
+skips the batches already trained on when the run resumes from it, mid-epoch included. No loader
+draws from the global random generators (each has its own), so resuming does not shift the
+random numbers the training step draws.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from segbench.data.transforms import Augment, eval_transform, train_transform
+from segbench.errors import ConfigError
 
 Split = Literal["train", "val", "test"]
 
@@ -61,6 +74,82 @@ def collate(samples: list[dict[str, object]]) -> dict[str, object]:
         ) from err
 
 
+def global_seed() -> int:
+    """The run's seed (``seed_everything``), which the data order and augmentation derive from."""
+    return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+
+
+class EpochSampler(DistributedSampler):
+    """The training order: a permutation per epoch from ``(seed, epoch)``, split by process.
+
+    ``DistributedSampler``'s order (so Lightning keeps it under DDP and calls ``set_epoch``);
+    it yields ``(index, epoch)`` pairs for :class:`SeededSamples`, and starts ``skip`` samples
+    into the epoch once after a mid-epoch resume. Its length stays the whole epoch's: Lightning
+    counts the batches already done.
+    """
+
+    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        epoch = self.epoch
+        return iter([(i, epoch) for i in indices[skip:]])
+
+
+class SeededSamples(Dataset):
+    """``dataset[index]`` with torch's, NumPy's and Python's generators seeded by
+    ``(seed, epoch, index)``: each sample's augmentation is the same in every run, process and
+    worker layout. The generators of the calling process are restored afterwards."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, epoch = key
+        seed = np.random.SeedSequence([self.seed, epoch, index]).generate_state(2)
+        saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+        torch.manual_seed(int(seed[0]) << 32 | int(seed[1]))
+        np.random.seed(int(seed[0]))
+        random.seed(int(seed[1]))
+        try:
+            return self.dataset[index]
+        finally:
+            torch.set_rng_state(saved[0])
+            np.random.set_state(saved[1])
+            random.setstate(saved[2])
+
+
+class ResumableLoader(DataLoader):
+    """The training loader: Lightning stores :meth:`state_dict` in every checkpoint and hands
+    it back through :meth:`load_state_dict` before the resumed epoch's batches are drawn.
+
+    ``progress()`` returns ``(epoch, batches done in it, epoch finished)`` from the trainer.
+    """
+
+    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int, bool]], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, Any]:
+        epoch, batches, finished = self.progress()
+        return {"epoch": epoch, "batches": batches, "epoch_finished": finished}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        sampler = self.sampler
+        assert isinstance(sampler, EpochSampler)
+        if state["epoch_finished"]:
+            sampler.set_epoch(state["epoch"] + 1)
+        else:
+            sampler.set_epoch(state["epoch"])
+            sampler.skip = state["batches"] * int(self.batch_size or 1)
+
+
 class SegmentationDataModule(L.LightningDataModule):
     """Base class: subclasses set the class list and implement :meth:`build_dataset`.
 
@@ -90,6 +179,11 @@ class SegmentationDataModule(L.LightningDataModule):
         augment: Augment | None = None,
     ) -> None:
         super().__init__()
+        for key, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if value is not None and value < 1:
+                raise ConfigError(f"data.init_args.{key} must be at least 1, got {value}")
+        if num_workers < 0:
+            raise ConfigError(f"data.init_args.num_workers must be 0 or more, got {num_workers}")
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
@@ -165,24 +259,40 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def _loader(self, split: Split, *, train: bool) -> DataLoader:
         dataset = self.datasets[split]
-        sampler = None
         trainer = self.trainer
-        if not train and trainer is not None and trainer.world_size > 1:
-            sampler = UnrepeatedDistributedSampler(
-                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.val_batch_size,
-            shuffle=train,
-            sampler=sampler,
-            drop_last=train and len(dataset) >= self.batch_size,  # type: ignore[arg-type]
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=trainer is not None
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        seed = global_seed()
+        common: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "collate_fn": collate,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": trainer is not None
             and trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
-        )
+            # Its own generator: creating an iterator draws nothing from the global one.
+            "generator": torch.Generator().manual_seed(seed),
+        }
+        if train:
+            return ResumableLoader(
+                SeededSamples(dataset, seed),
+                batch_size=self.batch_size,
+                sampler=EpochSampler(dataset, num_replicas=world, rank=rank, seed=seed),
+                drop_last=len(dataset) >= self.batch_size,  # type: ignore[arg-type]
+                progress=self._progress,
+                **common,
+            )
+        sampler = None
+        if world > 1:
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=False
+            )
+        return DataLoader(dataset, batch_size=self.val_batch_size, sampler=sampler, **common)
+
+    def _progress(self) -> tuple[int, int, bool]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0, False
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return trainer.current_epoch, done, done >= trainer.num_training_batches
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -27,6 +27,7 @@ from segbench.data.base import (
 )
 from segbench.data.files import ImageMaskPairs
 from segbench.data.transforms import Augment
+from segbench.errors import ConfigError
 
 
 class FolderSegmentation(SegmentationDataModule):
@@ -79,6 +80,8 @@ class FolderSegmentation(SegmentationDataModule):
             augment=augment,
         )
         self.root = Path(root).expanduser()
+        if num_classes < 1:
+            raise ConfigError(f"data.init_args.num_classes must be at least 1, got {num_classes}")
         self.class_names = check_class_names(
             class_names or [str(i) for i in range(num_classes)], num_classes, "FolderSegmentation"
         )

@@ -35,6 +35,7 @@ from torchvision import tv_tensors
 
 from segbench.data.base import SegmentationDataModule, Split
 from segbench.data.transforms import Augment
+from segbench.errors import ConfigError
 
 CLASS_NAMES = (
     "sky",
@@ -328,6 +329,11 @@ class SyntheticSegmentation(SegmentationDataModule):
             augment=augment,
         )
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        for split, n in self.sizes.items():
+            if n < 1:
+                raise ConfigError(f"data.init_args.num_{split} must be at least 1, got {n}")
+        if min(image_size) < 8:
+            raise ConfigError(f"data.init_args.image_size must be at least 8 x 8, got {image_size}")
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.seed = seed
 

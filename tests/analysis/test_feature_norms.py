@@ -107,7 +107,7 @@ def test_cli_on_a_trained_run_uses_its_checkpoint(tmp_path, capsys):
     got = {r["name"]: r["mean"] for r in json.loads((tmp_path / "t.json").read_text())["layers"]}
     # The same numbers by hand: the checkpoint's weights, eval mode, the first 3 val images.
     loaded = load_model([str(run_dir)])
-    state = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
     assert torch.equal(loaded.net.state_dict()["score_fr.weight"], state["net.score_fr.weight"])
     want = feature_norms(loaded.net, sample_images(loaded.datamodule, 3))
     assert got == pytest.approx({r.name: r.mean for r in want})

@@ -166,7 +166,9 @@ def test_gridding_records_into_a_trained_run_for_the_report(tiny, capsys):
     main(["fit", *tiny()])
     run_dir = tiny.root / "test" / "tiny"
     main(["gridding", "--runs", str(run_dir), "--record", "--input_size", "64", "64"])
-    analysis = json.loads((run_dir / "metrics.json").read_text())["analysis"]
+    record = json.loads((run_dir / "metrics.json").read_text())["records"]["gridding"]
+    assert record["checkpoint"].endswith("checkpoints/best.ckpt")  # what was measured
+    analysis = record["values"]
     assert {"gridding/impulse", "gridding/impulse/fc7", "gridding/activation"} <= set(analysis)
     capsys.readouterr()
     main(["report", str(run_dir), "--metrics", "val/mIoU", "gridding/impulse"])

@@ -84,7 +84,9 @@ def test_ld_masks_of_a_trained_run(tmp_path):
         assert 0 <= metrics["mIoU"] <= 1
         assert "IoU/bird" in metrics
     ablation = stats["mask_ablation"]
-    analysis = json.loads((run / "metrics.json").read_text())["analysis"]
+    record = json.loads((run / "metrics.json").read_text())["records"]["ld-masks"]
+    assert record["checkpoint"].endswith(".ckpt")
+    analysis = record["values"]
     assert analysis["ld_mask/mIoU_trained"] == pytest.approx(ablation["trained"]["mIoU"])
     assert analysis["ld_mask/spatial_mIoU_gain"] == pytest.approx(
         ablation["trained"]["mIoU"] - ablation["spatial_mean"]["mIoU"]
@@ -99,9 +101,11 @@ def test_record_needs_a_run(tmp_path):
         main(["ld-masks", *GALD_TINY, "--out", str(tmp_path), "--record"])
 
 
-def test_a_model_without_ld_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="local distribution"):
+def test_a_model_without_ld_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
         main(["ld-masks", *GALD_TINY, "--model.net.init_args.ld", "false", "--out", str(tmp_path)])
+    assert exit_.value.code == 1
+    assert "local distribution" in capsys.readouterr().err
 
 
 def test_boundary_mask_marks_pixels_near_another_label():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from segbench.analysis.loading import load_model
+from segbench.errors import CheckpointError
 
 
 def test_a_path_that_is_not_a_run_directory_is_named(tmp_path):
@@ -15,7 +16,7 @@ def test_a_path_that_is_not_a_run_directory_is_named(tmp_path):
 
 def test_a_run_without_the_checkpoint_is_named(tmp_path):
     (tmp_path / "config.yaml").write_text("{}\n")
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*checkpoints/last\.ckpt"):
+    with pytest.raises(CheckpointError, match=r"no last checkpoint at .*checkpoints/last\.ckpt"):
         load_model([str(tmp_path)], ckpt="last")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from segbench.analysis.report import report
-from segbench.callbacks import write_json
+from segbench.rundir import atomic_write_json as write_json
 
 
 def fake_run(root: Path, variant: str, seed: int, miou: float) -> None:
@@ -27,9 +27,14 @@ def fake_run(root: Path, variant: str, seed: int, miou: float) -> None:
         write_json_dir / "metrics.json",
         {
             "config": config,
-            "best_val": {"val/mIoU": miou + 0.01, "epoch": 3},
-            "val": {"val/mIoU": miou},
-            "test": {"test/mIoU": miou, "test/pixel_acc": 0.9, "test/IoU/boat": None},
+            "provenance": {"effective_batch": 16 if seed else 8, "versions": {"torch": "2.14.1"}},
+            "fit": {
+                "best_val": {"val/mIoU": miou + 0.01, "epoch": 3},
+                "val": {"val/mIoU": miou},
+                "test": {"test/mIoU": miou, "test/pixel_acc": 0.9, "test/IoU/boat": None},
+            },
+            # A later `segbench test` command has its own section: never a report's number.
+            "test": {"metrics": {"test/mIoU": 0.0}, "checkpoint": "last.ckpt"},
         },
     )
 
@@ -103,11 +108,15 @@ def test_metrics_file_round_trips(tmp_path):
 def test_analysis_values_are_columns_and_paper_rows_match_by_run(runs, tmp_path):
     from segbench.analysis.report import record_analysis
 
-    record_analysis(runs / "fcn8s-s0", {"gridding/impulse": 2.5})
-    record_analysis(runs / "fcn8s-s1", {"gridding/impulse": 3.5, "other": 1})
+    record_analysis(runs / "fcn8s-s0", {"gridding/impulse": 2.5}, tool="gridding", checkpoint="b")
+    record_analysis(
+        runs / "fcn8s-s1", {"gridding/impulse": 3.5, "other": 1}, tool="gridding", checkpoint="b"
+    )
     data = json.loads((runs / "fcn8s-s1" / "metrics.json").read_text())
-    assert data["test"]["test/mIoU"] == 0.61  # the rest of the file is kept
-    assert data["analysis"] == {"gridding/impulse": 3.5, "other": 1.0}
+    assert data["fit"]["test"]["test/mIoU"] == 0.61  # the rest of the file is kept
+    record = data["records"]["gridding"]
+    assert record["values"] == {"gridding/impulse": 3.5, "other": 1.0}
+    assert record["checkpoint"] == "b"  # which checkpoint was measured
     paper = tmp_path / "paper.yaml"
     paper.write_text("key: variant\nrows:\n  fcn8s: {top1_err: 24.9}\n")
     text = report([str(runs)], metrics=["gridding/impulse"], paper=str(paper))
@@ -119,7 +128,36 @@ def test_record_analysis_needs_a_run(tmp_path):
     from segbench.analysis.report import record_analysis
 
     with pytest.raises(FileNotFoundError):
-        record_analysis(tmp_path, {"x": 1.0})
+        record_analysis(tmp_path, {"x": 1.0}, tool="t", checkpoint="c")
+
+
+def test_provenance_columns_show_each_rows_values(runs):
+    text = report([str(runs)], metrics=["test/mIoU"], provenance=["effective_batch"])
+    assert text.splitlines()[0] == "| run | variant | effective_batch | n | test/mIoU (%) |"
+    assert "| fcn8s | 8s | 16, 8 | 2 |" in text  # seed 0 ran with another batch: it shows
+
+
+def test_runs_written_before_sections_still_read(tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    write_json(
+        run / "metrics.json",
+        {
+            "config": {"model.net.init_args.variant": "8s"},
+            "best_val": {"val/mIoU": 0.5},
+            "test": {"test/mIoU": 0.4},
+            "analysis": {"gridding/impulse": 1.5},
+        },
+    )
+    text = report([str(run)], metrics=["test/mIoU", "val/mIoU", "gridding/impulse"])
+    assert "| 40.00 | 50.00 | 1.50 |" in text
+
+
+def test_a_corrupt_metrics_file_is_named(runs):
+    bad = runs / "fcn8s-s0" / "metrics.json"
+    bad.write_text('{"config": ')
+    with pytest.raises(Exception, match=r"fcn8s-s0/metrics.json: not valid JSON"):
+        report([str(runs)])
 
 
 def write_history(run_dir: Path, rows: list[tuple[int, str, str]]) -> None:

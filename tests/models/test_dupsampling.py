@@ -101,7 +101,7 @@ def test_fit_fits_w_through_the_task_and_a_second_run_reads_the_cache(tiny, tmp_
     basis = torch.load(cached[0], weights_only=True)
     for name in ("first", "second"):
         state = torch.load(
-            tiny.root / "test" / name / "checkpoints" / "last.ckpt", weights_only=False
+            tiny.root / "test" / name / "checkpoints" / "last.ckpt", weights_only=True
         )["state_dict"]
         assert torch.equal(state["net.upsample.weight"], basis["weight"])  # fixed W (the paper)
         assert bool(state["net.upsample.fitted"])

@@ -1,0 +1,126 @@
+"""Errors a user can act on, and how the ``segbench`` command shows them.
+
+A *user error* is a bad input: a config value, a data file, a checkpoint, a full disk. The command
+prints it as one short paragraph that names the file, key or value and what to do, without a
+traceback (``SEGBENCH_DEBUG=1`` shows it); anything else is a bug and keeps its traceback.
+
+What counts as a user error:
+
+* a :class:`SegbenchError` (raised by segbench where it checks an input);
+* a ``FileNotFoundError``, ``ValueError`` or ``OSError`` raised by segbench's own code (the frame
+  that raised it is in the ``segbench`` package): segbench raises these only for bad inputs, with
+  a message that names the input. The same types raised inside torch or another library are not
+  user errors: they keep their traceback;
+* Lightning's ``MisconfigurationException`` (e.g. ``trainer.devices`` beyond the machine's);
+* a full disk (``ENOSPC``), wherever it happens.
+
+Errors raised in a data loader worker reach the main process re-raised by torch with the worker's
+traceback in the message; the frame and the message are read from that text.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import traceback
+from pathlib import Path
+
+_SEGBENCH_DIR = str(Path(__file__).resolve().parent)
+
+
+class SegbenchError(Exception):
+    """A bad input, reported without a traceback."""
+
+
+class ConfigError(SegbenchError, ValueError):
+    """A config value that cannot work (the message names the key)."""
+
+
+class CheckpointError(SegbenchError, ValueError):
+    """A checkpoint, state dict or cache that cannot be loaded (the message names the file)."""
+
+
+class DivergenceError(SegbenchError, FloatingPointError):
+    """Training produced a non-finite loss or non-finite weights."""
+
+
+class DiskFullError(SegbenchError, OSError):
+    """No space left while writing a run file (the previous version of the file is intact)."""
+
+
+def disk_full_message(path: str | Path, what: str = "writing") -> str:
+    """``"<path>: disk full while writing (12.3 MB free on /runs)"``."""
+    path = Path(path)
+    probe = path.parent if path.parent.exists() else Path.cwd()
+    try:
+        free = f"{shutil.disk_usage(probe).free / 2**20:.1f} MB free in {probe}"
+    except OSError:
+        free = "free space unknown"
+    return f"{path}: disk full while {what} ({free})"
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions it was raised from or while handling, outermost first."""
+    seen: list[BaseException] = []
+    e: BaseException | None = err
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen
+
+
+_WORKER = re.compile(r"Original Traceback \(most recent call last\):\n(.*)", re.S)
+_FRAME = re.compile(r'File "([^"]+)", line \d+')
+
+
+def _raised_in_segbench(err: BaseException) -> bool:
+    match = _WORKER.search(str(err))
+    if match:  # re-raised from a loader worker: the frames are text
+        frames = _FRAME.findall(match.group(1))
+        return bool(frames) and frames[-1].startswith(_SEGBENCH_DIR)
+    tb = traceback.extract_tb(err.__traceback__)
+    return bool(tb) and str(Path(tb[-1].filename).resolve()).startswith(_SEGBENCH_DIR)
+
+
+def _is_misconfiguration(err: BaseException) -> bool:
+    return type(err).__name__ == "MisconfigurationException"
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The user error behind ``err`` (itself or one in its chain), or ``None`` for a bug."""
+    for e in _chain(err):
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return e
+    for e in _chain(err):
+        if isinstance(e, SegbenchError) or _is_misconfiguration(e):
+            return e
+    if isinstance(err, FileNotFoundError | ValueError | OSError) and _raised_in_segbench(err):
+        return err
+    return None
+
+
+def user_message(err: BaseException) -> str:
+    """The one paragraph shown for a user error."""
+    if (
+        isinstance(err, OSError)
+        and err.errno == errno.ENOSPC
+        and not isinstance(err, DiskFullError)
+    ):
+        return disk_full_message(err.filename or Path.cwd()) + (
+            ". Free some space (or point run.root elsewhere) and resume with --ckpt_path last."
+        )
+    text = str(err)
+    match = _WORKER.search(text)
+    if match:  # the worker's last line: "module.Type: message"
+        last = match.group(1).strip().splitlines()[-1]
+        text = last.split(": ", 1)[-1]
+    if isinstance(err, KeyError) and text.startswith("'"):
+        text = text.strip("'")
+    return text
+
+
+def debug() -> bool:
+    """``SEGBENCH_DEBUG=1``: show the traceback of user errors too."""
+    return os.environ.get("SEGBENCH_DEBUG", "") not in ("", "0")

@@ -1,0 +1,109 @@
+"""How a run was made: processes, batch, numerics, devices, versions, code and command line.
+
+:func:`provenance` is recorded in every run's ``metrics.json`` (``"provenance"``) when training
+starts; ``segbench report --provenance KEY`` shows any of it as a column. The effective batch
+(per-process batch x processes x accumulated batches) is the number recipes state: a run whose
+effective batch differs from its recipe's is the most common reproduction mistake.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+import sys
+import time
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+_PACKAGES = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "torchmetrics",
+    "jsonargparse",
+    "wandb",
+    "segbench",
+)
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@cache
+def git_state() -> dict[str, Any]:
+    """The commit of segbench's source tree and whether it had uncommitted changes."""
+    src = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def device_names(trainer: Any) -> list[str]:
+    """The accelerator of this process (CUDA device names, else the CPU's model name)."""
+    root = trainer.strategy.root_device
+    if root.type == "cuda":
+        return [torch.cuda.get_device_name(root)]
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return [f"cpu: {name} ({torch.get_num_threads()} threads)"]
+
+
+def provenance(trainer: Any) -> dict[str, Any]:
+    """What :mod:`segbench.provenance` records, for this trainer (call on every process)."""
+    dm = trainer.datamodule
+    batch = int(getattr(dm, "batch_size", 0) or 0)
+    accumulate = int(trainer.accumulate_grad_batches)
+    model = trainer.lightning_module
+    sync_bn = any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    return {
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "devices_per_node": trainer.num_devices,
+        "batch_per_process": batch,
+        "accumulate_grad_batches": accumulate,
+        "effective_batch": batch * trainer.world_size * accumulate,
+        "precision": str(trainer.precision),
+        "sync_batchnorm": sync_bn,
+        "strategy": type(trainer.strategy).__name__,
+        "devices": device_names(trainer),
+        "versions": {"python": platform.python_version()}
+        | {name: _version(name) for name in _PACKAGES},
+        "attempt": {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "host": socket.gethostname(),
+            "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            **git_state(),
+        },
+        **git_state(),
+    }

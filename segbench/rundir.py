@@ -1,0 +1,421 @@
+"""The run directory: one class owns its layout and its files.
+
+Everything a run writes goes to ``<run.root>/<run.group>/<run.name>/``::
+
+    config.yaml          the full resolved config (``segbench fit --config`` it to re-run)
+    checkpoints/         best.ckpt (by val/mIoU); last.ckpt (the latest training state)
+    metrics.json         one section per stage, the provenance and the flat config (below)
+    metrics.csv          every logged value, one row per step (Lightning's CSVLogger)
+    val_examples.png     image | ground truth | prediction for a few validation images
+    predictions/         ``segbench predict``'s label maps (palette PNGs)
+    wandb/, wandb_id     the W&B run and its id (a resumed run continues it)
+
+``metrics.json`` has one section per writer, and no writer replaces another's:
+
+* ``fit``: the last and best validation (``val``, ``best_val``), the test after fit (``test``,
+  ``test_checkpoint``), parameters, throughput, progress and whether training ``finished``;
+* ``validate`` / ``test``: the metrics of the latest ``segbench validate`` / ``test`` command,
+  with the checkpoint and the evaluation protocol used;
+* ``records``: one entry per analysis tool's ``--record``, with the checkpoint it measured;
+* ``config`` (flat, one key per switch) and ``provenance`` (how the run was made).
+
+Every file is written atomically (a temporary file in the same folder, fsync, rename): a kill or a
+full disk never leaves a truncated file under a real name, and the previous version survives.
+``metrics.json`` is read-modify-written under a lock, so tools recording into one run at once do
+not lose each other's sections. Checkpoints, state dicts and caches are loaded with
+``torch.load(weights_only=True)`` only (:func:`safe_load`): loading never runs foreign code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import io
+import json
+import logging
+import math
+import os
+import pickle
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Protocol
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from segbench.errors import (
+    CheckpointError,
+    DiskFullError,
+    DivergenceError,
+    SegbenchError,
+    disk_full_message,
+)
+
+log = logging.getLogger("segbench")
+
+
+# -- atomic files ------------------------------------------------------------------------------
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file beside it, fsync, rename.
+
+    On a full disk the temporary file is removed, the previous ``path`` is left as it was, and
+    :class:`DiskFullError` names the file and the free space.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            kept = f"; the previous {path.name} is intact" if path.exists() else ""
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"{disk_full_message(path)}{kept}. Free some space (or point run.root "
+                "elsewhere) and resume with --ckpt_path last.",
+                str(path),
+            ) from err
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` atomically (serialised in memory first: one write, no partial file)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+
+
+# -- safe loading ------------------------------------------------------------------------------
+def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, with errors that name the file.
+
+    A file that needs pickled Python objects (anything but tensors and plain containers) is
+    refused before any of its code can run.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a directory, not a {what} file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Unsupported global" in text or "GLOBAL" in text:
+            reason = next((ln.strip() for ln in text.splitlines() if "global" in ln.lower()), "")
+            raise CheckpointError(
+                f"{path}: refused: this {what} contains pickled Python objects ({reason[:160]}), "
+                "and loading those could run code. segbench loads only tensors and plain values "
+                "(torch.load weights_only=True). If you trust the file, load it yourself and "
+                "save its state dict: torch.save(obj['state_dict'], 'clean.ckpt')."
+            ) from None
+        raise CheckpointError(f"{path}: not a torch {what} ({_first_line(text)})") from None
+    except Exception as err:  # the unpickler and the zip reader fail in many ways
+        raise CheckpointError(
+            f"{path}: not a readable {what}: truncated, corrupt or not a torch file "
+            f"({type(err).__name__}: {_first_line(str(err))})"
+        ) from None
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0][:200]
+
+
+def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` that hold a NaN or an infinity."""
+    return [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+
+
+# -- the run directory -------------------------------------------------------------------------
+class _NamesRun(Protocol):
+    root: str
+    group: str
+    name: str
+
+
+RunState = Literal["done", "partial", "new"]
+
+
+class RunDir:
+    """The layout and the files of one run directory."""
+
+    CONFIG = "config.yaml"
+    METRICS = "metrics.json"
+    CSV = "metrics.csv"
+    CHECKPOINTS = "checkpoints"
+    WANDB_ID = "wandb_id"
+    VAL_EXAMPLES = "val_examples.png"
+    PREDICTIONS = "predictions"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, run: _NamesRun) -> RunDir:
+        """The directory a config's ``run`` section names: ``root/group/name``."""
+        return cls(Path(run.root) / run.group / run.name)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # -- paths -------------------------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def csv(self) -> Path:
+        return self.path / self.CSV
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    @property
+    def wandb_id_file(self) -> Path:
+        return self.path / self.WANDB_ID
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / self.PREDICTIONS
+
+    def file(self, name: str) -> Path:
+        """A figure or other file of the run, by name (``val_examples.png``)."""
+        return self.path / name
+
+    def checkpoint(self, name: str) -> Path:
+        """``best``/``last`` (or another name) -> ``checkpoints/<name>.ckpt``."""
+        return self.checkpoints / f"{name}.ckpt"
+
+    def require_checkpoint(self, name: str) -> Path:
+        """The checkpoint ``name`` (``best``, ``last``) of this run; a clear error if absent."""
+        path = self.checkpoint(name)
+        if not path.is_file():
+            have = sorted(p.stem for p in self.checkpoints.glob("*.ckpt"))
+            raise CheckpointError(
+                f"no {name} checkpoint at {path}"
+                + (f" (this run has: {', '.join(have)})" if have else " (the run has none)")
+            )
+        return path
+
+    def is_run(self) -> bool:
+        return self.config.is_file()
+
+    def has_checkpoints(self) -> bool:
+        return self.checkpoints.is_dir() and any(self.checkpoints.glob("*.ckpt"))
+
+    # -- metrics.json ------------------------------------------------------------------------------
+    def read(self) -> dict[str, Any]:
+        """The whole ``metrics.json`` (``{}`` if there is none yet)."""
+        if not self.metrics_file.is_file():
+            return {}
+        try:
+            data = json.loads(self.metrics_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise SegbenchError(
+                f"{self.metrics_file}: not valid JSON ({err}); the file is corrupt. Re-create it "
+                "with `segbench test --config <run>/config.yaml --ckpt_path best`, or remove the "
+                "run from the command."
+            ) from None
+        if not isinstance(data, dict):
+            raise SegbenchError(f"{self.metrics_file}: expected a JSON object")
+        return _upgrade(data)
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".metrics.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Read ``metrics.json``, apply ``change`` to it, write it back: locked and atomic."""
+        with self._lock():
+            data = self.read()
+            change(data)
+            atomic_write_json(self.metrics_file, _clean(data))
+        return data
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.read().get(name) or {})
+
+    def write_section(self, name: str, value: dict[str, Any]) -> None:
+        """Replace one section (``fit``, ``validate``, ``test``, ``config``, ``provenance``)."""
+        self.update(lambda d: d.__setitem__(name, value))
+
+    def record(self, tool: str, values: dict[str, float], *, checkpoint: str | Path) -> None:
+        """An analysis tool's summary (``--record``), with the checkpoint it measured."""
+
+        def change(d: dict[str, Any]) -> None:
+            d.setdefault("records", {})[tool] = {
+                "checkpoint": str(checkpoint),
+                "values": {k: float(v) for k, v in values.items()},
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+
+        self.update(change)
+
+    def results(self) -> dict[str, float | None]:
+        """Flat numbers for reports: best validation, test after fit, size, speed, records."""
+        data = self.read()
+        fit = data.get("fit") or {}
+        out: dict[str, float | None] = {}
+        out.update(
+            {k: v for k, v in (fit.get("best_val") or fit.get("val") or {}).items() if "/" in k}
+        )
+        out.update(fit.get("test") or {})
+        if "total" in (fit.get("params") or {}):
+            out["params"] = float(fit["params"]["total"])
+        timing = fit.get("timing") or {}
+        for k in ("train_images_per_s", "fit_seconds"):
+            if k in timing:
+                out[k] = float(timing[k])
+        for record in (data.get("records") or {}).values():
+            for k, v in (record.get("values") or {}).items():
+                if isinstance(v, int | float):
+                    out[k] = float(v)
+        return out
+
+    def state(self) -> RunState:
+        """``done`` (trained and tested), ``partial`` (a last checkpoint to resume) or ``new``."""
+        fit = self.section("fit") if self.metrics_file.is_file() else {}
+        if fit.get("test"):
+            return "done"
+        if self.checkpoint("last").is_file():
+            return "partial"
+        return "new"
+
+    # -- starting over -----------------------------------------------------------------------------
+    def set_aside(self) -> Path:
+        """Move this run out of the way (``--run.overwrite``); :meth:`discard` it later."""
+        aside = self.path.with_name(f".{self.path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(self.path, aside)
+        return aside
+
+    def put_back(self, aside: Path) -> None:
+        """Undo :meth:`set_aside`: the new run failed before it started training."""
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(aside, self.path)
+
+    @staticmethod
+    def discard(aside: Path) -> None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+    # -- W&B ---------------------------------------------------------------------------------------
+    def wandb_id(self, *, resume: bool) -> str:
+        """The W&B run id: the stored one when resuming, else a new one (stored)."""
+        if resume and self.wandb_id_file.is_file():
+            return self.wandb_id_file.read_text().strip()
+        run_id = uuid.uuid4().hex[:12]
+        atomic_write_text(self.wandb_id_file, run_id)
+        return run_id
+
+
+def _clean(tree: Any) -> Any:
+    """NaN and infinities as ``null``: ``metrics.json`` stays strict JSON."""
+    if isinstance(tree, dict):
+        return {k: _clean(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [_clean(v) for v in tree]
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return None
+    return tree
+
+
+_FIT_KEYS = (
+    "val",
+    "best_val",
+    "test",
+    "test_checkpoint",
+    "params",
+    "timing",
+    "eval_timing",
+    "best_checkpoint",
+    "completed_epochs",
+    "global_step",
+)
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """Read a ``metrics.json`` of the layout before sections (fit's keys at the top level)."""
+    if "fit" in data or not any(k in data for k in _FIT_KEYS):
+        return data
+    new = {k: v for k, v in data.items() if k not in (*_FIT_KEYS, "analysis")}
+    new["fit"] = {k: data[k] for k in _FIT_KEYS if k in data}
+    if data.get("analysis"):
+        new["records"] = {"analysis": {"checkpoint": None, "values": data["analysis"]}}
+    return new
+
+
+class RunCheckpointIO(TorchCheckpointIO):
+    """How Lightning writes and reads the run's checkpoints: atomically, finite, weights only.
+
+    A checkpoint whose weights hold a NaN or an infinity is never written (the previous file
+    stays): a diverged run cannot leave a NaN ``best.ckpt`` or ``last.ckpt``.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        bad = nonfinite_tensors(checkpoint.get("state_dict") or {})
+        if bad:
+            raise DivergenceError(
+                f"training diverged: {len(bad)} weight tensors are not finite "
+                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at step "
+                f"{checkpoint.get('global_step')}; {Path(path).name} was not written, the "
+                "checkpoints on disk hold the last finite state. Lower the learning rate or "
+                "clip gradients (trainer.gradient_clip_val)."
+            )
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        checkpoint = safe_load(path)
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise CheckpointError(
+                f"{path}: not a Lightning checkpoint of a segbench run (no 'state_dict'); a plain "
+                "state dict initialises a network through model.init_from instead"
+            )
+        return checkpoint

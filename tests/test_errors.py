@@ -1,0 +1,311 @@
+"""The catalogue of bad inputs: each ends with its exit code, a message naming what to fix and
+no traceback, and nothing of the trained run it touches is lost.
+
+Exit code 2: config errors (jsonargparse's, with the file and line of a misspelt key); 1: every
+other user error (``segbench.errors``). A disk-full case runs for real in test_reliability.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segbench.cli import main
+from tests.conftest import tiny_args
+
+
+@dataclass
+class World:
+    """A trained tiny run and a scratch folder for bad files."""
+
+    root: Path
+    run: Path
+    scratch: Path
+
+    def args(self, name: str = "new", extra: list[str] | None = None) -> list[str]:
+        return tiny_args(self.root, name=name, extra=extra)
+
+    def file(self, name: str, content: bytes | str) -> str:
+        path = self.scratch / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return str(path)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    root = tmp_path_factory.mktemp("catalogue")
+    scratch = root / "scratch"
+    scratch.mkdir()
+    main(["fit", *tiny_args(root, name="trained")])
+    return World(root, root / "test" / "trained", scratch)
+
+
+def snapshot(path: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+def folder_data(w: World, problem: str) -> list[str]:
+    """A FolderSegmentation tree of 4 images 32 x 32 with one ``problem``."""
+    root = w.scratch / f"folder-{problem}"
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            root / "images" / f"{i}.png"
+        )
+        mask = rng.integers(0, 3, (32, 32), dtype=np.uint8)
+        if problem == "label" and i == 1:
+            mask[0, 0] = 7
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    if problem == "corrupt":
+        (root / "images" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    names = ["0", "1", "2", "3"] + (["9"] if problem == "missing" else [])
+    for split in ("train", "val", "test"):
+        (root / f"{split}.txt").write_text("\n".join(names) + "\n")
+    return [
+        "--data",
+        "segbench.data.FolderSegmentation",
+        "--data.init_args.root",
+        str(root),
+        "--data.init_args.num_classes",
+        "3",
+        "--data.init_args.image_suffix",
+        ".png",
+        "--data.init_args.batch_size",
+        "2",
+        "--data.init_args.num_workers",
+        "0",
+        "--model.class_weights",
+        "null",
+    ]
+
+
+def truncated(w: World) -> str:
+    data = (w.run / "checkpoints" / "last.ckpt").read_bytes()
+    return w.file("truncated.ckpt", data[: len(data) // 2])
+
+
+def plain_state_dict(w: World) -> str:
+    path = w.scratch / "state_dict.pt"
+    torch.save({"weight": torch.zeros(3)}, path)
+    return str(path)
+
+
+def other_architecture(w: World) -> str:
+    path = w.scratch / "fcn32s-wide"
+    if not (path / "checkpoints" / "last.ckpt").is_file():
+        main(
+            [
+                "fit",
+                *tiny_args(w.scratch, name="fcn32s-wide"),
+                "--model.net.init_args.width",
+                "0.125",
+            ]
+        )
+    return str(w.scratch / "test" / "fcn32s-wide" / "checkpoints" / "last.ckpt")
+
+
+def bad_yaml(w: World) -> str:
+    return w.file("bad.yaml", "model:\n  aux_weight: [0.3\n")
+
+
+def misspelt_yaml(w: World) -> str:
+    return w.file("misspelt.yaml", "model:\n  aux_weight: 0.3\n  aux_wieght: 0.3\n")
+
+
+Args = Callable[[World], list[str]]
+
+
+def fit(*extra: str | Callable[[World], str]) -> Args:
+    """``segbench fit`` of a new tiny run with ``extra`` arguments (callables make files)."""
+    return lambda w: ["fit", *w.args(), *(e(w) if callable(e) else e for e in extra)]
+
+
+def on_trained(command: str, *extra: str | Callable[[World], str]) -> Args:
+    """A command on the trained run's config."""
+    return lambda w: [
+        command,
+        "--config",
+        str(w.run / "config.yaml"),
+        *(e(w) if callable(e) else e for e in extra),
+    ]
+
+
+def data(problem: str) -> Args:
+    return lambda w: ["fit", *w.args(), *folder_data(w, problem)]
+
+
+CASES: list[tuple[str, Args, int, str]] = [
+    # -- config: jsonargparse names the key (exit 2) ------------------------------------------
+    ("unknown key", fit("--model.net.init_args.varient", "16s"), 2, "varient"),
+    ("bad choice", fit("--model.net.init_args.variant", "4s"), 2, "variant"),
+    ("bad type", fit("--model.net.init_args.width", "wide"), 2, "width"),
+    ("key prefix", fit("--trainer.max_epoch", "3"), 2, "max_epoch"),
+    ("unknown data class", fit("--data", "segbench.data.Nope"), 2, "segbench.data.Nope"),
+    (
+        "misspelt key in a composed file",
+        fit("--config", misspelt_yaml),
+        2,
+        r"aux_wieght.*\n.*misspelt\.yaml:3",
+    ),
+    # -- files given as config ------------------------------------------------------------------
+    ("malformed YAML", fit("--config", bad_yaml), 1, r"bad\.yaml: not valid YAML at line 3"),
+    ("missing config file", fit("--config", "/nonexistent.yaml"), 1, "nonexistent.yaml: no such"),
+    # -- values that cannot work (exit 1, the key named) ------------------------------------------
+    ("batch size 0", fit("--data.init_args.batch_size", "0"), 1, "data.init_args.batch_size"),
+    ("val batch 0", fit("--data.init_args.val_batch_size", "0"), 1, "val_batch_size must be"),
+    ("workers -1", fit("--data.init_args.num_workers", "-1"), 1, "num_workers must be"),
+    ("no images", fit("--data.init_args.num_train", "0"), 1, "num_train must be at least 1"),
+    ("class weights", fit("--model.class_weights", "[1, 2]"), 1, "model.class_weights has 2"),
+    ("net classes", fit("--model.net.init_args.num_classes", "5"), 1, "init_args.num_classes"),
+    ("task classes", fit("--model.num_classes", "5"), 2, 'must be given via "data.num_classes"'),
+    ("OHEM > 1", fit("--model.ohem_thresh", "1.5"), 1, r"model.ohem_thresh is a probability"),
+    ("aux < 0", fit("--model.aux_weight", "-1"), 1, "model.aux_weight must be 0 or more"),
+    ("lr < 0", fit("--model.optimizer.init_args.lr", "-1"), 1, "model.optimizer: Invalid"),
+    ("no GPU", fit("--trainer.accelerator", "gpu"), 1, "(?i)gpu"),
+    (
+        "zero classes",
+        lambda w: ["fit", *w.args(), *folder_data(w, "ok"), "--data.init_args.num_classes", "0"],
+        1,
+        "num_classes must be at least 1",
+    ),
+    # -- data ------------------------------------------------------------------------------------
+    (
+        "missing data root",
+        fit("--data", "segbench.data.CamVid", "--data.init_args.root", "/nonexistent/camvid"),
+        1,
+        "/nonexistent/camvid",
+    ),
+    ("corrupt image", data("corrupt"), 1, r"cannot read image .*2\.png"),
+    ("listed file missing", data("missing"), 1, r"train\.txt:5: no such file .*9\.png"),
+    ("label beyond classes", data("label"), 1, r"1\.png: label values \[7\] are outside"),
+    # -- checkpoints -------------------------------------------------------------------------------
+    ("ckpt missing", fit("--ckpt_path", "/nonexistent.ckpt"), 1, "nonexistent.ckpt: no such"),
+    (
+        "ckpt is text",
+        fit("--ckpt_path", lambda w: w.file("notes.ckpt", "hello\n")),
+        1,
+        r"notes\.ckpt: not a",
+    ),
+    (
+        "ckpt empty",
+        fit("--ckpt_path", lambda w: w.file("empty.ckpt", b"")),
+        1,
+        r"empty\.ckpt: empty file",
+    ),
+    ("ckpt truncated", fit("--ckpt_path", truncated), 1, r"truncated\.ckpt: not a readable"),
+    ("ckpt is a state dict", fit("--ckpt_path", plain_state_dict), 1, "not a Lightning checkpoint"),
+    (
+        "checkpoint of another width",
+        lambda w: ["erf", str(w.run), "--ckpt", other_architecture(w), "--images", "1"],
+        1,
+        "does not fit the network of",
+    ),
+    ("no best checkpoint", fit("--ckpt_path", "best"), 1, r"no best checkpoint at .*new"),
+    ("no last to resume", fit("--ckpt_path", "last"), 1, r"no last checkpoint at .*new"),
+    (
+        "init_from text",
+        fit("--model.init_from", lambda w: w.file("init.pt", "text")),
+        1,
+        r"model.init_from: .*init\.pt: not a",
+    ),
+    (
+        "init_from empty",
+        fit("--model.init_from", lambda w: w.file("init0.pt", b"")),
+        1,
+        r"init0\.pt: empty",
+    ),
+    ("init_from missing", fit("--model.init_from", "/no.pt"), 1, "model.init_from: no checkpoint"),
+    ("init_from fits nothing", fit("--model.init_from", plain_state_dict), 1, "fits FCN"),
+    (
+        "test with a bad checkpoint",
+        on_trained("test", "--ckpt_path", truncated),
+        1,
+        r"truncated\.ckpt: not a readable",
+    ),
+    # -- the run directory and the tools --------------------------------------------------------
+    (
+        "fresh fit over a run",
+        lambda w: ["fit", *w.args(name="trained")],
+        1,
+        "holds checkpoints of an earlier run",
+    ),
+    (
+        "report of a corrupt metrics file",
+        lambda w: ["report", str(Path(w.file("m/metrics.json", "{")).parent)],
+        1,
+        "metrics.json: not valid JSON",
+    ),
+    ("report of nothing", lambda w: ["report", str(w.scratch / "none")], 1, "no metrics.json"),
+    ("tool on a non-run", lambda w: ["erf", str(w.scratch)], 1, "not a run directory"),
+    (
+        "tool on a run without the checkpoint",
+        lambda w: ["erf", str(w.run), "--ckpt", "best-of-all"],
+        1,
+        "no best-of-all checkpoint",
+    ),
+    (
+        "tool with a foreign checkpoint",
+        lambda w: ["gridding", "--runs", str(w.run), "--ckpt", "nope"],
+        1,
+        "no nope checkpoint",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input(world, capsys, args, code, message):
+    (world.scratch / "m").mkdir(exist_ok=True)
+    argv = args(world)
+    before = snapshot(world.run)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == code, err[-2000:]
+    assert re.search(message, err), err[-2000:]
+    assert "Traceback" not in err
+    assert snapshot(world.run) == before  # nothing of the trained run was lost or changed
+    assert not (world.root / "test" / "new" / "checkpoints").exists()
+
+
+def test_the_catalogue_is_long_enough():
+    assert len(CASES) >= 30
+
+
+def test_segbench_debug_shows_the_traceback(world, monkeypatch):
+    monkeypatch.setenv("SEGBENCH_DEBUG", "1")
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        main(["fit", *world.args(), "--data.init_args.batch_size", "0"])
+
+
+def test_an_unexpected_error_keeps_its_traceback(world, monkeypatch):
+    from segbench.task import SegmentationTask
+
+    def broken(self, batch, batch_idx):
+        return {}["no such key"]  # a bug, not a bad input
+
+    monkeypatch.setattr(SegmentationTask, "training_step", broken)
+    with pytest.raises(KeyError):
+        main(["fit", *world.args(name="bug")])
+
+
+def test_errors_are_json_safe(world):
+    # metrics.json of the trained run is strict JSON (no NaN) after all of the above.
+    json.loads((world.run / "metrics.json").read_text(), parse_constant=pytest.fail)

@@ -1,0 +1,340 @@
+"""Runs that lose nothing: true last checkpoints, exact resume after SIGKILL, loud divergence,
+a W&B that never blocks, a full disk, overwrite and smoke runs, foreign code refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from segbench import cli
+from segbench.cli import main
+from segbench.errors import ConfigError, SegbenchError
+from segbench.rundir import RunDir
+from tests.conftest import REPO, tiny_args
+
+
+def fit(args: list[str]) -> None:
+    main(["fit", *args])
+
+
+def fails(args: list[str], capsys) -> str:
+    """Run the command, expect the user-error exit (1), return what it printed on stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 1
+    return capsys.readouterr().err
+
+
+def section(run_dir: Path, name: str = "fit") -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())[name]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def epochs_done(ckpt: dict) -> int:
+    return ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+
+
+# -- checkpoints that mean what they say --------------------------------------------------------
+def test_last_checkpoint_is_the_final_state_and_a_finished_run_is_not_retrained(tiny, capsys):
+    # 3 epochs, validation every 2nd: the best checkpoint is epoch 2's, the last is the end.
+    args = tiny(epochs=3, extra=["--trainer.check_val_every_n_epoch", "2"])
+    fit(args)
+    run = RunDir(tiny.root / "test" / "tiny")
+    steps = section(run.path)["global_step"]
+    last, best = load(run.checkpoint("last")), load(run.checkpoint("best"))
+    assert last["global_step"] == steps
+    assert epochs_done(last) == 3
+    assert best["global_step"] == 2 * steps // 3
+    before = run.checkpoint("last").stat().st_mtime_ns, run.csv.read_bytes()
+    capsys.readouterr()
+    fit([*args, "--ckpt_path", "last"])
+    assert "nothing to resume" in capsys.readouterr().err
+    assert (run.checkpoint("last").stat().st_mtime_ns, run.csv.read_bytes()) == before
+    assert section(run.path)["global_step"] == steps
+
+
+def test_last_checkpoint_also_every_n_steps(tiny):
+    # 16 images / batch 4 = 4 steps per epoch; killed after step 3 of 4, the last save is step 2.
+    args = tiny(extra=["--run.checkpoint_every_n_steps", "2"])
+    args += ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=3"]
+    run = RunDir(tiny.root / "test" / "tiny")
+    proc = subprocess.run(
+        [sys.executable, "-m", "segbench.cli", "fit", *args], cwd=REPO, capture_output=True
+    )
+    assert proc.returncode == -9
+    assert load(run.checkpoint("last"))["global_step"] == 2
+    assert not list(run.checkpoints.glob(".*tmp*"))  # no temporary file left behind
+
+
+# -- exact resume ---------------------------------------------------------------------------------
+#: Augmentation (flip, scale, crop) and dropout: the data path and the step both draw random
+#: numbers, so the resume is only exact if every generator and the data order are restored.
+RANDOM = [
+    "--data.init_args.num_train",
+    "32",
+    "--data.init_args.augment",
+    '{"scale_range": [0.75, 1.25], "crop_size": [48, 48], "flip": true}',
+    "--model.net.init_args.dropout",
+    "0.3",
+    "--run.test_after_fit",
+    "true",
+    "--run.checkpoint_every_n_steps",
+    "3",
+]
+
+
+def run_process(args: list[str]) -> int:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "segbench.cli", "fit", *args], cwd=REPO, env=env
+    ).returncode
+
+
+def assert_identical_runs(a: Path, b: Path) -> None:
+    fa, fb = section(a), section(b)
+    for key in ("val", "best_val", "test", "global_step", "completed_epochs"):
+        assert fa[key] == fb[key], key
+    wa, wb = load(a / "checkpoints" / "last.ckpt"), load(b / "checkpoints" / "last.ckpt")
+    for name, tensor in wa["state_dict"].items():
+        assert torch.equal(tensor, wb["state_dict"][name]), name
+
+
+def csv_steps(run_dir: Path) -> list[int]:
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    # 8 steps per epoch, 2 epochs; killed after step 11 (mid-epoch 2, one step after the save
+    # at step 9... of 16), resumed with --ckpt_path last.
+    whole = tiny_args(tmp_path, name="whole", epochs=2, extra=RANDOM)
+    killed = tiny_args(tmp_path, name="killed", epochs=2, extra=RANDOM)
+    assert run_process(whole) == 0
+    kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=11"]
+    assert run_process([*killed, *kill]) == -9
+    interrupted = load(tmp_path / "test" / "killed" / "checkpoints" / "last.ckpt")
+    assert interrupted["global_step"] == 9  # mid-epoch: the every-3-steps save
+    assert run_process([*killed, "--ckpt_path", "last"]) == 0
+    assert_identical_runs(tmp_path / "test" / "whole", tmp_path / "test" / "killed")
+    # metrics.csv: one row per step, as if never interrupted.
+    steps = csv_steps(tmp_path / "test" / "killed")
+    assert steps == sorted(set(steps)) == csv_steps(tmp_path / "test" / "whole")
+
+
+@pytest.mark.slow
+def test_sigkill_with_loader_workers_then_resume_is_bit_identical(tmp_path):
+    extra = [*RANDOM, "--data.init_args.num_workers", "2", "--data.init_args.num_train", "64"]
+    whole = tiny_args(tmp_path, name="whole", epochs=3, extra=extra)
+    killed = tiny_args(tmp_path, name="killed", epochs=3, extra=extra)
+    assert run_process(whole) == 0
+    kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=23"]
+    assert run_process([*killed, *kill]) == -9
+    assert run_process([*killed, "--ckpt_path", "last"]) == 0
+    assert_identical_runs(tmp_path / "test" / "whole", tmp_path / "test" / "killed")
+
+
+# -- divergence -----------------------------------------------------------------------------------
+def test_a_diverging_run_stops_at_once_and_saves_nothing_nan(tiny, capsys):
+    args = tiny(epochs=3, extra=["--run.checkpoint_every_n_steps", "1"])
+    err = fails(["fit", *args, "--model.optimizer.init_args.lr", "1e6"], capsys)
+    assert "training diverged at step" in err
+    assert "Traceback" not in err
+    run = RunDir(tiny.root / "test" / "tiny")
+    for path in run.checkpoints.glob("*.ckpt"):  # whatever was saved is finite
+        state = load(path)["state_dict"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+    assert not run.checkpoint("best").exists()  # no validation ran: nothing is "best"
+    assert section(run.path).get("finished") is False
+
+
+# -- W&B never blocks ------------------------------------------------------------------------------
+@pytest.fixture
+def silent_server():
+    """A local TCP server that accepts connections and never answers (bounded: 30 s)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(30)
+    conns: list[socket.socket] = []
+
+    def accept() -> None:
+        try:
+            while len(conns) < 8:
+                conns.append(server.accept()[0])
+        except OSError:
+            pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    for c in conns:
+        c.close()
+    server.close()
+
+
+@pytest.fixture
+def wandb_key(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(cli, "WANDB_PROBE_SECONDS", 0.5)
+
+
+def test_wandb_auto_falls_back_to_offline_when_the_server_does_not_answer(
+    wandb_key, silent_server, monkeypatch, capsys
+):
+    monkeypatch.setenv("WANDB_BASE_URL", silent_server)
+    assert cli.choose_wandb_mode("auto") == "offline"
+    assert "did not answer" in capsys.readouterr().err
+    with pytest.raises(SegbenchError, match="did not answer"):
+        cli.choose_wandb_mode("online")
+
+
+def test_wandb_refused_connection_and_no_key(wandb_key, monkeypatch):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    assert cli.choose_wandb_mode("auto") == "offline"
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.setenv("NETRC", "/nonexistent")
+    monkeypatch.setenv("HOME", "/nonexistent")
+    with pytest.raises(ConfigError, match="no W&B API key"):
+        cli.choose_wandb_mode("online")
+    assert cli.choose_wandb_mode("auto") == "offline"
+
+
+def test_wandb_answering_server_means_online(wandb_key, monkeypatch):
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_port}")
+    assert cli.choose_wandb_mode("auto") == "online"
+    server.server_close()
+
+
+# -- a full disk ----------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as err:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({err}); needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_on_checkpoint_names_the_file_and_keeps_the_previous(small_disk, capsys):
+    args = tiny_args(small_disk, epochs=1)
+    fit(args)
+    run = RunDir(small_disk / "test" / "tiny")
+    last = run.checkpoint("last")
+    before = last.read_bytes()
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * (free - len(before) // 2))
+    err = fails(["fit", *tiny_args(small_disk, epochs=2), "--ckpt_path", "last"], capsys)
+    assert "disk full while writing" in err
+    assert "MB free" in err
+    assert last.read_bytes() == before  # the previous checkpoint is intact
+    assert not list(run.checkpoints.glob(".*tmp*"))
+    assert load(last)["global_step"] == section(run.path)["global_step"]
+
+
+# -- the run directory: overwrite, smoke tests, re-fits -----------------------------------------
+def test_overwrite_keeps_the_old_run_until_the_new_one_trains(tiny, capsys):
+    fit(tiny())
+    run = RunDir(tiny.root / "test" / "tiny")
+    old = run.checkpoint("last").read_bytes()
+    bad = tiny(extra=["--run.overwrite", "true", "--model.init_from", "/nonexistent.ckpt"])
+    assert "no checkpoint at /nonexistent.ckpt" in fails(["fit", *bad], capsys)
+    assert run.checkpoint("last").read_bytes() == old  # put back
+    fit(tiny(extra=["--run.overwrite", "true", "--seed_everything", "1"]))
+    assert run.checkpoint("last").read_bytes() != old  # the new run's
+    assert not list(run.path.parent.glob(".tiny.replaced-*"))
+
+
+def test_a_smoke_run_leaves_the_run_directory_alone(tiny):
+    fit(tiny(extra=["--trainer.fast_dev_run", "true"]))
+    assert not (tiny.root / "test" / "tiny").exists()
+    fit(tiny())  # the real run is not refused
+
+
+def test_a_fresh_fit_into_a_directory_without_checkpoints_starts_clean(tiny):
+    run = RunDir(tiny.root / "test" / "tiny")
+    run.path.mkdir(parents=True)
+    (run.path / "metrics.json").write_text(json.dumps({"fit": {"best_val": {"val/mIoU": 0.99}}}))
+    fit(tiny())
+    assert section(run.path)["best_val"]["val/mIoU"] < 0.99
+
+
+def test_records_from_concurrent_tools_are_all_kept(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.write_section("fit", {"test": {"test/mIoU": 0.5}})
+
+    def record(i: int) -> None:
+        for _ in range(5):
+            run.record(f"tool{i}", {"x": float(i)}, checkpoint="best.ckpt")
+
+    threads = [threading.Thread(target=record, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    data = run.read()
+    assert sorted(data["records"]) == [f"tool{i}" for i in range(6)]
+    assert data["fit"]["test"]["test/mIoU"] == 0.5
+
+
+# -- loading never runs foreign code ---------------------------------------------------------------
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tiny, tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"net.x": torch.zeros(1)}, "payload": _Evil(marker)}, evil)
+    with pytest.raises(pickle.UnpicklingError):  # it is a real exploit: weights_only refuses
+        torch.load(evil, weights_only=True)
+    err = fails(["fit", *tiny(extra=["--model.init_from", str(evil)])], capsys)
+    assert "refused" in err
+    assert str(evil) in err
+    err = fails(["fit", *tiny(), "--ckpt_path", str(evil)], capsys)
+    assert "refused" in err
+    fit(tiny())
+    run_dir = tiny.root / "test" / "tiny"
+    err = fails(["erf", str(run_dir), "--ckpt", str(evil), "--images", "1"], capsys)
+    assert "refused" in err
+    assert not marker.exists()  # no code of the file ran
