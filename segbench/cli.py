@@ -22,18 +22,13 @@ import importlib
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
-import threading
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 from unittest import mock
 
-import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import LambdaCallback, ModelCheckpoint
@@ -49,185 +44,40 @@ from segbench.callbacks import (
     RunFiles,
     SegmentationVisualizer,
 )
+from segbench.config import (
+    LINKS,
+    RunConfig,
+    check_yaml_files,
+    config_files,
+    flatten,
+    locate_keys,
+)
 from segbench.data.base import SegmentationDataModule
 from segbench.errors import CheckpointError, ConfigError, SegbenchError
-from segbench.loggers import ResumableCSVLogger
+from segbench.loggers import ResumableCSVLogger, choose_wandb_mode
 from segbench.rundir import RunCheckpointIO, RunDir, safe_load
 from segbench.task import DEFAULT_OPTIMIZER, SegmentationTask
 
 log = logging.getLogger("segbench")
 
-#: ``segbench <tool>`` -> module with ``main(argv)``.
-TOOLS = {
-    "summary": "segbench.analysis.summary",
-    "report": "segbench.analysis.report",
-    "sweep": "segbench.analysis.sweep",
-    "benchmark": "segbench.analysis.benchmark",
-    "convert-sbd": "segbench.data.convert_sbd",
-    "feature-norms": "segbench.analysis.feature_norms",
-    "erf": "segbench.analysis.erf",
-    "gridding": "segbench.analysis.gridding",
-    "upper-bound": "segbench.analysis.upper_bound",
-    "ld-masks": "segbench.analysis.ld_masks",
-}
+#: The packages whose modules with a ``main(argv)`` are ``segbench`` tools.
+TOOL_PACKAGES = ("segbench.analysis", "segbench.data")
 
 
-@dataclass
-class RunConfig:
-    """Where a run's files go, and how it appears on Weights & Biases.
-
-    Attributes:
-        name: the run's name: its directory under ``root/group`` and its W&B run name.
-        group: the experiment or ablation it belongs to: W&B group and parent directory.
-        tags: W&B tags (e.g. the variant and the paper).
-        project: W&B project.
-        root: directory under which runs are written.
-        wandb: ``auto``: online if an API key is configured (``WANDB_API_KEY`` or ``wandb
-            login``) and the W&B server answers within seconds, otherwise offline (files only;
-            sync later with ``wandb sync``); ``online``: fails at once without a key or a
-            reachable server; ``offline``; ``disabled`` (no W&B logger). Never a prompt.
-        overwrite: a fresh ``fit`` into a directory that already holds checkpoints fails
-            unless this is true, in which case the old run is moved aside and deleted once the
-            new run has started training (put back if it fails before). Resuming
-            (``--ckpt_path last``) never needs it.
-        test_after_fit: after ``fit``, run ``test`` with the best checkpoint in the same
-            process, so ``metrics.json`` holds val and test results.
-        checkpoint_every_n_steps: besides the end of every epoch, write ``last.ckpt`` every N
-            optimiser steps (``null``: not by steps).
-        checkpoint_every_minutes: besides the end of every epoch, write ``last.ckpt`` when this
-            many minutes of training passed since the last write (``null``: not by time), so a
-            crash costs minutes even when epochs are long.
-        effective_batch: the effective batch (per-process batch x processes x accumulated
-            batches) this recipe was made for, as the paper states it; a run whose effective
-            batch differs is warned about at start (``null``: no check).
-    """
-
-    name: str = "run"
-    group: str = "default"
-    tags: list[str] = field(default_factory=list)
-    project: str = "segbench"
-    root: str = "runs"
-    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
-    overwrite: bool = False
-    test_after_fit: bool = False
-    checkpoint_every_n_steps: int | None = None
-    checkpoint_every_minutes: float | None = 10.0
-    effective_batch: int | None = None
+def tools() -> dict[str, str]:
+    """``segbench <tool>`` -> module: every module of :data:`TOOL_PACKAGES` that defines
+    ``main(argv)``, named after it (``feature_norms.py`` -> ``segbench feature-norms``). Found by
+    reading the sources, so the command starts without importing every tool."""
+    found = {}
+    for package in TOOL_PACKAGES:
+        folder = Path(__file__).parent / package.split(".", 1)[1]
+        for module in sorted(folder.glob("[a-z]*.py")):
+            if re.search(r"^def main\(", module.read_text(), re.MULTILINE):
+                found[module.stem.replace("_", "-")] = f"{package}.{module.stem}"
+    return found
 
 
-#: (source, target) config keys: the data module declares its classes, the task and the network
-#: receive them when instantiated. A fresh run's parsed config leaves the targets unset; a resumed
-#: one has them filled from the checkpoint's hyperparameters.
-LINKS = (
-    ("data.num_classes", "model.num_classes"),
-    ("data.num_classes", "model.net.init_args.num_classes"),
-    ("data.ignore_index", "model.ignore_index"),
-    ("data.class_names", "model.class_names"),
-)
-
-
-def run_dir_of(run: Namespace | RunConfig) -> Path:
-    return RunDir.of(run).path
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; leaves become JSON-friendly values."""
-    if isinstance(tree, Namespace):
-        tree = tree.as_dict()
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    key = prefix[:-1]
-    if isinstance(tree, list | tuple):
-        return {
-            key: [
-                v if isinstance(v, int | float | str | bool) or v is None else str(v) for v in tree
-            ]
-        }
-    return {key: tree if isinstance(tree, int | float | str | bool) or tree is None else str(tree)}
-
-
-def wandb_key_available() -> bool:
-    """True if W&B has an API key (environment variable or netrc from ``wandb login``)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    import netrc
-    from urllib.parse import urlparse
-
-    host = urlparse(wandb_url()).hostname
-    try:
-        return netrc.netrc().authenticators(host or "api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def wandb_url() -> str:
-    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-
-
-#: How long ``run.wandb auto`` / ``online`` wait for the W&B server to answer.
-WANDB_PROBE_SECONDS = 5.0
-
-
-def wandb_reachable(timeout: float | None = None) -> str | None:
-    """``None`` if the W&B server answers HTTP within ``timeout`` s (any status), else why not.
-
-    The request runs in a daemon thread joined with the timeout, so a name lookup that hangs
-    (no network) is bounded too.
-    """
-    timeout = WANDB_PROBE_SECONDS if timeout is None else timeout
-    result: list[str | None] = []
-
-    def probe() -> None:
-        try:
-            urllib.request.urlopen(wandb_url(), timeout=timeout).close()
-            result.append(None)
-        except urllib.error.HTTPError:
-            result.append(None)  # it answered
-        except Exception as err:  # any failure to get an answer means unreachable
-            result.append(f"{type(err).__name__}: {getattr(err, 'reason', err)}")
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return result[0] if result else f"no answer within {timeout:.0f} s"
-
-
-def choose_wandb_mode(requested: str) -> str:
-    """The W&B mode to run in; never one that prompts or waits on an unreachable server."""
-    if requested == "disabled":
-        return "disabled"
-    if requested == "auto" and os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
-        return os.environ["WANDB_MODE"]
-    if requested == "offline":
-        return "offline"
-    key = wandb_key_available()
-    if requested == "online" and not key:
-        raise ConfigError(
-            "run.wandb online: no W&B API key. Set WANDB_API_KEY or run `wandb login`, or use "
-            "run.wandb auto (offline without a key) or offline."
-        )
-    if not key:
-        return "offline"
-    t0 = time.monotonic()
-    why = wandb_reachable()
-    if why is None:
-        return "online"
-    if requested == "online":
-        raise SegbenchError(
-            f"run.wandb online: the W&B server {wandb_url()} did not answer ({why}). Use "
-            "run.wandb auto to fall back to offline logging, or offline."
-        )
-    log.warning(
-        "W&B: %s did not answer (%s, after %.1f s): logging offline instead; upload later with "
-        "`wandb sync`",
-        wandb_url(),
-        why,
-        time.monotonic() - t0,
-    )
-    return "offline"
+TOOLS = tools()
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -260,54 +110,8 @@ class _Parser(LightningArgumentParser):
     config_files: tuple[str, ...] = ()
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        where = _locate_keys(message, type(self).config_files)
+        where = locate_keys(message, type(self).config_files)
         super().error(message + (f"\n  found in: {where}" if where else ""), ex)
-
-
-def config_files(args: list[str]) -> list[str]:
-    """The ``--config`` files of ``segbench fit`` arguments, in order."""
-    files = []
-    for i, arg in enumerate(args):
-        if arg == "--config" and i + 1 < len(args):
-            files.append(args[i + 1])
-        elif arg.startswith("--config="):
-            files.append(arg.split("=", 1)[1])
-    return files
-
-
-def _locate_keys(message: str, files: tuple[str, ...]) -> str:
-    """``file:line`` of the quoted or dotted keys of an error message in the config files."""
-    quoted = re.findall(r"[\"']([A-Za-z_][\w.]*)[\"']", message)
-    names = {m.split(".")[-1] for m in [*quoted, *re.findall(r"--([\w.]+)", message)]}
-    hits = []
-    for path in files:
-        try:
-            lines = Path(path).read_text().splitlines()
-        except OSError:
-            continue
-        for n, line in enumerate(lines, 1):
-            m = re.match(r"\s*([A-Za-z_]\w*)\s*:", line)
-            if m and m.group(1) in names and not _is_known_section(m.group(1)):
-                hits.append(f"{path}:{n} ({m.group(1)})")
-    return ", ".join(hits)
-
-
-def _is_known_section(key: str) -> bool:
-    return key in {"model", "data", "trainer", "run", "init_args", "class_path", "net"}
-
-
-def check_yaml_files(args: list[str]) -> None:
-    """Every ``--config`` file exists and is valid YAML (jsonargparse would not name it)."""
-    for path in config_files(args):
-        if not Path(path).is_file():
-            raise ConfigError(f"--config {path}: no such file")
-        try:
-            yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
 
 
 def _finished(checkpoint: dict[str, Any], trainer_cfg: Any) -> bool:
@@ -343,6 +147,9 @@ class SegbenchCLI(LightningCLI):
         except BaseException:
             self._put_back()
             raise
+        finally:
+            if self._smoke_dir is not None:
+                shutil.rmtree(self._smoke_dir, ignore_errors=True)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunConfig, "run")
@@ -363,7 +170,8 @@ class SegbenchCLI(LightningCLI):
             if self._smoke_dir is None:
                 self._smoke_dir = Path(tempfile.mkdtemp(prefix="segbench-smoke-"))
                 log.info(
-                    "fast_dev_run: a smoke test; its files go to %s, %s is left alone",
+                    "fast_dev_run: a smoke test; its files go to %s (removed afterwards), %s is "
+                    "left alone",
                     self._smoke_dir,
                     RunDir.of(self.cfg.run),
                 )
@@ -589,7 +397,7 @@ class _BuildOnly(SegbenchCLI):
         pass
 
 
-def build(args: list[str]) -> tuple[SegmentationTask, SegmentationDataModule, Namespace]:
+def build_only(args: list[str]) -> tuple[SegmentationTask, SegmentationDataModule, Namespace]:
     """Build the task and data module of a config without a trainer, data or logger.
 
     ``args`` are ``segbench fit`` arguments, e.g. ``["--config", "experiments/quickstart.yaml"]``.

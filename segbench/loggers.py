@@ -1,4 +1,6 @@
-"""A CSV logger that survives resuming: one row per step, whatever happened before.
+"""The loggers' side of a run: a CSV logger that survives resuming, and W&B's mode.
+
+**metrics.csv**: one row per step, whatever happened before.
 
 Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts in a non-empty directory
 (Lightning 2.6: "Previous log files in this directory will be deleted"), so resuming a run in its
@@ -6,6 +8,9 @@ own directory would wipe its history. It also only knows the columns logged by t
 process, so rewriting the header for a new column would drop the earlier columns. This writer
 keeps the file and starts from its header: rows are only ever appended, or re-written with more
 columns, never fewer; every rewrite is atomic.
+
+**W&B** never blocks a run: :func:`choose_wandb_mode` never picks a mode that prompts for a key or
+waits on a server that does not answer (see ``run.wandb`` in :class:`segbench.config.RunConfig`).
 
 A resumed run (``resume=True``) first drops the rows that the interrupted attempt logged after
 its checkpoint: those with a step at or past the first step the resumed run logs. Those steps are
@@ -16,12 +21,20 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
+import threading
+import time
+import urllib.error
+import urllib.request
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from segbench.errors import ConfigError, SegbenchError
 from segbench.rundir import atomic_write_text
+
+log = logging.getLogger("segbench")
 
 
 def _write_rows(path: str, fieldnames: list[str], rows: list[dict[str, str]]) -> None:
@@ -83,3 +96,84 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ResumableWriter(log_dir=self.log_dir, resume=self._resume)
         return self._experiment
+
+
+def wandb_key_available() -> bool:
+    """True if W&B has an API key (environment variable or netrc from ``wandb login``)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(wandb_url()).hostname
+    try:
+        return netrc.netrc().authenticators(host or "api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+#: How long ``run.wandb auto`` / ``online`` wait for the W&B server to answer.
+WANDB_PROBE_SECONDS = 5.0
+
+
+def wandb_reachable(timeout: float | None = None) -> str | None:
+    """``None`` if the W&B server answers HTTP within ``timeout`` s (any status), else why not.
+
+    The request runs in a daemon thread joined with the timeout, so a name lookup that hangs
+    (no network) is bounded too.
+    """
+    timeout = WANDB_PROBE_SECONDS if timeout is None else timeout
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(wandb_url(), timeout=timeout).close()
+            result.append(None)
+        except urllib.error.HTTPError:
+            result.append(None)  # it answered
+        except Exception as err:  # any failure to get an answer means unreachable
+            result.append(f"{type(err).__name__}: {getattr(err, 'reason', err)}")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else f"no answer within {timeout:.0f} s"
+
+
+def choose_wandb_mode(requested: str) -> str:
+    """The W&B mode to run in; never one that prompts or waits on an unreachable server."""
+    if requested == "disabled":
+        return "disabled"
+    if requested == "auto" and os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
+        return os.environ["WANDB_MODE"]
+    if requested == "offline":
+        return "offline"
+    key = wandb_key_available()
+    if requested == "online" and not key:
+        raise ConfigError(
+            "run.wandb online: no W&B API key. Set WANDB_API_KEY or run `wandb login`, or use "
+            "run.wandb auto (offline without a key) or offline."
+        )
+    if not key:
+        return "offline"
+    t0 = time.monotonic()
+    why = wandb_reachable()
+    if why is None:
+        return "online"
+    if requested == "online":
+        raise SegbenchError(
+            f"run.wandb online: the W&B server {wandb_url()} did not answer ({why}). Use "
+            "run.wandb auto to fall back to offline logging, or offline."
+        )
+    log.warning(
+        "W&B: %s did not answer (%s, after %.1f s): logging offline instead; upload later with "
+        "`wandb sync`",
+        wandb_url(),
+        why,
+        time.monotonic() - t0,
+    )
+    return "offline"

@@ -287,8 +287,10 @@ class RunDir:
         """An analysis tool's summary (``--record``), with the checkpoint it measured."""
 
         def change(d: dict[str, Any]) -> None:
+            ckpt = Path(checkpoint)
             d.setdefault("records", {})[tool] = {
                 "checkpoint": str(checkpoint),
+                "checkpoint_mtime": ckpt.stat().st_mtime if ckpt.is_file() else None,
                 "values": {k: float(v) for k, v in values.items()},
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }

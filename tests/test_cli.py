@@ -236,8 +236,8 @@ def parse_pairs() -> list:
             configs = [path.parent.parent / "base.yaml", path]
         elif path.name.startswith("_scale_"):
             configs = [path.parent / "base.yaml", path]  # `make ablation-* SCALE=<name>`
-        elif path.name.startswith("_") or path.name == "paper.yaml":
-            continue  # fragments that only make sense composed; paper numbers for reports
+        elif path.name.startswith("_") or path.name in ("paper.yaml", "ablation.yaml"):
+            continue  # fragments that only make sense composed; paper numbers; sweep plans
         section = dataset_section(path)
         if section is not None:
             configs = [section, *configs]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segbench import cli
+from segbench import loggers
 from segbench.cli import main
 from segbench.errors import ConfigError, SegbenchError
 from segbench.rundir import RunDir
@@ -190,17 +190,17 @@ def silent_server():
 def wandb_key(monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setattr(cli, "WANDB_PROBE_SECONDS", 0.5)
+    monkeypatch.setattr(loggers, "WANDB_PROBE_SECONDS", 0.5)
 
 
 def test_wandb_auto_falls_back_to_offline_when_the_server_does_not_answer(
     wandb_key, silent_server, monkeypatch, capsys
 ):
     monkeypatch.setenv("WANDB_BASE_URL", silent_server)
-    assert cli.choose_wandb_mode("auto") == "offline"
+    assert loggers.choose_wandb_mode("auto") == "offline"
     assert "did not answer" in capsys.readouterr().err
     with pytest.raises(SegbenchError, match="did not answer"):
-        cli.choose_wandb_mode("online")
+        loggers.choose_wandb_mode("online")
 
 
 def test_wandb_refused_connection_and_no_key(wandb_key, monkeypatch):
@@ -208,13 +208,13 @@ def test_wandb_refused_connection_and_no_key(wandb_key, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
-    assert cli.choose_wandb_mode("auto") == "offline"
+    assert loggers.choose_wandb_mode("auto") == "offline"
     monkeypatch.delenv("WANDB_API_KEY")
     monkeypatch.setenv("NETRC", "/nonexistent")
     monkeypatch.setenv("HOME", "/nonexistent")
     with pytest.raises(ConfigError, match="no W&B API key"):
-        cli.choose_wandb_mode("online")
-    assert cli.choose_wandb_mode("auto") == "offline"
+        loggers.choose_wandb_mode("online")
+    assert loggers.choose_wandb_mode("auto") == "offline"
 
 
 def test_wandb_answering_server_means_online(wandb_key, monkeypatch):
@@ -231,7 +231,7 @@ def test_wandb_answering_server_means_online(wandb_key, monkeypatch):
     server = HTTPServer(("127.0.0.1", 0), NotFound)
     threading.Thread(target=server.handle_request, daemon=True).start()
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_port}")
-    assert cli.choose_wandb_mode("auto") == "online"
+    assert loggers.choose_wandb_mode("auto") == "online"
     server.server_close()
 
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from segbench.cli import build
+from segbench.config import build
 
 
 @dataclass

@@ -327,7 +327,7 @@ def load_run(run_dir: Path, ckpt: str = "best") -> tuple[nn.Module, object, Path
 
 def config_name(args: list[str]) -> str | None:
     """The stem of the last ``--config`` file (a variant's name), if any."""
-    from segbench.cli import config_files
+    from segbench.config import config_files
 
     files = config_files(args)
     return Path(files[-1]).stem if files else None
@@ -365,7 +365,7 @@ def main(argv: list[str]) -> None:
         parser.error("--record needs --runs")
 
     from segbench.analysis.report import record_analysis
-    from segbench.cli import build
+    from segbench.config import build
 
     results: list[GriddingResult] = []
     models: list[tuple[str, nn.Module, object, Path | None, Path | None]] = []

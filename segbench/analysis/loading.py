@@ -15,7 +15,7 @@ import torch
 from jsonargparse import Namespace
 from torch import Tensor, nn
 
-from segbench.cli import build
+from segbench.config import build
 from segbench.data.base import SegmentationDataModule, Split
 from segbench.data.transforms import eval_transform
 from segbench.errors import CheckpointError

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from segbench.cli import LINKS, flatten
+from segbench.config import LINKS, flatten
 from segbench.rundir import RunDir
 
 METRICS_FILE = RunDir.METRICS

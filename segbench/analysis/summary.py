@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from segbench.cli import build
+from segbench.config import build
 
 
 @dataclass

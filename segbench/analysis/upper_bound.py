@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segbench.cli import build
+from segbench.config import build
 from segbench.data.base import SegmentationDataModule
 from segbench.data.transforms import eval_transform
 from segbench.metrics import SegmentationMetrics

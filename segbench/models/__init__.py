@@ -1,18 +1,12 @@
-"""Segmentation architectures: one file per paper, all following :mod:`segbench.models.base`."""
+"""Segmentation architectures: one file per paper, all following :mod:`segbench.models.base`.
 
-from segbench.models.base import SegmentationModel
-from segbench.models.drn import DRN, DRNClassifier
-from segbench.models.dupsampling import DUpsampling
-from segbench.models.fcn import FCN
-from segbench.models.gald import GALD
-from segbench.models.parsenet import ParseNet
+Every :class:`SegmentationModel` subclass defined in a module here is exported by its class name
+(``segbench.models.FCN`` in a config's ``class_path``): :func:`architectures` finds them.
+"""
 
-__all__ = [
-    "DRN",
-    "FCN",
-    "GALD",
-    "DRNClassifier",
-    "DUpsampling",
-    "ParseNet",
-    "SegmentationModel",
-]
+from segbench.models.base import SegmentationModel, architectures
+from segbench.models.drn import DRNClassifier
+
+globals().update(architectures())
+
+__all__ = ["DRNClassifier", "SegmentationModel", "architectures", *architectures()]

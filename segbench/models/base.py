@@ -13,11 +13,19 @@ Two hooks let an architecture ask the task for something without the task knowin
 architecture: :meth:`SegmentationModel.setup_from_data` (a data-driven initialisation before
 training, e.g. DUpsampling's W) and :meth:`SegmentationModel.extra_losses` (loss terms beyond
 the per-output cross-entropy).
+
+Architectures are found, not listed: every concrete subclass of :class:`SegmentationModel` in a
+module of ``segbench.models`` registers itself (:func:`architectures`), is exported as
+``segbench.models.<Name>`` (its ``class_path`` in YAML) and is tested by the contract tests
+(``tests/models/test_architectures.py``) with the small arguments it declares in
+:attr:`SegmentationModel.test_kwargs`. Adding ``segbench/models/mynet.py`` needs no other edit.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+import pkgutil
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +43,14 @@ class SegmentationModel(nn.Module):
     """
 
     output_stride: int = 1
+    #: Constructor arguments (besides ``num_classes``) of a small instance that runs a step on a
+    #: CPU in a fraction of a second, for the contract tests; ``{}`` if the defaults are small.
+    test_kwargs: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            _REGISTRY[cls.__name__] = cls
 
     def setup_from_data(self, datamodule: L.LightningDataModule) -> None:
         """Called by the task once, before the first training step, on every process.
@@ -51,6 +67,20 @@ class SegmentationModel(nn.Module):
         loss. The default returns no terms.
         """
         return {}
+
+
+_REGISTRY: dict[str, type[SegmentationModel]] = {}
+
+
+def architectures() -> dict[str, type[SegmentationModel]]:
+    """Every architecture: the :class:`SegmentationModel` subclasses defined in the modules of
+    ``segbench.models`` (each module is imported once), by class name, sorted."""
+    import segbench.models as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.ispkg and module.name != "base":
+            importlib.import_module(f"{package.__name__}.{module.name}")
+    return dict(sorted(_REGISTRY.items()))
 
 
 def pad_to_multiple(x: Tensor, multiple: int, value: float = 0.0) -> tuple[Tensor, tuple[int, int]]:

@@ -47,7 +47,7 @@ requires multiples of 8).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
@@ -85,6 +85,8 @@ class DRN(SegmentationModel):
         backbone_weights: ``None``, a path to a state dict in the layout's names (fyu/drn's
             ImageNet checkpoints), or for DRN-A a torchvision ``ResNet<depth>_Weights`` member.
     """
+
+    test_kwargs: ClassVar[dict[str, Any]] = {"width": 1 / 8}
 
     def __init__(
         self,

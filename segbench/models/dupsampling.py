@@ -51,7 +51,7 @@ ImageNet weights exist only for the 7x7 stem (``stem: resnet``), which the paper
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +139,8 @@ class DUpsampling(SegmentationModel):
         backbone_weights: ``None`` (random), a torchvision ``ResNet<depth>_Weights`` member such
             as ``"IMAGENET1K_V1"`` (needs ``stem: resnet``), or a path to a state dict.
     """
+
+    test_kwargs: ClassVar[dict[str, Any]] = {"width": 1 / 16, "compressed_dim": 16}
 
     def __init__(
         self,

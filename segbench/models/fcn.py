@@ -33,7 +33,7 @@ set the learning rate accordingly).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
@@ -81,6 +81,12 @@ class FCN(SegmentationModel):
         backbone_weights: ``None`` (random), a member of torchvision's ``VGG16_Weights`` /
             ``VGG16_BN_Weights`` such as ``"IMAGENET1K_V1"``, or a path to such a state dict.
     """
+
+    test_kwargs: ClassVar[dict[str, Any]] = {
+        "width": 1 / 16,
+        "caffe_padding": False,
+        "batch_norm": True,
+    }
 
     def __init__(
         self,

@@ -47,7 +47,7 @@ head) is for CPU-scale runs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -176,6 +176,8 @@ class GALD(SegmentationModel):
             such as ``"IMAGENET1K_V1"`` (7x7 stem only), or a path to a state dict with
             torchvision's keys (deep stem: ``conv1/bn1, conv2/bn2, conv3/bn3``).
     """
+
+    test_kwargs: ClassVar[dict[str, Any]] = {"depth": 50, "width": 1 / 16}
 
     def __init__(
         self,

@@ -59,7 +59,7 @@ belong to the task and the configs, not to the network.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -119,6 +119,8 @@ class ParseNet(SegmentationModel):
         backbone_weights: ``None`` (random), a member of torchvision's ``VGG16_Weights`` /
             ``VGG16_BN_Weights`` such as ``"IMAGENET1K_V1"``, or a path to such a state dict.
     """
+
+    test_kwargs: ClassVar[dict[str, Any]] = {"width": 1 / 16, "batch_norm": True}
 
     def __init__(
         self,

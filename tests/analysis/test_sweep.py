@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from segbench.analysis.sweep import fit_command, run_state
-from tests.conftest import tiny_args
+from tests.conftest import REPO, tiny_args
 
 
 def test_sweep_runs_reports_and_skips_finished_runs(tmp_path):
@@ -80,3 +80,81 @@ def test_interrupted_runs_resume_from_last(tmp_path):
     assert "--run.overwrite" not in cmd
     assert cmd[-2:] == ["--trainer.max_epochs", "3"]
     assert Path(cmd[cmd.index("--config", cmd.index("b.yaml")) + 1]).name == "v.yaml"
+
+
+def test_every_ablation_yaml_loads_with_its_files():
+    from segbench.analysis.sweep import find_ablations
+
+    found = find_ablations(REPO / "experiments")
+    assert {"fcn", "parsenet", "degridding", "upsampler", "gald"} <= set(found)
+    for ablation in found.values():
+        for scale in ["cpu", *(p.stem[len("_scale_") :] for p in ablation.folder.glob("_scale_*"))]:
+            base, variants = ablation.configs(scale)
+            assert all(Path(p).is_file() for p in [*base, *variants])
+        if ablation.paper:
+            assert (ablation.folder / ablation.paper).is_file()
+
+
+def test_an_ablation_is_found_by_name_or_paper_and_typos_are_named(tmp_path):
+    import pytest
+
+    from segbench.analysis.sweep import find_ablation
+    from segbench.errors import ConfigError
+
+    folder = tmp_path / "probe" / "synthetic"
+    (folder / "variants").mkdir(parents=True)
+    (folder / "base.yaml").write_text("{}\n")
+    (folder / "variants" / "a.yaml").write_text("{}\n")
+    (folder / "ablation.yaml").write_text("name: probing\ngroup: probe\n")
+    assert find_ablation("probing", tmp_path).group == "probe"
+    assert find_ablation("probe", tmp_path).name == "probing"  # by its paper's folder
+    with pytest.raises(ConfigError, match="no ablation 'nope'"):
+        find_ablation("nope", tmp_path)
+    (folder / "ablation.yaml").write_text("name: probing\ngroup: probe\nmetrix: [a]\n")
+    with pytest.raises(ConfigError, match=r"unknown keys \['metrix'\]"):
+        find_ablation("probing", tmp_path)
+
+
+def test_an_ablation_sweep_runs_its_steps_and_skips_recorded_runs(tmp_path):
+    """A probe ablation: one variant x one seed, a step after each run (gridding --record) and
+    a step after all; a second call skips the run and the recorded step."""
+    folder = tmp_path / "experiments" / "probe" / "synthetic"
+    (folder / "variants").mkdir(parents=True)
+    fit_args = tiny_args(tmp_path, name="unused")
+    keep = [
+        a
+        for i, a in enumerate(fit_args[2:])
+        if not (a.startswith("--run.") or (i and fit_args[2:][i - 1].startswith("--run.")))
+    ]
+    (folder / "base.yaml").write_text((REPO / "experiments" / "quickstart.yaml").read_text())
+    (folder / "variants" / "fcn8s.yaml").write_text("{}\n")
+    (folder / "ablation.yaml").write_text(
+        "name: probe\ngroup: probe\nmetrics: [test/mIoU, gridding/impulse]\n"
+        "after_each:\n  - [gridding, --record, --runs, '{run}', --input_size, '64', '64',"
+        " --num_images, '0', --out, '{results}-gridding/{name}']\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "segbench.cli",
+        "sweep",
+        "--ablation",
+        "probe",
+        "--experiments",
+        str(tmp_path / "experiments"),
+        "--seeds",
+        "0",
+        "--",
+        *keep,
+        "--run.wandb",
+        "disabled",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = (tmp_path / "results" / "probe.md").read_text()
+    assert "gridding/impulse" in table
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "done, skipped" in again.stderr
+    assert "recorded for its checkpoint, skipped" in again.stderr

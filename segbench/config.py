@@ -1,0 +1,151 @@
+"""What a run's config is, outside the command: the ``run`` section, the links, flattening, and
+:func:`build` (a config's task and data module without a trainer) for tools and notebooks.
+
+``segbench.cli`` is the entry point; everything here can be imported without starting it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from jsonargparse import Namespace
+
+from segbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from segbench.data.base import SegmentationDataModule
+    from segbench.task import SegmentationTask
+
+
+@dataclass
+class RunConfig:
+    """Where a run's files go, and how it appears on Weights & Biases.
+
+    Attributes:
+        name: the run's name: its directory under ``root/group`` and its W&B run name.
+        group: the experiment or ablation it belongs to: W&B group and parent directory.
+        tags: W&B tags (e.g. the variant and the paper).
+        project: W&B project.
+        root: directory under which runs are written.
+        wandb: ``auto``: online if an API key is configured (``WANDB_API_KEY`` or ``wandb
+            login``) and the W&B server answers within seconds, otherwise offline (files only;
+            sync later with ``wandb sync``); ``online``: fails at once without a key or a
+            reachable server; ``offline``; ``disabled`` (no W&B logger). Never a prompt.
+        overwrite: a fresh ``fit`` into a directory that already holds checkpoints fails
+            unless this is true, in which case the old run is moved aside and deleted once the
+            new run has started training (put back if it fails before). Resuming
+            (``--ckpt_path last``) never needs it.
+        test_after_fit: after ``fit``, run ``test`` with the best checkpoint in the same
+            process, so ``metrics.json`` holds val and test results.
+        checkpoint_every_n_steps: besides the end of every epoch, write ``last.ckpt`` every N
+            optimiser steps (``null``: not by steps).
+        checkpoint_every_minutes: besides the end of every epoch, write ``last.ckpt`` when this
+            many minutes of training passed since the last write (``null``: not by time), so a
+            crash costs minutes even when epochs are long.
+        effective_batch: the effective batch (per-process batch x processes x accumulated
+            batches) this recipe was made for, as the paper states it; a run whose effective
+            batch differs is warned about at start (``null``: no check).
+    """
+
+    name: str = "run"
+    group: str = "default"
+    tags: list[str] = field(default_factory=list)
+    project: str = "segbench"
+    root: str = "runs"
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    overwrite: bool = False
+    test_after_fit: bool = False
+    checkpoint_every_n_steps: int | None = None
+    checkpoint_every_minutes: float | None = 10.0
+    effective_batch: int | None = None
+
+
+#: (source, target) config keys: the data module declares its classes, the task and the network
+#: receive them when instantiated. A fresh run's parsed config leaves the targets unset; a resumed
+#: one has them filled from the checkpoint's hyperparameters.
+LINKS = (
+    ("data.num_classes", "model.num_classes"),
+    ("data.num_classes", "model.net.init_args.num_classes"),
+    ("data.ignore_index", "model.ignore_index"),
+    ("data.class_names", "model.class_names"),
+)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; leaves become JSON-friendly values."""
+    if isinstance(tree, Namespace):
+        tree = tree.as_dict()
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    key = prefix[:-1]
+    if isinstance(tree, list | tuple):
+        return {
+            key: [
+                v if isinstance(v, int | float | str | bool) or v is None else str(v) for v in tree
+            ]
+        }
+    return {key: tree if isinstance(tree, int | float | str | bool) or tree is None else str(tree)}
+
+
+def config_files(args: list[str]) -> list[str]:
+    """The ``--config`` files of ``segbench fit`` arguments, in order."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def locate_keys(message: str, files: tuple[str, ...]) -> str:
+    """``file:line`` of the quoted or dotted keys of an error message in the config files."""
+    quoted = re.findall(r"[\"']([A-Za-z_][\w.]*)[\"']", message)
+    names = {m.split(".")[-1] for m in [*quoted, *re.findall(r"--([\w.]+)", message)]}
+    hits = []
+    for path in files:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            continue
+        for n, line in enumerate(lines, 1):
+            m = re.match(r"\s*([A-Za-z_]\w*)\s*:", line)
+            if m and m.group(1) in names and not _is_known_section(m.group(1)):
+                hits.append(f"{path}:{n} ({m.group(1)})")
+    return ", ".join(hits)
+
+
+def _is_known_section(key: str) -> bool:
+    return key in {"model", "data", "trainer", "run", "init_args", "class_path", "net"}
+
+
+def check_yaml_files(args: list[str]) -> None:
+    """Every ``--config`` file exists and is valid YAML (jsonargparse would not name it)."""
+    for path in config_files(args):
+        if not Path(path).is_file():
+            raise ConfigError(f"--config {path}: no such file")
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+
+
+def build(args: list[str]) -> tuple[SegmentationTask, SegmentationDataModule, Namespace]:
+    """Build the task and data module of a config without a trainer, data or logger.
+
+    ``args`` are ``segbench fit`` arguments, e.g. ``["--config", "experiments/quickstart.yaml"]``;
+    they are parsed exactly as ``segbench fit`` parses them.
+    """
+    from segbench.cli import build_only
+
+    return build_only(args)
