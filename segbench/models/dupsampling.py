@@ -59,18 +59,11 @@ from torch import Tensor, nn
 
 from segbench.models.backbones.resnet import ResNet
 from segbench.models.base import SegmentationModel, pad_to_multiple, resize_to
+from segbench.models.layers.conv import conv_bn_relu
 from segbench.models.layers.dupsample import BasisFit, DUpsample, VoidHandling
 
 if TYPE_CHECKING:
     from segbench.data.base import SegmentationDataModule
-
-
-def conv_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
 
 
 class LowLevelFusion(nn.Module):

@@ -54,19 +54,12 @@ from torch import Tensor, nn
 
 from segbench.models.backbones import ResNet
 from segbench.models.base import SegmentationModel, resize_to
+from segbench.models.layers.conv import conv_bn_relu
 from segbench.models.layers.global_context import (
     GlobalAggregation,
     LocalDistribution,
     global_aggregation,
 )
-
-
-def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
 
 
 class GALDBlock(nn.Module):
@@ -125,10 +118,10 @@ class GALDHead(nn.Module):
         groups: int = 8,
     ) -> None:
         super().__init__()
-        self.conva = _conv_bn_relu(in_channels, channels)
+        self.conva = conv_bn_relu(in_channels, channels)
         self.block = GALDBlock(channels, ga=ga, ld=ld, extra_residual=extra_residual, groups=groups)
-        self.convb = _conv_bn_relu(channels, channels)
-        self.bottleneck = _conv_bn_relu(in_channels + channels, channels)
+        self.convb = conv_bn_relu(channels, channels)
+        self.bottleneck = conv_bn_relu(in_channels + channels, channels)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -143,7 +136,7 @@ class AuxHead(nn.Module):
         self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1
     ) -> None:
         super().__init__()
-        self.conv = _conv_bn_relu(in_channels, channels)
+        self.conv = conv_bn_relu(in_channels, channels)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 

@@ -58,30 +58,12 @@ from segbench.models.backbones.resnet import (
     make_group,
 )
 from segbench.models.backbones.weights import assign_state_dict, load_state_dict, on_meta_device
+from segbench.models.layers.conv import conv_bn_relu
 
 #: Channels of levels 1-8 (fyu/drn's ``channels``); levels 3-6 x4 with bottleneck blocks.
 LEVEL_CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
 #: The stem width of the max-pool (DRN-A / ResNet) layout.
 RESNET_STEM_CHANNELS = 64
-
-
-def conv_bn_relu(
-    c_in: int, c_out: int, kernel: int = 3, stride: int = 1, dilation: int = 1
-) -> list[nn.Module]:
-    """A convolution (no bias), BN and ReLU: one of DRN-D's plain layers."""
-    return [
-        nn.Conv2d(
-            c_in,
-            c_out,
-            kernel,
-            stride=stride,
-            padding=dilation * (kernel // 2),
-            dilation=dilation,
-            bias=False,
-        ),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    ]
 
 
 class DRNBackbone(nn.Module):

@@ -1,5 +1,6 @@
 """Small parts shared by several architectures."""
 
+from segbench.models.layers.conv import conv_bn_relu
 from segbench.models.layers.dupsample import DUpsample
 from segbench.models.layers.global_context import (
     GlobalAggregation,
@@ -16,5 +17,6 @@ __all__ = [
     "L2Norm",
     "LocalDistribution",
     "bilinear_kernel",
+    "conv_bn_relu",
     "global_aggregation",
 ]
