@@ -40,6 +40,18 @@ def test_cgnl_stays_finite_under_mixed_precision():
     assert torch.isfinite(y).all()
 
 
+def test_cgnl_runs_in_the_modules_own_dtype():
+    # segbench erf runs networks in float64; CGNL once cast its input to float32 ("Input type
+    # (torch.FloatTensor) and weight type (torch.DoubleTensor) should be the same").
+    torch.manual_seed(0)
+    block = CompactGeneralizedNonLocal(16, 8, groups=4).double()
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float64)
+    with torch.no_grad():
+        y = block(x)
+    assert y.dtype == torch.float64
+    assert torch.allclose(y, grouped_dot_product_reference(block, x))
+
+
 def test_cgnl_rejects_groups_that_do_not_divide():
     with pytest.raises(ValueError, match="groups"):
         CompactGeneralizedNonLocal(12, 6, groups=8)

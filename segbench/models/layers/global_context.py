@@ -100,7 +100,7 @@ class CompactGeneralizedNonLocal(nn.Module):
         if device != "meta" and torch.is_autocast_enabled(device):
             with torch.autocast(device_type=device, enabled=False):
                 return self._forward(x.float())
-        return self._forward(x.float())
+        return self._forward(x)  # the module's own dtype (float64 in segbench erf)
 
 
 class StridedCGNL(nn.Module):
