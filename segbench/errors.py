@@ -91,10 +91,10 @@ def _is_misconfiguration(err: BaseException) -> bool:
 def user_error(err: BaseException) -> BaseException | None:
     """The user error behind ``err`` (itself or one in its chain), or ``None`` for a bug."""
     for e in _chain(err):
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        if isinstance(e, SegbenchError) or _is_misconfiguration(e):
             return e
     for e in _chain(err):
-        if isinstance(e, SegbenchError) or _is_misconfiguration(e):
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return e
     if isinstance(err, FileNotFoundError | ValueError | OSError) and _raised_in_segbench(err):
         return err

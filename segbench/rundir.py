@@ -80,10 +80,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             kept = f"; the previous {path.name} is intact" if path.exists() else ""
             raise DiskFullError(
-                errno.ENOSPC,
                 f"{disk_full_message(path)}{kept}. Free some space (or point run.root "
-                "elsewhere) and resume with --ckpt_path last.",
-                str(path),
+                "elsewhere) and resume with --ckpt_path last."
             ) from err
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
