@@ -338,3 +338,19 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tiny, tmp_path, cap
     err = fails(["erf", str(run_dir), "--ckpt", str(evil), "--images", "1"], capsys)
     assert "refused" in err
     assert not marker.exists()  # no code of the file ran
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP on CPU is exercised on Linux")
+def test_sigkill_under_ddp_then_resume_is_bit_identical(tmp_path):
+    # Two processes: each one's random generators and its share of the data order come back.
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    extra = [*RANDOM, *ddp, "--data.init_args.num_train", "64"]
+    whole = tiny_args(tmp_path, name="whole", epochs=2, extra=extra)
+    killed = tiny_args(tmp_path, name="killed", epochs=2, extra=extra)
+    assert run_process(whole) == 0
+    kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=11"]
+    assert run_process([*killed, *kill]) != 0
+    assert load(tmp_path / "test" / "killed" / "checkpoints" / "last.ckpt")["global_step"] == 9
+    assert run_process([*killed, "--ckpt_path", "last"]) == 0
+    assert_identical_runs(tmp_path / "test" / "whole", tmp_path / "test" / "killed")
