@@ -156,6 +156,29 @@ def find_ablation(name: str, root: Path = EXPERIMENTS) -> Ablation:
     raise ConfigError(f"no ablation '{name}' under {root}; found: {', '.join(found) or 'none'}")
 
 
+def write_results(path: Path, group: str, table: str) -> None:
+    """Put ``table`` (the sweep's report) between the ``<!-- sweep:GROUP ... -->`` and
+    ``<!-- /sweep:GROUP -->`` marks of a paper's ``RESULTS.md`` (a new section at its end if it
+    has none); the rest of the file, the reading of the numbers, is left as written."""
+    from segbench.rundir import atomic_write_text
+
+    text = path.read_text() if path.is_file() else "# Results\n"
+    begin = f"<!-- sweep:{group}"
+    end = f"<!-- /sweep:{group} -->"
+    if begin in text and end in text:
+        i = text.index("\n", text.index(begin)) + 1
+        j = text.index(end)
+        text = text[:i] + table.strip() + "\n" + text[j:]
+    else:
+        text = (
+            text.rstrip()
+            + f"\n\n## {group}\n\n{begin} (written by segbench sweep) -->\n"
+            + table.strip()
+            + f"\n{end}\n"
+        )
+    atomic_write_text(path, text)
+
+
 def _expand(step: Step, values: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for arg in step.command:
@@ -340,6 +363,10 @@ def main(argv: list[str]) -> None:
     )
     sys.stdout.write(text)
     log.info("report: %s.md / .csv / .png", out)
+    if ablation is not None and args.scale == "cpu" and not args.out:
+        results = ablation.folder.parent / "RESULTS.md"
+        write_results(results, group, text)
+        log.info("report table: %s", results)
     if failures:
         log.error("failed: %s", ", ".join(failures))
         sys.exit(1)

@@ -154,7 +154,29 @@ def test_an_ablation_sweep_runs_its_steps_and_skips_recorded_runs(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     table = (tmp_path / "results" / "probe.md").read_text()
     assert "gridding/impulse" in table
+    # ... and beside the experiments, in the paper's RESULTS.md, between the sweep marks.
+    results = (tmp_path / "experiments" / "probe" / "RESULTS.md").read_text()
+    assert "<!-- sweep:probe" in results
+    assert "gridding/impulse" in results
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "done, skipped" in again.stderr
     assert "recorded for its checkpoint, skipped" in again.stderr
+
+
+def test_results_tables_are_rewritten_between_the_marks_only(tmp_path):
+    from segbench.analysis.sweep import write_results
+
+    path = tmp_path / "RESULTS.md"
+    path.write_text(
+        "# P\n\nintro\n\n<!-- sweep:g (rewritten) -->\n| old |\n<!-- /sweep:g -->\n\nreading\n"
+    )
+    write_results(path, "g", "| new |\n|---|\n")
+    text = path.read_text()
+    assert "| old |" not in text
+    assert "| new |" in text
+    assert text.startswith("# P\n\nintro\n")
+    assert text.endswith("<!-- /sweep:g -->\n\nreading\n")
+    write_results(path, "h", "| other |")  # a group without marks gets its own section
+    assert "## h" in path.read_text()
+    assert "| new |" in path.read_text()
