@@ -281,7 +281,7 @@ class LastCheckpoint(Callback):
         self._flush = False
 
     def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole training state
         self._last_save = time.monotonic()
         self._flush = True
 
