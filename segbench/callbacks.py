@@ -275,13 +275,15 @@ class LastCheckpoint(Callback):
         every_minutes: float | None = None,
     ) -> None:
         self.path = Path(path)
+        #: Never only the weights: the file is for resuming (optimiser, loops, RNG, loader).
+        self.save_weights_only = False
         self.every_n_steps = every_n_steps
         self.every_minutes = every_minutes
         self._last_save = time.monotonic()
         self._flush = False
 
     def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path, weights_only=False)  # the whole training state
+        trainer.save_checkpoint(self.path, weights_only=self.save_weights_only)
         self._last_save = time.monotonic()
         self._flush = True
 
