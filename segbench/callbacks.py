@@ -276,7 +276,7 @@ class LastCheckpoint(Callback):
     ) -> None:
         self.path = Path(path)
         #: Never only the weights: the file is for resuming (optimiser, loops, RNG, loader).
-        self.save_weights_only = False
+        self.save_weights_only: bool = False
         self.every_n_steps = every_n_steps
         self.every_minutes = every_minutes
         self._last_save = time.monotonic()
