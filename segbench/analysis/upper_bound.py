@@ -41,7 +41,7 @@ from segbench.config import build
 from segbench.data.base import SegmentationDataModule
 from segbench.data.transforms import eval_transform
 from segbench.metrics import SegmentationMetrics
-from segbench.models.layers.dupsample import (
+from segbench.models.layers.label_basis import (
     Basis,
     collect_patches,
     fit_pca,

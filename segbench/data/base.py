@@ -23,9 +23,11 @@ random numbers the training step draws.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -72,6 +74,10 @@ def collate(samples: list[dict[str, object]]) -> dict[str, object]:
             "evaluate whole images one at a time (data.init_args.val_batch_size 1); for "
             "training, crop them to one size (augment.crop_size) or use batch_size 1"
         ) from err
+
+
+def _mask_of(sample: dict[str, Any]) -> torch.Tensor:
+    return sample["mask"]  # type: ignore[return-value]
 
 
 def global_seed() -> int:
@@ -211,9 +217,7 @@ class SegmentationDataModule(L.LightningDataModule):
         first ``max_images`` training images (no augmentation); the weight of c is
         ``median(freq) / freq(c)``, and 1 for a class that never occurs.
         """
-        dataset = self.build_dataset(
-            "train", eval_transform(mean=self.mean, std=self.std, scale=self.scale)
-        )
+        dataset = self._unaugmented("train")
         k = self.num_classes
         pixels = torch.zeros(k, dtype=torch.float64)
         image_pixels = torch.zeros(k, dtype=torch.float64)
@@ -227,6 +231,45 @@ class SegmentationDataModule(L.LightningDataModule):
         weights = torch.ones(k, dtype=torch.float64)
         weights[present] = freq.median() / freq
         return weights.tolist()
+
+    # -- the labels of a split, for data-dependent initialisations (DUpsample's basis) -----------
+    def _unaugmented(self, split: Split) -> Dataset:
+        return self.build_dataset(
+            split, eval_transform(mean=self.mean, std=self.std, scale=self.scale)
+        )
+
+    def label_maps(self, split: Split = "train") -> Iterator[torch.Tensor]:
+        """The ``H x W`` label maps of ``split`` without augmentation, read by this module's
+        loader workers."""
+        loader = DataLoader(
+            self._unaugmented(split),
+            batch_size=None,
+            num_workers=self.num_workers,
+            collate_fn=_mask_of,
+        )
+        yield from loader
+
+    def label_fingerprint(self, split: Split = "train") -> str:
+        """A stable key of the labels of ``split``, cheap to compute (for caches).
+
+        Hashes the data module's class, number of classes, void label, scale and split length, the
+        label file names where the data set lists files (``pairs``, not their directory, so a copy
+        of the data elsewhere shares the key), and the content of three label maps (first, middle,
+        last): a different seed, image size or file list gives a different key.
+        """
+        dataset = self._unaugmented(split)
+        h = hashlib.sha256()
+        cls = type(self)
+        n = len(dataset)  # type: ignore[arg-type]
+        h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
+        h.update(repr((self.num_classes, self.ignore_index, self.scale, n)).encode())
+        for pair in getattr(dataset, "pairs", ()):
+            h.update(Path(pair[-1]).name.encode())
+        for i in sorted({0, n // 2, max(0, n - 1)}):
+            mask = dataset[i]["mask"]  # type: ignore[index]
+            h.update(repr(tuple(mask.shape)).encode())
+            h.update(mask.cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def build_dataset(self, split: Split, transform: object) -> Dataset:
         """Return the data set of ``split`` whose samples go through ``transform``."""

@@ -47,9 +47,11 @@ class SegmentationModel(nn.Module):
     #: CPU in a fraction of a second, for the contract tests; ``{}`` if the defaults are small.
     test_kwargs: ClassVar[dict[str, Any]] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, *, register: bool = True, **kwargs: Any) -> None:
+        """Register the architecture; ``class X(Base, register=False)`` for a network that
+        follows another contract (an ImageNet classifier built on a segmentation model)."""
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
+        if register and not cls.__name__.startswith("_"):
             _REGISTRY[cls.__name__] = cls
 
     def setup_from_data(self, datamodule: L.LightningDataModule) -> None:

@@ -120,6 +120,10 @@ class DRN(SegmentationModel):
             output_stride=OUTPUT_STRIDE,
             weights=backbone_weights,
         )
+        self._build_head(num_classes, upsample)
+
+    def _build_head(self, num_classes: int, upsample: str) -> None:
+        """The 1x1 classifier on the last level and the x8 upsampling (fyu/drn's ``DRNSeg``)."""
         self.seg = nn.Conv2d(self.backbone.out_channels[-1], num_classes, 1, bias=True)
         nn.init.normal_(self.seg.weight, 0.0, math.sqrt(2.0 / num_classes))
         nn.init.zeros_(self.seg.bias)
@@ -137,55 +141,20 @@ class DRN(SegmentationModel):
         return {"out": out[..., :h, :w]}
 
 
-class DRNClassifier(nn.Module):
-    """DRN-A/B/C/D ImageNet classifier: backbone, global average pooling, 1x1 convolution ``fc``.
+class DRNClassifier(DRN, register=False):
+    """DRN-A/B/C/D ImageNet classifier: the same backbone and switches as :class:`DRN` (its
+    arguments, ``upsample`` aside, which a classifier does not use), then global average pooling
+    and a 1x1 convolution ``fc`` (fyu/drn's ``DRN`` classifier).
 
-    For parameter counts and FLOPs (``segbench summary`` with
-    ``experiments/drn/imagenet/``); ``forward`` returns ``N x num_classes`` logits. The switches
-    are :class:`DRN`'s.
-
-    Args:
-        num_classes: number of classes (ImageNet: 1000).
-        depth: the ResNet of levels 3-6 (18, 34, 50, 101).
-        remove_max_pooling: degridding step 1 (``False``: DRN-A).
-        add_levels_78: degridding step 2.
-        remove_residual_78: degridding step 3 (``False``: DRN-B).
-        plain_conv_levels: DRN-D.
-        first_dilation: ``"full"`` (paper) or ``"one"`` (fyu/drn's DRN-A code).
-        unused_projection: fyu/drn's unused level-7 projection of DRN-C-58.
-        width: channel multiplier.
+    For parameter counts and FLOPs (``segbench summary`` with ``experiments/drn/imagenet/``);
+    ``forward`` returns ``N x num_classes`` logits (ImageNet: 1000, set by the data section).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 1000,
-        *,
-        depth: Literal[18, 34, 50, 101] = 18,
-        remove_max_pooling: bool = True,
-        add_levels_78: bool = True,
-        remove_residual_78: bool = True,
-        plain_conv_levels: bool = False,
-        first_dilation: Literal["full", "one"] = "full",
-        unused_projection: bool = False,
-        width: float = 1.0,
-    ) -> None:
-        super().__init__()
-        self.backbone = DRNBackbone(
-            depth=depth,
-            remove_max_pooling=remove_max_pooling,
-            add_levels_78=add_levels_78,
-            remove_residual_78=remove_residual_78,
-            plain_conv_levels=plain_conv_levels,
-            first_dilation=first_dilation,
-            unused_projection=unused_projection,
-            width=width,
-            output_stride=OUTPUT_STRIDE,
-        )
-        self.output_stride = OUTPUT_STRIDE
+    def _build_head(self, num_classes: int, upsample: str) -> None:
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Conv2d(self.backbone.out_channels[-1], num_classes, 1, bias=True)
         nn.init.normal_(self.fc.weight, 0.0, math.sqrt(2.0 / num_classes))
         nn.init.zeros_(self.fc.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         return self.fc(self.pool(self.backbone(x)[-1])).flatten(1)

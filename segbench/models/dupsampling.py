@@ -166,7 +166,7 @@ class DUpsampling(SegmentationModel):
             weights=backbone_weights,
         )
         names = self.backbone.feature_names
-        channels = dict(zip(names, self.backbone.out_channels, strict=True))
+        channels = {f.name: f.channels for f in self.backbone.feature_info}
         head = max(8, round(256 * width))
         reduced = max(4, round(48 * width))
 
@@ -215,7 +215,7 @@ class DUpsampling(SegmentationModel):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = x.shape[-2:]
         x, _ = pad_to_multiple(x, self.output_stride)
-        feats = dict(zip(self.backbone.feature_names, self.backbone(x), strict=True))
+        feats = self.backbone.named(self.backbone(x))
         y = feats[self.backbone.feature_names[-1]]
         if self.fuse_layers:
             y = self.fusion(y, [feats[n] for n in self.fuse_layers])

@@ -112,7 +112,7 @@ class FCN(SegmentationModel):
             dropout=dropout,
             weights=backbone_weights,
         )
-        ch = dict(zip(self.backbone.feature_names, self.backbone.out_channels, strict=True))
+        ch = {f.name: f.channels for f in self.backbone.feature_info}
         pad = 0 if caffe_padding else None
         mid = upsample_learnable in ("intermediate", "all")
         final = upsample_learnable == "all"

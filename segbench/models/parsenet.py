@@ -147,17 +147,15 @@ class ParseNet(SegmentationModel):
             dropout=dropout,
             weights=backbone_weights,
         )
-        names = self.backbone.feature_names
-        channels = dict(zip(names, self.backbone.out_channels, strict=True))
-        strides = dict(zip(names, self.backbone.strides, strict=True))
+        feature = self.backbone.feature
 
         #: fused feature name -> trunk output it is read from (pool6: the global average of it).
         self.sources = dict(LAYER_SOURCES[layers])
         if global_context:
             self.sources[GLOBAL_NAME] = GLOBAL_SOURCE
             self.pool6 = nn.AdaptiveAvgPool2d(1)
-        self.channels = {name: channels[src] for name, src in self.sources.items()}
-        self.output_stride = min(strides[src] for src in LAYER_SOURCES[layers].values())
+        self.channels = {name: feature(src).channels for name, src in self.sources.items()}
+        self.output_stride = min(feature(src).stride for src in LAYER_SOURCES[layers].values())
 
         if normalize:
             self.norms = nn.ModuleDict(
@@ -181,7 +179,7 @@ class ParseNet(SegmentationModel):
         padding; ``pool6`` (the global feature) is ``N x C x 1 x 1``, averaged over the cells
         that overlap the image.
         """
-        trunk = dict(zip(self.backbone.feature_names, self.backbone(x), strict=True))
+        trunk = self.backbone.named(self.backbone(x))
         feats = {name: trunk[src] for name, src in self.sources.items() if name != GLOBAL_NAME}
         if self.global_context:
             src = trunk[GLOBAL_SOURCE]

@@ -12,6 +12,7 @@ from segbench.analysis.upper_bound import evaluate_stride
 from segbench.cli import main
 from segbench.metrics import SegmentationMetrics
 from segbench.models.layers import dupsample as D
+from segbench.models.layers import label_basis as B
 from tests.conftest import REPO
 
 K = 4
@@ -37,7 +38,7 @@ def miou(preds: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
 def test_fast_paths_equal_the_plain_formulas(r):
     train, val = masks(6, seed=0), masks(3, seed=1)
     dims = [K, 3 * K]
-    basis = D.fit_pca(D.collect_patches(train, r, K, 255), dims[-1])
+    basis = B.fit_pca(B.collect_patches(train, r, K, 255), dims[-1])
     got = {
         (x.method, x.dim): x.metrics["mIoU"]
         for x in evaluate_stride(
@@ -47,7 +48,7 @@ def test_fast_paths_equal_the_plain_formulas(r):
     want: dict[tuple[str, int | None], list[torch.Tensor]] = {}
     layer = D.DUpsample(dims[-1], K, r)
     for t in val:
-        padded = D.pad_labels(t, r, 255)[None]
+        padded = B.pad_labels(t, r, 255)[None]
         onehot = F.one_hot(torch.where(padded == 255, K, padded), K + 1)[..., :K]
         onehot = onehot.permute(0, 3, 1, 2).float()
         cells = F.avg_pool2d(onehot, r)
@@ -55,7 +56,7 @@ def test_fast_paths_equal_the_plain_formulas(r):
             kw = {"align_corners": False} if mode == "bilinear" else {}
             up = F.interpolate(cells, size=padded.shape[-2:], mode=mode, **kw)
             want.setdefault((mode, None), []).append(up.argmax(1)[0, : t.shape[0], : t.shape[1]])
-        v = D.space_to_depth(onehot, r)
+        v = B.space_to_depth(onehot, r)
         for k in dims:  # through the layer the network uses
             code = torch.einsum("kn,bnyx->bkyx", basis.encoder[:k], v - basis.mean[:, None, None])
             layer.set_basis(F.pad(basis.weight[:, :k], (0, dims[-1] - k)), basis.mean)
@@ -71,7 +72,7 @@ def test_full_rank_dupsample_is_perfect_and_bilinear_is_not():
     train, val = masks(6, seed=0), masks(3, seed=1)
     r = 4
     n = K * r * r
-    basis = D.fit_pca(D.collect_patches(train + val, r, K, 255), n)
+    basis = B.fit_pca(B.collect_patches(train + val, r, K, 255), n)
     res = evaluate_stride(
         val, r, num_classes=K, ignore_index=255, class_names="abcd", basis=basis, dims=[n]
     )

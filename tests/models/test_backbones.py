@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segbench.models.backbones import VGG16, DRNBackbone, ResNet, TinyBackbone
+from segbench.models.backbones import VGG16, Backbone, DRNBackbone, ResNet, TinyBackbone
 
 BACKBONES = [
     pytest.param(lambda os: VGG16(width=1 / 16, output_stride=os), id="vgg16"),
@@ -44,14 +44,18 @@ BACKBONES = [
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_features_match_the_declared_channels_and_strides(make, output_stride):
     net = make(output_stride).eval()
+    assert isinstance(net, Backbone)  # each output described once, in net.feature_info
     assert max(net.strides) == output_stride == net.output_stride
     assert list(net.strides) == sorted(net.strides)
-    assert len(net.out_channels) == len(net.strides) == len(net.feature_names)
     with torch.no_grad():
         feats = net(torch.randn(1, 3, 64, 96))
-    assert len(feats) == len(net.strides)
-    for f, c, s in zip(feats, net.out_channels, net.strides, strict=True):
-        assert f.shape[1:] == (c, 64 // s, 96 // s)
+    assert len(feats) == len(net.feature_info)
+    for f, info in zip(feats, net.feature_info, strict=True):
+        assert f.shape[1:] == (info.channels, 64 // info.stride, 96 // info.stride)
+        assert net.feature(info.name) == info
+        assert net.named(feats)[info.name] is f
+    with pytest.raises(KeyError, match="has no feature 'nope'"):
+        net.feature("nope")
 
 
 def fake_torchvision_vgg_state(width: float) -> dict[str, torch.Tensor]:

@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from segbench.cache import CACHE_ENV
 from segbench.data import SyntheticSegmentation
 from segbench.models.layers import dupsample as D
+from segbench.models.layers import label_basis as B
 from segbench.models.layers.dupsample import DUpsample
 
 K = 3
@@ -37,7 +39,7 @@ def test_depth_to_space_matches_an_explicit_loop_on_non_square_maps(h, w, r):
                             want[n, ch, y * r + i, xx * r + j] = x[n, ch * r * r + i * r + j, y, xx]
     got = D.depth_to_space(x, r)
     assert torch.equal(got, want)
-    assert torch.equal(D.space_to_depth(got, r), x)
+    assert torch.equal(B.space_to_depth(got, r), x)
 
 
 def test_dupsample_forward_is_w_times_x_plus_mu_rearranged():
@@ -63,7 +65,7 @@ def test_dupsample_forward_is_w_times_x_plus_mu_rearranged():
 def test_label_patches_layout_padding_and_void():
     r = 2
     mask = random_labels(3, 5)  # pads to 4 x 6 with void
-    rows = D.label_patches(mask, r, K, 255)
+    rows = B.label_patches(mask, r, K, 255)
     assert rows.shape == (2 * 3, r * r)
     padded = torch.full((4, 6), 255)
     padded[:3, :5] = mask
@@ -76,7 +78,7 @@ def test_label_patches_layout_padding_and_void():
                     assert int(rows[m, i * r + j]) == (K if v == 255 else v)
             m += 1
     with pytest.raises(ValueError, match="outside"):
-        D.label_patches(torch.tensor([[0, 7], [1, 2]]), 2, K, 255)
+        B.label_patches(torch.tensor([[0, 7], [1, 2]]), 2, K, 255)
 
 
 def test_unique_rows_is_exact_also_when_every_hash_collides(monkeypatch):
@@ -91,16 +93,16 @@ def test_unique_rows_is_exact_also_when_every_hash_collides(monkeypatch):
         assert torch.equal(got_rows[order], want_rows)
         assert torch.allclose(got_counts[order], want_counts)
 
-    check(*D.unique_rows(rows, counts))
-    monkeypatch.setattr(D, "_mix64", lambda x: torch.zeros_like(x))  # every row collides
-    check(*D.unique_rows(rows, counts))
+    check(*B.unique_rows(rows, counts))
+    monkeypatch.setattr(B, "_mix64", lambda x: torch.zeros_like(x))  # every row collides
+    check(*B.unique_rows(rows, counts))
 
 
 @pytest.mark.parametrize(("void", "kept"), [("zero", 2), ("drop_patch", 1)])
 def test_void_handling(void, kept):
     v = 255
     mask = torch.tensor([[0, 1, v, v, 0, v], [1, 1, v, v, 0, 1]])  # clean, all void, partly void
-    patches = D.collect_patches([mask], 2, K, 255, void)
+    patches = B.collect_patches([mask], 2, K, 255, void)
     assert patches.counts.sum() == kept
     if void == "zero":  # the partly void patch keeps its labelled pixels, void is the zero vector
         assert patches.mean().sum() * patches.counts.sum() == 4 + 3
@@ -110,7 +112,7 @@ def dense_patches(masks: list[torch.Tensor], r: int, k: int) -> torch.Tensor:
     """Every patch vector of ``masks`` (void patches dropped), by explicit loops."""
     vectors = []
     for m in masks:
-        m = D.pad_labels(m, r, 255)
+        m = B.pad_labels(m, r, 255)
         for y in range(0, m.shape[0], r):
             for x in range(0, m.shape[1], r):
                 block = m[y : y + r, x : x + r]
@@ -144,7 +146,7 @@ def smooth_masks(n: int, size: int, seed: int) -> list[torch.Tensor]:
 def test_pca_matches_a_dense_reference(exact):
     r, k = 4, 6
     masks = smooth_masks(12, 32, seed=1)
-    basis = D.fit_pca(D.collect_patches(masks, r, K, 255), k, exact=exact, iters=6)
+    basis = B.fit_pca(B.collect_patches(masks, r, K, 255), k, exact=exact, iters=6)
     v = dense_patches(masks, r, K)
     mean = v.mean(0)
     cov = (v - mean).T @ (v - mean) / len(v)
@@ -159,7 +161,7 @@ def test_pca_matches_a_dense_reference(exact):
 def test_full_rank_pca_reconstructs_every_patch_exactly():
     r = 2
     masks = smooth_masks(4, 16, seed=2)
-    basis = D.fit_pca(D.collect_patches(masks, r, K, 255), K * r * r)
+    basis = B.fit_pca(B.collect_patches(masks, r, K, 255), K * r * r)
     v = dense_patches(masks, r, K).float()
     recon = (v - basis.mean) @ basis.encoder.T @ basis.weight.T + basis.mean
     assert torch.allclose(recon, v, atol=1e-4)
@@ -168,16 +170,16 @@ def test_full_rank_pca_reconstructs_every_patch_exactly():
 def test_sgd_fit_approaches_the_pca_optimum():
     r, k = 2, 4
     masks = smooth_masks(8, 32, seed=3)
-    patches = D.collect_patches(masks, r, K, 255)
+    patches = B.collect_patches(masks, r, K, 255)
     v = dense_patches(masks, r, K).float()
 
-    def error(b: D.Basis) -> float:
+    def error(b: B.Basis) -> float:
         recon = (v - b.mean) @ b.encoder.T @ b.weight.T + b.mean
         return float((recon - v).square().sum(1).mean())
 
-    pca = error(D.fit_pca(patches, k))
-    sgd = error(D.fit_sgd(patches, k, steps=1500, lr=3e-3))
-    untrained = error(D.fit_sgd(patches, k, steps=0))
+    pca = error(B.fit_pca(patches, k))
+    sgd = error(B.fit_sgd(patches, k, steps=1500, lr=3e-3))
+    untrained = error(B.fit_sgd(patches, k, steps=0))
     assert pca <= sgd + 1e-4  # PCA is the optimal linear reconstruction
     assert sgd < pca + 0.1 * (untrained - pca)
 
@@ -189,7 +191,7 @@ def tiny_data(seed: int = 0) -> SyntheticSegmentation:
 
 
 def test_fit_from_datamodule_caches_by_data_and_reuses(tmp_path, monkeypatch):
-    monkeypatch.setenv(D.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     first = DUpsample(8, 11, 4)
     first.fit_from_datamodule(tiny_data())
     assert first.basis_source == "fitted"
@@ -229,7 +231,7 @@ def test_trainable_basis_is_a_parameter_and_fixed_one_a_buffer():
 def _ddp_worker(rank: int, world: int, init: str, cache: str, out: str) -> None:
     import torch.distributed as dist
 
-    os.environ[D.CACHE_ENV] = cache
+    os.environ[CACHE_ENV] = cache
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:

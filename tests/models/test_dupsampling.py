@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
+from segbench.cache import CACHE_ENV
 from segbench.cli import main
 from segbench.data import SyntheticSegmentation
 from segbench.models import DUpsampling
-from segbench.models.layers import dupsample as D
 
 TINY = {"width": 1 / 16, "compressed_dim": 16}
 
@@ -64,7 +64,7 @@ def test_any_input_size_is_padded_and_cropped(size):
 
 
 def test_setup_from_data_fits_w_only_for_dupsample(tmp_path, monkeypatch):
-    monkeypatch.setenv(D.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     data = SyntheticSegmentation(num_train=4, image_size=(32, 32), num_workers=0)
     net = DUpsampling(11, **TINY)
     net.setup_from_data(data)
@@ -77,7 +77,7 @@ def test_setup_from_data_fits_w_only_for_dupsample(tmp_path, monkeypatch):
 
 
 def test_fit_fits_w_through_the_task_and_a_second_run_reads_the_cache(tiny, tmp_path, monkeypatch):
-    monkeypatch.setenv(D.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     cfg = tmp_path / "dupsampling.yaml"
     cfg.write_text(
         yaml.safe_dump(

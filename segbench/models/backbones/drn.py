@@ -49,6 +49,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from segbench.models.backbones.base import Backbone
 from segbench.models.backbones.resnet import (
     _LAYERS,
     BasicBlock,
@@ -66,7 +67,7 @@ LEVEL_CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
 RESNET_STEM_CHANNELS = 64
 
 
-class DRNBackbone(nn.Module):
+class DRNBackbone(Backbone):
     """A DRN trunk; ``forward`` returns the output of every level, ordered by stride.
 
     Features: ``level1`` ... ``level8`` without the max-pool (strides 1, 2, 4, 8, 8, 8, 8, 8 at
@@ -200,9 +201,7 @@ class DRNBackbone(nn.Module):
                 inplanes = planes
                 add(level, module, planes, stride)
 
-        self.out_channels: tuple[int, ...] = tuple(channels)
-        self.strides: tuple[int, ...] = tuple(strides)
-        self.feature_names: tuple[str, ...] = tuple(names)
+        self.describe(names, channels, strides)
         self.output_stride = output_stride
         init_resnet(self)
         if weights is not None and not on_meta_device():

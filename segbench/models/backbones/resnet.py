@@ -25,6 +25,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from segbench.models.backbones.base import Backbone
 from segbench.models.backbones.weights import assign_state_dict, load_state_dict, on_meta_device
 
 _LAYERS = {
@@ -173,7 +174,7 @@ def init_resnet(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """A ResNet trunk; ``forward`` returns ``[stem, layer1, layer2, layer3, layer4]``.
 
     Args:
@@ -236,9 +237,11 @@ class ResNet(nn.Module):
             )
             inplanes = planes * block.expansion
 
-        self.out_channels: tuple[int, ...] = (stem_out, *(p * block.expansion for p in c))
-        self.strides: tuple[int, ...] = (2, 4, 8, min(16, output_stride), output_stride)
-        self.feature_names: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
+        self.describe(
+            ["stem", "layer1", "layer2", "layer3", "layer4"],
+            [stem_out, *(p * block.expansion for p in c)],
+            [2, 4, 8, min(16, output_stride), output_stride],
+        )
         self.output_stride = output_stride
         init_resnet(self)
         if weights is not None and not on_meta_device():

@@ -6,8 +6,10 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from segbench.models.backbones.base import Backbone
 
-class TinyBackbone(nn.Module):
+
+class TinyBackbone(Backbone):
     """Five stages of one 3x3 conv-BN-ReLU each, at strides 2, 4, 8, 16, 32.
 
     Args:
@@ -38,9 +40,7 @@ class TinyBackbone(nn.Module):
             strides.append(stride)
             c_in = c_out
         self.stages = nn.ModuleList(stages)
-        self.out_channels: tuple[int, ...] = tuple(channels)
-        self.strides: tuple[int, ...] = tuple(strides)
-        self.feature_names: tuple[str, ...] = tuple(f"stage{i + 1}" for i in range(5))
+        self.describe([f"stage{i + 1}" for i in range(5)], channels, strides)
         self.output_stride = output_stride
 
     def forward(self, x: Tensor) -> list[Tensor]:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs, make_layers
 
+from segbench.models.backbones.base import Backbone
 from segbench.models.backbones.weights import assign_state_dict, load_state_dict, on_meta_device
 
 _STAGE_NAMES = ("pool1", "pool2", "pool3", "pool4", "pool5")
@@ -34,7 +35,7 @@ def _scale(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
-class VGG16(nn.Module):
+class VGG16(Backbone):
     """VGG16 trunk; ``forward`` returns ``[pool1, pool2, pool3, pool4, pool5, fc7]``.
 
     Args:
@@ -102,9 +103,7 @@ class VGG16(nn.Module):
             strides.append(output_stride)
             names.append("fc7")
 
-        self.out_channels: tuple[int, ...] = tuple(channels)
-        self.strides: tuple[int, ...] = tuple(strides)
-        self.feature_names: tuple[str, ...] = tuple(names)
+        self.describe(names, channels, strides)
         self.output_stride = output_stride
         self._init_weights()
         if weights is not None and not on_meta_device():

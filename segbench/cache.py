@@ -1,0 +1,68 @@
+"""Results computed once from the data and kept: on disk, and across DDP processes.
+
+:func:`rank_zero_cached` is the one way segbench caches a data-dependent result (DUpsample's label
+basis; the same fits any statistic of the training labels, such as median-frequency weights):
+rank 0 loads it from the cache or computes and writes it (atomically, so a concurrent reader sees
+the whole file or none), and broadcasts it, or its error, to the other processes. Caches are
+tensors and plain values, loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from segbench.rundir import atomic_torch_save, safe_load
+
+log = logging.getLogger(__name__)
+
+#: Environment variable naming the cache folder (default ``~/.cache/segbench``).
+CACHE_ENV = "SEGBENCH_CACHE"
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    """``cache_dir``, else ``$SEGBENCH_CACHE``, else ``~/.cache/segbench``."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "segbench"
+
+
+def rank_zero_cached(
+    path: Callable[[], Path], compute: Callable[[], Any], *, what: str = "result"
+) -> tuple[Any, str]:
+    """``(value, source)``: the value cached at ``path()``, else ``compute()`` (then cached).
+
+    ``source`` is ``"cache"`` or ``"fitted"`` on rank 0 and ``"broadcast"`` on the others. Under
+    ``torch.distributed`` only rank 0 reads the data (``path()`` may, to key the cache), touches
+    the disk and computes; an error there is raised on every process.
+    """
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rank = dist.get_rank() if distributed else 0
+    payload: Any = None
+    if rank == 0:
+        try:
+            file = path()
+            if file.is_file():
+                payload = (safe_load(file, what=f"{what} cache"), "cache")
+                log.info("%s loaded from %s", what, file)
+            else:
+                value = compute()
+                atomic_torch_save(value, file)
+                log.info("%s cached in %s", what, file)
+                payload = (value, "fitted")
+        except Exception as err:  # sent to the other ranks, re-raised everywhere
+            payload = err
+    if distributed:
+        box = [payload]
+        dist.broadcast_object_list(box, src=0)
+        payload = box[0]
+    if isinstance(payload, Exception):
+        raise RuntimeError(f"{what}: computing it failed on rank 0") from payload
+    value, source = payload
+    return value, source if rank == 0 else "broadcast"
