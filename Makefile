@@ -20,7 +20,7 @@ help:  ## list the targets and the ablations found (experiments/*/*/ablation.yam
 	@for f in experiments/*/*/ablation.yaml; do \
 	  n=$$(sed -n 's/^name: *//p' $$f); d=$$(sed -n 's/^description: *//p' $$f | tr -d '"'); \
 	  m=$$(sed -n 's/^minutes_per_seed: *//p' $$f); \
-	  printf "  \033[36m%-26s\033[0m %s (CPU ~%s min/seed)\n" "ablation-$$n" "$$d" "$$m"; done
+	  printf "  \033[36m%-26s\033[0m %s%s\n" "ablation-$$n" "$$d" "$${m:+ (CPU ~$$m min/seed)}"; done
 	@echo "  variables: SEEDS='$(SEEDS)' SCALE=$(SCALE) (cpu|long|paper) VENV=$(VENV)"
 	@echo "  an ablation is also found by its paper's folder: make ablation-drn"
 
