@@ -55,7 +55,7 @@ from segbench.config import (
 from segbench.data.base import SegmentationDataModule
 from segbench.errors import CheckpointError, ConfigError, SegbenchError
 from segbench.loggers import ResumableCSVLogger, choose_wandb_mode
-from segbench.rundir import RunCheckpointIO, RunDir, safe_load
+from segbench.rundir import RunCheckpointIO, RunDir, atomic_write_text
 from segbench.task import DEFAULT_OPTIMIZER, SegmentationTask
 
 log = logging.getLogger("segbench")
@@ -90,10 +90,7 @@ class SaveRunConfig(SaveConfigCallback):
         if trainer.is_global_zero:
             run = RunDir(trainer.default_root_dir)
             run.path.mkdir(parents=True, exist_ok=True)
-            text = self.parser.dump(self.config, skip_none=False)
-            from segbench.rundir import atomic_write_text
-
-            atomic_write_text(run.config, text)
+            atomic_write_text(run.config, self.parser.dump(self.config, skip_none=False))
             flat = flatten(self.config)
             for logger in trainer.loggers:
                 logger.log_hyperparams(flat)
@@ -114,18 +111,6 @@ class _Parser(LightningArgumentParser):
         super().error(message + (f"\n  found in: {where}" if where else ""), ex)
 
 
-def _finished(checkpoint: dict[str, Any], trainer_cfg: Any) -> bool:
-    """Whether ``checkpoint`` is the end of training under the config's limits."""
-    max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps", -1)
-    if max_epochs is None and (max_steps is None or max_steps == -1):
-        max_epochs = 1000  # Lightning's default
-    epochs = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
-    steps = checkpoint.get("global_step", 0)
-    return (max_epochs not in (None, -1) and epochs >= max_epochs) or (
-        max_steps not in (None, -1) and steps >= max_steps
-    )
-
-
 class SegbenchCLI(LightningCLI):
     """LightningCLI with segbench's task, data base class, links and run directory."""
 
@@ -142,6 +127,8 @@ class SegbenchCLI(LightningCLI):
         self._aside: Path | None = None
         self._smoke_dir: Path | None = None
         self._skip_fit = ""
+        self._test_after_skip = False
+        self._ckpt_progress: tuple[int, int] | None = None
         try:
             super().__init__(args=args, run=run, **kwargs)
         except BaseException:
@@ -195,7 +182,11 @@ class SegbenchCLI(LightningCLI):
             elif ckpt and not Path(ckpt).is_file():
                 raise CheckpointError(f"--ckpt_path {ckpt}: no such file")
             if self.config[sub].get("ckpt_path"):
-                RunCheckpointIO().load_checkpoint(self.config[sub].ckpt_path)
+                checkpoint = RunCheckpointIO().load_checkpoint(self.config[sub].ckpt_path)
+                self._ckpt_progress = (
+                    checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"],
+                    checkpoint.get("global_step", 0),
+                )
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
@@ -213,26 +204,38 @@ class SegbenchCLI(LightningCLI):
         if mode in ("online", "offline"):
             os.environ["WANDB_MODE"] = mode
         os.environ.setdefault("WANDB_CONSOLE", "off")  # keep W&B off our progress bars
-        if self.subcommand == "fit":
+        if self.subcommand == "fit" and self._ckpt_progress is not None:
+            self._check_finished(*self._ckpt_progress)  # on every process: all skip, or none
+        elif self.subcommand == "fit":
             self._prepare_run_dir()
+
+    def _check_finished(self, epochs: int, steps: int) -> None:
+        """A resumed run whose checkpoint is the end of training under the config's limits
+        trains nothing (it only tests, if the test after fit is missing)."""
+        trainer = self.cfg.trainer
+        max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+        if max_epochs is None and max_steps in (None, -1):
+            max_epochs = 1000  # Lightning's default
+        if not (
+            (max_epochs not in (None, -1) and epochs >= max_epochs)
+            or (max_steps not in (None, -1) and steps >= max_steps)
+        ):
+            return
+        self._skip_fit = (
+            f"{self.run.path} finished training at epoch {epochs}, step {steps} "
+            f"(trainer.max_epochs {max_epochs}, max_steps {max_steps}): nothing to resume"
+        )
+        self._test_after_skip = bool(self.cfg.run.test_after_fit) and not self.run.section(
+            "fit"
+        ).get("test")
+        if self._test_after_skip:
+            self._skip_fit += "; testing the best checkpoint, which had not been tested"
 
     @rank_zero_only
     def _prepare_run_dir(self) -> None:
+        """A fresh fit starts from an empty directory (an earlier run is refused, or set aside
+        with ``--run.overwrite``)."""
         run = self.run
-        if self.cfg.ckpt_path:
-            checkpoint = safe_load(self.cfg.ckpt_path)
-            if _finished(checkpoint, self.cfg.trainer):
-                fit = run.section("fit")
-                self._skip_fit = (
-                    f"{run.path} finished training at epoch "
-                    f"{checkpoint['loops']['fit_loop']['epoch_progress']['current']['processed']}"
-                    f", step {checkpoint['global_step']} (trainer.max_epochs "
-                    f"{self.cfg.trainer.get('max_epochs')}, max_steps "
-                    f"{self.cfg.trainer.get('max_steps')}): nothing to resume"
-                )
-                if self.cfg.run.test_after_fit and not fit.get("test"):
-                    self._skip_fit += "; testing the best checkpoint, which had not been tested"
-            return
         if not run.path.exists():
             return
         if run.has_checkpoints() and not self.cfg.run.overwrite:
@@ -241,8 +244,7 @@ class SegbenchCLI(LightningCLI):
                 "--ckpt_path last, start over with --run.overwrite true (it is moved aside and "
                 "deleted once the new run trains), or choose another --run.name."
             )
-        # A fresh fit starts from an empty directory; the old one goes once training starts.
-        self._aside = run.set_aside()
+        self._aside = run.set_aside()  # deleted once training starts
         log.info("moved the earlier files of %s aside to %s", run.path, self._aside)
 
     def _discard_aside(self, *_: Any) -> None:
@@ -259,6 +261,7 @@ class SegbenchCLI(LightningCLI):
     def _loggers(self) -> list[Logger]:
         run = self.run
         resume = bool(self.cfg.get("ckpt_path")) or self.subcommand != "fit"
+        mode = "append" if self.subcommand != "fit" else "resume" if resume else "new"
         loggers: list[Logger] = []
         if self.cfg.run.wandb != "disabled":
             cfg = self.cfg.run
@@ -275,9 +278,7 @@ class SegbenchCLI(LightningCLI):
                     log_model=False,
                 )
             )
-        loggers.append(
-            ResumableCSVLogger(save_dir=str(run.path), name="", version="", resume=resume)
-        )
+        loggers.append(ResumableCSVLogger(save_dir=str(run.path), name="", version="", mode=mode))
         return loggers
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -328,7 +329,7 @@ class SegbenchCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         if subcommand == "fit" and self._skip_fit:
             log.info(self._skip_fit)
-            if self.cfg.run.test_after_fit and not self.run.section("fit").get("test"):
+            if self._test_after_skip:
                 best = self.run.checkpoint("best")
                 self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=str(best))
             self._finish()

@@ -12,8 +12,10 @@ columns, never fewer; every rewrite is atomic.
 **W&B** never blocks a run: :func:`choose_wandb_mode` never picks a mode that prompts for a key or
 waits on a server that does not answer (see ``run.wandb`` in :class:`segbench.config.RunConfig`).
 
-A resumed run (``resume=True``) first drops the rows that the interrupted attempt logged after
-its checkpoint: those with a step at or past the first step the resumed run logs. Those steps are
+Three modes: ``"new"`` (a fresh ``fit``: a new file), ``"append"`` (``validate`` / ``test`` /
+``predict`` on a trained run: its rows are added, the training history is kept) and ``"resume"``
+(``fit --ckpt_path``): the rows that the interrupted attempt logged after its checkpoint are
+dropped first, those with a step at or past the first step the resumed run logs. Those steps are
 trained and logged again, so the file ends with one row per step, as if never interrupted.
 """
 
@@ -27,6 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Literal
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -35,6 +38,8 @@ from segbench.errors import ConfigError, SegbenchError
 from segbench.rundir import atomic_write_text
 
 log = logging.getLogger("segbench")
+
+CSVMode = Literal["new", "append", "resume"]
 
 
 def _write_rows(path: str, fieldnames: list[str], rows: list[dict[str, str]]) -> None:
@@ -46,11 +51,11 @@ def _write_rows(path: str, fieldnames: list[str], rows: list[dict[str, str]]) ->
 
 
 class _ResumableWriter(ExperimentWriter):
-    def __init__(self, log_dir: str, *, resume: bool) -> None:
+    def __init__(self, log_dir: str, *, mode: CSVMode) -> None:
         super().__init__(log_dir)
-        self._drop_from_first_step = resume
+        self._drop_from_first_step = mode == "resume"
         if os.path.isfile(self.metrics_file_path):
-            if resume:
+            if mode != "new":
                 with open(self.metrics_file_path, newline="") as f:
                     self.metrics_keys = next(csv.reader(f), [])
             else:  # a fresh run never continues an old file
@@ -83,18 +88,17 @@ class _ResumableWriter(ExperimentWriter):
 
 
 class ResumableCSVLogger(CSVLogger):
-    """``CSVLogger`` that continues ``metrics.csv`` when resuming (``resume=True``) and starts
-    it afresh otherwise."""
+    """``CSVLogger`` whose ``metrics.csv`` is new, appended to, or resumed (see the module)."""
 
-    def __init__(self, *args: object, resume: bool = False, **kwargs: object) -> None:
+    def __init__(self, *args: object, mode: CSVMode = "new", **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._resume = resume
+        self._mode: CSVMode = mode
 
     @property
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ResumableWriter(log_dir=self.log_dir, resume=self._resume)
+            self._experiment = _ResumableWriter(log_dir=self.log_dir, mode=self._mode)
         return self._experiment
 
 

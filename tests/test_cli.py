@@ -120,6 +120,8 @@ def test_fit_then_test_writes_a_complete_run_directory(tiny):
     # section (with the checkpoint it used) and never replaces fit's.
     test_after_fit = m["test"]
     run_main(["test", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "best"])
+    with (run_dir / "metrics.csv").open() as f:  # the training history is kept
+        assert [r for r in csv.DictReader(f) if r.get("val/mIoU")]
     data = json.loads((run_dir / "metrics.json").read_text())
     assert data["test"]["metrics"] == test_after_fit
     assert data["test"]["checkpoint"].endswith("checkpoints/best.ckpt")

@@ -16,7 +16,7 @@ def test_a_resumed_run_appends_without_losing_columns_or_rows(tmp_path):
     first = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="")
     first.log_metrics({"train/loss": 1.0, "val/mIoU": 0.5}, step=0)
     first.save()
-    second = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", resume=True)
+    second = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", mode="resume")
     second.log_metrics({"train/loss": 0.5}, step=1)  # no val/mIoU yet after resuming
     second.save()
     second.log_metrics({"train/lr": 0.1}, step=2)  # a new column
@@ -33,7 +33,7 @@ def test_a_resumed_run_drops_the_rows_logged_after_its_checkpoint(tmp_path):
     for step in range(5):  # the killed attempt logged steps 0-4; its checkpoint was at step 2
         first.log_metrics({"train/loss": float(step)}, step=step)
     first.save()
-    second = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", resume=True)
+    second = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", mode="resume")
     for step in (3, 4, 5):  # the resumed run logs from step 3 on
         second.log_metrics({"train/loss": 10.0 + step}, step=step)
     second.save()
