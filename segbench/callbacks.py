@@ -95,7 +95,6 @@ class RunFiles(Callback):
         info = provenance(trainer)
         if trainer.is_global_zero:
             self.run.update(lambda d: self._start(d, info))
-        self._write_fit(trainer)
         stated = self.effective_batch
         if stated is not None and info["effective_batch"] != stated and trainer.is_global_zero:
             log.warning(
@@ -112,7 +111,9 @@ class RunFiles(Callback):
             )
 
     def _start(self, data: dict[str, Any], info: dict[str, Any]) -> None:
-        """The config and the provenance; every start of the run (resumes too) is kept."""
+        """The fit section, the config and the provenance; every start of the run (resumes
+        too) is kept."""
+        data["fit"] = self.fit
         if self.config is not None:
             data["config"] = self.config
         attempts = (data.get("provenance") or {}).get("attempts", [])
@@ -466,7 +467,7 @@ class SegmentationVisualizer(Callback):
         img = Image.fromarray(grid)
         if scale > 1:
             img = img.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-        img.save(self.run_dir / "val_examples.png")
+        img.save(RunDir(self.run_dir).file(RunDir.VAL_EXAMPLES))
 
     def _log_wandb(
         self,

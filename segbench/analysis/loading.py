@@ -17,7 +17,6 @@ from torch import Tensor, nn
 
 from segbench.config import build
 from segbench.data.base import SegmentationDataModule, Split
-from segbench.data.transforms import eval_transform
 from segbench.errors import CheckpointError
 from segbench.rundir import RunDir, safe_load
 from segbench.task import SegmentationTask
@@ -94,7 +93,7 @@ def sample_images(dm: SegmentationDataModule, num: int, split: Split = "val") ->
 
     All images must share a size (true of the synthetic scenes; crop real data sets first).
     """
-    dataset = dm.build_dataset(split, eval_transform(mean=dm.mean, std=dm.std, scale=dm.scale))
+    dataset = dm.unaugmented(split)
     images = [dataset[i]["image"] for i in range(min(num, len(dataset)))]  # type: ignore[arg-type]
     sizes = {tuple(im.shape[-2:]) for im in images}
     if len(sizes) > 1:

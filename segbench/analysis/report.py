@@ -143,7 +143,7 @@ def learning_curve(run_dir: Path, key: str = "val/mIoU") -> dict[int, float]:
 
     A resumed run logs the epoch it resumed in again; the last value logged for an epoch wins.
     """
-    path = Path(run_dir) / "metrics.csv"
+    path = RunDir(run_dir).csv
     curve: dict[int, float] = {}
     if path.is_file():
         with path.open(newline="") as f:

@@ -39,7 +39,6 @@ from torch import Tensor
 
 from segbench.config import build
 from segbench.data.base import SegmentationDataModule
-from segbench.data.transforms import eval_transform
 from segbench.metrics import SegmentationMetrics
 from segbench.models.layers.label_basis import (
     Basis,
@@ -79,10 +78,7 @@ def read_masks(
 ) -> list[Tensor]:
     """The label maps of a split (no augmentation, at the data module's scale), as uint8 when
     they fit."""
-    dataset = datamodule.build_dataset(
-        split,  # type: ignore[arg-type]
-        eval_transform(mean=datamodule.mean, std=datamodule.std, scale=datamodule.scale),
-    )
+    dataset = datamodule.unaugmented(split)  # type: ignore[arg-type]
     n = len(dataset)  # type: ignore[arg-type]
     if max_images is not None:
         n = min(n, max_images)

@@ -217,7 +217,7 @@ class SegmentationDataModule(L.LightningDataModule):
         first ``max_images`` training images (no augmentation); the weight of c is
         ``median(freq) / freq(c)``, and 1 for a class that never occurs.
         """
-        dataset = self._unaugmented("train")
+        dataset = self.unaugmented("train")
         k = self.num_classes
         pixels = torch.zeros(k, dtype=torch.float64)
         image_pixels = torch.zeros(k, dtype=torch.float64)
@@ -233,7 +233,8 @@ class SegmentationDataModule(L.LightningDataModule):
         return weights.tolist()
 
     # -- the labels of a split, for data-dependent initialisations (DUpsample's basis) -----------
-    def _unaugmented(self, split: Split) -> Dataset:
+    def unaugmented(self, split: Split) -> Dataset:
+        """The data set of ``split`` without augmentation (normalised, at the module's scale)."""
         return self.build_dataset(
             split, eval_transform(mean=self.mean, std=self.std, scale=self.scale)
         )
@@ -242,7 +243,7 @@ class SegmentationDataModule(L.LightningDataModule):
         """The ``H x W`` label maps of ``split`` without augmentation, read by this module's
         loader workers."""
         loader = DataLoader(
-            self._unaugmented(split),
+            self.unaugmented(split),
             batch_size=None,
             num_workers=self.num_workers,
             collate_fn=_mask_of,
@@ -257,7 +258,7 @@ class SegmentationDataModule(L.LightningDataModule):
         of the data elsewhere shares the key), and the content of three label maps (first, middle,
         last): a different seed, image size or file list gives a different key.
         """
-        dataset = self._unaugmented(split)
+        dataset = self.unaugmented(split)
         h = hashlib.sha256()
         cls = type(self)
         n = len(dataset)  # type: ignore[arg-type]
