@@ -281,14 +281,15 @@ class RunDir:
         """Replace one section (``fit``, ``validate``, ``test``, ``config``, ``provenance``)."""
         self.update(lambda d: d.__setitem__(name, value))
 
-    def record(self, tool: str, values: dict[str, float], *, checkpoint: str | Path) -> None:
-        """An analysis tool's summary (``--record``), with the checkpoint it measured."""
+    def record(self, tool: str, values: dict[str, float], *, checkpoint: str | Path | None) -> None:
+        """An analysis tool's summary (``--record``), with the checkpoint it measured (``None``
+        for a tool that reads only the run's data)."""
 
         def change(d: dict[str, Any]) -> None:
-            ckpt = Path(checkpoint)
+            ckpt = Path(checkpoint) if checkpoint is not None else None
             d.setdefault("records", {})[tool] = {
-                "checkpoint": str(checkpoint),
-                "checkpoint_mtime": ckpt.stat().st_mtime if ckpt.is_file() else None,
+                "checkpoint": None if checkpoint is None else str(checkpoint),
+                "checkpoint_mtime": ckpt.stat().st_mtime if ckpt and ckpt.is_file() else None,
                 "values": {k: float(v) for k, v in values.items()},
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }

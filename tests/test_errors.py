@@ -259,8 +259,8 @@ CASES: list[tuple[str, Args, int, str]] = [
         "no best-of-all checkpoint",
     ),
     (
-        "tool with a foreign checkpoint",
-        lambda w: ["gridding", "--runs", str(w.run), "--ckpt", "nope"],
+        "tool with a missing checkpoint",
+        lambda w: ["gridding", str(w.run), "--ckpt", "nope"],
         1,
         "no nope checkpoint",
     ),

@@ -94,7 +94,7 @@ def test_erf_notebook(fcn_and_parsenet_runs):
     # A 64 x 64 image lies inside both theoretical fields; only global context is unbounded.
     assert "| 100% | 436x436 |" in rows["fcn32s"]
     assert "| 100% | global" in rows["parsenet"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # one per model
 
 
 def test_gridding_notebook_on_fresh_models():

@@ -1,5 +1,5 @@
-"""``segbench erf (RUN_DIR | --config FILE.yaml [overrides])``: empirical vs theoretical
-receptive field of one output unit, for any segbench model.
+"""``segbench erf [RUN_DIR ...] [--config FILE.yaml [overrides]] [options]``: empirical vs
+theoretical receptive field of one output unit, for any segbench model.
 
 **Empirical** (ParseNet section 3.1's experiment): slide a ``--patch`` x ``--patch`` window over
 the image with step ``--stride``, replace the window by Gaussian noise (``--noise`` times the
@@ -30,27 +30,28 @@ inside the image (what the unit can see of this image), and its unclipped extent
 ``backbone.fc7``; the unit's pixel maps to the cell at the same relative position), e.g. for a
 fresh network whose zero-initialised classifier makes the logits constant.
 
-Writes a markdown table (stdout and ``--out PREFIX.md``), ``PREFIX.json`` and ``PREFIX.png``: the
-first image with the unit, and the heat map with the empirical field's outline and the
-theoretical support's bounding box.
+Prints a markdown table; ``--out DIR`` writes it to ``erf.md`` with ``erf.json`` and ``erf.png``
+(the first image with the unit, and the heat map with the empirical field's outline and the
+theoretical support's bounding box). Models, checkpoint, split, output and ``--record``: see
+:mod:`segbench.analysis.tool`.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
-from segbench.analysis.loading import denormalise, load_model, sample_images
+from segbench.analysis.loading import LoadedModel, denormalise, sample_images
+from segbench.analysis.tool import Common, Tool
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Measure = Literal["score", "prediction"]
 
@@ -262,6 +263,8 @@ class ReceptiveField:
     canvas: int
     heat: Tensor = field(repr=False)
     support: Tensor = field(repr=False)
+    #: The first image (RGB in [0, 1], ``3 x H x W``) for the figure.
+    image: Tensor | None = field(default=None, repr=False)
 
     @property
     def empirical_mask(self) -> Tensor:
@@ -305,10 +308,50 @@ class ReceptiveField:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d.pop("heat")
-        d.pop("support")
+        for tensor in ("heat", "support", "image"):
+            d.pop(tensor)
         d["empirical_over_theoretical"] = self.empirical.area / max(self.theoretical.area, 1)
         return d
+
+    def summary(self) -> dict[str, float]:
+        """The field sizes as fractions of the image (``--record``)."""
+        return {
+            "erf/empirical_fraction": self.empirical.fraction,
+            "erf/empirical_side": self.empirical.side,
+            "erf/theoretical_fraction": self.theoretical.fraction,
+            "erf/empirical_over_theoretical": self.empirical.area / max(self.theoretical.area, 1),
+        }
+
+    def plot(self, fig: Figure) -> None:
+        """The image with the unit, and the heat map with the empirical field's outline (white)
+        and the theoretical support's bounding box (dashed)."""
+        from matplotlib.patches import Rectangle
+
+        ax_img, ax_heat = fig.subplots(1, 2)
+        y, x = self.unit
+        if self.image is not None:
+            ax_img.imshow(self.image.permute(1, 2, 0).numpy())
+        ax_img.set_title("image (first of the set) and unit", fontsize=9)
+        im = ax_heat.imshow(self.heat.numpy(), cmap="inferno")
+        ax_heat.contour(self.empirical_mask.numpy().astype(float), levels=[0.5], colors="white")
+        if self.theoretical.bbox is not None:
+            top, left, h, w = self.theoretical.bbox
+            ax_heat.add_patch(
+                Rectangle((left - 0.5, top - 0.5), w, h, fill=False, ls="--", ec="cyan", lw=1.5)
+            )
+        ax_heat.set_title(
+            f"{self.model}\nERF {100 * self.empirical.fraction:.1f}% of the image "
+            f"(side {self.empirical.side:.0f} px), theoretical "
+            f"{100 * self.theoretical.fraction:.0f}% "
+            f"(unclipped {self.extent_text().split(' (')[0]})",
+            fontsize=8,
+        )
+        for ax in (ax_img, ax_heat):
+            ax.plot([x], [y], marker="+", color="lime", ms=12, mew=2)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        label = f"mean change ({self.measure})"
+        fig.colorbar(im, ax=ax_heat, fraction=0.046, pad=0.04, label=label)
 
 
 def receptive_field(
@@ -386,101 +429,69 @@ def receptive_field(
     )
 
 
-def plot(rf: ReceptiveField, image: Tensor, path: Path | None = None, axes: object = None) -> None:
-    """The image with the unit, and the heat map with the empirical field's outline (white)
-    and the theoretical support's bounding box (dashed)."""
-    import matplotlib
+@dataclass
+class Options:
+    """Options of ``segbench erf``.
 
-    if path is not None:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
+    Args:
+        unit: the unit's pixel (y, x); default: the centre
+        layer: 'out' (the logits) or a dotted module name such as backbone.fc7
+        images: images to average over
+        patch: side of the noise window (pixels)
+        stride: step between windows (pixels)
+        noise: noise std in normalised units (1.0: image-like contrast)
+        draws: noise draws per window
+        measure: the change of the unit's logit vector (score) or of its predicted class
+        threshold: the empirical field is heat >= threshold x max
+        canvas: side of the canvas for the unclipped theoretical field (0: skip)
+        batch_size: perturbed images per forward pass
+        seed: seed of the noise and of the structural copy
+    """
 
-    if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(8.5, 4))
-    else:
-        fig = None
-    ax_img, ax_heat = axes  # type: ignore[misc]
-    y, x = rf.unit
-    ax_img.imshow(image.permute(1, 2, 0).numpy())
-    ax_img.set_title("image (first of the set) and unit", fontsize=9)
-    heat = rf.heat.numpy()
-    im = ax_heat.imshow(heat, cmap="inferno")
-    ax_heat.contour(rf.empirical_mask.numpy().astype(float), levels=[0.5], colors="white")
-    if rf.theoretical.bbox is not None:
-        top, left, h, w = rf.theoretical.bbox
-        ax_heat.add_patch(
-            Rectangle((left - 0.5, top - 0.5), w, h, fill=False, ls="--", ec="cyan", lw=1.5)
+    unit: tuple[int, int] | None = None
+    layer: str = "out"
+    images: int = 4
+    patch: int = 8
+    stride: int = 8
+    noise: float = 1.0
+    draws: int = 1
+    measure: Measure = "score"
+    threshold: float = 0.1
+    canvas: int = 512
+    batch_size: int = 64
+    seed: int = 0
+
+
+class Erf(Tool[Options, ReceptiveField]):
+    name = "erf"
+    Options = Options
+    test_options = ("--images", "1", "--patch", "16", "--stride", "16", "--canvas", "0")
+    figsize = (8.5, 4.0)
+
+    def measure(self, model: LoadedModel, options: Options, common: Common) -> ReceptiveField:
+        images = sample_images(model.datamodule, options.images, common.split)
+        rf = receptive_field(
+            model.net,
+            images,
+            options.unit,
+            layer=options.layer,
+            patch=options.patch,
+            stride=options.stride,
+            noise=options.noise,
+            draws=options.draws,
+            measure=options.measure,
+            threshold=options.threshold,
+            canvas=options.canvas,
+            batch_size=options.batch_size,
+            seed=options.seed,
+            model=model.name,
         )
-    ax_heat.set_title(
-        f"{rf.model}\nERF {100 * rf.empirical.fraction:.1f}% of the image "
-        f"(side {rf.empirical.side:.0f} px), theoretical {100 * rf.theoretical.fraction:.0f}% "
-        f"(unclipped {rf.extent_text().split(' (')[0]})",
-        fontsize=8,
-    )
-    for ax in (ax_img, ax_heat):
-        ax.plot([x], [y], marker="+", color="lime", ms=12, mew=2)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if fig is not None:
-        fig.colorbar(im, ax=ax_heat, fraction=0.046, pad=0.04, label=f"mean change ({rf.measure})")
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=120)
-            plt.close(fig)
+        rf.image = denormalise(images[:1], model.datamodule)[0]
+        return rf
+
+
+TOOL = Erf(__doc__)
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="segbench erf",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--unit", type=int, nargs=2, metavar=("Y", "X"), help="default: centre")
-    parser.add_argument("--layer", default="out", help="'out' (logits) or a module name")
-    parser.add_argument("--images", type=int, default=4, help="validation images to average")
-    parser.add_argument("--patch", type=int, default=8, help="noise window side (pixels)")
-    parser.add_argument("--stride", type=int, default=8, help="step between windows")
-    parser.add_argument("--noise", type=float, default=1.0, help="noise std (normalised units)")
-    parser.add_argument("--draws", type=int, default=1, help="noise draws per window")
-    parser.add_argument("--measure", choices=["score", "prediction"], default="score")
-    parser.add_argument("--threshold", type=float, default=0.1, help="ERF: heat >= this x max")
-    parser.add_argument(
-        "--canvas",
-        type=int,
-        default=512,
-        help="canvas for the unclipped theoretical field (0: skip)",
-    )
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ckpt", default="best", help="checkpoint of a run: best, last or a path")
-    parser.add_argument("--out", help="write PREFIX.md, PREFIX.json and PREFIX.png")
-    known, rest = parser.parse_known_args(argv)
-    if not rest:
-        parser.error("give a run directory or --config FILE.yaml")
-    loaded = load_model(rest, ckpt=known.ckpt)
-    images = sample_images(loaded.datamodule, known.images)
-    rf = receptive_field(
-        loaded.net,
-        images,
-        tuple(known.unit) if known.unit else None,
-        layer=known.layer,
-        patch=known.patch,
-        stride=known.stride,
-        noise=known.noise,
-        draws=known.draws,
-        measure=known.measure,
-        threshold=known.threshold,
-        canvas=known.canvas,
-        batch_size=known.batch_size,
-        seed=known.seed,
-        model=loaded.name,
-    )
-    text = rf.markdown()
-    if known.out:
-        prefix = Path(known.out)
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-        prefix.with_suffix(".md").write_text(text)
-        prefix.with_suffix(".json").write_text(json.dumps(rf.to_json(), indent=2) + "\n")
-        plot(rf, denormalise(images[:1], loaded.datamodule)[0], prefix.with_suffix(".png"))
-    sys.stdout.write(text)
+    TOOL.main(argv)

@@ -1,4 +1,4 @@
-"""``segbench feature-norms (RUN_DIR | --config FILE.yaml [overrides]) [--modules ...]``.
+"""``segbench feature-norms [RUN_DIR ...] [--config FILE.yaml [overrides]] [--modules ...]``.
 
 ParseNet's observation (section 3.3): the features of different layers differ in scale, often by
 orders of magnitude, so a naive concatenation is dominated by the largest. This tool measures it
@@ -10,27 +10,29 @@ Tapped layers: every output of ``net.backbone`` when the backbone names them
 ``--modules`` (dotted names inside the network, e.g. ``pool6`` for ParseNet's global feature or
 ``norms.fc7`` for a normalised one).
 
-Images: the first ``--images`` of the validation split, without augmentation. A trained run is
+Images: the first ``--images`` of ``--split``, without augmentation. A trained run is
 measured in eval mode (batch norm with its running statistics). A fresh network's running
 statistics are still the initial ones, so by default its batch-norm layers use the batch's own
 statistics, as in the first training step (``--bn`` overrides either choice). Dropout is off.
+``--out DIR`` writes ``feature-norms.{md,json,png}``; the rest of the command line is shared by
+every tool (:mod:`segbench.analysis.tool`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
-from segbench.analysis.loading import load_model, sample_images
+from segbench.analysis.loading import LoadedModel, sample_images
+from segbench.analysis.tool import Common, Tool
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -137,78 +139,92 @@ def feature_norms(
     return rows
 
 
-def markdown(rows: Sequence[LayerNorm]) -> str:
-    smallest = min((r.mean for r in rows if r.mean > 0), default=1.0)
-    lines = [
-        "| layer | channels | map | stride | mean L2 norm | std | x smallest |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r.name} | {r.channels} | {r.size[0]}x{r.size[1]} | "
-            f"{'global' if r.size == (1, 1) else f'{r.stride:g}'} | "
-            f"{r.mean:.4g} | {r.std:.3g} | {r.mean / smallest:.3g} |"
+@dataclass
+class FeatureNorms:
+    """The feature norms of one model's tapped layers."""
+
+    title: str
+    layers: list[LayerNorm]
+
+    def markdown(self) -> str:
+        smallest = min((r.mean for r in self.layers if r.mean > 0), default=1.0)
+        lines = [
+            f"Feature norms: {self.title}",
+            "",
+            "| layer | channels | map | stride | mean L2 norm | std | x smallest |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in self.layers:
+            lines.append(
+                f"| {r.name} | {r.channels} | {r.size[0]}x{r.size[1]} | "
+                f"{'global' if r.size == (1, 1) else f'{r.stride:g}'} | "
+                f"{r.mean:.4g} | {r.std:.3g} | {r.mean / smallest:.3g} |"
+            )
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict:
+        return {"title": self.title, "layers": [asdict(r) for r in self.layers]}
+
+    def summary(self) -> dict[str, float]:
+        """Each layer's mean norm, and the largest over the smallest (``--record``)."""
+        out = {f"feature_norms/{r.name}": r.mean for r in self.layers}
+        positive = [r.mean for r in self.layers if r.mean > 0]
+        if positive:
+            out["feature_norms/max_over_min"] = max(positive) / min(positive)
+        return out
+
+    def plot(self, fig: Figure) -> None:
+        """A bar per layer, on a log scale."""
+        fig.set_size_inches(1.0 * len(self.layers) + 2.5, 3.5)
+        ax = fig.subplots()
+        x = list(range(len(self.layers)))
+        means = [max(r.mean, 1e-12) for r in self.layers]
+        ax.bar(x, means, color="#4c72b0")
+        ax.set_yscale("log")
+        ax.set_xticks(x, [r.name for r in self.layers], rotation=30, ha="right")
+        ax.set_ylabel("mean L2 norm over channels")
+        ax.set_title(self.title, fontsize=9)
+        for i, m in enumerate(means):
+            ax.text(i, m, f"{m:.3g}", ha="center", va="bottom", fontsize=8)
+
+
+@dataclass
+class Options:
+    """Options of ``segbench feature-norms``.
+
+    Args:
+        modules: dotted names of further modules to tap (e.g. pool6, norms.fc7)
+        images: images to average over
+        batch_size: images per forward pass
+        bn: batch-norm statistics: auto = running for a trained run, batch for a fresh network
+    """
+
+    modules: list[str] = field(default_factory=list)
+    images: int = 16
+    batch_size: int = 8
+    bn: Literal["auto", "running", "batch"] = "auto"
+
+
+class FeatureNormsTool(Tool[Options, FeatureNorms]):
+    name = "feature-norms"
+    Options = Options
+    test_options = ("--images", "2")
+
+    def measure(self, model: LoadedModel, options: Options, common: Common) -> FeatureNorms:
+        net = model.net
+        bn = options.bn if options.bn != "auto" else ("running" if model.trained else "batch")
+        images = sample_images(model.datamodule, options.images, common.split)
+        rows = feature_norms(
+            net, images, modules=options.modules, bn=bn, batch_size=options.batch_size
         )
-    return "\n".join(lines) + "\n"
+        title = f"{model.name}; {len(images)} {common.split} images"
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+            title += f"; batch norm: {bn} statistics"
+        return FeatureNorms(title, rows)
 
 
-def plot(rows: Sequence[LayerNorm], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.0 * len(rows) + 2.5, 3.5))
-    x = range(len(rows))
-    means = [max(r.mean, 1e-12) for r in rows]
-    ax.bar(list(x), means, color="#4c72b0")
-    ax.set_yscale("log")
-    ax.set_xticks(list(x), [r.name for r in rows], rotation=30, ha="right")
-    ax.set_ylabel("mean L2 norm over channels")
-    ax.set_title(title, fontsize=9)
-    for i, m in enumerate(means):
-        ax.text(i, m, f"{m:.3g}", ha="center", va="bottom", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+TOOL = FeatureNormsTool(__doc__)
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="segbench feature-norms",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--modules", nargs="+", default=[], help="extra modules to tap")
-    parser.add_argument("--images", type=int, default=16, help="validation images to average")
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument(
-        "--bn",
-        choices=["auto", "running", "batch"],
-        default="auto",
-        help="batch-norm statistics: auto = running for a trained run, batch for a fresh net",
-    )
-    parser.add_argument("--ckpt", default="best", help="checkpoint of a run: best, last or a path")
-    parser.add_argument("--out", help="write PREFIX.md, PREFIX.png and PREFIX.json")
-    known, rest = parser.parse_known_args(argv)
-    if not rest:
-        parser.error("give a run directory or --config FILE.yaml")
-    loaded = load_model(rest, ckpt=known.ckpt)
-    bn = known.bn if known.bn != "auto" else ("running" if loaded.trained else "batch")
-    images = sample_images(loaded.datamodule, known.images)
-    rows = feature_norms(
-        loaded.net, images, modules=known.modules, bn=bn, batch_size=known.batch_size
-    )
-    title = f"{loaded.name}; {len(images)} val images"
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in loaded.net.modules()):
-        title += f"; batch norm: {bn} statistics"
-    text = f"Feature norms: {title}\n\n" + markdown(rows)
-    if known.out:
-        prefix = Path(known.out)
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-        prefix.with_suffix(".md").write_text(text)
-        prefix.with_suffix(".json").write_text(
-            json.dumps({"title": title, "layers": [asdict(r) for r in rows]}, indent=2) + "\n"
-        )
-        plot(rows, prefix.with_suffix(".png"), title)
-    sys.stdout.write(text)
+    TOOL.main(argv)

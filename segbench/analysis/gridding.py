@@ -22,29 +22,31 @@ Two measures, both per level of any segbench backbone (its ``feature_names`` and
   periodic image content (the synthetic scenes have 2-6 px textures), so it compares models on
   the same images, not levels or data sets.
 
-Models come from run directories (``--runs``: ``config.yaml`` + ``checkpoints/best.ckpt``) or
-from a config (the remaining arguments are ``segbench fit``'s: ``--config FILE.yaml ...``; a
-fresh, untrained model). Output: a markdown table of the scores per level; ``--out DIR`` writes
-``gridding.json``, one figure per model (activation norms of the first test images and the impulse
-response per level) and ``gridding.png`` with all models; ``--record`` stores the scores in each
-run's ``metrics.json`` under ``"records"`` (see :func:`segbench.analysis.report.record_analysis`)
-so that ``segbench report --metrics gridding/impulse`` shows them.
+Models (run directories, or a config for a fresh one), checkpoint, ``--split``, ``--out DIR`` and
+``--record`` are shared by every tool (:mod:`segbench.analysis.tool`). Output: a markdown table
+of the scores per level, a row per model; ``--out DIR`` writes ``gridding.{md,json}``, one figure
+per model (activation norms of the first images and the impulse response per level) and, for
+several models, ``gridding.png`` with all of them; ``--record`` stores the scores in each run so
+that ``segbench report --metrics gridding/impulse`` shows them.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from segbench.analysis.loading import load_model, sample_images
+from segbench.analysis.loading import LoadedModel, load_model, sample_images
+from segbench.analysis.tool import Common, Tool
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("segbench")
 
@@ -148,6 +150,22 @@ class GriddingResult:
             out[f"gridding/impulse/{name}"] = imp
             out[f"gridding/activation/{name}"] = act
         return {k: v for k, v in out.items() if not math.isnan(v)}
+
+    def markdown(self) -> str:
+        return markdown([self])
+
+    def to_json(self) -> dict:
+        return {
+            "levels": self.levels,
+            "strides": self.strides,
+            "period": self.period,
+            "impulse": self.impulse,
+            "impulse_p2": self.impulse_p2,
+            "activation": [None if math.isnan(v) else v for v in self.activation],
+        }
+
+    def plot(self, fig: Figure) -> None:
+        draw([self], fig, max_images=0 if self.images is None else len(self.images))
 
 
 @torch.no_grad()
@@ -267,22 +285,18 @@ def _show(ax, image, title: str) -> None:
     ax.set_yticks([])
 
 
-def plot(results: list[GriddingResult], path: Path, max_images: int = 1) -> None:
+def draw(results: list[GriddingResult], fig: Figure, max_images: int = 1) -> None:
     """Per model: a row of activation norms per image, then a row of impulse responses
     (square root, to show the weak off-lattice response; cropped to their support), one column
     per level."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows: list[tuple[GriddingResult, str, int]] = []
     for r in results:
         n_img = 0 if r.images is None else min(max_images, r.images.shape[0])
         rows += [(r, "activation", i) for i in range(n_img)]
         rows.append((r, "impulse", 0))
     cols = 1 + max(len(r.levels) for r in results)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols, 1.7 * len(rows)), squeeze=False)
+    fig.set_size_inches(1.6 * cols, 1.7 * len(rows))
+    axes = fig.subplots(len(rows), cols, squeeze=False)
     for row, (r, kind, i) in zip(axes, rows, strict=True):
         for ax in row:
             ax.axis("off")
@@ -312,93 +326,63 @@ def plot(results: list[GriddingResult], path: Path, max_images: int = 1) -> None
         f"{results[0].period})",
         fontsize=8,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
-# -- models from runs or configs ----------------------------------------------------------------
-def load_run(run_dir: Path, ckpt: str = "best") -> tuple[nn.Module, object, Path | None]:
-    """The trained network of a run directory's checkpoint ``ckpt`` (no fallback), its data
-    module and the checkpoint file."""
+# -- the command --------------------------------------------------------------------------------
+def load_run(run_dir: Path, ckpt: str = "best") -> tuple[nn.Module, object]:
+    """The trained network of a run directory's checkpoint ``ckpt`` (no fallback) and its data
+    module."""
     loaded = load_model([str(run_dir)], ckpt=ckpt)
-    return loaded.net, loaded.datamodule, loaded.checkpoint
+    return loaded.net, loaded.datamodule
 
 
-def config_name(args: list[str]) -> str | None:
-    """The stem of the last ``--config`` file (a variant's name), if any."""
-    from segbench.config import config_files
+@dataclass
+class Options:
+    """Options of ``segbench gridding``.
 
-    files = config_files(args)
-    return Path(files[-1]).stem if files else None
+    Args:
+        period: lattice period p: the least common multiple of the dilations
+        input_size: size (H, W) of the impulse image
+        images: images for the activation measure (0: skip it)
+        amplitude: value of the active pixel (normalised units)
+    """
+
+    period: int = 4
+    input_size: tuple[int, int] = (256, 256)
+    images: int = 2
+    amplitude: float = 1.0
+
+
+class Gridding(Tool[Options, GriddingResult]):
+    name = "gridding"
+    Options = Options
+    test_options = ("--input_size", "[32,32]", "--images", "1")
+
+    def measure(self, model: LoadedModel, options: Options, common: Common) -> GriddingResult:
+        images = (
+            sample_images(model.datamodule, options.images, common.split)
+            if options.images
+            else None
+        )
+        result = measure(
+            model.net,
+            name=model.label,
+            images=images,
+            input_size=options.input_size,
+            period=options.period,
+            amplitude=options.amplitude,
+        )
+        return result
+
+    def report(self, results: Sequence[tuple[str, GriddingResult]]) -> str:
+        return markdown([r for _, r in results])
+
+    def plot_together(self, results: Sequence[tuple[str, GriddingResult]], fig: Figure) -> None:
+        draw([r for _, r in results], fig)
+
+
+TOOL = Gridding(__doc__)
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="segbench gridding",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--runs", nargs="+", help="run directories (trained models)")
-    parser.add_argument("--ckpt", default="best", help="the runs' checkpoint: best or last")
-    parser.add_argument("--out", help="write gridding.json and the figures into this directory")
-    parser.add_argument(
-        "--record", action="store_true", help="store the scores in each run's metrics.json"
-    )
-    parser.add_argument(
-        "--period", type=int, default=4, help="lattice period: lcm of the dilations (default 4)"
-    )
-    parser.add_argument(
-        "--input_size",
-        type=int,
-        nargs=2,
-        default=(256, 256),
-        metavar=("H", "W"),
-        help="size of the impulse image (default 256 256)",
-    )
-    parser.add_argument("--num_images", type=int, default=2, help="test images for activations")
-    parser.add_argument("--amplitude", type=float, default=1.0, help="value of the active pixel")
-    known, rest = parser.parse_known_args(argv)
-    if bool(known.runs) == bool(rest):
-        parser.error("give either --runs DIR... or a config (--config FILE.yaml ...)")
-    if known.record and not known.runs:
-        parser.error("--record needs --runs")
-
-    from segbench.analysis.report import record_analysis
-    from segbench.config import build
-
-    results: list[GriddingResult] = []
-    models: list[tuple[str, nn.Module, object, Path | None, Path | None]] = []
-    if known.runs:
-        for run in known.runs:
-            net, dm, checkpoint = load_run(Path(run), known.ckpt)
-            models.append((Path(run).name, net, dm, Path(run), checkpoint))
-    else:
-        task, dm, _ = build(rest)
-        models.append((config_name(rest) or type(task.net).__name__, task.net, dm, None, None))
-    for name, net, dm, run_dir, checkpoint in models:
-        result = measure(
-            net,
-            name=name,
-            images=sample_images(dm, known.num_images, "test") if known.num_images else None,
-            input_size=tuple(known.input_size),
-            period=known.period,
-            amplitude=known.amplitude,
-        )
-        results.append(result)
-        if known.record and run_dir is not None:
-            record_analysis(run_dir, result.summary(), tool="gridding", checkpoint=checkpoint)
-            log.info("gridding: recorded in %s", run_dir / "metrics.json")
-    text = markdown(results)
-    if known.out:
-        out = Path(known.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "gridding.json").write_text(
-            json.dumps({r.name: r.summary() for r in results}, indent=2, sort_keys=True)
-        )
-        (out / "gridding.md").write_text(text)
-        for r in results:
-            plot([r], out / f"gridding_{r.name}.png", max_images=known.num_images)
-        plot(results, out / "gridding.png")
-        log.info("gridding: %s/gridding.{json,md,png}", out)
-    sys.stdout.write(text)
+    TOOL.main(argv)

@@ -1,21 +1,21 @@
-"""``segbench ld-masks (--run RUN_DIR | --config FILE.yaml [overrides]) [--out DIR]``.
+"""``segbench ld-masks [RUN_DIR ...] [--config FILE.yaml [overrides]] [--out DIR]``.
 
-GALD's local distribution masks (the paper's mask visualisation): for a few validation images,
+GALD's local distribution masks (the paper's mask visualisation): for a few images of ``--split``,
 the mask ``M`` of a few channels of the LD module, over the input. GALD's claim is that the mask
 damps the inside of large uniform regions (where the globally aggregated features are already
 right) and keeps small patterns and boundaries (where they are over-smoothed); with the code's
 module ``M`` lies in ``[0.5, 1)``, so the figure's colour scale is fixed to that range.
 
-Writes, into ``--out`` (default: the run directory, or ``ld_masks/`` for a fresh model):
+Prints the tables; ``--out DIR`` writes them (``ld-masks.md``) and:
 
-* ``ld_masks.png``: one row per image: the image, its ground truth, then the masks of the
+* ``ld-masks.png``: one row per image: the image, its ground truth, then the masks of the
   ``--channels`` channels whose mask varies most over the images (or ``--channel_ids``),
   bilinearly upsampled and blended over the image;
-* ``ld_mask_stats.json`` (and a table on stdout): the mean of ``M`` over all channels for the
-  pixels of each ground-truth class, over ``--stats_images`` validation images, and the mean
+* ``ld-masks.json``: the mean of ``M`` over all channels for the
+  pixels of each ground-truth class, over ``--stats_images`` images, and the mean
   inside regions versus near their boundaries (pixels within ``--boundary`` pixels of another
   label): the figure's claim as numbers; and, under ``mask_ablation``, the mIoU and per-class
-  IoU over ``--ablation_images`` validation images with ``M`` as trained, with ``M`` replaced by
+  IoU over ``--ablation_images`` images with ``M`` as trained, with ``M`` replaced by
   its mean over positions (per image and channel: no spatial selectivity left), and with ``M``
   replaced by its mean over the images too (a constant per-channel gain). If mIoU holds without
   the spatial variation, LD's gain does not come from weighting small patterns against large ones.
@@ -24,30 +24,33 @@ Writes, into ``--out`` (default: the run directory, or ``ld_masks/`` for a fresh
   in the run's ``metrics.json``, for ``segbench report --metrics`` (see
   :func:`segbench.analysis.report.record_analysis`).
 
-``--run`` loads ``RUN_DIR/config.yaml`` and ``RUN_DIR/checkpoints/<--ckpt>.ckpt``; ``--config``
-builds a fresh (untrained) network, which checks the plumbing but says nothing about GALD.
+A run directory is loaded with its checkpoint ``--ckpt``; ``--config`` builds a fresh
+(untrained) network, which checks the plumbing but says nothing about GALD. The command line is
+shared by every tool (:mod:`segbench.analysis.tool`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segbench.analysis.loading import denormalise, load_model
+from segbench.analysis.loading import LoadedModel, denormalise
+from segbench.analysis.tool import Common, Tool
 from segbench.callbacks import colourise
+from segbench.errors import ConfigError
 from segbench.metrics import SegmentationMetrics
 from segbench.models.layers.global_context import LocalDistribution
-from segbench.rundir import atomic_write_json
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("segbench")
 
@@ -190,16 +193,12 @@ def draw(
     masks: np.ndarray,
     channels: list[int],
     palette: list[tuple[int, int, int]],
-    path: Path,
+    fig: Figure,
 ) -> None:
     """Rows: image, ground truth, and each channel's mask blended over the image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n, cols = len(images), 2 + len(channels)
-    fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.2 * n), squeeze=False)
+    fig.set_size_inches(2.2 * cols, 2.2 * n)
+    axes = fig.subplots(n, cols, squeeze=False)
     shown = None
     for i in range(n):
         axes[i, 0].imshow(images[i])
@@ -213,8 +212,6 @@ def draw(
         ax.set_axis_off()
     if shown is not None:
         fig.colorbar(shown, ax=axes, fraction=0.02, pad=0.01, label="LD mask M")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def markdown(stats: dict[str, dict[str, float | int | None]]) -> str:
@@ -250,7 +247,7 @@ def ablation_markdown(ablation: dict[str, dict[str, float]], images: int) -> str
     keys = list(next(iter(ablation.values())))
     head = ["mask", *(k.removeprefix("IoU/") for k in keys)]
     lines = [
-        f"Mask ablation over {images} validation images (IoU, %):",
+        f"Mask ablation over {images} images (IoU, %):",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -261,96 +258,135 @@ def ablation_markdown(ablation: dict[str, dict[str, float]], images: int) -> str
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class LDMasks:
+    """GALD's LD masks of one model: per-class statistics, the mask ablation, the figure."""
+
+    channels: list[int]
+    images: int
+    boundary: int
+    classes: dict[str, dict[str, float | int | None]]
+    ablation_images: int
+    mask_ablation: dict[str, dict[str, float]]
+    # The figure: images (uint8 RGB), labels, upsampled masks, the label palette.
+    rgb: np.ndarray = field(repr=False)
+    labels: np.ndarray = field(repr=False)
+    masks: np.ndarray = field(repr=False)
+    palette: list[tuple[int, int, int]] = field(repr=False)
+
+    def markdown(self) -> str:
+        text = markdown(self.classes)
+        if self.mask_ablation:
+            text += "\n" + ablation_markdown(self.mask_ablation, self.ablation_images)
+        return text
+
+    def to_json(self) -> dict:
+        return {
+            "channels": self.channels,
+            "images": self.images,
+            "boundary": self.boundary,
+            "classes": self.classes,
+            "ablation_images": self.ablation_images,
+            "mask_ablation": self.mask_ablation,
+        }
+
+    def summary(self) -> dict[str, float]:
+        return recorded(self.mask_ablation) if self.mask_ablation else {}
+
+    def plot(self, fig: Figure) -> None:
+        draw(self.rgb, self.labels, self.masks, self.channels, self.palette, fig)
+
+
+@dataclass
+class Options:
+    """Options of ``segbench ld-masks``.
+
+    Args:
+        images: images in the figure
+        channels: mask channels in the figure (those that vary most over the images)
+        channel_ids: these channels instead
+        stats_images: images for the per-class table
+        boundary: boundary width in pixels
+        ablation_images: images for the mask ablation (0: skip it)
+    """
+
+    images: int = 4
+    channels: int = 4
+    channel_ids: list[int] | None = None
+    stats_images: int = 50
+    boundary: int = 2
+    ablation_images: int = 200
+
+
+class LDMasksTool(Tool[Options, LDMasks]):
+    name = "ld-masks"
+    Options = Options
+    test_options = (
+        "--images",
+        "1",
+        "--channels",
+        "2",
+        "--stats_images",
+        "2",
+        "--ablation_images",
+        "2",
+    )
+
+    def not_applicable(self, net: torch.nn.Module) -> str | None:
+        if not any(isinstance(m, LocalDistribution) for m in net.modules()):
+            return "it has no local distribution module (GALD with ld: true has one)"
+        return None
+
+    def measure(self, model: LoadedModel, options: Options, common: Common) -> LDMasks:
+        if common.record and options.ablation_images <= 0:
+            raise ConfigError("ld-masks --record stores the mask ablation: --ablation_images > 0")
+        task, dm = model.task, model.datamodule
+        dataset = dm.unaugmented(common.split)
+        count = max(options.images, options.stats_images, options.ablation_images)
+        samples = [dataset[i] for i in range(min(count, len(dataset)))]  # type: ignore[arg-type]
+        images = torch.stack([s["image"] for s in samples])
+        labels = torch.stack([s["mask"] for s in samples])
+        n_stats = min(options.stats_images, len(samples))
+        n_ablation = min(options.ablation_images, len(samples))
+        n = min(options.images, len(samples))
+        masks = ld_masks(task.net, images[: max(n, n_stats)])
+
+        class_names = list(task.class_names)
+        stats = class_statistics(
+            masks[:n_stats], labels[:n_stats], class_names, task.ignore_index, options.boundary
+        )
+        if options.channel_ids:
+            channels = list(options.channel_ids)
+        else:
+            # The channels whose mask varies most across positions of the shown images.
+            spread = masks[:n].flatten(2).std(-1).mean(0)
+            channels = spread.argsort(descending=True)[: options.channels].tolist()
+        up = F.interpolate(masks[:n], size=images.shape[-2:], mode="bilinear", align_corners=False)
+        rgb = (denormalise(images[:n], dm) * 255).byte().permute(0, 2, 3, 1).numpy()
+        ablation = (
+            mask_ablation(
+                task.net, images[:n_ablation], labels[:n_ablation], class_names, task.ignore_index
+            )
+            if n_ablation > 0
+            else {}
+        )
+        log.info("LD masks: channels %s in the figure", channels)
+        return LDMasks(
+            channels=channels,
+            images=n_stats,
+            boundary=options.boundary,
+            classes=stats,
+            ablation_images=n_ablation,
+            mask_ablation=ablation,
+            rgb=rgb,
+            labels=labels[:n].numpy(),
+            masks=up.numpy(),
+            palette=dm.colours(),
+        )
+
+
+TOOL = LDMasksTool(__doc__)
+
+
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="segbench ld-masks",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--run", help="a run directory (config.yaml + checkpoints/)")
-    parser.add_argument("--ckpt", default="best", help="best, last, or a checkpoint path")
-    parser.add_argument("--out", help="output folder (default: the run directory)")
-    parser.add_argument("--images", type=int, default=4, help="images in the figure")
-    parser.add_argument("--channels", type=int, default=4, help="mask channels in the figure")
-    parser.add_argument("--channel_ids", type=int, nargs="+", help="these channels instead")
-    parser.add_argument("--stats_images", type=int, default=50, help="images for the table")
-    parser.add_argument("--boundary", type=int, default=2, help="boundary width in pixels")
-    parser.add_argument(
-        "--ablation_images", type=int, default=200, help="images for the mask ablation (0: skip)"
-    )
-    parser.add_argument(
-        "--record", action="store_true", help="store the mask ablation in the run's metrics.json"
-    )
-    known, rest = parser.parse_known_args(argv)
-    if known.run is None and not rest:
-        parser.error("give --run RUN_DIR or a config: --config FILE.yaml")
-    if known.record and (known.run is None or known.ablation_images <= 0):
-        parser.error("--record needs --run and --ablation_images > 0")
-
-    loaded = load_model([known.run, *rest] if known.run else rest, ckpt=known.ckpt)
-    task, dm = loaded.task, loaded.datamodule
-    dm.setup("validate")
-    dataset = dm.datasets["val"]
-    count = max(known.images, known.stats_images, known.ablation_images)
-    samples = [dataset[i] for i in range(min(count, len(dataset)))]
-    images = torch.stack([s["image"] for s in samples])
-    labels = torch.stack([s["mask"] for s in samples])
-    n_stats = min(known.stats_images, len(samples))
-    n_ablation = min(known.ablation_images, len(samples))
-    masks = ld_masks(task.net, images[: max(known.images, n_stats)])
-
-    class_names = list(task.class_names)
-    stats = class_statistics(
-        masks[:n_stats],
-        labels[:n_stats],
-        class_names,
-        task.ignore_index,
-        known.boundary,
-    )
-    n = min(known.images, len(samples))
-    if known.channel_ids:
-        channels = list(known.channel_ids)
-    else:
-        # The channels whose mask varies most across positions of the shown images.
-        spread = masks[:n].flatten(2).std(-1).mean(0)
-        channels = spread.argsort(descending=True)[: known.channels].tolist()
-    up = F.interpolate(masks[:n], size=images.shape[-2:], mode="bilinear", align_corners=False)
-    rgb = (denormalise(images[:n], dm) * 255).byte().permute(0, 2, 3, 1).numpy()
-
-    ablation = (
-        mask_ablation(
-            task.net,
-            images[:n_ablation],
-            labels[:n_ablation],
-            class_names,
-            task.ignore_index,
-        )
-        if n_ablation > 0
-        else {}
-    )
-
-    out = Path(known.out or known.run or "ld_masks")
-    out.mkdir(parents=True, exist_ok=True)
-    draw(rgb, labels[:n].numpy(), up.numpy(), channels, dm.colours(), out / "ld_masks.png")
-    atomic_write_json(
-        out / "ld_mask_stats.json",
-        {
-            "channels": channels,
-            "images": n_stats,
-            "boundary": known.boundary,
-            "classes": stats,
-            "ablation_images": n_ablation,
-            "mask_ablation": ablation,
-        },
-    )
-    if known.record:
-        from segbench.analysis.report import record_analysis
-
-        record_analysis(
-            known.run, recorded(ablation), tool="ld-masks", checkpoint=loaded.checkpoint
-        )
-        log.info("ld-masks: mask ablation recorded in %s", Path(known.run) / "metrics.json")
-    sys.stdout.write(markdown(stats))
-    if ablation:
-        sys.stdout.write("\n" + ablation_markdown(ablation, n_ablation))
-    log.info("LD masks of channels %s: %s", channels, (out / "ld_masks.png").resolve())
+    TOOL.main(argv)

@@ -8,6 +8,7 @@ freshly initialised network. Further ``segbench fit`` overrides may follow a run
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ class LoadedModel:
     #: The run directory it was loaded from, or ``None`` for a fresh network.
     run_dir: Path | None
     checkpoint: Path | None
+    #: The model's label in tables and file names (set by the tool skeleton).
+    label: str = ""
 
     @property
     def net(self) -> nn.Module:
@@ -51,10 +54,12 @@ def is_run_dir(path: str) -> bool:
     return Path(path).is_dir() and RunDir(path).is_run()
 
 
-def load_model(args: list[str], *, ckpt: str = "best") -> LoadedModel:
+def load_model(args: list[str], *, ckpt: str = "best", network: bool = True) -> LoadedModel:
     """Build the network of ``args`` (a run directory first, or ``segbench fit`` arguments).
 
-    ``ckpt`` names the run's checkpoint (``best``, ``last``) or is a path to one.
+    ``ckpt`` names the run's checkpoint (``best``, ``last``) or is a path to one (a missing one
+    is an error). ``network=False`` is for a caller that only reads the data: the network is
+    built on the meta device and no checkpoint is read.
     """
     if not args:
         raise ValueError("give a run directory or --config FILE.yaml")
@@ -66,13 +71,13 @@ def load_model(args: list[str], *, ckpt: str = "best") -> LoadedModel:
         run = RunDir(args[0])
         run_dir = run.path
         args = ["--config", str(run.config), *args[1:]]
-        if Path(ckpt).suffix == ".ckpt":
-            checkpoint = Path(ckpt)
+        if network:
+            as_path = Path(ckpt).suffix == ".ckpt"
+            checkpoint = Path(ckpt) if as_path else run.require_checkpoint(ckpt)
             if not checkpoint.is_file():
                 raise FileNotFoundError(f"no checkpoint at {checkpoint}")
-        else:
-            checkpoint = run.require_checkpoint(ckpt)
-    task, dm, cfg = build(args)
+    with contextlib.nullcontext() if network else torch.device("meta"):
+        task, dm, cfg = build(args)
     if checkpoint is not None:
         state = safe_load(checkpoint)
         state = state.get("state_dict", state) if isinstance(state, dict) else {}

@@ -127,7 +127,7 @@ def load_run(path: Path) -> Run:
 
 
 def record_analysis(
-    run_dir: str | Path, values: dict[str, float], *, tool: str, checkpoint: str | Path
+    run_dir: str | Path, values: dict[str, float], *, tool: str, checkpoint: str | Path | None
 ) -> None:
     """Store an analysis tool's numbers in a run (its ``records`` section, with the checkpoint
     measured): :func:`load_run` reads them like logged metrics, so ``segbench report --metrics

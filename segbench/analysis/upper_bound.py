@@ -1,4 +1,4 @@
-"""``segbench upper-bound --config FILE.yaml [overrides] [--strides 4 8 16 32] [--dims ...]``.
+"""``segbench upper-bound [RUN_DIR | --config FILE.yaml [overrides]] [--strides 4 8 16 32]``.
 
 The upsampler upper bound of DUpsampling (Tian et al., CVPR 2019, sec. 4.1, "mIoU*"): feed the
 ground truth itself through an upsampler's compress / reconstruct path and score the result
@@ -17,28 +17,27 @@ void to a multiple of r):
   bilinear map holds K numbers per cell, so ``k = K`` is the like-for-like comparison.
 
 mIoU* is :class:`segbench.metrics.SegmentationMetrics`' mIoU of the reconstruction (void pixels
-ignored). Writes a markdown table (stdout and ``PREFIX.md``), ``PREFIX.csv`` (every metric and
-per-class IoU) and ``PREFIX.png`` (mIoU* against stride), and reports the time taken.
+ignored). Prints a markdown table with the time taken; ``--out DIR`` writes it to
+``upper-bound.md`` with ``upper-bound.json`` (every metric and per-class IoU) and
+``upper-bound.png`` (mIoU* against stride). Only the data module of the config (or run) is used;
+the rest of the command line is shared by every tool (:mod:`segbench.analysis.tool`).
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import logging
-import math
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segbench.config import build
-from segbench.data.base import SegmentationDataModule
+from segbench.analysis.loading import LoadedModel
+from segbench.analysis.tool import Common, Tool
+from segbench.data.base import SegmentationDataModule, Split
 from segbench.metrics import SegmentationMetrics
 from segbench.models.layers.label_basis import (
     Basis,
@@ -47,6 +46,9 @@ from segbench.models.layers.label_basis import (
     fit_sgd,
     label_patches,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("segbench")
 
@@ -63,10 +65,51 @@ class Result:
 
 @dataclass
 class UpperBound:
+    """mIoU* of every upsampler at every stride."""
+
     results: list[Result]
     class_names: list[str]
     seconds: dict[str, float] = field(default_factory=dict)
     images: dict[str, int] = field(default_factory=dict)
+    title: str = ""
+
+    def markdown(self) -> str:
+        return markdown(self, self.title)
+
+    def to_json(self) -> dict:
+        return {
+            "title": self.title,
+            "images": self.images,
+            "seconds": self.seconds,
+            "results": [asdict(r) for r in self.results],
+        }
+
+    def summary(self) -> dict[str, float]:
+        """mIoU* per upsampler and stride (``upper_bound/<upsampler>/stride<r>``)."""
+        return {
+            f"upper_bound/{_label(r).replace(' ', '_')}/stride{r.stride}": r.metrics["mIoU"]
+            for r in self.results
+        }
+
+    def plot(self, fig: Figure) -> None:
+        """mIoU* against the output stride, a line per upsampler."""
+        fig.set_size_inches(6, 4)
+        ax = fig.subplots()
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in self.results:
+            series.setdefault(_label(r), []).append((r.stride, 100 * r.metrics["mIoU"]))
+        for label, points in series.items():
+            xs, ys = zip(*sorted(points), strict=True)
+            style = "--" if label in ("bilinear", "nearest") else "-"
+            ax.plot(xs, ys, style, marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        strides = sorted({r.stride for r in self.results})
+        ax.set_xticks(strides, [str(s) for s in strides])
+        ax.set_xlabel("output stride r")
+        ax.set_ylabel("mIoU* (%)")
+        ax.set_title(self.title or "upsampler upper bound")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
 
 
 def read_masks(
@@ -250,108 +293,66 @@ def markdown(ub: UpperBound, title: str = "") -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def write_csv(ub: UpperBound, path: Path) -> None:
-    keys = sorted({k for r in ub.results for k in r.metrics})
-    keys = [k for k in ("mIoU", "pixel_acc", "mean_acc", "fwIoU") if k in keys] + [
-        k for k in keys if k.startswith("IoU/")
-    ]
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["upsampler", "dim", "stride", *keys])
-        for r in ub.results:
-            writer.writerow(
-                [r.method, "" if r.dim is None else r.dim, r.stride]
-                + [f"{r.metrics[k]:.6f}" if not math.isnan(r.metrics[k]) else "" for k in keys]
-            )
+@dataclass
+class Options:
+    """Options of ``segbench upper-bound`` (``--split`` is the evaluation split).
+
+    Args:
+        strides: output strides r
+        dims: DUpsample's compressed dimensions k (default: K, 2K, 4K, 8K for K classes)
+        fit: how W is fitted
+        void: void pixels in the fit: as all-zero vectors, or their patches dropped
+        sgd_steps: steps of the SGD fit
+        fit_split: the split W is fitted on
+        max_images: at most this many label maps per split
+        num_workers: loader workers (default: the data module's)
+        title: title of the table and the plot (default: the data set and split)
+    """
+
+    strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    dims: list[int] | None = None
+    fit: Literal["pca", "sgd"] = "pca"
+    void: Literal["zero", "drop_patch"] = "zero"
+    sgd_steps: int = 2000
+    fit_split: Split = "train"
+    max_images: int | None = None
+    num_workers: int | None = None
+    title: str = ""
 
 
-def plot(ub: UpperBound, path: Path, title: str = "") -> None:
-    import matplotlib
+class UpperBoundTool(Tool[Options, UpperBound]):
+    name = "upper-bound"
+    Options = Options
+    uses_network = False
+    test_options = ("--strides", "[4]", "--max_images", "2", "--num_workers", "0")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def measure(self, model: LoadedModel, options: Options, common: Common) -> UpperBound:
+        t0 = time.perf_counter()
+        datamodule = model.datamodule
+        read = {"max_images": options.max_images, "num_workers": options.num_workers}
+        train = read_masks(datamodule, options.fit_split, **read)
+        val = read_masks(datamodule, common.split, **read)
+        t_read = time.perf_counter() - t0
+        ub = upper_bound(
+            train,
+            val,
+            num_classes=datamodule.num_classes,
+            ignore_index=datamodule.ignore_index,
+            class_names=list(datamodule.class_names),
+            strides=options.strides,
+            dims=options.dims,
+            fit=options.fit,
+            void=options.void,
+            sgd_steps=options.sgd_steps,
+        )
+        ub.seconds["read"] = t_read
+        ub.seconds["total"] = time.perf_counter() - t0
+        ub.title = options.title or f"{type(datamodule).__name__} {common.split}"
+        return ub
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    series: dict[str, list[tuple[int, float]]] = {}
-    for r in ub.results:
-        series.setdefault(_label(r), []).append((r.stride, 100 * r.metrics["mIoU"]))
-    for label, points in series.items():
-        xs, ys = zip(*sorted(points), strict=True)
-        style = "--" if label in ("bilinear", "nearest") else "-"
-        ax.plot(xs, ys, style, marker="o", label=label)
-    ax.set_xscale("log", base=2)
-    strides = sorted({r.stride for r in ub.results})
-    ax.set_xticks(strides, [str(s) for s in strides])
-    ax.set_xlabel("output stride r")
-    ax.set_ylabel("mIoU* (%)")
-    ax.set_title(title or "upsampler upper bound")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+TOOL = UpperBoundTool(__doc__)
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="segbench upper-bound",
-        description="mIoU* of the ground truth passed through bilinear, nearest and DUpsample "
-        "(W fitted on the training labels) at several output strides: the upsamplers' upper "
-        "bound (DUpsampling, CVPR 2019). Other arguments are those of `segbench fit` (--config, "
-        "--data.init_args.*): only the data module is used.",
-    )
-    parser.add_argument("--strides", type=int, nargs="+", default=[4, 8, 16, 32])
-    parser.add_argument(
-        "--dims",
-        type=int,
-        nargs="+",
-        default=None,
-        help="DUpsample's compressed dimensions k (default: K, 2K, 4K, 8K for K classes)",
-    )
-    parser.add_argument("--fit", choices=["pca", "sgd"], default="pca", help="how W is fitted")
-    parser.add_argument(
-        "--void", choices=["zero", "drop_patch"], default="zero", help="void pixels in the fit"
-    )
-    parser.add_argument("--sgd_steps", type=int, default=2000)
-    parser.add_argument("--fit_split", default="train")
-    parser.add_argument("--eval_split", default="val")
-    parser.add_argument("--max_images", type=int, default=None, help="cap per split")
-    parser.add_argument(
-        "--num_workers", type=int, default=None, help="loader workers (default: the data's)"
-    )
-    parser.add_argument("--title", default="", help="title of the table and the plot")
-    parser.add_argument("--out", default=None, help="write PREFIX.md, PREFIX.csv, PREFIX.png")
-    known, rest = parser.parse_known_args(argv)
-    if not rest:
-        parser.error("give a config: --config FILE.yaml")
-    t0 = time.perf_counter()
-    with torch.device("meta"):  # the network is built but never used
-        _, datamodule, _ = build(rest)
-    read = {"max_images": known.max_images, "num_workers": known.num_workers}
-    train = read_masks(datamodule, known.fit_split, **read)
-    val = read_masks(datamodule, known.eval_split, **read)
-    t_read = time.perf_counter() - t0
-    ub = upper_bound(
-        train,
-        val,
-        num_classes=datamodule.num_classes,
-        ignore_index=datamodule.ignore_index,
-        class_names=list(datamodule.class_names),
-        strides=known.strides,
-        dims=known.dims,
-        fit=known.fit,
-        void=known.void,
-        sgd_steps=known.sgd_steps,
-    )
-    ub.seconds["read"] = t_read
-    ub.seconds["total"] = time.perf_counter() - t0
-    title = known.title or f"{type(datamodule).__name__} {known.eval_split}"
-    table = markdown(ub, title)
-    sys.stdout.write(table)
-    if known.out:
-        prefix = Path(known.out)
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{prefix}.md").write_text(table)
-        write_csv(ub, Path(f"{prefix}.csv"))
-        plot(ub, Path(f"{prefix}.png"), title)
-        log.info("wrote %s.{md,csv,png}", prefix)
+    TOOL.main(argv)

@@ -143,10 +143,10 @@ def test_cli_on_a_fresh_config_with_a_trunk_layer(tmp_path, capsys):
           "--canvas", "0", "--out", str(out)])  # fmt: skip
     text = capsys.readouterr().out
     assert "backbone.fc7 at pixel (y=32, x=32) of 64x64" in text
-    data = json.loads(out.with_suffix(".json").read_text())
+    data = json.loads((out / "erf.json").read_text())["quickstart"]
     assert data["theoretical"]["fraction"] == 1.0  # 404 px field, 64 px image
     assert 0 < data["empirical"]["fraction"] <= 1
-    assert out.with_suffix(".png").stat().st_size > 0
+    assert (out / "erf.png").stat().st_size > 0
 
 
 def test_cli_on_a_trained_run(tmp_path, capsys):
@@ -154,8 +154,8 @@ def test_cli_on_a_trained_run(tmp_path, capsys):
     run_dir = tmp_path / "test" / "trained"
     main([str(run_dir), "--images", "2", "--patch", "16", "--stride", "8", "--unit", "10", "50",
           "--canvas", "0", "--out", str(tmp_path / "t")])  # fmt: skip
-    data = json.loads((tmp_path / "t.json").read_text())
+    data = json.loads((tmp_path / "t" / "erf.json").read_text())["trained"]
     assert data["unit"] == [10, 50]
     assert data["measure"] == "score"
     assert "fresh" not in data["model"]
-    assert (tmp_path / "t.md").read_text().startswith("| |")
+    assert (tmp_path / "t" / "erf.md").read_text().startswith("| |")

@@ -91,12 +91,12 @@ def test_cli_on_a_fresh_parsenet_config(tmp_path, capsys):
     for layer in ("pool1", "pool5", "fc7", "pool6", "norms.fc7"):
         assert f"| {layer} |" in text
     assert "batch norm: batch statistics" in text
-    data = json.loads((tmp_path / "n.json").read_text())
+    data = json.loads((tmp_path / "n" / "feature-norms.json").read_text())["quickstart"]
     norms = {r["name"]: r["mean"] for r in data["layers"]}
     assert norms["norms.fc7"] == pytest.approx(10.0, rel=1e-3)  # the scale's initial value
     assert all(v > 0 for v in norms.values())
-    assert (tmp_path / "n.png").stat().st_size > 0
-    assert (tmp_path / "n.md").read_text().startswith("Feature norms")
+    assert (tmp_path / "n" / "feature-norms.png").stat().st_size > 0
+    assert (tmp_path / "n" / "feature-norms.md").read_text().startswith("Feature norms")
 
 
 def test_cli_on_a_trained_run_uses_its_checkpoint(tmp_path, capsys):
@@ -104,7 +104,8 @@ def test_cli_on_a_trained_run_uses_its_checkpoint(tmp_path, capsys):
     run_dir = tmp_path / "test" / "trained"
     main([str(run_dir), "--images", "3", "--out", str(tmp_path / "t")])
     assert "batch norm: running statistics" in capsys.readouterr().out
-    got = {r["name"]: r["mean"] for r in json.loads((tmp_path / "t.json").read_text())["layers"]}
+    data = json.loads((tmp_path / "t" / "feature-norms.json").read_text())["trained"]
+    got = {r["name"]: r["mean"] for r in data["layers"]}
     # The same numbers by hand: the checkpoint's weights, eval mode, the first 3 val images.
     loaded = load_model([str(run_dir)])
     state = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]

@@ -148,24 +148,37 @@ DRN_TINY = [
 
 def test_gridding_command_on_a_config_writes_table_and_figures(tmp_path, capsys):
     out = tmp_path / "grid"
-    main(
-        ["gridding", *DRN_TINY, "--input_size", "64", "64", "--num_images", "1", "--out", str(out)]
-    )
+    main(["gridding", *DRN_TINY, "--input_size", "64", "64", "--images", "1", "--out", str(out)])
     text = capsys.readouterr().out
     assert "impulse lattice coherence (%), period 4" in text
     assert "| base |" in text  # named after the last config file
     assert "level8" in text.splitlines()[2]
     scores = json.loads((out / "gridding.json").read_text())["base"]
-    assert 0.0 <= scores["gridding/impulse"] <= 100.0
-    assert "gridding/activation/level1" in scores
+    assert 0.0 <= scores["impulse"][-1] <= 100.0
+    assert scores["levels"][0] == "level1"
+    assert scores["activation"][0] is not None
     assert (out / "gridding.png").stat().st_size > 1000
-    assert (out / "gridding_base.png").is_file()
+
+
+def test_gridding_compares_several_runs_in_one_table_and_figure(tiny, capsys):
+    main(["fit", *tiny(name="a")])
+    main(["fit", *tiny(name="b", extra=["--seed_everything", "1"])])
+    runs = [str(tiny.root / "test" / n) for n in "ab"]
+    out = tiny.root / "grid"
+    capsys.readouterr()
+    main(["gridding", *runs, "--input_size", "64", "64", "--images", "1", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "| a |" in text
+    assert "| b |" in text
+    assert set(json.loads((out / "gridding.json").read_text())) == {"a", "b"}
+    for png in ("gridding.png", "gridding_a.png", "gridding_b.png"):
+        assert (out / png).stat().st_size > 1000
 
 
 def test_gridding_records_into_a_trained_run_for_the_report(tiny, capsys):
     main(["fit", *tiny()])
     run_dir = tiny.root / "test" / "tiny"
-    main(["gridding", "--runs", str(run_dir), "--record", "--input_size", "64", "64"])
+    main(["gridding", str(run_dir), "--record", "--input_size", "64", "64"])
     record = json.loads((run_dir / "metrics.json").read_text())["records"]["gridding"]
     assert record["checkpoint"].endswith("checkpoints/best.ckpt")  # what was measured
     analysis = record["values"]
@@ -176,8 +189,12 @@ def test_gridding_records_into_a_trained_run_for_the_report(tiny, capsys):
     assert line.endswith(f"| {analysis['gridding/impulse']:.2f} |")
 
 
-def test_gridding_needs_runs_or_a_config():
+def test_gridding_needs_runs_or_a_config(capsys):
     with pytest.raises(SystemExit):
         main(["gridding"])
     with pytest.raises(SystemExit):
         main(["gridding", "--record", *DRN_TINY])
+    with pytest.raises(SystemExit) as exit_:
+        main(["gridding", "--runs", "runs/x"])
+    assert exit_.value.code == 1
+    assert "--runs is gone: run directories are given first" in capsys.readouterr().err

@@ -37,8 +37,8 @@ GALD_TINY = [
 ]
 
 
-def read_stats(path) -> dict:
-    stats = json.loads(path.read_text())
+def read_stats(path, model: str) -> dict:
+    stats = json.loads(path.read_text())[model]
     assert stats["images"] == 6
     classes = stats["classes"]
     assert classes["all"]["pixels"] == 6 * 64 * 64
@@ -50,8 +50,8 @@ def read_stats(path) -> dict:
 
 def test_ld_masks_of_a_fresh_model(tmp_path, capsys):
     main(["ld-masks", *GALD_TINY, "--out", str(tmp_path), "--images", "2", "--channels", "3"])
-    assert (tmp_path / "ld_masks.png").stat().st_size > 0
-    stats = read_stats(tmp_path / "ld_mask_stats.json")
+    assert (tmp_path / "ld-masks.png").stat().st_size > 0
+    stats = read_stats(tmp_path / "ld-masks.json", "base")
     assert len(stats["channels"]) == 3
     assert "| bird |" in capsys.readouterr().out
 
@@ -74,9 +74,13 @@ def test_ld_masks_of_a_trained_run(tmp_path):
         ]
     )
     run = tmp_path / "gald" / "gald"
-    main(["ld-masks", "--run", str(run), "--images", "2", "--channel_ids", "0", "5", "--record"])
-    assert (run / "ld_masks.png").is_file()
-    stats = read_stats(run / "ld_mask_stats.json")
+    out = tmp_path / "masks"
+    main([
+        "ld-masks", str(run), "--images", "2", "--channel_ids", "0", "5", "--record",
+        "--out", str(out),
+    ])  # fmt: skip
+    assert (out / "ld-masks.png").is_file()
+    stats = read_stats(out / "ld-masks.json", "gald")
     assert stats["channels"] == [0, 5]
     assert stats["ablation_images"] == 6
     assert set(stats["mask_ablation"]) == {"trained", "spatial_mean", "constant"}

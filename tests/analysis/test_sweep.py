@@ -130,8 +130,8 @@ def test_an_ablation_sweep_runs_its_steps_and_skips_recorded_runs(tmp_path):
     (folder / "variants" / "fcn8s.yaml").write_text("{}\n")
     (folder / "ablation.yaml").write_text(
         "name: probe\ngroup: probe\nmetrics: [test/mIoU, gridding/impulse]\n"
-        "after_each:\n  - [gridding, --record, --runs, '{run}', --input_size, '64', '64',"
-        " --num_images, '0', --out, '{results}-gridding/{name}']\n"
+        "after_each:\n  - [gridding, '{run}', --record, --input_size, '64', '64',"
+        " --images, '0', --out, '{results}-gridding/{name}']\n"
     )
     cmd = [
         sys.executable,

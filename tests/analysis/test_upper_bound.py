@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import csv
+import json
 
 import pytest
 import torch
@@ -82,7 +82,7 @@ def test_full_rank_dupsample_is_perfect_and_bilinear_is_not():
     assert by["nearest"] < 1.0
 
 
-def test_upper_bound_tool_writes_table_csv_and_plot(tmp_path, capsys):
+def test_upper_bound_tool_writes_table_json_and_plot(tmp_path, capsys):
     out = tmp_path / "ub"
     main(
         [
@@ -112,12 +112,11 @@ def test_upper_bound_tool_writes_table_csv_and_plot(tmp_path, capsys):
     assert "| DUpsample k=44 |" in table
     assert "stride 16" in table
     assert "total" in table
-    assert (tmp_path / "ub.md").read_text() == table
-    assert (tmp_path / "ub.png").stat().st_size > 0
-    with (tmp_path / "ub.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    assert (out / "upper-bound.md").read_text() == table
+    assert (out / "upper-bound.png").stat().st_size > 0
+    rows = json.loads((out / "upper-bound.json").read_text())["base"]["results"]
     assert len(rows) == 2 * 4  # (bilinear, nearest, k=11, k=44) x 2 strides
-    assert {r["upsampler"] for r in rows} == {"bilinear", "nearest", "dupsample"}
+    assert {r["method"] for r in rows} == {"bilinear", "nearest", "dupsample"}
     for r in rows:
-        assert 0.0 <= float(r["mIoU"]) <= 1.0
-        assert "IoU/pole" in r
+        assert 0.0 <= r["metrics"]["mIoU"] <= 1.0
+        assert "IoU/pole" in r["metrics"]

@@ -1,0 +1,271 @@
+"""The skeleton every analysis tool shares: what to measure, where to write, what to record.
+
+A tool (``segbench erf``, ``feature-norms``, ``gridding``, ``ld-masks``, ``upper-bound``) is a
+:class:`Tool` subclass that keeps only its measurement: typed options (a dataclass) and
+:meth:`Tool.measure`, which turns one loaded model into a :class:`Result`. Everything else is
+here, the same for every tool::
+
+    segbench TOOL [RUN_DIR ...] [--config FILE.yaml [segbench fit overrides]] [options]
+
+* **The models.** Run directories, given positionally: each run's ``config.yaml`` is parsed and
+  its checkpoint ``--ckpt`` (``best``, ``last`` or a ``.ckpt`` path; a missing one is an error,
+  never a fallback) loaded strictly; ``segbench fit`` overrides that follow apply to every run.
+  Or ``segbench fit`` arguments alone (``--config FILE.yaml [--model.net.init_args.width 0.25]``)
+  for one freshly initialised model.
+* **The data.** Images and labels come from ``--split`` (default ``val``) of the model's data
+  module, unaugmented.
+* **The output.** The markdown table on stdout; ``--out DIR`` also writes ``DIR/TOOL.md``,
+  ``DIR/TOOL.json`` and the figure ``DIR/TOOL.png`` (``DIR/TOOL_<model>.png`` per model when
+  there are several). Figures are drawn by :meth:`Result.plot` on a figure it is given, so a
+  notebook draws the same figure inline: ``fig = plt.figure(); result.plot(fig)``.
+* **The record.** ``--record`` stores :meth:`Result.summary` in each run's ``metrics.json``
+  (``records`` section, with the checkpoint measured), where ``segbench report --metrics``
+  reads it as a column.
+
+Options are parsed by jsonargparse, as training's are: the same ``--help``, type checks and
+errors naming an unknown key. A list option takes ``--dims [16,32]`` or ``--dims 16 32``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, get_type_hints
+
+from segbench.analysis.loading import LoadedModel, is_run_dir, load_model
+from segbench.data.base import Split
+from segbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from torch import nn
+
+log = logging.getLogger("segbench")
+
+
+class NotApplicableError(ConfigError):
+    """The tool measures something this model does not have (e.g. ``ld-masks`` on a network
+    without GALD's local distribution)."""
+
+
+class Result(Protocol):
+    """What a tool's measurement of one model gives."""
+
+    def markdown(self) -> str:
+        """The table (or text) printed and written to ``TOOL.md``."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything measured, as JSON-able values, for ``TOOL.json``."""
+
+    def summary(self) -> dict[str, float]:
+        """The headline numbers ``--record`` stores in the run (flat, ``tool/name`` keys)."""
+
+    def plot(self, fig: Figure) -> None:
+        """Draw the result on ``fig`` (sizing it as it needs; never choosing a backend)."""
+
+
+@dataclass
+class Common:
+    """Options every analysis tool takes.
+
+    Args:
+        ckpt: checkpoint of the run directories: best, last or a path to a .ckpt file
+            (a missing one is an error, never a fallback)
+        split: the split whose images and labels are measured
+        out: directory for TOOL.md, TOOL.json and TOOL.png (TOOL_<model>.png per model when
+            there are several); without it, only the table on stdout
+        record: store the tool's summary in each run's metrics.json (needs run directories)
+    """
+
+    ckpt: str = "best"
+    split: Split = "val"
+    out: Path | None = None
+    record: bool = False
+
+
+OptionsT = TypeVar("OptionsT")
+ResultT = TypeVar("ResultT", bound=Result)
+
+
+class Tool(ABC, Generic[OptionsT, ResultT]):
+    """An analysis tool: its name, its options and its measurement of one model."""
+
+    #: The ``segbench`` sub-command, e.g. ``"ld-masks"``; also the stem of its output files.
+    name: ClassVar[str]
+    #: The tool's own options: a dataclass whose docstring's ``Args:`` section is the help.
+    Options: ClassVar[type]
+    #: ``False`` for a tool that only reads the data (the network is built on the meta device).
+    uses_network: ClassVar[bool] = True
+    #: Options small enough for the test that runs every tool on every architecture on a CPU.
+    test_options: ClassVar[tuple[str, ...]] = ()
+    #: Figure size (inches) of one model's figure.
+    figsize: ClassVar[tuple[float, float]] = (8.0, 4.0)
+
+    def __init__(self, description: str | None = None) -> None:
+        self.description = description or (type(self).__doc__ or "")
+
+    def not_applicable(self, net: nn.Module) -> str | None:
+        """Why this tool cannot measure ``net`` (a part it lacks), or ``None``: it can."""
+        return None
+
+    @abstractmethod
+    def measure(self, model: LoadedModel, options: OptionsT, common: Common) -> ResultT:
+        """Measure one model (in eval mode, on the CPU)."""
+
+    def plot_together(self, results: Sequence[tuple[str, ResultT]], fig: Figure) -> None:
+        """A figure of all the models (written as ``TOOL.png`` when there are several), for a
+        tool that compares them; by default there is none."""
+        raise NotImplementedError
+
+    def report(self, results: Sequence[tuple[str, ResultT]]) -> str:
+        """The markdown of several models' results; one section per model unless a tool
+        tabulates them together."""
+        if len(results) == 1:
+            return results[0][1].markdown()
+        return "\n".join(f"### {name}\n\n{result.markdown()}" for name, result in results)
+
+    # -- the command ------------------------------------------------------------------------
+    def parser(self):  # -> jsonargparse.ArgumentParser
+        from jsonargparse import ArgumentParser
+
+        parser = ArgumentParser(
+            prog=f"segbench {self.name}",
+            description=(
+                f"usage: segbench {self.name} [RUN_DIR ...] [--config FILE.yaml [segbench fit "
+                f"overrides]] [options]\n\n{self.description}"
+            ),
+        )
+        parser.add_class_arguments(Common, nested_key=None, as_group=True)
+        parser.add_class_arguments(self.Options, nested_key=None, as_group=True)
+        return parser
+
+    def keys(self) -> dict[str, bool]:
+        """The tool's option names, each with whether it is a flag (a bool)."""
+        hints = {**get_type_hints(Common), **get_type_hints(self.Options)}
+        return {name: hints[name] is bool for name in hints}
+
+    def main(self, argv: list[str]) -> list[tuple[str, ResultT]]:
+        """``segbench TOOL ...``: parse, load each model, measure, print, write, record."""
+        runs, tool_args, fit_args = split_argv(argv, self.keys())
+        parser = self.parser()
+        ns = parser.parse_args(tool_args)
+        common = Common(**{f.name: ns[f.name] for f in fields(Common)})
+        options = self.Options(**{f.name: ns[f.name] for f in fields(self.Options)})
+        if not runs and not fit_args:
+            parser.error("give run directories or a config: --config FILE.yaml")
+        if common.record and not runs:
+            parser.error("--record stores into run directories: give one or more")
+        sources = [[run, *fit_args] for run in runs] if runs else [fit_args]
+        results: list[tuple[str, ResultT]] = []
+        for args in sources:
+            model = load_model(args, ckpt=common.ckpt, network=self.uses_network)
+            name = model.label = model_name(model, args)
+            reason = self.not_applicable(model.net) if self.uses_network else None
+            if reason:
+                raise NotApplicableError(f"segbench {self.name} on {model.name}: {reason}")
+            log.info("%s: measuring %s", self.name, model.name)
+            result = self.measure(model, options, common)
+            results.append((name, result))
+            if common.record and model.run_dir is not None:
+                from segbench.analysis.report import record_analysis
+
+                record_analysis(
+                    model.run_dir, result.summary(), tool=self.name, checkpoint=model.checkpoint
+                )
+                log.info("%s: recorded in %s", self.name, model.run_dir / "metrics.json")
+        text = self.report(results)
+        if common.out is not None:
+            self.write(results, text, common.out)
+        sys.stdout.write(text)
+        return results
+
+    def write(self, results: Sequence[tuple[str, ResultT]], text: str, out: Path) -> None:
+        from segbench.rundir import atomic_write_json
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{self.name}.md").write_text(text)
+        atomic_write_json(out / f"{self.name}.json", {n: r.to_json() for n, r in results})
+        for name, result in results:
+            stem = self.name if len(results) == 1 else f"{self.name}_{safe_name(name)}"
+            save_figure(result.plot, out / f"{stem}.png", self.figsize)
+        if len(results) > 1 and type(self).plot_together is not Tool.plot_together:
+            save_figure(
+                lambda fig: self.plot_together(results, fig), out / f"{self.name}.png", self.figsize
+            )
+        log.info("%s: wrote %s/%s.{md,json,png}", self.name, out, self.name)
+
+
+def save_figure(draw: Callable[[Figure], None], path: Path, figsize: tuple[float, float]) -> None:
+    """Draw on a figure of its own (no pyplot state, no backend switch) and save it."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    draw(fig)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def split_argv(
+    argv: Sequence[str], keys: dict[str, bool]
+) -> tuple[list[str], list[str], list[str]]:
+    """``argv`` as (run directories, the tool's options, ``segbench fit`` arguments).
+
+    Leading positional words are run directories; an option whose key is one of ``keys`` goes
+    to the tool with the words after it (several words become one list value; a flag, ``keys``
+    true, alone means ``true``), any other option (``--config``, ``--model...``, ``--data...``)
+    to ``segbench fit`` with its value.
+    """
+    argv = list(argv)
+    runs: list[str] = []
+    while argv and not argv[0].startswith("-"):
+        word = argv.pop(0)
+        if not is_run_dir(word):
+            raise FileNotFoundError(f"{word}: not a run directory (no config.yaml in it)")
+        runs.append(word)
+    tool: list[str] = []
+    fit: list[str] = []
+    while argv:
+        word = argv.pop(0)
+        if not word.startswith("-"):
+            raise ConfigError(
+                f"{word!r}: run directories come first (segbench TOOL RUN_DIR ... [options])"
+            )
+        key, has_value, _ = word.lstrip("-").partition("=")
+        values: list[str] = []
+        while not has_value and argv and not re.match(r"--?[A-Za-z]", argv[0]):
+            values.append(argv.pop(0))
+        if key.rstrip("+") in keys or key in ("h", "help"):
+            tool.append(word)
+            if len(values) > 1:
+                values = ["[" + ",".join(values) + "]"]
+            elif not values and not has_value and keys.get(key, False):
+                values = ["true"]
+            tool += values
+        elif key in ("run", "runs"):
+            raise ConfigError(
+                f"--{key} is gone: run directories are given first, positionally "
+                "(segbench TOOL RUN_DIR [RUN_DIR ...] [options])"
+            )
+        else:
+            fit.append(word)
+            fit += values
+    return runs, tool, fit
+
+
+def model_name(model: LoadedModel, args: Sequence[str]) -> str:
+    """A model's label in tables and file names: its run's name, else its last config's stem,
+    else its class."""
+    if model.run_dir is not None:
+        return model.run_dir.name
+    from segbench.config import config_files
+
+    files = config_files(list(args))
+    return Path(files[-1]).stem if files else type(model.net).__name__
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
