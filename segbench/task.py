@@ -43,6 +43,39 @@ DEFAULT_OPTIMIZER: dict[str, Any] = {
 Stage = Literal["val", "test"]
 
 
+class _Subsample:
+    """Forward pre-hook: the input sampled every ``stride`` pixels (:func:`to_channels_last`)."""
+
+    def __init__(self, stride: tuple[int, int]) -> None:
+        self.stride = stride
+
+    def __call__(self, module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        sy, sx = self.stride
+        return (args[0][:, :, ::sy, ::sx], *args[1:])
+
+
+def to_channels_last(net: nn.Module) -> nn.Module:
+    """``net`` with its weights in channels-last memory format.
+
+    torch 2.14's CPU backward of a float32 1x1 convolution with stride > 1 and fewer than 16
+    input channels (DRN's and ResNet's projection shortcuts at CPU width) corrupts memory in
+    channels-last format (``tests/models/test_precision.py`` trains every architecture in it).
+    Such a convolution is the same function as sampling its input every ``stride`` pixels and
+    applying it with stride 1, which is what it becomes here (padding 0, so the output size is
+    the same)."""
+    net.to(memory_format=torch.channels_last)
+    for m in net.modules():
+        if (
+            isinstance(m, nn.Conv2d)
+            and m.kernel_size == (1, 1)
+            and m.stride != (1, 1)
+            and m.padding == (0, 0)
+        ):
+            m.register_forward_pre_hook(_Subsample(m.stride))  # type: ignore[arg-type]
+            m.stride = (1, 1)
+    return net
+
+
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, **DEFAULT_OPTIMIZER["init_args"])
 
@@ -82,6 +115,9 @@ class SegmentationTask(L.LightningModule):
             image, once.
         test_protocol: the same for the test and predict stages (e.g. multi-scale + flip for
             the final numbers while validation during training stays cheap).
+        channels_last: keep the network's weights and its inputs in channels-last memory
+            format (NHWC), which the CPU's and GPUs' fastest convolution kernels prefer; the
+            numbers are the same up to floating-point rounding.
     """
 
     def __init__(
@@ -103,6 +139,7 @@ class SegmentationTask(L.LightningModule):
         init_from: str | None = None,
         val_protocol: EvalProtocol = WHOLE_IMAGE,
         test_protocol: EvalProtocol = WHOLE_IMAGE,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         _check_values(
@@ -140,6 +177,9 @@ class SegmentationTask(L.LightningModule):
         self.lr_schedule, self.poly_power = lr_schedule, poly_power
         self.warmup_iters, self.warmup_factor = warmup_iters, warmup_factor
         self.init_from = init_from
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            to_channels_last(self.net)
         self.protocols: dict[Stage, EvalProtocol] = {"val": val_protocol, "test": test_protocol}
         self.metrics = nn.ModuleDict(
             {
@@ -233,7 +273,7 @@ class SegmentationTask(L.LightningModule):
 
     # -- steps ----------------------------------------------------------------------------------
     def forward(self, image: Tensor) -> dict[str, Tensor]:
-        return self.net(image)
+        return self.net(image.contiguous(memory_format=self.memory_format))
 
     def compute_loss(
         self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
@@ -291,6 +331,7 @@ class SegmentationTask(L.LightningModule):
         self, image: Tensor, stage: Stage, size: tuple[int, int] | None = None
     ) -> Tensor:
         """Log-probabilities ``N x K x size`` of ``image`` under the stage's protocol."""
+        image = image.contiguous(memory_format=self.memory_format)
         return predict_log_probs(self.net, image, self.protocols[stage], size)
 
     def _eval_step(self, stage: Stage, batch: dict[str, Tensor]) -> dict[str, Tensor]:
