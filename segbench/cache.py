@@ -9,6 +9,7 @@ tensors and plain values, loaded with ``weights_only=True``.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from collections.abc import Callable
@@ -31,6 +32,29 @@ def cache_root(cache_dir: str | None = None) -> Path:
         return Path(cache_dir).expanduser()
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "segbench"
+
+
+def written_once(path: Path, write: Callable[[Path], None], *, what: str = "file") -> Path:
+    """``path``, written by ``write(temporary path)`` if it does not exist yet.
+
+    Processes that need it at the same time (the ranks of a DDP run, the runs of a parallel
+    sweep) wait on a lock file while the first one writes; the file appears whole (renamed into
+    place) or not at all. No collective call: any subset of processes may ask.
+    """
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+            try:
+                write(tmp)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            log.info("%s cached in %s", what, path)
+    return path
 
 
 def rank_zero_cached(

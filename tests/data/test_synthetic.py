@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from segbench.cache import written_once
 from segbench.data.synthetic import (
     BIRD,
     BOAT,
@@ -110,3 +111,47 @@ def test_declared_normalisation_matches_the_data():
     )
     assert pixels.mean(0) == pytest.approx(SyntheticSegmentation.mean, abs=0.02)
     assert pixels.std(0) == pytest.approx(SyntheticSegmentation.std, abs=0.02)
+
+
+def test_the_scene_cache_holds_exactly_the_rendered_scenes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path))
+    cached = SyntheticSegmentation(num_train=5, num_val=3, num_test=2, image_size=(40, 56))
+    fresh = SyntheticSegmentation(
+        num_train=5, num_val=3, num_test=2, image_size=(40, 56), cache=False
+    )
+    for dm in (cached, fresh):
+        dm.setup("fit")
+    files = sorted(p.name for p in (tmp_path / "synthetic").glob("*.npy"))
+    assert len(files) == 2  # train and val, keyed by seed, split, length and size
+    assert all(f"-{n}-40x56.npy" in f for f, n in zip(files, (5, 3), strict=True))
+    for split in ("train", "val"):
+        for i in range(len(cached.datasets[split])):
+            a, b = cached.datasets[split][i], fresh.datasets[split][i]
+            assert torch.equal(a["image"], b["image"])
+            assert torch.equal(a["mask"], b["mask"])
+    img, label, _ = render_scene(0, "train", 4, (40, 56))
+    scene = cached.datasets["train"].scene(4)
+    assert np.array_equal(scene[0], img)
+    assert np.array_equal(scene[1], label)
+
+
+def test_written_once_writes_a_file_once_and_whole(tmp_path):
+    calls = []
+
+    def write(tmp):
+        calls.append(tmp)
+        tmp.write_text("x")
+
+    path = tmp_path / "a" / "f.txt"
+    assert written_once(path, write) == path
+    assert written_once(path, write) == path
+    assert len(calls) == 1
+    assert path.read_text() == "x"
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        written_once(tmp_path / "g.txt", fail)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "g.txt.lock"]
