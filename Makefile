@@ -12,7 +12,7 @@ SCALE ?= cpu
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-slow lint format clean
+.PHONY: help venv demo test test-slow lint format bench bench-drn gpu-check clean
 
 help:  ## list the targets and the ablations found (experiments/*/*/ablation.yaml)
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -36,20 +36,30 @@ demo: venv  ## train FCN-8s on the embedded synthetic scenes (CPU, ~5 min) and p
 	$(SEGBENCH) fit --config experiments/quickstart.yaml --run.overwrite true
 
 test: venv  ## lint, format check and the test suite (no slow tests)
-	$(BIN)/ruff check segbench tests
-	$(BIN)/ruff format --check segbench tests
+	$(BIN)/ruff check segbench tests benchmarks
+	$(BIN)/ruff format --check segbench tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 test-slow: venv  ## the slow tests: real data (SEGBENCH_CAMVID), training to a target
 	$(BIN)/python -m pytest -q -m slow
 
 lint: venv  ## ruff lint and format check
-	$(BIN)/ruff check segbench tests
-	$(BIN)/ruff format --check segbench tests
+	$(BIN)/ruff check segbench tests benchmarks
+	$(BIN)/ruff format --check segbench tests benchmarks
 
 format: venv  ## ruff format + fix
-	$(BIN)/ruff format segbench tests
-	$(BIN)/ruff check --fix segbench tests
+	$(BIN)/ruff format segbench tests benchmarks
+	$(BIN)/ruff check --fix segbench tests benchmarks
+
+# Benchmarks measure speed on an idle machine: never while a sweep trains.
+bench: venv  ## where the quickstart's training time goes: bare step, loop, loader, inference
+	$(SEGBENCH) benchmark --config experiments/quickstart.yaml --out results/benchmark
+
+bench-drn: venv  ## segbench's DRN-C-26 vs the official fyu/drn code, one process, alternating
+	$(BIN)/python benchmarks/drn_official.py
+
+gpu-check: venv  ## every architecture at paper scale on a GPU (bf16/fp16, channels_last, compile; < 8 min)
+	$(BIN)/python benchmarks/gpu_check.py --out results/gpu-check.md
 
 # Every ablation declared in experiments/<paper>/<set>/ablation.yaml: its variants x SEEDS, its
 # steps before and after (e.g. gridding --record), then the report in results/GROUP[-SCALE].

@@ -1,108 +1,186 @@
-"""``segbench benchmark --config FILE.yaml [overrides]``: throughput of the loader and the model.
+"""``segbench benchmark --config FILE.yaml [overrides] [options]``: where the training time goes.
 
-Measures, for the configured data module and network:
+For the configured network, data, precision (``trainer.precision``) and memory format
+(``model.channels_last``), each as the median and interquartile range over repeats:
 
-* ``loader``: images/s of the training loader alone (decoding or rendering, augmentation,
-  collation, with the configured ``num_workers``), nothing else running;
-* ``forward``: images/s of inference (eval mode, no autograd) on batches of the configured size;
-* ``train``: images/s of a training step (forward, loss, backward, optimiser step).
+* ``step``: the bare training step (forward, loss, backward, optimiser step) on a random batch
+  of the configured size: no loader, logging, metrics or checkpointing;
+* ``baseline``: the same bare step in float32 and contiguous (NCHW) format: what the fast
+  settings are measured against;
+* ``loop``: the whole ``segbench fit`` loop (loader, step, logging, metrics, progress bar,
+  checkpointing, exactly as configured) over ``--loop_steps`` steps, validation excluded, timed
+  per step after ``--warmup`` steps; ``loop / step`` is the loop's overhead ratio (1.0: free);
+* ``loader``: the training loader alone;
+* ``forward``: inference (eval mode, no autograd);
+* ``sizes``: the bare step and its peak memory at each of ``--sizes`` (square inputs), as a
+  table and, with ``--out DIR``, a plot (``benchmark_sizes.png``).
 
-Model timings use random inputs of ``--input_size`` (default: the size of the first training
-batch) so they measure the network, not the loader. Each measurement runs ``--warmup`` untimed
-iterations first, then ``--iters`` timed ones. On a GPU, CUDA is synchronised around the timing.
+Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, the growth of the process's peak
+resident memory on a CPU (``ru_maxrss``: an upper bound that includes the allocator's caches).
+Benchmarks are for idle machines: anything else running on the cores distorts them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import resource
+import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import lightning as L
 import torch
 
 from segbench.config import build
 
 
 @dataclass
-class Throughput:
+class Timing:
+    """Images/s of one measurement: median and interquartile range over repeats."""
+
     what: str
     images_per_s: float
+    iqr: tuple[float, float]
+    repeats: int
     batch_size: int
     input_size: tuple[int, int]
-    device: str
-    threads: int
+    setting: str
+    peak_memory_mb: float | None = None
+    notes: dict[str, float] = field(default_factory=dict)
 
 
-def _timed(step: Callable[[], None], iters: int, warmup: int, device: torch.device) -> float:
+def _stats(what: str, seconds: list[float], images: int, **kw) -> Timing:
+    rates = sorted(images / s for s in seconds)
+    q = statistics.quantiles(rates, n=4) if len(rates) > 1 else [rates[0]] * 3
+    return Timing(what, statistics.median(rates), (q[0], q[2]), len(rates), **kw)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _repeat(step: Callable[[], None], repeats: int, warmup: int, device: torch.device) -> list:
     for _ in range(warmup):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
+    _sync(device)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
         step()
+        _sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
+    """``{"mb": peak}`` once the block has run (see the module docstring)."""
+    box: dict[str, float] = {}
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    yield box
+    if device.type == "cuda":
+        box["mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:
+        box["mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**20
 
 
-def loader_throughput(datamodule, batches: int, warmup: int = 2) -> tuple[float, dict]:
-    """Images/s of iterating the training loader; also returns the first batch."""
-    datamodule.setup("fit")
-    loader = datamodule.train_dataloader()
-    it = iter(loader)
-    first = next(it)
-    for _ in range(warmup - 1):
-        next(it)
-    n, t0 = 0, time.perf_counter()
-    for _ in range(batches):
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            batch = next(it)
-        n += batch["image"].shape[0]
-    return n / (time.perf_counter() - t0), first
+def _autocast(device: torch.device, precision: str):
+    if precision.startswith("bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision.startswith("16"):
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
 
 
-def model_throughput(
+def bare_step(
     task,
     *,
     batch_size: int,
     input_size: tuple[int, int],
-    iters: int,
-    warmup: int,
     device: torch.device,
-    train: bool,
-) -> float:
-    """Images/s of inference (``train=False``) or of a full training step."""
+    precision: str,
+    channels_last: bool,
+    train: bool = True,
+) -> Callable[[], None]:
+    """A training step (or inference, ``train=False``) of ``task`` on a fixed random batch."""
+    from segbench.task import to_channels_last
+
     net = task.net.to(device)
     task.to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        to_channels_last(net)
     x = torch.randn(batch_size, 3, *input_size, device=device)
+    x = x.contiguous(memory_format=memory_format)
     y = torch.randint(0, task.num_classes, (batch_size, *input_size), device=device)
-    if train:
-        net.train()
-        opt = torch.optim.SGD(
-            [p for p in net.parameters() if p.requires_grad], lr=1e-6, momentum=0.9
-        )
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            loss = task.compute_loss(net(x), {"image": x, "mask": y})["loss"]
-            loss.backward()
-            opt.step()
-    else:
+    if not train:
         net.eval()
 
-        def step() -> None:
-            with torch.inference_mode():
+        def infer() -> None:
+            with torch.inference_mode(), _autocast(device, precision):
                 net(x)
 
-    seconds = _timed(step, iters, warmup, device)
-    return batch_size * iters / seconds
+        return infer
+    net.train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-9, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.startswith("16"))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with _autocast(device, precision):
+            loss = task.compute_loss(net(x), {"image": x, "mask": y})["loss"]
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    return step
+
+
+class _StepTimes(L.Callback):
+    """Seconds between consecutive training-batch ends (loading included)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last: float | None = None
+        self.batch_size = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._last is not None and batch_idx > 0:
+            self.times.append(now - self._last)
+        self._last = now
+        self.batch_size = int(batch["image"].shape[0])
+
+
+def loop_times(args: list[str], steps: int) -> tuple[list[float], int]:
+    """Per-step seconds of ``segbench fit args`` for ``steps`` steps, validation off, in a
+    temporary run directory."""
+    from segbench.cli import SegbenchCLI
+
+    timer = _StepTimes()
+    with tempfile.TemporaryDirectory(prefix="segbench-benchmark-") as root:
+        overrides = [
+            "--run.root", root, "--run.wandb", "disabled", "--run.name", "loop",
+            "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
+            "--trainer.num_sanity_val_steps", "0",
+        ]  # fmt: skip
+        SegbenchCLI(
+            args=["fit", *args, *overrides],
+            trainer_defaults={"callbacks": [timer]},
+        )
+    return timer.times, timer.batch_size
 
 
 def main(argv: list[str]) -> None:
@@ -114,69 +192,123 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--what",
         nargs="+",
-        default=["loader", "forward", "train"],
-        choices=["loader", "forward", "train"],
+        default=["step", "baseline", "loop", "loader", "forward"],
+        choices=["step", "baseline", "loop", "loader", "forward", "sizes"],
     )
-    parser.add_argument(
-        "--input_size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="model input size (default: the first training batch's)",
-    )
+    parser.add_argument("--input_size", type=int, nargs=2, metavar=("H", "W"))
     parser.add_argument("--batch_size", type=int, help="default: the data module's")
-    parser.add_argument("--iters", type=int, default=10, help="timed iterations")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps of a bare step")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--loop_steps", type=int, default=60, help="steps of the timed fit")
     parser.add_argument("--loader_batches", type=int, default=30)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 384, 512])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, help="write benchmark.{md,json} (+ sizes plot) here")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     known, rest = parser.parse_known_args(argv)
     if not rest:
         parser.error("give a config: --config FILE.yaml")
+    results = run(rest, known)
+    text = markdown(results)
+    if known.out:
+        known.out.mkdir(parents=True, exist_ok=True)
+        (known.out / "benchmark.md").write_text(text)
+        (known.out / "benchmark.json").write_text(
+            json.dumps([asdict(r) for r in results], indent=2) + "\n"
+        )
+        sizes = [r for r in results if r.what.startswith("size ")]
+        if sizes:
+            from segbench.analysis.tool import save_figure
 
-    task, dm, _ = build(rest)
+            save_figure(lambda fig: plot_sizes(sizes, fig), known.out / "benchmark_sizes.png",
+                        (7, 3.5))  # fmt: skip
+    sys.stdout.write(
+        json.dumps([asdict(r) for r in results], indent=2) + "\n" if known.json else text
+    )
+
+
+def run(args: list[str], known: argparse.Namespace) -> list[Timing]:
+    _, dm, cfg = build(args)
     device = torch.device(known.device)
+    precision = str(cfg.trainer.get("precision") or "32-true")
+    channels_last = bool(cfg.model.get("channels_last", False))
+    setting = f"{precision}{', channels_last' if channels_last else ''}"
     batch_size = known.batch_size or dm.batch_size
-    input_size = tuple(known.input_size) if known.input_size else None
-    results: list[Throughput] = []
-    if "loader" in known.what or input_size is None:
-        ips, first = loader_throughput(dm, known.loader_batches)
-        input_size = input_size or tuple(first["image"].shape[-2:])
-        if "loader" in known.what:
-            results.append(
-                Throughput(
-                    "loader",
-                    ips,
-                    dm.batch_size,
-                    tuple(first["image"].shape[-2:]),
-                    "cpu",
-                    dm.num_workers,
-                )
-            )
-    for what in ("forward", "train"):
-        if what in known.what:
-            ips = model_throughput(
-                task,
-                batch_size=batch_size,
-                input_size=input_size,
-                iters=known.iters,
-                warmup=known.warmup,
-                device=device,
-                train=what == "train",
-            )
-            results.append(
-                Throughput(what, ips, batch_size, input_size, device.type, torch.get_num_threads())
-            )
-    if known.json:
-        sys.stdout.write(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-        return
+    input_size = tuple(known.input_size) if known.input_size else tuple(dm.image_size)
+    common = {"batch_size": batch_size, "input_size": input_size}
+    results: list[Timing] = []
+
+    def bare(what: str, prec: str, cl: bool, train: bool = True, size=input_size) -> Timing:
+        t, _, _ = build(args)
+        step = bare_step(t, batch_size=batch_size, input_size=size, device=device,
+                         precision=prec, channels_last=cl, train=train)  # fmt: skip
+        with peak_memory(device) as mem:
+            seconds = _repeat(step, known.repeats, known.warmup, device)
+        label = f"{prec}{', channels_last' if cl else ''}"
+        return _stats(what, seconds, batch_size, batch_size=batch_size, input_size=size,
+                      setting=label, peak_memory_mb=mem["mb"])  # fmt: skip
+
+    if "step" in known.what or "loop" in known.what:
+        results.append(bare("step", precision, channels_last))
+    if "baseline" in known.what:
+        results.append(bare("baseline", "32-true", False))
+    if "loop" in known.what:
+        times, n = loop_times(args, known.loop_steps)
+        loop = _stats("loop", times[known.warmup :], n or batch_size, setting=setting, **common)
+        step = next(r for r in results if r.what == "step")
+        loop.notes["loop_over_step"] = loop.images_per_s / step.images_per_s
+        base = next((r for r in results if r.what == "baseline"), None)
+        if base is not None:
+            loop.notes["loop_over_baseline"] = loop.images_per_s / base.images_per_s
+        results.append(loop)
+    if "loader" in known.what:
+        dm.setup("fit")
+        it = iter(dm.train_dataloader())
+        next(it)
+        seconds = []
+        for _ in range(known.loader_batches):
+            t0 = time.perf_counter()
+            batch = next(it)
+            seconds.append(time.perf_counter() - t0)
+        n = int(batch["image"].shape[0])
+        results.append(_stats("loader", seconds, n, batch_size=n, input_size=input_size,
+                              setting=f"{dm.num_workers} workers"))  # fmt: skip
+    if "forward" in known.what:
+        results.append(bare("forward", precision, channels_last, train=False))
+    if "sizes" in known.what:
+        for s in known.sizes:
+            results.append(bare(f"size {s}", precision, channels_last, size=(s, s)))
+    return results
+
+
+def markdown(results: list[Timing]) -> str:
     lines = [
-        "| measure | images/s | batch | input | device | threads/workers |",
-        "|---|---|---|---|---|---|",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "",
+        "| measure | setting | images/s (median) | IQR | peak memory (MB) | batch | input |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines += [
-        f"| {r.what} | {r.images_per_s:.1f} | {r.batch_size} | "
-        f"{r.input_size[0]}x{r.input_size[1]} | {r.device} | {r.threads} |"
-        for r in results
-    ]
-    sys.stdout.write("\n".join(lines) + "\n")
+    for r in results:
+        mem = "" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}"
+        lines.append(
+            f"| {r.what} | {r.setting} | {r.images_per_s:.1f} | {r.iqr[0]:.1f}-{r.iqr[1]:.1f} "
+            f"| {mem} | {r.batch_size} | {r.input_size[0]}x{r.input_size[1]} |"
+        )
+    notes = [f"{k} = {v:.3f}" for r in results for k, v in r.notes.items()]
+    if notes:
+        lines += ["", "Ratios: " + ", ".join(notes) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_sizes(results: list[Timing], fig) -> None:
+    sizes = [r.input_size[0] for r in results]
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(sizes, [r.images_per_s for r in results], marker="o")
+    ax1.set_xlabel("input side (px)")
+    ax1.set_ylabel("training images/s")
+    ax2.plot(sizes, [r.peak_memory_mb or 0 for r in results], marker="o", color="C1")
+    ax2.set_xlabel("input side (px)")
+    ax2.set_ylabel("peak memory (MB)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"training step, {results[0].setting}, batch {results[0].batch_size}")

@@ -119,14 +119,15 @@ class SeededSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, epoch = key
         seed = np.random.SeedSequence([self.seed, epoch, index]).generate_state(2)
-        saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
-        torch.manual_seed(int(seed[0]) << 32 | int(seed[1]))
+        cpu = torch.default_generator  # torch.manual_seed would also walk the accelerators' RNGs
+        saved = cpu.get_state(), np.random.get_state(), random.getstate()
+        cpu.manual_seed(int(seed[0]) << 32 | int(seed[1]))
         np.random.seed(int(seed[0]))
         random.seed(int(seed[1]))
         try:
             return self.dataset[index]
         finally:
-            torch.set_rng_state(saved[0])
+            cpu.set_state(saved[0])
             np.random.set_state(saved[1])
             random.setstate(saved[2])
 
