@@ -29,7 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segbench.analysis.benchmark import _repeat, bare_step, peak_memory  # noqa: E402
+from segbench.analysis.benchmark import bare_step, peak_memory, timed_repeats  # noqa: E402
 from segbench.analysis.summary import count_flops  # noqa: E402
 from segbench.config import build  # noqa: E402
 from segbench.inference import EvalProtocol, predict_log_probs  # noqa: E402
@@ -95,7 +95,7 @@ def check(arch: str, precision: str, compiled: bool, opts: argparse.Namespace) -
         if compiled:
             task.net.forward = torch.compile(task.net.forward, backend=opts.compile_backend)
         with peak_memory(device) as mem:
-            seconds = _repeat(step, opts.steps, opts.warmup, device)
+            seconds = timed_repeats(step, opts.steps, opts.warmup, device)
         median = sorted(seconds)[len(seconds) // 2]
         row.images_per_s = batch / median
         row.peak_memory_gb = mem["mb"] / 1024

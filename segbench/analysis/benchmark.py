@@ -66,7 +66,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _repeat(step: Callable[[], None], repeats: int, warmup: int, device: torch.device) -> list:
+def timed_repeats(
+    step: Callable[[], None], repeats: int, warmup: int, device: torch.device
+) -> list:
     for _ in range(warmup):
         step()
     _sync(device)
@@ -243,7 +245,7 @@ def run(args: list[str], known: argparse.Namespace) -> list[Timing]:
         step = bare_step(t, batch_size=batch_size, input_size=size, device=device,
                          precision=prec, channels_last=cl, train=train)  # fmt: skip
         with peak_memory(device) as mem:
-            seconds = _repeat(step, known.repeats, known.warmup, device)
+            seconds = timed_repeats(step, known.repeats, known.warmup, device)
         label = f"{prec}{', channels_last' if cl else ''}"
         return _stats(what, seconds, batch_size, batch_size=batch_size, input_size=size,
                       setting=label, peak_memory_mb=mem["mb"])  # fmt: skip
