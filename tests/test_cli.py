@@ -228,14 +228,18 @@ def dataset_section(path: Path) -> Path | None:
 
 
 def parse_pairs() -> list:
-    """Every YAML under experiments/; files in a `variants/` folder compose with ../base.yaml,
-    `_scale_<name>.yaml` with base.yaml beside it, and a paper's recipe for a data set composes
-    after that data set's section."""
+    """Every YAML under experiments/; files in a `variants/` folder compose with the base files
+    of the folder's ablation.yaml (default ../base.yaml), `_scale_<name>.yaml` with base.yaml
+    beside it, and a paper's recipe for a data set composes after that data set's section."""
+    from segbench.analysis.sweep import Ablation
+
     cases = []
     for path in sorted(EXPERIMENTS.rglob("*.yaml")):
         configs = [path]
         if path.parent.name == "variants":
-            configs = [path.parent.parent / "base.yaml", path]
+            plan = path.parent.parent / "ablation.yaml"
+            base = Ablation.load(plan).configs("cpu")[0] if plan.is_file() else None
+            configs = [*(base or [path.parent.parent / "base.yaml"]), path]
         elif path.name.startswith("_scale_"):
             configs = [path.parent / "base.yaml", path]  # `make ablation-* SCALE=<name>`
         elif path.name.startswith("_") or path.name in ("paper.yaml", "ablation.yaml"):
