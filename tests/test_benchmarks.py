@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -39,3 +40,28 @@ def test_the_official_drn_comparison_runs_and_counts_the_same_parameters():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| float32, NCHW |" in done.stdout
     assert "| bf16 autocast + channels_last |" in done.stdout
+
+
+def test_segbench_benchmark_measures_every_part_and_writes_its_files(tmp_path, capsys):
+    from segbench.cli import main
+    from tests.conftest import tiny_args
+
+    out = tmp_path / "bench"
+    main(["benchmark", *tiny_args(tmp_path), "--what", "step", "baseline", "loop", "loader",
+          "forward", "sizes", "--repeats", "2", "--warmup", "1", "--loop_steps", "4",
+          "--loader_batches", "2", "--sizes", "64", "32", "--out", str(out)])  # fmt: skip
+    rows = json.loads((out / "benchmark.json").read_text())
+    assert [r["what"] for r in rows] == [
+        "step", "baseline", "loop", "loader", "forward", "size 32", "size 64"
+    ]  # fmt: skip
+    by = {r["what"]: r for r in rows}
+    assert by["step"]["setting"] == "bf16-mixed, channels_last"  # the recipe's setting
+    assert by["baseline"]["setting"] == "32-true"
+    assert all(r["images_per_s"] > 0 and r["iqr"][0] <= r["iqr"][1] for r in rows)
+    assert by["loop"]["repeats"] == 4 - 1 - 1  # steps after the first, minus the warm-up
+    ratio = by["loop"]["notes"]["loop_over_step"]
+    assert ratio == by["loop"]["images_per_s"] / by["step"]["images_per_s"]
+    assert by["size 64"]["peak_memory_mb"] >= by["size 32"]["peak_memory_mb"] > 0
+    assert (out / "benchmark_sizes.png").stat().st_size > 1000
+    assert "Ratios: loop_over_step" in (out / "benchmark.md").read_text()
+    assert "| loop |" in capsys.readouterr().out

@@ -15,8 +15,9 @@ For the configured network, data, precision (``trainer.precision``) and memory f
 * ``sizes``: the bare step and its peak memory at each of ``--sizes`` (square inputs), as a
   table and, with ``--out DIR``, a plot (``benchmark_sizes.png``).
 
-Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, the growth of the process's peak
-resident memory on a CPU (``ru_maxrss``: an upper bound that includes the allocator's caches).
+Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU it is the process's peak
+resident memory so far (``ru_maxrss``: Python, torch and the data included, so an upper bound;
+``--sizes`` are measured in increasing order, so each row is that size's peak).
 Benchmarks are for idle machines: anything else running on the cores distorts them.
 """
 
@@ -87,14 +88,11 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
     box: dict[str, float] = {}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     yield box
     if device.type == "cuda":
-        box["mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    else:
-        box["mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**20
+        box["mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    else:  # the process's peak so far: measure growing sizes in increasing order
+        box["mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
 def _autocast(device: torch.device, precision: str):
@@ -278,7 +276,7 @@ def run(args: list[str], known: argparse.Namespace) -> list[Timing]:
     if "forward" in known.what:
         results.append(bare("forward", precision, channels_last, train=False))
     if "sizes" in known.what:
-        for s in known.sizes:
+        for s in sorted(known.sizes):
             results.append(bare(f"size {s}", precision, channels_last, size=(s, s)))
     return results
 
