@@ -32,7 +32,7 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed  ## create .venv and install segbench with its dev tools
 
-demo: venv  ## train FCN-8s on the embedded synthetic scenes (CPU, ~5 min) and print the results
+demo: venv  ## train FCN-8s on the embedded synthetic scenes (CPU, ~3 min) and print the results
 	$(SEGBENCH) fit --config experiments/quickstart.yaml --run.overwrite true
 
 test: venv  ## lint, format check and the test suite (no slow tests)
