@@ -182,9 +182,15 @@ class RunFiles(Callback):
         self._eval_count(batch)
 
     def _command_section(self, trainer: L.Trainer, stage: str, pl_module: Any) -> None:
-        """A ``segbench validate`` / ``test`` command's own section."""
+        """A ``segbench validate`` / ``test`` command's own section, and its confusion matrix
+        (``confusion_<stage>.csv`` and ``.png``)."""
         if not trainer.is_global_zero:
             return
+        metrics = getattr(pl_module, "metrics", {})
+        split = "val" if stage == "validate" else "test"
+        confusion = getattr(metrics[split], "last_confusion", None) if split in metrics else None
+        if confusion is not None:
+            write_confusion(self.run, stage, confusion, list(pl_module.class_names))
         protocols = getattr(pl_module, "protocols", {})
         protocol = protocols.get("val" if stage == "validate" else "test")
         prefix = "val/" if stage == "validate" else "test/"
@@ -396,6 +402,41 @@ class ExactResume(Callback):
         if self._to_restore is not None:
             self._apply(self._to_restore)
             self._to_restore = None
+
+
+def write_confusion(run: RunDir, stage: str, confusion: Tensor, names: list[str]) -> None:
+    """``confusion_<stage>.csv`` (pixel counts; rows: true class, columns: predicted) and
+    ``confusion_<stage>.png`` (each row normalised to the class's pixels)."""
+    from matplotlib.figure import Figure
+
+    from segbench.rundir import atomic_write_text
+
+    counts = confusion.long().numpy()
+    lines = ["true \\ predicted," + ",".join(names)]
+    lines += [
+        f"{name}," + ",".join(str(int(v)) for v in row)
+        for name, row in zip(names, counts, strict=True)
+    ]
+    atomic_write_text(run.file(f"confusion_{stage}.csv"), "\n".join(lines) + "\n")
+    rows = counts.sum(1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    k = len(names)
+    fig = Figure(figsize=(1.0 + 0.45 * k, 0.8 + 0.4 * k))
+    ax = fig.subplots()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(k), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            if share[i, j] >= 0.005:
+                colour = "white" if share[i, j] > 0.5 else "black"
+                ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color=colour)  # fmt: skip
+    ax.set_title(f"{stage}: share of each true class's pixels", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.savefig(run.file(f"confusion_{stage}.png"), dpi=120, bbox_inches="tight")
 
 
 def colourise(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> np.ndarray:

@@ -66,6 +66,8 @@ class SegmentationMetrics(MulticlassJaccardIndex):
         """
         miou = super().compute()
         cm = self.confmat.double()
+        #: The confusion matrix of the last compute (summed over processes), rows: true class.
+        self.last_confusion = self.confmat.detach().cpu().clone()
         tp = cm.diag()
         gt = cm.sum(1)
         union = gt + cm.sum(0) - tp

@@ -25,6 +25,14 @@ def run_main(args: list[str]) -> None:
             raise
 
 
+def read_confusion(path: Path) -> np.ndarray:
+    with path.open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0][0] == "true \\ predicted"
+    assert [r[0] for r in rows[1:]] == rows[0][1:]  # the class names on both axes
+    return np.array([[int(v) for v in r[1:]] for r in rows[1:]])
+
+
 def metrics(run_dir: Path) -> dict:
     """The ``fit`` section of a run's metrics.json, with the file's config and provenance."""
     data = json.loads((run_dir / "metrics.json").read_text())
@@ -126,9 +134,16 @@ def test_fit_then_test_writes_a_complete_run_directory(tiny):
     assert data["test"]["metrics"] == test_after_fit
     assert data["test"]["checkpoint"].endswith("checkpoints/best.ckpt")
     assert data["test"]["protocol"]["mode"] == "whole"
+    # ... and its confusion matrix: pixel counts whose diagonal gives the pixel accuracy.
+    confusion = read_confusion(run_dir / "confusion_test.csv")
+    assert confusion.shape == (11, 11)
+    assert confusion.sum() == 6 * 64 * 64
+    assert confusion.trace() / confusion.sum() == pytest.approx(test_after_fit["test/pixel_acc"])
+    assert (run_dir / "confusion_test.png").stat().st_size > 1000
     run_main(["validate", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last"])
     data = json.loads((run_dir / "metrics.json").read_text())
     assert data["validate"]["checkpoint"].endswith("checkpoints/last.ckpt")
+    assert read_confusion(run_dir / "confusion_validate.csv").sum() == 10 * 64 * 64
     assert data["fit"] == {k: v for k, v in m.items() if k not in ("config", "provenance")}
     # How the run was made.
     prov = m["provenance"]
