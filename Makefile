@@ -27,10 +27,10 @@ help:  ## list the targets and the ablations found (experiments/*/*/ablation.yam
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,export,slurm]'
 	@touch $@
 
-venv: $(BIN)/.installed  ## create .venv and install segbench with its dev tools
+venv: $(BIN)/.installed  ## create .venv and install segbench with its dev tools and extras (export, slurm)
 
 demo: venv  ## train FCN-8s on the embedded synthetic scenes (CPU, ~3 min) and print the results
 	$(SEGBENCH) fit --config experiments/quickstart.yaml --run.overwrite true
