@@ -34,7 +34,8 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch import Tensor
 
 from segbench.provenance import provenance
-from segbench.rundir import RunDir
+from segbench.rundir import RunDir, atomic_write_text
+from segbench.visualize import colourise, confusion_figure, overlay
 
 log = logging.getLogger("segbench")
 
@@ -407,10 +408,6 @@ class ExactResume(Callback):
 def write_confusion(run: RunDir, stage: str, confusion: Tensor, names: list[str]) -> None:
     """``confusion_<stage>.csv`` (pixel counts; rows: true class, columns: predicted) and
     ``confusion_<stage>.png`` (each row normalised to the class's pixels)."""
-    from matplotlib.figure import Figure
-
-    from segbench.rundir import atomic_write_text
-
     counts = confusion.long().numpy()
     lines = ["true \\ predicted," + ",".join(names)]
     lines += [
@@ -418,32 +415,8 @@ def write_confusion(run: RunDir, stage: str, confusion: Tensor, names: list[str]
         for name, row in zip(names, counts, strict=True)
     ]
     atomic_write_text(run.file(f"confusion_{stage}.csv"), "\n".join(lines) + "\n")
-    rows = counts.sum(1, keepdims=True)
-    share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
-    k = len(names)
-    fig = Figure(figsize=(1.0 + 0.45 * k, 0.8 + 0.4 * k))
-    ax = fig.subplots()
-    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(k), names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(k):
-        for j in range(k):
-            if share[i, j] >= 0.005:
-                colour = "white" if share[i, j] > 0.5 else "black"
-                ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color=colour)  # fmt: skip
-    ax.set_title(f"{stage}: share of each true class's pixels", fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig = confusion_figure(counts, names, f"{stage}: share of each true class's pixels")
     fig.savefig(run.file(f"confusion_{stage}.png"), dpi=120, bbox_inches="tight")
-
-
-def colourise(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> np.ndarray:
-    """``H x W`` labels -> ``H x W x 3`` uint8 colours; labels past the palette (void) are grey."""
-    lut = np.full((256, 3), 40, np.uint8)
-    lut[: len(palette)] = np.asarray(palette, np.uint8)
-    return lut[np.clip(labels, 0, 255).astype(np.int64)]
 
 
 class SegmentationVisualizer(Callback):
@@ -552,16 +525,33 @@ class SegmentationVisualizer(Callback):
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Write each predicted label map to ``<out_dir>/<name>.png`` (palette PNG: the pixel values
-    are class indices, the palette gives the data set's colours).
+    """Write ``segbench predict``'s results, per image, into ``out_dir``:
+
+    * ``<name>.png``: the label map at the image's own size, a palette PNG (pixel values are
+      class indices, the palette gives the data set's colours);
+    * ``<name>_overlay.png``: the image blended with the class colours, with a legend of the
+      classes present (``overlays``);
+    * ``<name>_probs.npy``: the class probabilities, float16 ``K x H x W`` (``save_probs``).
+
+    An image that could not be read is reported and skipped; the end says how many images were
+    written, in how long, and which were skipped.
 
     Args:
-        out_dir: the folder of the PNGs.
+        out_dir: the folder of the files.
+        overlays: also write the overlays.
+        save_probs: also write the probabilities.
     """
 
-    def __init__(self, out_dir: str | Path) -> None:
+    def __init__(self, out_dir: str | Path, *, overlays: bool = True, save_probs: bool = False):
         super().__init__(write_interval="batch")
         self.out_dir = Path(out_dir)
+        self.overlays, self.save_probs = overlays, save_probs
+        self.written = 0
+        self.skipped: list[tuple[str, str]] = []
+        self._start = 0.0
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.written, self.skipped, self._start = 0, [], time.perf_counter()
 
     def write_on_batch_end(
         self,
@@ -575,12 +565,49 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         from PIL import Image
 
+        for path, message in batch.get("errors") or []:
+            log.warning("skipped %s: %s", path, message)
+            self.skipped.append((path, message))
+        if prediction["pred"] is None:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        flat_palette = [c for rgb in trainer.datamodule.colours() for c in rgb]
+        dm = trainer.datamodule
+        palette = dm.colours()
+        flat_palette = [c for rgb in palette for c in rgb]
         names = prediction.get("name") or [
             f"{batch_idx}_{i}" for i in range(len(prediction["pred"]))
         ]
-        for name, pred in zip(names, prediction["pred"], strict=True):
-            img = Image.fromarray(pred.to(torch.uint8).cpu().numpy(), mode="P")
+        preds = prediction["pred"].to(torch.uint8).cpu().numpy()
+        originals = batch.get("original")
+        if self.overlays and originals is None:  # the test split: the image as normalised
+            mean = torch.tensor(dm.mean).view(1, 3, 1, 1)
+            std = torch.tensor(dm.std).view(1, 3, 1, 1)
+            originals = ((batch["image"].float().cpu() * std + mean).clamp(0, 1) * 255).byte()
+        for i, (name, pred) in enumerate(zip(names, preds, strict=True)):
+            img = Image.fromarray(pred, mode="P")
             img.putpalette(flat_palette)
             img.save(self.out_dir / f"{name}.png")
+            if self.overlays:
+                image = originals[i].cpu().permute(1, 2, 0).numpy()
+                picture = overlay(image, pred, palette, list(dm.class_names))
+                picture.save(self.out_dir / f"{name}_overlay.png")
+            if self.save_probs:
+                probs = prediction["log_probs"][i].float().exp().to(torch.float16).cpu().numpy()
+                np.save(self.out_dir / f"{name}_probs.npy", probs)
+            self.written += 1
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seconds = time.perf_counter() - self._start
+        per_image = f" ({seconds / self.written:.3f} s per image)" if self.written else ""
+        log.info(
+            "predicted %d image(s) in %.1f s%s into %s",
+            self.written,
+            seconds,
+            per_image,
+            self.out_dir,
+        )
+        skipped = [*getattr(trainer.datamodule, "skipped_images", []), *self.skipped]
+        if skipped:
+            log.warning(
+                "skipped %d unreadable image(s): %s", len(skipped), ", ".join(p for p, _ in skipped)
+            )

@@ -25,6 +25,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 from unittest import mock
@@ -137,6 +138,14 @@ class SegbenchCLI(LightningCLI):
         finally:
             if self._smoke_dir is not None:
                 shutil.rmtree(self._smoke_dir, ignore_errors=True)
+
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            add_predict_arguments(parser)
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunConfig, "run")
@@ -303,7 +312,15 @@ class SegbenchCLI(LightningCLI):
             LambdaCallback(on_train_start=self._discard_aside),
         ]
         if self.subcommand == "predict":
-            callbacks.append(PredictionWriter(run.predictions))
+            self.datamodule.predict_images = self.cfg.images
+            # Lightning cannot tell which files a batch of images held (each loader item is a
+            # whole batch); the writer names them from the batch itself.
+            warnings.filterwarnings("ignore", "Couldn't infer the batch indices", UserWarning)
+            out = self.cfg.out or run.predictions
+            writer = PredictionWriter(
+                out, overlays=self.cfg.overlays, save_probs=self.cfg.save_probs
+            )
+            callbacks.append(writer)
         if trainer_cfg.get("enable_checkpointing") is not False:
             callbacks.append(
                 ModelCheckpoint(
@@ -378,6 +395,38 @@ class SegbenchCLI(LightningCLI):
                     f"`wandb sync {self.run_dir / 'wandb'}/offline-run-*`"
                 )
         log.info("\n".join(lines))
+
+
+def add_predict_arguments(parser: LightningArgumentParser) -> None:
+    """``segbench predict``'s own options: what to predict and what to write."""
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        type=str,
+        default=None,
+        help="image files, folders (searched recursively) or quoted globs to predict, any size, "
+        "JPEG or PNG, no masks; default: the data module's test split",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path | None,
+        default=None,
+        help="folder of the predictions (default: the run directory's predictions/)",
+    )
+    parser.add_argument(
+        "--overlays",
+        type=bool,
+        default=True,
+        help="also write <name>_overlay.png: the image blended with the class colours, a legend",
+    )
+    parser.add_argument(
+        "--save_probs",
+        type=bool,
+        default=False,
+        help="also write <name>_probs.npy: the class probabilities, float16 K x H x W",
+    )
+    # Predictions go to files; kept in memory as well, a large folder would fill it.
+    parser.set_defaults(return_predictions=False)
 
 
 class _BuildOnly(SegbenchCLI):

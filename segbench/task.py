@@ -370,9 +370,15 @@ class SegmentationTask(L.LightningModule):
         self._log_stage("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Label maps (``N x H x W``, int64) under the test protocol, with the file names."""
-        pred = self.predict_log_probs(batch["image"], "test").argmax(1)
-        return {"pred": pred, "name": batch.get("name")}
+        """Label maps (``N x H x W``, int64) and log-probabilities under the test protocol, with
+        the file names. Images read by ``segbench predict --images`` are predicted at their own
+        size (``original``) whatever size the data module scales them to."""
+        if batch.get("image") is None:  # no image of the batch could be read
+            return {"pred": None, "log_probs": None, "name": []}
+        original = batch.get("original")
+        size = tuple(original.shape[-2:]) if original is not None else None
+        log_probs = self.predict_log_probs(batch["image"], "test", size)  # type: ignore[arg-type]
+        return {"pred": log_probs.argmax(1), "log_probs": log_probs, "name": batch.get("name")}
 
 
 def _check_values(

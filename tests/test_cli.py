@@ -187,8 +187,11 @@ def test_predict_writes_palette_label_maps(tiny):
     run_main(["fit", *tiny()])
     run_dir = tiny.root / "test" / "tiny"
     run_main(["predict", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "best"])
-    pngs = sorted((run_dir / "predictions").glob("*.png"))
+    pngs = sorted(
+        p for p in (run_dir / "predictions").glob("*.png") if not p.stem.endswith("_overlay")
+    )
     assert len(pngs) == 6  # the test split
+    assert len(list((run_dir / "predictions").glob("*_overlay.png"))) == 6
     img = Image.open(pngs[0])
     assert img.mode == "P"
     assert img.size == (64, 64)

@@ -44,10 +44,10 @@ from torch import Tensor
 
 from segbench.analysis.loading import LoadedModel, denormalise
 from segbench.analysis.tool import Common, Tool
-from segbench.callbacks import colourise
 from segbench.errors import ConfigError
 from segbench.metrics import SegmentationMetrics
 from segbench.models.layers.global_context import LocalDistribution
+from segbench.visualize import colourise
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -24,6 +24,7 @@ random numbers the training step draws.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -36,10 +37,13 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
+from segbench.data.files import ImageFiles, batches_by_size, collate_images, find_images, image_size
 from segbench.data.transforms import Augment, eval_transform, train_transform
-from segbench.errors import ConfigError
+from segbench.errors import ConfigError, SegbenchError
 
 Split = Literal["train", "val", "test"]
+
+log = logging.getLogger("segbench")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -198,6 +202,10 @@ class SegmentationDataModule(L.LightningDataModule):
         #: Every split is resized by this factor first (a subclass's ``scale`` argument).
         self.scale = 1.0
         self.datasets: dict[str, Dataset] = {}
+        #: ``segbench predict --images``: the files to predict instead of the test split.
+        self.predict_images: list[str] | None = None
+        #: ``(path, why)`` of the files of ``predict_images`` that could not be read.
+        self.skipped_images: list[tuple[str, str]] = []
 
     @property
     def num_classes(self) -> int:
@@ -299,8 +307,30 @@ class SegmentationDataModule(L.LightningDataModule):
             "test": ("test",),
             "predict": ("test",),
         }
+        if stage == "predict" and self.predict_images is not None:
+            self.datasets["images"] = self._image_batches(self.predict_images)
+            return
         for split in splits[stage]:
             self._build(split)
+
+    def _image_batches(self, patterns: list[str]) -> ImageBatches:
+        """The files of ``patterns`` as batches of one size each; files whose header cannot be
+        read are reported and skipped (all of them unreadable is an error)."""
+        paths, sizes = [], []
+        for path in find_images(patterns):
+            size = image_size(path)
+            if isinstance(size, str):
+                log.warning("skipped %s: cannot read it (%s)", path, size)
+                self.skipped_images.append((str(path), size))
+                continue
+            paths.append(path)
+            sizes.append(size)
+        if not paths:
+            raise SegbenchError(f"--images {' '.join(patterns)}: no readable image")
+        files = ImageFiles(
+            paths, transform=eval_transform(mean=self.mean, std=self.std, scale=self.scale)
+        )
+        return ImageBatches(files, batches_by_size(sizes, self.val_batch_size))
 
     def _loader(self, split: Split, *, train: bool) -> DataLoader:
         dataset = self.datasets[split]
@@ -349,7 +379,29 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._loader("test", train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        if "images" not in self.datasets:
+            return self._loader("test", train=False)
+        # Each item is a whole batch (images of one size), so Lightning's distributed sampler
+        # (if any) shares batches among the processes.
+        return DataLoader(
+            self.datasets["images"],
+            batch_size=None,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+
+class ImageBatches(Dataset):
+    """:class:`ImageFiles` read as the given batches of indices (``collate_images`` each)."""
+
+    def __init__(self, files: ImageFiles, batches: list[list[int]]) -> None:
+        self.files, self.batches = files, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        return collate_images([self.files[i] for i in self.batches[index]])
 
 
 def check_class_names(names: Sequence[str], num_classes: int, where: str) -> tuple[str, ...]:

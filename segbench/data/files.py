@@ -180,3 +180,134 @@ class ImageMaskPairs(Dataset):
             "mask": sample["mask"].as_subclass(torch.Tensor),
             "name": self.pairs[index][0].stem,
         }
+
+
+#: The file types ``segbench predict --images`` reads (case-insensitive).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def find_images(patterns: Sequence[str]) -> list[Path]:
+    """The image files named by ``patterns``: files, folders (their images, recursively) or globs
+    (``"photos/*.jpg"``, ``"**/*.png"``), in order, without repeats.
+
+    A path that does not exist, a glob that matches nothing and a folder without images are errors
+    naming the pattern (a typo never yields a silently empty prediction).
+    """
+    import glob
+
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern).expanduser()
+        if glob.has_magic(pattern):
+            matches = [Path(p) for p in sorted(glob.glob(str(path), recursive=True))]
+            files = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            if not files:
+                raise FileNotFoundError(
+                    f"--images {pattern}: no image file matches ({', '.join(IMAGE_SUFFIXES)})"
+                )
+        elif path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not files:
+                raise FileNotFoundError(
+                    f"--images {pattern}: the folder holds no image file "
+                    f"({', '.join(IMAGE_SUFFIXES)})"
+                )
+        elif path.is_file():
+            files = [path]
+        else:
+            raise FileNotFoundError(f"--images {pattern}: no such file or folder")
+        found += files
+    return list(dict.fromkeys(found))
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """A distinct output name per image: its stem, or where stems repeat (``a/x.png``,
+    ``b/x.jpg``) its path's parts joined with ``_`` (``a_x``, ``b_x``)."""
+    stems = [p.stem for p in paths]
+    repeated = {s for s in stems if stems.count(s) > 1}
+    if not repeated:
+        return stems
+    root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
+    names = []
+    for p, stem in zip(paths, stems, strict=True):
+        if stem in repeated:
+            parts = p.resolve().relative_to(root).with_suffix("").parts
+            names.append("_".join(parts))
+        else:
+            names.append(stem)
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):  # x.png and x.jpg in one folder
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            names[i] = f"{name}_{paths[i].suffix.lower().lstrip('.')}"
+    return names
+
+
+def image_size(path: Path) -> tuple[int, int] | str:
+    """``(H, W)`` from the file's header (nothing decoded), or why it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except OSError as err:  # PIL.UnidentifiedImageError is an OSError
+        return f"{type(err).__name__}: {err}"
+
+
+class ImageFiles(Dataset):
+    """Images without labels, for prediction: each sample is the normalised ``image`` (through
+    ``transform``), the ``original`` (uint8 ``3 x H x W``, as read), its ``name`` and ``path``.
+
+    A file that cannot be decoded gives ``{"name", "path", "error"}`` instead of failing the
+    whole prediction (:func:`collate_images` sets it aside).
+    """
+
+    def __init__(self, paths: Sequence[Path], *, transform: object) -> None:
+        self.paths = list(paths)
+        self.names = output_names(self.paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        path, name = self.paths[index], self.names[index]
+        try:
+            original = read_image(path)
+        except OSError as err:
+            return {"name": name, "path": str(path), "error": str(err)}
+        image = self.transform(tv_tensors.Image(original))
+        return {
+            "image": image.as_subclass(torch.Tensor),
+            "original": original,
+            "name": name,
+            "path": str(path),
+        }
+
+
+def collate_images(samples: list[dict[str, object]]) -> dict[str, object]:
+    """A batch of :class:`ImageFiles` samples (one size): the readable ones stacked, the others
+    listed under ``"errors"`` as ``(path, message)``; ``"image"`` is ``None`` if none could be
+    read."""
+    good = [s for s in samples if "error" not in s]
+    batch: dict[str, object] = {
+        "errors": [(s["path"], s["error"]) for s in samples if "error" in s],
+        "name": [s["name"] for s in good],
+        "path": [s["path"] for s in good],
+        "image": torch.stack([s["image"] for s in good]) if good else None,  # type: ignore[misc]
+        "original": torch.stack([s["original"] for s in good]) if good else None,  # type: ignore[misc]
+    }
+    return batch
+
+
+def batches_by_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of at most ``batch_size`` images of one size (sizes in order
+    of first appearance, images in their order)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(i)  # type: ignore[arg-type]
+    return [
+        group[i : i + batch_size]
+        for group in groups.values()
+        for i in range(0, len(group), batch_size)
+    ]

@@ -1,0 +1,93 @@
+"""Pictures of label maps: class colours, overlays with a legend, the confusion matrix.
+
+Used by the callbacks (validation examples, ``segbench predict``'s overlays, the confusion
+matrix of ``segbench validate`` / ``test``), by the analysis tools and by the notebooks, so a
+figure looks the same wherever it is drawn. Figure functions draw on a matplotlib ``Figure`` (or
+return one built without pyplot) and never choose a backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: Colour of labels past the palette (void).
+VOID_COLOUR = 40
+
+
+def colourise(labels: np.ndarray, palette: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """``H x W`` labels -> ``H x W x 3`` uint8 colours; labels past the palette (void) are grey."""
+    lut = np.full((256, 3), VOID_COLOUR, np.uint8)
+    lut[: len(palette)] = np.asarray(palette, np.uint8)
+    return lut[np.clip(labels, 0, 255).astype(np.int64)]
+
+
+def overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    palette: Sequence[tuple[int, int, int]],
+    names: Sequence[str],
+    *,
+    alpha: float = 0.5,
+    legend: bool = True,
+) -> Image.Image:
+    """The image (``H x W x 3`` uint8) blended with its labels' colours (``alpha`` of the
+    colour), with a legend of the classes present, largest first, to the right.
+
+    The picture keeps the image's own size; the legend adds a column (and rows, if it has more
+    classes than the image is tall).
+    """
+    blend = (1 - alpha) * image.astype(np.float32) + alpha * colourise(labels, palette)
+    picture = Image.fromarray(blend.round().clip(0, 255).astype(np.uint8))
+    if not legend:
+        return picture
+    counts = np.bincount(labels.ravel().clip(0, len(names)), minlength=len(names) + 1)
+    present = [int(c) for c in np.argsort(-counts[: len(names)], kind="stable") if counts[c] > 0]
+    font = ImageFont.load_default()
+    row, box = 14, 10
+    width = 8 + box + 6 + max((int(font.getlength(names[c])) for c in present), default=0) + 8
+    total = counts.sum() or 1
+    height = max(image.shape[0], 6 + row * len(present))
+    canvas = Image.new("RGB", (image.shape[1] + width, height), (255, 255, 255))
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = image.shape[1] + 8
+    for i, c in enumerate(present):
+        y = 4 + i * row
+        draw.rectangle([x, y, x + box, y + box], fill=tuple(palette[c]), outline=(0, 0, 0))
+        share = f" {100 * counts[c] / total:.0f}%"
+        draw.text((x + box + 6, y - 1), names[c] + share, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def confusion_figure(confusion: np.ndarray, names: Sequence[str], title: str = "") -> Figure:
+    """The confusion matrix (rows: true class, columns: predicted), each row normalised to the
+    class's pixels, with the class names on both axes."""
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(confusion, np.float64)
+    rows = counts.sum(1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    k = len(names)
+    fig = Figure(figsize=(1.0 + 0.45 * k, 0.8 + 0.4 * k))
+    ax = fig.subplots()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(k), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            if share[i, j] >= 0.005:
+                colour = "white" if share[i, j] > 0.5 else "black"
+                ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color=colour)  # fmt: skip
+    ax.set_title(title or "share of each true class's pixels", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return fig

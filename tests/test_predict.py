@@ -1,0 +1,103 @@
+"""`segbench predict --images`: any image files, at their own size, with overlays and
+probabilities; bad inputs named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segbench.cli import build_only, main
+from segbench.data.files import batches_by_size, find_images, output_names
+from tests.test_cli import run_main
+
+
+def test_find_images_reads_files_folders_and_globs_and_names_what_is_missing(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "sub").mkdir()
+    for name in ("a/x.png", "a/sub/y.JPG", "a/notes.txt", "z.jpeg"):
+        (tmp_path / name).write_bytes(b"")
+    found = find_images([str(tmp_path / "a"), str(tmp_path / "*.jpeg"), str(tmp_path / "z.jpeg")])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "a/sub/y.JPG",
+        "a/x.png",
+        "z.jpeg",
+    ]
+    (tmp_path / "empty").mkdir()
+    for bad, says in [
+        (tmp_path / "nope.png", "no such file or folder"),
+        (tmp_path / "*.bmp", "no image file matches"),
+        (tmp_path / "empty", "holds no image file"),
+    ]:
+        with pytest.raises(FileNotFoundError, match=says) as err:
+            find_images([str(bad)])
+        assert str(bad) in str(err.value)
+
+
+def test_output_names_are_distinct():
+    from pathlib import Path
+
+    paths = [Path("/d/a/x.png"), Path("/d/b/x.png"), Path("/d/b/y.png"), Path("/d/b/y.jpg")]
+    assert output_names(paths) == ["a_x", "b_x", "b_y", "b_y_jpg"]
+    assert output_names(paths[2:3]) == ["y"]
+
+
+def test_batches_hold_one_size_each():
+    sizes = [(4, 4), (4, 5), (4, 4), (4, 4), (4, 5)]
+    assert batches_by_size(sizes, 2) == [[0, 2], [3], [1, 4]]
+
+
+def test_predict_on_image_files_equals_predict_on_the_test_split(tiny):
+    """The test split's images written as PNG files and predicted with --images give the same
+    label maps as predicting the split itself; mixed sizes come back at their own size, an
+    unreadable file is reported and skipped."""
+    run_main(["fit", *tiny()])
+    run_dir = tiny.root / "test" / "tiny"
+    config = str(run_dir / "config.yaml")
+    run_main(["predict", "--config", config, "--ckpt_path", "best", "--save_probs", "true"])
+    split = {p.stem[: -len("_probs")]: np.load(p) for p in (run_dir / "predictions").glob("*.npy")}
+    assert len(split) == 6
+
+    _, dm, _ = build_only(tiny())
+    dm.setup("test")
+    images = tiny.root / "images"
+    images.mkdir()
+    mean, std = torch.tensor(dm.mean).view(3, 1, 1), torch.tensor(dm.std).view(3, 1, 1)
+    for sample in dm.datasets["test"]:
+        rgb = ((sample["image"] * std + mean) * 255).round().clamp(0, 255).byte()
+        Image.fromarray(rgb.permute(1, 2, 0).numpy()).save(images / f"{sample['name']}.png")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (37, 91, 3), dtype=np.uint8)).save(images / "odd.jpg")
+    (images / "broken.png").write_bytes(b"not an image")
+    out = tiny.root / "out"
+    run_main(["predict", "--config", config, "--ckpt_path", "best", "--images", str(images),
+              "--out", str(out), "--save_probs", "true"])  # fmt: skip
+
+    for name, probs in split.items():  # the same probabilities (float16), so the same labels
+        np.testing.assert_allclose(np.load(out / f"{name}_probs.npy"), probs, atol=2e-3)
+        labels = np.asarray(Image.open(run_dir / "predictions" / f"{name}.png"))
+        assert np.array_equal(np.asarray(Image.open(out / f"{name}.png")), labels), name
+    odd = Image.open(out / "odd.png")
+    assert odd.mode == "P"
+    assert odd.size == (91, 37)  # the image's own size
+    probs = np.load(out / "odd_probs.npy")
+    assert probs.dtype == np.float16
+    assert probs.shape == (11, 37, 91)
+    np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=2e-2)
+    assert (probs.argmax(0) == np.asarray(odd)).mean() > 0.99  # float16 ties aside
+    overlay = Image.open(out / "odd_overlay.png")
+    assert overlay.height == 37
+    assert overlay.width > 91  # the image, then its legend
+    assert not (out / "broken.png").exists()
+
+
+def test_predict_names_a_folder_without_images(tiny, capsys):
+    run_main(["fit", *tiny()])
+    empty = tiny.root / "empty"
+    empty.mkdir()
+    config = str(tiny.root / "test" / "tiny" / "config.yaml")
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--config", config, "--ckpt_path", "best", "--images", str(empty)])
+    assert exit_.value.code == 1
+    assert f"--images {empty}: the folder holds no image file" in capsys.readouterr().err
