@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -109,3 +111,20 @@ def test_gridding_notebook_on_fresh_models():
     assert "impulse lattice coherence (%), period 4" in tables[0]
     assert "| step4_drn_d |" in tables[0]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
+
+
+def test_first_look_notebook(two_runs):
+    run = two_runs / "test" / "fcn8s-s0"
+    nb = execute(REPO / "notebooks" / "first_look.ipynb", {"SEGBENCH_RUN": str(run)})
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "FCN" in text
+    assert "11 classes, precision bf16-mixed" in text
+    # The notebook's evaluation of the best checkpoint is training's best validation.
+    best = json.loads((run / "metrics.json").read_text())["fit"]["best_val"]["val/mIoU"]
+    ours = float(re.search(r"val mIoU (\d\.\d+) over 10 images", text).group(1))
+    assert ours == pytest.approx(best, abs=0.01)
+    tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    assert "| boat |" in tables[0]
+    assert f"**{100 * ours:.1f}**" in tables[0]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # overlays, IoU, confusion
