@@ -13,6 +13,7 @@ torchmetrics states that are summed exactly across DDP processes.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,15 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import ConstantLR, LinearLR, LRScheduler, PolynomialLR, SequentialLR
+from torch.optim.lr_scheduler import (
+    ConstantLR,
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    PolynomialLR,
+    SequentialLR,
+    StepLR,
+)
 from torchmetrics import MeanMetric
 
 from segbench.errors import CheckpointError, ConfigError, DivergenceError
@@ -101,8 +110,14 @@ class SegmentationTask(L.LightningModule):
         optimizer: the optimiser (``class_path`` in YAML; default SGD, lr 0.01, momentum 0.9,
             weight decay 1e-4).
         lr_schedule: ``"poly"``: ``lr * (1 - it / max_it) ** poly_power`` stepped every
-            iteration (DeepLab, DRN, GALD, DUpsampling); ``"constant"``: fixed (FCN).
+            iteration (DeepLab, GALD, DUpsampling; fyu/drn's poly steps every epoch);
+            ``"step"``: ``lr * step_gamma ** (epoch // step_epochs)`` (fyu/drn's default, x0.1
+            every ``--step`` epochs; applied at the iteration where the epoch begins);
+            ``"cosine"``: ``lr * (1 + cos(pi * it / max_it)) / 2`` every iteration;
+            ``"constant"``: fixed (FCN). All follow the warm-up, if any.
         poly_power: exponent of the poly schedule.
+        step_epochs: epochs between the decays of the step schedule (fyu/drn README: 100).
+        step_gamma: factor of each decay of the step schedule.
         warmup_iters: linear warm-up from ``warmup_factor * lr`` over this many iterations
             before the schedule (0: none).
         warmup_factor: starting fraction of the learning rate during warm-up.
@@ -132,8 +147,10 @@ class SegmentationTask(L.LightningModule):
         ohem_thresh: float | None = None,
         ohem_min_kept: int = 100_000,
         optimizer: OptimizerCallable | None = None,
-        lr_schedule: Literal["poly", "constant"] = "poly",
+        lr_schedule: Literal["poly", "step", "cosine", "constant"] = "poly",
         poly_power: float = 0.9,
+        step_epochs: int = 100,
+        step_gamma: float = 0.1,
         warmup_iters: int = 0,
         warmup_factor: float = 0.1,
         init_from: str | None = None,
@@ -149,6 +166,8 @@ class SegmentationTask(L.LightningModule):
             ohem_thresh=ohem_thresh,
             ohem_min_kept=ohem_min_kept,
             poly_power=poly_power,
+            step_epochs=step_epochs,
+            step_gamma=step_gamma,
             warmup_iters=warmup_iters,
             warmup_factor=warmup_factor,
         )
@@ -175,6 +194,7 @@ class SegmentationTask(L.LightningModule):
         self.aux_weight = aux_weight
         self.optimizer_factory = optimizer or _default_optimizer
         self.lr_schedule, self.poly_power = lr_schedule, poly_power
+        self.step_epochs, self.step_gamma = step_epochs, step_gamma
         self.warmup_iters, self.warmup_factor = warmup_iters, warmup_factor
         self.init_from = init_from
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -253,11 +273,15 @@ class SegmentationTask(L.LightningModule):
         except ValueError as err:  # torch's own check of lr, momentum, betas, ...
             raise ConfigError(f"model.optimizer: {err}") from None
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        after_warmup = max(1, total - self.warmup_iters)
         main: LRScheduler
         if self.lr_schedule == "poly":
-            main = PolynomialLR(
-                optimizer, total_iters=max(1, total - self.warmup_iters), power=self.poly_power
-            )
+            main = PolynomialLR(optimizer, total_iters=after_warmup, power=self.poly_power)
+        elif self.lr_schedule == "cosine":
+            main = CosineAnnealingLR(optimizer, T_max=after_warmup)
+        elif self.lr_schedule == "step":
+            main = StepLR(optimizer, step_size=self.step_epochs * self._steps_per_epoch(),
+                          gamma=self.step_gamma)  # fmt: skip
         else:
             main = ConstantLR(optimizer, factor=1.0, total_iters=0)
         scheduler: LRScheduler = main
@@ -270,6 +294,14 @@ class SegmentationTask(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+    def _steps_per_epoch(self) -> int:
+        """Optimiser steps per training epoch (after gradient accumulation)."""
+        trainer = self.trainer
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches):
+            raise ConfigError("model.lr_schedule step needs a training loader of known length")
+        return max(1, math.ceil(int(batches) / trainer.accumulate_grad_batches))
 
     # -- steps ----------------------------------------------------------------------------------
     def forward(self, image: Tensor) -> dict[str, Tensor]:
@@ -389,6 +421,8 @@ def _check_values(
     ohem_thresh: float | None,
     ohem_min_kept: int,
     poly_power: float,
+    step_epochs: int,
+    step_gamma: float,
     warmup_iters: int,
     warmup_factor: float,
 ) -> None:
@@ -413,6 +447,8 @@ def _check_values(
         ),
         ("model.ohem_min_kept", ohem_min_kept, ohem_min_kept >= 0, "must be 0 or more"),
         ("model.poly_power", poly_power, poly_power > 0, "must be positive"),
+        ("model.step_epochs", step_epochs, step_epochs >= 1, "must be at least 1"),
+        ("model.step_gamma", step_gamma, 0 < step_gamma <= 1, "is a factor in (0, 1]"),
         ("model.warmup_iters", warmup_iters, warmup_iters >= 0, "must be 0 or more"),
         ("model.warmup_factor", warmup_factor, 0 < warmup_factor <= 1, "is a fraction in (0, 1]"),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segbench.errors import ConfigError
 from segbench.models.base import SegmentationModel
 from segbench.task import SegmentationTask
 
@@ -75,8 +77,12 @@ def test_setup_calls_the_data_hook_only_for_fit():
     assert task.net.seen_datamodule is dm
 
 
-def lrs(task: SegmentationTask, total: int) -> list[float]:
-    task._trainer = SimpleNamespace(estimated_stepping_batches=total)
+def lrs(task: SegmentationTask, total: int, batches: int = 1, accumulate: int = 1) -> list[float]:
+    task._trainer = SimpleNamespace(
+        estimated_stepping_batches=total,
+        num_training_batches=batches,
+        accumulate_grad_batches=accumulate,
+    )
     conf = task.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
     assert conf["lr_scheduler"]["interval"] == "step"
@@ -110,6 +116,44 @@ def test_warmup_then_poly():
     assert got[:5] == sorted(got[:5])  # rising
     assert got[5] == pytest.approx(1.0)
     assert got[5 + 10] == pytest.approx((1 - 10 / 20) ** 0.9, rel=1e-5)
+
+
+def test_step_schedule_decays_every_step_epochs_as_fyu_drn():
+    """fyu/drn segment.py: ``lr = lr0 * 0.1 ** (epoch // step)``; with 6 batches per epoch,
+    accumulated by 2 (3 optimiser steps per epoch), step 2 epochs, 7 epochs."""
+    task = SegmentationTask(
+        ToyNet(),
+        num_classes=3,
+        lr_schedule="step",
+        step_epochs=2,
+        step_gamma=0.1,
+        optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+    )
+    got = lrs(task, 21, batches=6, accumulate=2)
+    want = [0.1 ** ((it // 3) // 2) for it in range(21)]
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_warmup_then_cosine():
+    task = SegmentationTask(
+        ToyNet(),
+        num_classes=3,
+        lr_schedule="cosine",
+        warmup_iters=4,
+        optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+    )
+    got = lrs(task, 24)
+    assert got[0] == pytest.approx(0.1)
+    want = [(1 + math.cos(math.pi * t / 20)) / 2 for t in range(20)]
+    assert got[4:] == pytest.approx(want, rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("step_epochs", 0), ("step_gamma", 0.0), ("step_gamma", 1.5)]
+)
+def test_bad_step_schedule_values_are_named(key, value):
+    with pytest.raises(ConfigError, match=f"model.{key}"):
+        SegmentationTask(ToyNet(), num_classes=3, lr_schedule="step", **{key: value})
 
 
 def test_constant_schedule():
