@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from segbench.analysis.claims import Claim, Judgement, claims_table, judge
 from segbench.config import LINKS, flatten
 from segbench.rundir import RunDir
 
@@ -337,6 +338,31 @@ def plot_curves(rows: Sequence[Row], keys: Sequence[str] = CURVE_KEYS, title: st
     return fig
 
 
+def seed_values(rows: Sequence[Row], label: str, metric: str) -> dict[Any, float]:
+    """``{seed: value}`` of ``metric`` over the runs of the row labelled ``label``."""
+    values: dict[Any, float] = {}
+    for row in rows:
+        if row.label == label:
+            for run in row.runs:
+                v = run.metrics.get(metric)
+                if v is not None and not math.isnan(v):
+                    values[run.seed] = v
+    return values
+
+
+def judge_claims(claims: Sequence[Claim], rows: Sequence[Row]) -> list[Judgement]:
+    """Each claim's verdict from the rows of its two variants."""
+    return [
+        judge(
+            c,
+            seed_values(rows, c.a, c.metric),
+            seed_values(rows, c.b, c.metric),
+            _scale(c.metric),
+        )
+        for c in claims
+    ]
+
+
 def report(
     paths: Sequence[str],
     *,
@@ -345,8 +371,11 @@ def report(
     paper: str | None = None,
     title: str | None = None,
     provenance: Sequence[str] = (),
+    claims: Sequence[Claim] = (),
 ) -> str:
-    """Build the report; write the files if ``out`` is given; return the markdown."""
+    """Build the report; write the files if ``out`` is given; return the markdown.
+
+    ``claims`` (an ablation's, see :mod:`segbench.analysis.claims`) add a table of verdicts."""
     files = find_runs(paths)
     if not files:
         raise FileNotFoundError(f"no {METRICS_FILE} under {list(paths)}")
@@ -359,6 +388,8 @@ def report(
     text = markdown(header, cells)
     if ref and ref.get("source"):
         text += f"\nPaper numbers: {ref['source']}.\n"
+    if claims:
+        text += "\n## Claims\n\n" + claims_table(judge_claims(claims, rows))
     if out:
         prefix = Path(out)
         prefix.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,230 @@
+"""A paper's claim as data, and the verdict a sweep's runs give on it.
+
+An ablation declares the claims it tests in its ``ablation.yaml`` (:class:`Claim`)::
+
+    claims:
+      - id: fcn-8s-over-16s
+        claim: "Fusing pool3 as well (FCN-8s) improves on FCN-16s"
+        paper: "62.7 vs 62.4 mIoU (+0.3)"
+        source: FCN, CVPR 2015, table 2 (VOC2011 val)
+        metric: test/mIoU
+        a: fcn8s            # variant labels (the variant file's name)
+        b: fcn16s
+        direction: greater  # the paper says a > b; or less, or equal (within +-margin)
+        condition: "what must hold for the experiment to be able to show it"
+        measured: "what segbench's tools measured of that condition, and the command"
+
+:func:`judge` compares the runs of ``a`` and ``b`` seed by seed: the difference of means
+``a - b`` with a 95% confidence interval from Student's t, **paired by seed** when both variants
+ran the same seeds (in a sweep the seed fixes the data order and augmentation, so the pairs share
+them and the spread between seeds cancels), otherwise **Welch's** unequal-variance t. The
+verdict:
+
+* *reproduced*: the interval excludes 0 in the paper's direction (for ``equal``: the 90%
+  interval, i.e. two one-sided tests at 5%, lies within ``+-margin``);
+* *contradicted*: it excludes 0 the other way (``equal``: the interval lies outside the margin);
+* *inconclusive*: neither; the table then gives the smallest difference the sweep could have
+  detected, ``(t_0.975 + t_0.80) x SE`` (a two-sided 5% test with 80% power at this spread).
+
+Numbers are shown in the metric's report scale (IoU and accuracies in percent).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from scipy import stats
+
+from segbench.errors import ConfigError
+
+Direction = Literal["greater", "less", "equal"]
+Verdict = Literal["reproduced", "contradicted", "inconclusive", "not run"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of a paper, as an ablation tests it.
+
+    Attributes:
+        id: a short stable name (``fcn-8s-over-16s``), unique across the experiments.
+        claim: the paper's statement, in a sentence.
+        paper: the paper's number(s) behind it, as text.
+        source: where the number stands (paper, table or section, data set).
+        metric: the metric compared (a report column: ``test/mIoU``, ``test/IoU/pole``, ...).
+        a: the variant expected to be better (``direction: greater``), by its label.
+        b: the variant it is compared with.
+        direction: ``greater`` (a > b), ``less`` (a < b) or ``equal`` (within ``margin``).
+        margin: for ``equal``: the largest difference counted as equal, in the metric's report
+            scale (points for IoU).
+        condition: what must be true for this experiment to be able to show the claim.
+        measured: what was measured of that condition, with the command that measured it.
+    """
+
+    id: str
+    claim: str
+    metric: str
+    a: str
+    b: str
+    direction: Direction = "greater"
+    paper: str = ""
+    source: str = ""
+    margin: float | None = None
+    condition: str = ""
+    measured: str = ""
+
+    @classmethod
+    def load(cls, data: dict[str, Any], where: str) -> Claim:
+        """A claim from its ``ablation.yaml`` entry; errors name the file and the key."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: each claim is a mapping, got {data!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown claim key(s) {unknown}; known: {sorted(known)}")
+        missing = [k for k in ("id", "claim", "metric", "a", "b") if k not in data]
+        if missing:
+            raise ConfigError(f"{where}: claim {data.get('id', '?')} lacks {missing}")
+        claim = cls(**{k: v for k, v in data.items()})
+        if claim.direction not in ("greater", "less", "equal"):
+            raise ConfigError(
+                f"{where}: claim {claim.id}: direction is greater, less or equal, "
+                f"got {claim.direction!r}"
+            )
+        if claim.direction == "equal" and not (claim.margin and claim.margin > 0):
+            raise ConfigError(f"{where}: claim {claim.id}: direction equal needs a margin > 0")
+        return claim
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the runs say of one claim (values in the metric's report scale)."""
+
+    claim: Claim
+    verdict: Verdict
+    #: ``(mean, std, n)`` of ``a`` and of ``b``.
+    a: tuple[float | None, float | None, int]
+    b: tuple[float | None, float | None, int]
+    difference: float | None = None
+    low: float | None = None
+    high: float | None = None
+    #: ``"paired t"`` or ``"Welch t"`` (and the degrees of freedom).
+    test: str = ""
+    #: The smallest difference the sweep could have detected (80% power), if inconclusive.
+    detectable: float | None = None
+    note: str = ""
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None, int]:
+    if not values:
+        return None, None, 0
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return statistics.fmean(values), std, len(values)
+
+
+def judge(
+    claim: Claim,
+    a: dict[Any, float],
+    b: dict[Any, float],
+    scale: float = 1.0,
+) -> Judgement:
+    """The verdict on ``claim`` from the runs of its two variants (``{seed: value}`` each)."""
+    a = {s: v * scale for s, v in a.items()}
+    b = {s: v * scale for s, v in b.items()}
+    sa, sb = _mean_std(list(a.values())), _mean_std(list(b.values()))
+    if sa[2] == 0 or sb[2] == 0:
+        return Judgement(claim, "not run", sa, sb, note="no finished run of " + (
+            claim.a if sa[2] == 0 else claim.b))  # fmt: skip
+    paired = set(a) == set(b) and len(a) >= 2
+    if paired:
+        diffs = [a[s] - b[s] for s in sorted(a)]
+        d, sd, n = statistics.fmean(diffs), statistics.stdev(diffs), len(diffs)
+        se, df = sd / math.sqrt(n), n - 1
+        test = f"paired t ({n} seeds)"
+    elif len(a) >= 2 and len(b) >= 2:
+        xa, xb = list(a.values()), list(b.values())
+        d = statistics.fmean(xa) - statistics.fmean(xb)
+        va, vb = statistics.variance(xa) / len(xa), statistics.variance(xb) / len(xb)
+        se = math.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va**2 / (len(xa) - 1) + vb**2 / (len(xb) - 1)) if se > 0 else 1.0
+        test = f"Welch t (df {df:.1f})"
+    else:
+        d = statistics.fmean(a.values()) - statistics.fmean(b.values())
+        return Judgement(claim, "inconclusive", sa, sb, d,
+                         note="needs 2 or more seeds of each variant")  # fmt: skip
+    confidence = 0.90 if claim.direction == "equal" else 0.95
+    half = stats.t.ppf(0.5 + confidence / 2, df) * se if se > 0 else 0.0
+    low, high = d - half, d + half
+    if claim.direction == "equal":
+        margin = float(claim.margin or 0)
+        if -margin < low and high < margin:
+            verdict: Verdict = "reproduced"
+        elif low > margin or high < -margin:
+            verdict = "contradicted"
+        else:
+            verdict = "inconclusive"
+    else:
+        sign = 1 if claim.direction == "greater" else -1
+        if sign * low > 0 and sign * high > 0:
+            verdict = "reproduced"
+        elif sign * low < 0 and sign * high < 0:
+            verdict = "contradicted"
+        else:
+            verdict = "inconclusive"
+    detectable = None
+    if verdict == "inconclusive" and se > 0:
+        detectable = (stats.t.ppf(0.975, df) + stats.t.ppf(0.80, df)) * se
+    return Judgement(claim, verdict, sa, sb, d, low, high, test, detectable)
+
+
+def _fmt(stat: tuple[float | None, float | None, int]) -> str:
+    mean, std, n = stat
+    if mean is None:
+        return "–"
+    return f"{mean:.2f} ± {std:.2f} (n={n})" if std is not None else f"{mean:.2f} (n={n})"
+
+
+def _interval(j: Judgement) -> str:
+    if j.difference is None:
+        return "–"
+    if j.low is None or j.high is None:
+        return f"{j.difference:+.2f}"
+    level = "90%" if j.claim.direction == "equal" else "95%"
+    return f"{j.difference:+.2f} [{j.low:+.2f}, {j.high:+.2f}] ({level})"
+
+
+_SYMBOL = {"greater": ">", "less": "<", "equal": "≈"}
+
+
+def claims_table(judgements: Sequence[Judgement], *, group: str | None = None) -> str:
+    """The markdown table of the verdicts (one row per claim)."""
+    header = ["claim", "paper", "compared", "a", "b", "a - b", "test", "verdict", "condition"]
+    if group is not None:
+        header.insert(0, "ablation")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for j in judgements:
+        c = j.claim
+        verdict = f"**{j.verdict}**"
+        if j.detectable is not None:
+            verdict += f" (detectable: {j.detectable:.2f})"
+        if j.note:
+            verdict += f"; {j.note}"
+        margin = f" ±{c.margin:g}" if c.direction == "equal" else ""
+        cells = [
+            f"{c.claim} ({c.id})",
+            f"{c.paper}; {c.source}" if c.source else c.paper,
+            f"{c.metric}: {c.a} {_SYMBOL[c.direction]}{margin} {c.b}",
+            _fmt(j.a),
+            _fmt(j.b),
+            _interval(j),
+            j.test or "–",
+            verdict,
+            (c.condition + (f" Measured: {c.measured}" if c.measured else "")) or "–",
+        ]
+        if group is not None:
+            cells.insert(0, group)
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"

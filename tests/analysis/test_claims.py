@@ -1,0 +1,100 @@
+"""Claims and their verdicts: the intervals are Student's t (paired or Welch), as scipy's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from segbench.analysis.claims import Claim, claims_table, judge
+from segbench.analysis.report import Row, Run, judge_claims
+from segbench.errors import ConfigError
+
+
+def claim(**kw) -> Claim:
+    return Claim(**{"id": "c", "claim": "a beats b", "metric": "test/mIoU", "a": "a", "b": "b",
+                    **kw})  # fmt: skip
+
+
+A = {0: 0.61, 1: 0.64, 2: 0.60, 3: 0.66}
+B = {0: 0.58, 1: 0.62, 2: 0.59, 3: 0.61}
+
+
+def test_paired_interval_is_scipys():
+    j = judge(claim(), A, B, scale=100)
+    want = stats.ttest_rel([100 * A[s] for s in A], [100 * B[s] for s in A]).confidence_interval()
+    assert (j.low, j.high) == pytest.approx((want.low, want.high))
+    assert j.difference == pytest.approx(100 * (sum(A.values()) - sum(B.values())) / 4)
+    assert j.test == "paired t (4 seeds)"
+    assert j.verdict == "reproduced"
+    assert j.a[2] == j.b[2] == 4
+
+
+def test_welch_interval_when_the_seeds_differ():
+    b = {10 + s: v for s, v in B.items()}
+    j = judge(claim(), A, b)
+    want = stats.ttest_ind(list(A.values()), list(b.values()), equal_var=False)
+    ci = want.confidence_interval()
+    assert (j.low, j.high) == pytest.approx((ci.low, ci.high))
+    assert j.test.startswith("Welch t")
+
+
+def test_verdicts_follow_the_interval_and_the_direction():
+    assert judge(claim(direction="less"), A, B).verdict == "contradicted"
+    noisy = {0: 0.50, 1: 0.70, 2: 0.55, 3: 0.66}
+    j = judge(claim(), noisy, B, scale=100)
+    assert j.verdict == "inconclusive"
+    se = (j.high - j.low) / 2 / stats.t.ppf(0.975, 3)
+    assert j.detectable == pytest.approx((stats.t.ppf(0.975, 3) + stats.t.ppf(0.8, 3)) * se)
+
+
+def test_equal_claims_use_two_one_sided_tests_within_the_margin():
+    near = {s: v + 0.001 * (-1) ** s for s, v in A.items()}
+    assert judge(claim(direction="equal", margin=1.0), A, near, scale=100).verdict == "reproduced"
+    assert judge(claim(direction="equal", margin=0.5), A, B, scale=100).verdict == "contradicted"
+    assert judge(claim(direction="equal", margin=1.0), A, B, scale=100).verdict == "inconclusive"
+    j = judge(claim(direction="equal", margin=1.0), A, near, scale=100)
+    want = stats.ttest_rel([100 * v for v in A.values()], [100 * v for v in near.values()])
+    ci = want.confidence_interval(confidence_level=0.90)
+    assert (j.low, j.high) == pytest.approx((ci.low, ci.high))
+
+
+def test_too_few_runs_are_inconclusive_or_not_run():
+    assert judge(claim(), {0: 0.6}, {0: 0.5}).verdict == "inconclusive"
+    assert judge(claim(), {}, B).verdict == "not run"
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ({"id": "x", "claim": "c", "metric": "m", "a": "a", "b": "b", "dirction": "less"},
+         "unknown claim key"),
+        ({"id": "x", "claim": "c", "metric": "m", "a": "a"}, r"lacks \['b'\]"),
+        ({"id": "x", "claim": "c", "metric": "m", "a": "a", "b": "b", "direction": "up"},
+         "greater, less or equal"),
+        ({"id": "x", "claim": "c", "metric": "m", "a": "a", "b": "b", "direction": "equal"},
+         "needs a margin"),
+    ],
+)  # fmt: skip
+def test_a_bad_claim_is_named(entry, says):
+    with pytest.raises(ConfigError, match=says) as err:
+        Claim.load(entry, "experiments/x/ablation.yaml")
+    assert "experiments/x/ablation.yaml" in str(err.value)
+
+
+def test_the_report_judges_claims_from_its_rows():
+    def runs(label: str, values: dict[int, float]) -> Row:
+        row = Row(label, {})
+        for seed, v in values.items():
+            config = {"seed_everything": seed, "run.name": f"{label}-s{seed}"}
+            row.runs.append(Run(Path(f"runs/g/{label}-s{seed}"), config, {"test/mIoU": v}))
+        return row
+
+    rows = [runs("a", A), runs("b", B)]
+    (j,) = judge_claims([claim(paper="62.7 vs 62.4", source="FCN table 2")], rows)
+    assert j.verdict == "reproduced"
+    table = claims_table([j])
+    assert "| a beats b (c) | 62.7 vs 62.4; FCN table 2 | test/mIoU: a > b |" in table
+    assert "**reproduced**" in table
+    assert "62.75 ± 2.75 (n=4)" in table
