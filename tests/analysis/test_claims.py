@@ -98,3 +98,22 @@ def test_the_report_judges_claims_from_its_rows():
     assert "| a beats b (c) | 62.7 vs 62.4; FCN table 2 | test/mIoU: a > b |" in table
     assert "**reproduced**" in table
     assert "62.75 ± 2.75 (n=4)" in table
+
+
+def test_every_declared_claim_loads_and_names_the_ablations_variants_and_metrics():
+    import yaml
+
+    from segbench.analysis.sweep import find_ablations
+    from tests.conftest import REPO
+
+    ids = []
+    for ablation in find_ablations(REPO / "experiments").values():
+        raw = yaml.safe_load(ablation.path.read_text()).get("claims", [])
+        _, variants = ablation.configs("cpu")
+        labels = {Path(v).stem for v in variants}
+        for entry in raw:
+            c = Claim.load(entry, str(ablation.path))
+            assert {c.a, c.b} <= labels, (ablation.path, c.id)
+            assert c.metric in ablation.metrics, (ablation.path, c.id)
+            ids.append(c.id)
+    assert len(ids) == len(set(ids)) >= 17
