@@ -27,14 +27,22 @@ verdict:
   detected, ``(t_0.975 + t_0.80) x SE`` (a two-sided 5% test with 80% power at this spread).
 
 Numbers are shown in the metric's report scale (IoU and accuracies in percent).
+
+``segbench claims [--root runs] [--scale cpu] [--out results/claims.md]`` judges every claim of
+every ablation found (``experiments/*/*/ablation.yaml``) from the runs under
+``ROOT/<group>[-<scale>]``: the five papers in one table. A sweep's report shows its own
+ablation's claims.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Literal
 
 from scipy import stats
@@ -212,11 +220,11 @@ def claims_table(judgements: Sequence[Judgement], *, group: str | None = None) -
             verdict += f" (detectable: {j.detectable:.2f})"
         if j.note:
             verdict += f"; {j.note}"
-        margin = f" ±{c.margin:g}" if c.direction == "equal" else ""
+        margin = f" (±{c.margin:g})" if c.direction == "equal" else ""
         cells = [
             f"{c.claim} ({c.id})",
             f"{c.paper}; {c.source}" if c.source else c.paper,
-            f"{c.metric}: {c.a} {_SYMBOL[c.direction]}{margin} {c.b}",
+            f"{c.metric}: {c.a} {_SYMBOL[c.direction]} {c.b}{margin}",
             _fmt(j.a),
             _fmt(j.b),
             _interval(j),
@@ -228,3 +236,58 @@ def claims_table(judgements: Sequence[Judgement], *, group: str | None = None) -
             cells.insert(0, group)
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def judge_ablations(
+    experiments: Path, root: Path, scale: str = "cpu"
+) -> list[tuple[str, Judgement]]:
+    """``(ablation name, judgement)`` of every claim of every ablation under ``experiments``,
+    from the finished runs under ``root``."""
+    from segbench.analysis.report import find_runs, group_runs, judge_claims, load_run
+    from segbench.analysis.sweep import find_ablations
+
+    out: list[tuple[str, Judgement]] = []
+    for name, ablation in find_ablations(experiments).items():
+        claims = [Claim.load(c, str(ablation.path)) for c in ablation.claims]
+        if not claims:
+            continue
+        group = ablation.group + ("" if scale == "cpu" else f"-{scale}")
+        files = find_runs([str(root / group)]) if (root / group).is_dir() else []
+        rows, _ = group_runs([load_run(f) for f in files]) if files else ([], [])
+        out += [(name, j) for j in judge_claims(claims, rows)]
+    return out
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="segbench claims",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--experiments", default="experiments", help="where ablations are")
+    parser.add_argument("--root", default="runs", help="the sweeps' runs: ROOT/<group>/...")
+    parser.add_argument("--scale", default="cpu", help="cpu, or NAME for the -NAME groups")
+    parser.add_argument("--out", help="also write the table to this markdown file")
+    args = parser.parse_args(argv)
+    judged = judge_ablations(Path(args.experiments), Path(args.root), args.scale)
+    text = ""
+    for name in dict.fromkeys(n for n, _ in judged):
+        text += claims_table([j for n, j in judged if n == name], group=name)
+    text = _merge_tables(text)
+    counts = {v: sum(j.verdict == v for _, j in judged) for v in ("reproduced", "contradicted",
+              "inconclusive", "not run")}  # fmt: skip
+    text += "\n" + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(judged)} claims\n"
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    sys.stdout.write(text)
+
+
+def _merge_tables(text: str) -> str:
+    """One table from several with the same header (their header lines dropped)."""
+    lines = text.splitlines()
+    if not lines:
+        return text
+    header = lines[:2]
+    body = [line for line in lines if line not in header]
+    return "\n".join(header + body) + "\n"

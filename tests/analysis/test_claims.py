@@ -116,4 +116,37 @@ def test_every_declared_claim_loads_and_names_the_ablations_variants_and_metrics
             assert {c.a, c.b} <= labels, (ablation.path, c.id)
             assert c.metric in ablation.metrics, (ablation.path, c.id)
             ids.append(c.id)
-    assert len(ids) == len(set(ids)) >= 17
+    assert len(ids) == len(set(ids)) == 17
+
+
+def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
+    """Three finished FCN runs per variant (metrics.json as a sweep writes them) decide FCN's
+    claims; the other ablations' claims are listed as not run."""
+    import json
+
+    from segbench.analysis.claims import main
+
+    values = {
+        "fcn32s": (0.50, 0.52, 0.51),
+        "fcn16s": (0.55, 0.58, 0.565),
+        "fcn8s": (0.56, 0.575, 0.56),
+    }
+    for variant, per_seed in values.items():
+        for seed, v in enumerate(per_seed):
+            run = tmp_path / "runs" / "fcn-skips" / f"{variant}-s{seed}"
+            run.mkdir(parents=True)
+            data = {
+                "config": {"seed_everything": seed, "run.name": run.name,
+                           "model.net.init_args.variant": variant[3:]},
+                "fit": {"test": {"test/mIoU": v}, "best_val": {"val/mIoU": v}},
+            }  # fmt: skip
+            (run / "metrics.json").write_text(json.dumps(data))
+    out = tmp_path / "claims.md"
+    main(["--root", str(tmp_path / "runs"), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert out.read_text() == text
+    fcn16 = next(line for line in text.splitlines() if "(fcn-16s-over-32s)" in line)
+    assert "**reproduced**" in fcn16  # +5.0, +6.0, +5.5 points: the paired interval is above 0
+    fcn8 = next(line for line in text.splitlines() if "(fcn-8s-over-16s)" in line)
+    assert "**inconclusive**" in fcn8  # +1.0, -0.5, -0.5
+    assert "1 reproduced, 0 contradicted, 1 inconclusive, 15 not run of 17 claims" in text
