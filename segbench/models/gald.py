@@ -26,6 +26,9 @@ Switches, each defaulting to the paper / code:
 * ``ga``: the global aggregation module: ``"cgnl"`` (the code), ``"nonlocal"``, ``"psp"``,
   ``"gap"``, or ``"none"`` (the dilated-FCN baseline). The paper's GA ablation.
 * ``ld``: the local distribution module after GA (the paper's method; off: GA alone, the ablation).
+* ``ld_strides``: how many of LD's three depthwise convolutions have stride 2 (the code: 3).
+  A documented deviation for small images: the mask's grid is the map / 2**ld_strides, 13 x 13
+  on the paper's 769 px crops at OS 8 but 2 x 2 on a 128 px image; 0 keeps the 16 x 16 map.
 * ``ld_extra_residual``: paper vs code. The paper's LD outputs ``x + x * M``; the code's
   ``GALDBlock`` adds the GA output once more, ``2x + x * M``. Default: the paper.
 * ``aux``: build the auxiliary head on layer3 (the code trains with it).
@@ -69,6 +72,7 @@ class GALDBlock(nn.Module):
         channels: input and output channels.
         ga: the GA module (see :data:`~segbench.models.layers.global_context.GlobalAggregation`).
         ld: build the LD module.
+        ld_strides: LD's stride-2 steps (see :class:`LocalDistribution`).
         extra_residual: return ``LD(GA(x)) + GA(x)`` (the code) instead of ``LD(GA(x))``.
         groups: CGNL's channel groups.
     """
@@ -81,10 +85,11 @@ class GALDBlock(nn.Module):
         ld: bool,
         extra_residual: bool,
         groups: int = 8,
+        ld_strides: int = 3,
     ) -> None:
         super().__init__()
         self.ga = global_aggregation(ga, channels, groups)
-        self.ld = LocalDistribution(channels) if ld else None
+        self.ld = LocalDistribution(channels, ld_strides) if ld else None
         self.extra_residual = extra_residual and ld
 
     def forward(self, x: Tensor) -> Tensor:
@@ -103,7 +108,7 @@ class GALDHead(nn.Module):
         in_channels: channels of the backbone features (2048 for ResNet-50/101).
         channels: the head's width (512).
         num_classes: K.
-        ga, ld, extra_residual, groups: see :class:`GALDBlock`.
+        ga, ld, extra_residual, groups, ld_strides: see :class:`GALDBlock`.
     """
 
     def __init__(
@@ -116,10 +121,12 @@ class GALDHead(nn.Module):
         ld: bool,
         extra_residual: bool,
         groups: int = 8,
+        ld_strides: int = 3,
     ) -> None:
         super().__init__()
         self.conva = conv_bn_relu(in_channels, channels)
-        self.block = GALDBlock(channels, ga=ga, ld=ld, extra_residual=extra_residual, groups=groups)
+        self.block = GALDBlock(channels, ga=ga, ld=ld, extra_residual=extra_residual,
+                               groups=groups, ld_strides=ld_strides)  # fmt: skip
         self.convb = conv_bn_relu(channels, channels)
         self.bottleneck = conv_bn_relu(in_channels + channels, channels)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
@@ -155,6 +162,9 @@ class GALD(SegmentationModel):
             at 1/16), ``"nonlocal"``, ``"psp"`` (pyramid pooling), ``"gap"`` (global average
             pooling), ``"none"`` (dilated-FCN baseline). The paper's GA ablation.
         ld: the local distribution module after GA (the paper's contribution; its ablation).
+        ld_strides: how many of LD's three depthwise convolutions have stride 2 (the code: 3,
+            a 13 x 13 mask grid at 769 px and OS 8); fewer keep a finer grid in small images
+            (0: the map's own size, 16 x 16 at 128 px), the same parameters.
         ld_extra_residual: the code's ``GALDBlock`` returns ``LD(x) + x = 2x + x * M``; the
             paper ``x + x * M`` (default).
         aux: build the auxiliary head on layer3 (its loss weight is the task's ``aux_weight``,
@@ -179,6 +189,7 @@ class GALD(SegmentationModel):
         depth: Literal[18, 34, 50, 101] = 101,
         ga: GlobalAggregation = "cgnl",
         ld: bool = True,
+        ld_strides: Literal[0, 1, 2, 3] = 3,
         ld_extra_residual: bool = False,
         aux: bool = True,
         stem: Literal["deep", "resnet"] = "deep",
@@ -213,6 +224,7 @@ class GALD(SegmentationModel):
             ld=ld,
             extra_residual=ld_extra_residual,
             groups=groups,
+            ld_strides=ld_strides,
         )
         self.aux_head = AuxHead(c3, channels, num_classes, aux_dropout) if aux else None
 

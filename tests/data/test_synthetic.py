@@ -87,6 +87,30 @@ def test_poles_are_thin_and_birds_small(seed):
     assert 1 <= (label == BIRD).sum() <= 25  # a few pixels: 2-5 px across
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_detail_scale_widens_poles_and_birds_and_nothing_else(seed):
+    """The same draws at ``detail_scale`` 4: poles about 4x as thick, birds 4x across (16x the
+    pixels), every other pixel's class as at scale 1 where neither kind is drawn."""
+    img = np.zeros((*SIZE, 3), np.float32)
+    label1, label4 = np.zeros(SIZE, np.uint8), np.zeros(SIZE, np.uint8)
+    _draw_pole(img, label1, np.random.default_rng(seed), top=20)
+    _draw_pole(img, label4, np.random.default_rng(seed), top=20, scale=4)
+    if (label1 == POLE).sum() > 10:  # long enough to measure a thickness
+        ratio = (label4 == POLE).sum() / (label1 == POLE).sum()
+        assert 2.5 < ratio < 6
+        assert ((label1 == POLE) <= (label4 == POLE)).all()  # the same line, widened
+    label1[:], label4[:] = 0, 0
+    _draw_bird(img, label1, np.random.default_rng(seed), horizon=30)
+    _draw_bird(img, label4, np.random.default_rng(seed), horizon=30, scale=4)
+    assert ((label1 == BIRD) <= (label4 == BIRD)).all()
+    assert (label4 == BIRD).sum() >= 6 * (label1 == BIRD).sum()  # fewer at the image border
+    scene1 = render_scene(seed, "val", 0, (128, 128))
+    scene4 = render_scene(seed, "val", 0, (128, 128), detail_scale=4)
+    assert scene1[2] == scene4[2]
+    others = ~np.isin(scene1[1], [POLE, BIRD]) & ~np.isin(scene4[1], [POLE, BIRD])
+    assert np.array_equal(scene1[1][others], scene4[1][others])
+
+
 def test_datamodule_yields_normalised_batches_of_the_right_types():
     dm = SyntheticSegmentation(
         num_train=8, num_val=4, num_test=4, image_size=SIZE, batch_size=4, num_workers=0
@@ -133,6 +157,14 @@ def test_the_scene_cache_holds_exactly_the_rendered_scenes(tmp_path, monkeypatch
     scene = cached.datasets["train"].scene(4)
     assert np.array_equal(scene[0], img)
     assert np.array_equal(scene[1], label)
+    # Another detail scale is another file, holding its own scenes.
+    detailed = SyntheticSegmentation(
+        num_train=5, num_val=3, num_test=2, image_size=(40, 56), detail_scale=3
+    )
+    detailed.setup("validate")
+    assert len(list((tmp_path / "synthetic").glob("*-3-40x56-detail3.npy"))) == 1
+    _, label3, _ = render_scene(0, "val", 1, (40, 56), detail_scale=3)
+    assert np.array_equal(detailed.datasets["val"].scene(1)[1], label3)
 
 
 def test_written_once_writes_a_file_once_and_whole(tmp_path):

@@ -107,3 +107,17 @@ def test_width_keeps_the_head_divisible_by_the_cgnl_groups():
         net = GALD(5, depth=18, width=width)
         c = net.head.conva[0].out_channels
         assert c % 16 == 0, (width, c)
+
+
+@pytest.mark.parametrize(("strided", "grid"), [(3, 2), (2, 4), (1, 8), (0, 16)])
+def test_ld_strides_sets_the_mask_grid_with_the_same_parameters(strided, grid):
+    ld = LocalDistribution(8, strided)
+    x = torch.randn(1, 8, 16, 16)
+    coarse = ld.dconv3(ld.dconv2(ld.dconv1(x)))
+    assert coarse.shape[-2:] == (grid, grid)
+    assert ld.mask(x).shape == x.shape
+    assert sum(p.numel() for p in ld.parameters()) == sum(
+        p.numel() for p in LocalDistribution(8).parameters()
+    )
+    net = GALD(5, depth=18, width=1 / 16, ld_strides=strided)
+    assert net.head.block.ld.dconv1[0].stride == ((2, 2) if strided >= 1 else (1, 1))

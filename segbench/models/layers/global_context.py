@@ -44,10 +44,10 @@ from torch import Tensor, nn
 GlobalAggregation = Literal["cgnl", "nonlocal", "psp", "gap", "none"]
 
 
-def _depthwise_down(channels: int) -> nn.Sequential:
+def _depthwise_down(channels: int, stride: int = 2) -> nn.Sequential:
     """Depthwise 3x3 stride-2 convolution + BN + ReLU (GALD's down-sampling step)."""
     return nn.Sequential(
-        nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels, bias=False),
+        nn.Conv2d(channels, channels, 3, stride=stride, padding=1, groups=channels, bias=False),
         nn.BatchNorm2d(channels),
         nn.ReLU(inplace=True),
     )
@@ -215,13 +215,20 @@ class LocalDistribution(nn.Module):
 
     Args:
         channels: input and output channels.
+        strided: how many of the three depthwise convolutions have stride 2 (the rest stride
+            1; the parameters are the same): the mask's grid is the map's size / 2**strided.
+            The code: 3, a 13 x 13 grid on the 97 x 97 map of a 769 px crop at output stride 8;
+            on the 16 x 16 map of a 128 px image 3 leaves 2 x 2, 0 keeps 16 x 16 (the nearest
+            to the paper's 13 x 13).
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, strided: int = 3) -> None:
         super().__init__()
-        self.dconv1 = _depthwise_down(channels)
-        self.dconv2 = _depthwise_down(channels)
-        self.dconv3 = _depthwise_down(channels)
+        if not 0 <= strided <= 3:
+            raise ValueError(f"LocalDistribution: strided is 0 to 3, got {strided}")
+        self.dconv1 = _depthwise_down(channels, 2 if strided >= 1 else 1)
+        self.dconv2 = _depthwise_down(channels, 2 if strided >= 2 else 1)
+        self.dconv3 = _depthwise_down(channels, 2 if strided >= 3 else 1)
 
     def mask(self, x: Tensor) -> Tensor:
         """The mask ``M`` (``N x C x h x w``, values in ``[0.5, 1)``) for the input ``x``."""
