@@ -17,7 +17,9 @@ here, the same for every tool::
 * **The output.** The markdown table on stdout; ``--out DIR`` also writes ``DIR/TOOL.md``,
   ``DIR/TOOL.json`` and the figure ``DIR/TOOL.png`` (``DIR/TOOL_<model>.png`` per model when
   there are several). Figures are drawn by :meth:`Result.plot` on a figure it is given, so a
-  notebook draws the same figure inline: ``fig = plt.figure(); result.plot(fig)``.
+  notebook draws the same figure inline: ``fig = plt.figure(); result.plot(fig)``. A tool whose
+  output is something else says so in its :attr:`Tool.common_options` (``segbench export``:
+  ``--out FILE`` is the exported model).
 * **The record.** ``--record`` stores :meth:`Result.summary` in each run's ``metrics.json``
   (``records`` section, with the checkpoint measured), where ``segbench report --metrics``
   reads it as a column.
@@ -35,7 +37,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, get_type_hints
+from types import UnionType
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from segbench.analysis.loading import LoadedModel, is_run_dir, load_model
 from segbench.data.base import Split
@@ -105,9 +120,17 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
     test_options: ClassVar[tuple[str, ...]] = ()
     #: Figure size (inches) of one model's figure.
     figsize: ClassVar[tuple[float, float]] = (8.0, 4.0)
+    #: The options every tool takes: :class:`Common`, or a subclass of it that says what they
+    #: mean for this tool (``segbench export``: ``--out`` is the exported file).
+    common_options: ClassVar[type[Common]] = Common
+    #: At most this many models per command (``None``: any number).
+    max_models: ClassVar[int | None] = None
 
     def __init__(self, description: str | None = None) -> None:
         self.description = description or (type(self).__doc__ or "")
+
+    def validate(self, options: OptionsT, common: Common) -> None:
+        """Reject option values that cannot work, before any model is loaded."""
 
     def not_applicable(self, net: nn.Module) -> str | None:
         """Why this tool cannot measure ``net`` (a part it lacks), or ``None``: it can."""
@@ -140,26 +163,32 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
                 f"overrides]] [options]\n\n{self.description}"
             ),
         )
-        parser.add_class_arguments(Common, nested_key=None, as_group=True)
+        parser.add_class_arguments(self.common_options, nested_key=None, as_group=True)
         parser.add_class_arguments(self.Options, nested_key=None, as_group=True)
         return parser
 
-    def keys(self) -> dict[str, bool]:
-        """The tool's option names, each with whether it is a flag (a bool)."""
-        hints = {**get_type_hints(Common), **get_type_hints(self.Options)}
-        return {name: hints[name] is bool for name in hints}
+    def keys(self) -> dict[str, OptionKind]:
+        """The tool's option names, each with its kind: a flag (a bool), a list or a value."""
+        hints = {**get_type_hints(self.common_options), **get_type_hints(self.Options)}
+        return {name: option_kind(hint) for name, hint in hints.items()}
 
     def main(self, argv: list[str]) -> list[tuple[str, ResultT]]:
         """``segbench TOOL ...``: parse, load each model, measure, print, write, record."""
         runs, tool_args, fit_args = split_argv(argv, self.keys())
         parser = self.parser()
         ns = parser.parse_args(tool_args)
-        common = Common(**{f.name: ns[f.name] for f in fields(Common)})
+        common = self.common_options(**{f.name: ns[f.name] for f in fields(self.common_options)})
         options = self.Options(**{f.name: ns[f.name] for f in fields(self.Options)})
         if not runs and not fit_args:
             parser.error("give run directories or a config: --config FILE.yaml")
         if common.record and not runs:
             parser.error("--record stores into run directories: give one or more")
+        if self.max_models is not None and len(runs) > self.max_models:
+            parser.error(
+                f"segbench {self.name} takes {self.max_models} model(s) at a time, got "
+                f"{len(runs)} run directories"
+            )
+        self.validate(options, common)
         sources = [[run, *fit_args] for run in runs] if runs else [fit_args]
         results: list[tuple[str, ResultT]] = []
         for args in sources:
@@ -209,15 +238,30 @@ def save_figure(draw: Callable[[Figure], None], path: Path, figsize: tuple[float
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
+OptionKind = Literal["flag", "list", "value"]
+
+
+def option_kind(hint: Any) -> OptionKind:
+    """``flag`` for a bool, ``list`` for a list or tuple of any length (``X | None`` too),
+    ``value`` otherwise."""
+    if hint is bool:
+        return "flag"
+    kinds = [hint, *get_args(hint)] if get_origin(hint) in (Union, UnionType) else [hint]
+    for kind in kinds:
+        if get_origin(kind) is list or (get_origin(kind) is tuple and Ellipsis in get_args(kind)):
+            return "list"
+    return "value"
+
+
 def split_argv(
-    argv: Sequence[str], keys: dict[str, bool]
+    argv: Sequence[str], keys: dict[str, OptionKind]
 ) -> tuple[list[str], list[str], list[str]]:
     """``argv`` as (run directories, the tool's options, ``segbench fit`` arguments).
 
     Leading positional words are run directories; an option whose key is one of ``keys`` goes
-    to the tool with the words after it (several words become one list value; a flag, ``keys``
-    true, alone means ``true``), any other option (``--config``, ``--model...``, ``--data...``)
-    to ``segbench fit`` with its value.
+    to the tool with the words after it (the words of a list option, or several words, become
+    one list value: ``--dims 11`` and ``--dims 16 32``; a flag alone means ``true``), any other
+    option (``--config``, ``--model...``, ``--data...``) to ``segbench fit`` with its value.
     """
     argv = list(argv)
     runs: list[str] = []
@@ -240,9 +284,11 @@ def split_argv(
             values.append(argv.pop(0))
         if key.rstrip("+") in keys or key in ("h", "help"):
             tool.append(word)
-            if len(values) > 1:
+            kind = keys.get(key.rstrip("+"), "value")
+            listed = len(values) == 1 and values[0].lstrip().startswith("[")
+            if len(values) > 1 or (kind == "list" and values and not listed):
                 values = ["[" + ",".join(values) + "]"]
-            elif not values and not has_value and keys.get(key, False):
+            elif not values and not has_value and kind == "flag":
                 values = ["true"]
             tool += values
         elif key in ("run", "runs"):

@@ -58,7 +58,6 @@ belong to the task and the configs, not to the network.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -184,7 +183,9 @@ class ParseNet(SegmentationModel):
         if self.global_context:
             src = trunk[GLOBAL_SOURCE]
             stride = x.shape[-2] // src.shape[-2]
-            valid = (math.ceil(image_size[0] / stride), math.ceil(image_size[1] / stride))
+            # Ceiling division in integers: a traced export (segbench export) keeps it a
+            # function of the input size, where math.ceil would fix it at the export size.
+            valid = (-(-image_size[0] // stride), -(-image_size[1] // stride))
             feats[GLOBAL_NAME] = global_average(src, valid, self.pool6)
         if self.normalize:
             feats = {name: self.norms[name](f) for name, f in feats.items()}

@@ -4,7 +4,8 @@ Each architecture is trained for one tiny epoch (with the small arguments it dec
 tool measures that run directory with the small options it declares, writes ``--out`` and
 ``--record``s into the run. A tool that measures a part the architecture lacks (``ld-masks``
 without GALD's LD module) must refuse with :class:`NotApplicable`, naming what is missing. Nothing
-here lists tools or architectures.
+here lists tools or architectures. (``segbench export``, whose ``--out`` is the exported model, is
+run on every architecture in ``test_export.py``.)
 """
 
 from __future__ import annotations
@@ -13,16 +14,13 @@ import importlib
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
-import yaml
 
 from segbench.analysis.loading import load_model
-from segbench.analysis.tool import NotApplicableError, Tool, split_argv
+from segbench.analysis.tool import Common, NotApplicableError, Tool, split_argv
 from segbench.cli import main, tools
 from segbench.models import architectures
-from tests.conftest import tiny_args
 
 
 def analysis_tools() -> dict[str, Tool]:
@@ -35,6 +33,9 @@ def analysis_tools() -> dict[str, Tool]:
 
 
 TOOLS = analysis_tools()
+#: The tools whose ``--out`` is a directory of TOOL.md, TOOL.json and TOOL.png (``export``'s is
+#: the exported model, tested with every architecture in ``test_export.py``).
+DIRECTORY_TOOLS = {n: t for n, t in TOOLS.items() if t.common_options is Common}
 
 
 def test_the_five_tools_share_the_skeleton():
@@ -46,31 +47,8 @@ def test_the_five_tools_share_the_skeleton():
             assert common in help_text, (name, common)
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """``architecture name -> run directory`` of a one-epoch tiny run, trained on first use."""
-    runs: dict[str, Path] = {}
-
-    def get(arch: str) -> Path:
-        if arch not in runs:
-            root = tmp_path_factory.mktemp(arch.lower())
-            cls = architectures()[arch]
-            override = root / "net.yaml"
-            override.write_text(
-                yaml.safe_dump(
-                    {"model": {"net": {"class_path": f"{cls.__module__}.{cls.__name__}",
-                                       "init_args": dict(cls.test_kwargs)}}}
-                )
-            )  # fmt: skip
-            main(["fit", *tiny_args(root, name=arch.lower()), "--config", str(override)])
-            runs[arch] = root / "test" / arch.lower()
-        return runs[arch]
-
-    return get
-
-
 @pytest.mark.parametrize("arch", sorted(architectures()))
-@pytest.mark.parametrize("tool_name", sorted(TOOLS))
+@pytest.mark.parametrize("tool_name", sorted(DIRECTORY_TOOLS))
 def test_every_tool_on_every_architecture(tool_name, arch, trained_run, tmp_path, capsys):
     tool = TOOLS[tool_name]
     run = trained_run(arch)
@@ -109,15 +87,28 @@ def test_split_argv_routes_runs_tool_options_and_fit_arguments(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("{}\n")
-    keys = {"strides": False, "record": True, "unit": False, "out": False}
+    keys = {"strides": "list", "dims": "list", "record": "flag", "unit": "value", "out": "value"}
     runs, tool, fit = split_argv(
-        [str(run), "--strides", "4", "8", "--record", "--config", "a.yaml",
+        [str(run), "--strides", "4", "8", "--dims", "11", "--record", "--config", "a.yaml",
          "--model.net.init_args.width", "0.25", "--unit=1,2", "--out", "d"],
         keys,
     )  # fmt: skip
     assert runs == [str(run)]
-    assert tool == ["--strides", "[4,8]", "--record", "true", "--unit=1,2", "--out", "d"]
+    assert tool == ["--strides", "[4,8]", "--dims", "[11]", "--record", "true", "--unit=1,2",
+                    "--out", "d"]  # fmt: skip
     assert fit == ["--config", "a.yaml", "--model.net.init_args.width", "0.25"]
+    _, tool, _ = split_argv(["--dims", "[11, 22]"], keys)
+    assert tool == ["--dims", "[11, 22]"]
+
+
+def test_option_kinds_come_from_the_type_hints():
+    from segbench.analysis.tool import option_kind
+
+    assert option_kind(bool) == "flag"
+    assert option_kind(list[int] | None) == "list"
+    assert option_kind(tuple[float, ...]) == "list"
+    assert option_kind(tuple[int, int] | None) == "value"  # a pair: two words, joined
+    assert option_kind(int) == "value"
 
 
 def test_a_missing_checkpoint_is_an_error_not_a_fallback(trained_run, capsys):

@@ -1,0 +1,480 @@
+"""``segbench export RUN_DIR [--ckpt best] --out FILE [--format onnx|torchscript] [--dynamic]``.
+
+Writes the network alone, for deployment without segbench: input the normalised image
+``N x 3 x H x W`` (float32), output the logits ``N x K x H x W`` (``net(x)["out"]``: no softmax, no
+auxiliary head), in eval mode, float32 and contiguous (NCHW) memory format on the CPU, whatever
+the run trained with (``model.channels_last``, ``trainer.precision: bf16-mixed``). The model comes
+from a run directory and its checkpoint ``--ckpt`` (or ``--config FILE.yaml`` for a freshly
+initialised one), as in every analysis tool (:mod:`segbench.analysis.tool`).
+
+* ``--format onnx`` (``FILE.onnx``): torch's TorchScript-based ONNX exporter
+  (``torch.onnx.export(..., dynamo=False)``, opset 17). Needs the ``export`` extra
+  (``pip install 'segbench[export]'``: onnx and onnxruntime). The ``torch.export``-based exporter
+  (``dynamo=True``, torch's default) is not used: it cannot export ParseNet with dynamic height and
+  width (torch 2.14: a data-dependent guard in its global pooling) and takes 5-15 s per network
+  where this one takes under a second.
+* ``--format torchscript`` (``FILE.pt``): ``torch.jit.trace``, loaded with ``torch.jit.load``
+  (``torch.jit.script`` does not compile the segbench networks: their backbones' type
+  annotations are beyond TorchScript).
+
+Both are *traced* at the export size ``--input_size H W`` (default: the size of the first image
+of ``--split``): Python branches on the input size (the padding to a multiple of the stride) are
+fixed at that size. Without ``--dynamic`` the model takes batch 1 at that size only. With
+``--dynamic`` the batch, height and width axes are free, for sizes that are multiples of
+:data:`SIZE_MULTIPLE` (32; the export size must be one).
+
+**The check.** The written file is run (ONNX Runtime's ``CPUExecutionProvider``, or
+``torch.jit.load``) on the first image of ``--split`` at the export size and, with ``--dynamic``,
+on a batch of two (the image and its mirror image) at ``(H + 32, W + 64)``; the command prints
+the largest absolute difference to PyTorch's logits and the share of pixels whose labels (argmax)
+agree. It passes when the difference is at most ``--rtol`` (default 1e-3) times the largest
+absolute PyTorch logit (plus 1e-5) and the labels agree at every pixel whose top two PyTorch
+logits are further apart than twice that; a model that fails is removed (``FILE`` is written
+only once it passed) and the command exits with an error. Also printed: the file size.
+
+**Beside it,** ``FILE.json`` (the file name with ``.json`` appended: ``model.onnx.json``): the
+class names, palette and void label, the normalisation (``mean``, ``std`` on the 0..1 scale: the
+input is ``(rgb / 255 - mean) / std``), the input and output names and shapes, the format,
+exporter and ``dynamic`` flag, the source (run directory, checkpoint, architecture and its
+arguments), the segbench and torch versions and the check's numbers. ``--record`` stores the
+check's summary in the run's ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segbench.analysis.loading import LoadedModel
+from segbench.analysis.tool import Common, Tool
+from segbench.errors import ConfigError, SegbenchError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+log = logging.getLogger("segbench")
+
+Format = Literal["onnx", "torchscript"]
+
+#: With ``--dynamic``, heights and widths must be multiples of this: the coarsest stride of the
+#: segbench backbones, to which the networks pad their input in a Python branch that tracing
+#: fixes at the export size.
+SIZE_MULTIPLE = 32
+#: The ONNX opset written (supported by ONNX Runtime >= 1.12, TensorRT >= 8.6).
+OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+#: The absolute part of the check's tolerance (for networks whose logits are all near 0).
+ATOL = 1e-5
+SUFFIXES: dict[str, Format] = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}
+
+
+class ExportCheckError(SegbenchError):
+    """The exported model does not compute the network's logits."""
+
+
+class Logits(nn.Module):
+    """``net(x)["out"]``: the logits alone, the one output of an exported model."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)["out"]
+
+
+def exportable(net: nn.Module) -> Logits:
+    """A copy of ``net`` in eval mode, float32 and contiguous format, returning its logits.
+
+    The copy keeps the forward pre-hooks :func:`segbench.task.to_channels_last` adds (they sample
+    the input of strided 1x1 convolutions, the same function in either format)."""
+    net = copy.deepcopy(net).float().to(memory_format=torch.contiguous_format)
+    return Logits(net).eval()
+
+
+def require_onnx() -> None:
+    """Fail in one line when the ``export`` extra is not installed."""
+    missing = []
+    for module in ("onnx", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise SegbenchError(
+            f"segbench export --format onnx needs {' and '.join(missing)}: "
+            "pip install 'segbench[export]' (in a clone: pip install -e '.[export]')"
+        )
+
+
+@contextlib.contextmanager
+def _tracing() -> Iterator[None]:
+    """No gradients, and none of the tracer's warnings: a size turned into a Python value (what
+    the check after the export is for) and the deprecation of TorchScript and of the
+    TorchScript-based ONNX exporter (the module docstring says why they are used)."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based")
+        warnings.filterwarnings("ignore", message="The feature will be removed")
+        yield
+
+
+def write_model(module: nn.Module, path: Path, fmt: Format, example: Tensor, dynamic: bool) -> None:
+    """Trace ``module`` at ``example`` and write it to ``path`` as ``fmt``."""
+    with _tracing():
+        if fmt == "torchscript":
+            traced = torch.jit.trace(module, example, check_trace=False)
+            torch.jit.save(traced, str(path))
+            return
+        axes = {0: "batch", 2: "height", 3: "width"}
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes} if dynamic else None,
+        )
+
+
+def load_exported(path: Path, fmt: Format) -> Callable[[Tensor], Tensor]:
+    """The exported model at ``path`` as a function of images to logits (ONNX Runtime's
+    ``CPUExecutionProvider`` for ONNX, ``torch.jit.load`` on the CPU for TorchScript)."""
+    if fmt == "torchscript":
+        with _tracing():
+            scripted = torch.jit.load(str(path), map_location="cpu")
+
+        def run_scripted(images: Tensor) -> Tensor:
+            with torch.no_grad():
+                return scripted(images)
+
+        return run_scripted
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run_onnx(images: Tensor) -> Tensor:
+        (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+        return torch.from_numpy(out)
+
+    return run_onnx
+
+
+def run_model(path: Path, fmt: Format, images: Tensor) -> Tensor:
+    """The logits of the exported model at ``path`` for ``images``."""
+    return load_exported(path, fmt)(images)
+
+
+@dataclass
+class Check:
+    """The exported model against PyTorch on one batch."""
+
+    batch: int
+    size: tuple[int, int]
+    max_abs_diff: float
+    tolerance: float
+    #: The share of pixels whose labels (argmax over classes) agree.
+    label_agreement: float
+    #: Pixels whose labels differ where PyTorch's top two logits are within 2 x tolerance.
+    near_ties: int
+    #: Pixels whose labels differ elsewhere (0 for a model that passes).
+    disagreements: int
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance and self.disagreements == 0
+
+
+def compare(reference: Tensor, exported: Tensor, rtol: float) -> Check:
+    """:class:`Check` of ``exported`` logits against ``reference`` (``N x K x H x W``)."""
+    n, _, h, w = reference.shape
+    if exported.shape != reference.shape:
+        raise ExportCheckError(
+            f"the exported model's output is {tuple(exported.shape)}, PyTorch's "
+            f"{tuple(reference.shape)}"
+        )
+    tolerance = rtol * float(reference.abs().max()) + ATOL
+    diff = (exported - reference).abs()
+    max_abs_diff = float(diff.max()) if torch.isfinite(diff).all() else float("inf")
+    differ = reference.argmax(1) != exported.argmax(1)
+    top2 = reference.topk(2, dim=1).values if reference.shape[1] > 1 else None
+    tie = (top2[:, 0] - top2[:, 1] <= 2 * tolerance) if top2 is not None else differ
+    return Check(
+        batch=n,
+        size=(h, w),
+        max_abs_diff=max_abs_diff,
+        tolerance=tolerance,
+        label_agreement=1.0 - float(differ.float().mean()),
+        near_ties=int((differ & tie).sum()),
+        disagreements=int((differ & ~tie).sum()),
+    )
+
+
+@dataclass
+class Export:
+    """One exported model: its file, its side-car and the checks it passed."""
+
+    file: str
+    format: Format
+    bytes: int
+    checks: list[Check]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        lines = [
+            f"Exported {self.metadata.get('architecture', 'the network')} as {self.format}: "
+            f"{self.file} ({self.bytes / 2**20:.2f} MB) and {self.file}.json.",
+            "",
+            "| input | max abs diff | tolerance | label agreement | near ties | passed |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in self.checks:
+            lines.append(
+                f"| {c.batch} x 3 x {c.size[0]} x {c.size[1]} | {c.max_abs_diff:.3g} | "
+                f"{c.tolerance:.3g} | {100 * c.label_agreement:.2f} % | {c.near_ties} | "
+                f"{'yes' if c.passed else 'NO'} |"
+            )
+        secs = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+        lines += ["", f"Exported model against PyTorch's logits (float32, CPU). Time: {secs}."]
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "format": self.format,
+            "bytes": self.bytes,
+            "checks": [asdict(c) | {"passed": c.passed} for c in self.checks],
+            "seconds": self.seconds,
+            "metadata": self.metadata,
+        }
+
+    def summary(self) -> dict[str, float]:
+        """The worst difference and label agreement over the checks, and the file size."""
+        key = f"export/{self.format}"
+        return {
+            f"{key}/max_abs_diff": max(c.max_abs_diff for c in self.checks),
+            f"{key}/label_agreement": min(c.label_agreement for c in self.checks),
+            f"{key}/megabytes": self.bytes / 2**20,
+        }
+
+    def plot(self, fig: Figure) -> None:
+        """Each check's largest difference against its tolerance."""
+        fig.set_size_inches(5, 3)
+        ax = fig.subplots()
+        names = [f"{c.batch}x{c.size[0]}x{c.size[1]}" for c in self.checks]
+        ax.bar(names, [c.max_abs_diff for c in self.checks], label="max |difference|")
+        ax.plot(names, [c.tolerance for c in self.checks], "k_", ms=30, label="tolerance")
+        ax.set_yscale("log")
+        ax.set_ylabel("logits")
+        ax.set_title(f"{self.format} export against PyTorch")
+        ax.legend(fontsize=8)
+
+
+@dataclass
+class Options:
+    """Options of ``segbench export``.
+
+    Args:
+        format: onnx or torchscript (default: from the suffix of --out: .onnx, .pt or .ts)
+        input_size: height and width of the export (default: the size of the first image of
+            --split); with --dynamic a multiple of 32
+        dynamic: free batch, height and width axes (sizes that are multiples of 32), checked at
+            the export size and at (H + 32, W + 64)
+        rtol: the check's tolerance on |exported - PyTorch| logits, relative to the largest
+            absolute PyTorch logit (plus 1e-5)
+    """
+
+    format: Format | None = None
+    input_size: tuple[int, int] | None = None
+    dynamic: bool = False
+    rtol: float = 1e-3
+
+
+@dataclass
+class ExportOptions(Common):
+    """Options every analysis tool takes, as ``segbench export`` reads them.
+
+    Args:
+        ckpt: checkpoint of the run directory: best, last or a path to a .ckpt file (a missing
+            one is an error, never a fallback)
+        split: the split whose first image sets the default input size and is the check's input
+        out: the file to write (FILE.onnx or FILE.pt), with FILE.json beside it
+        record: store the check's summary in the run's metrics.json (needs a run directory)
+    """
+
+    out: Path | None = None
+
+
+def export_format(options: Options, out: Path) -> Format:
+    if options.format is not None:
+        return options.format
+    if out.suffix in SUFFIXES:
+        return SUFFIXES[out.suffix]
+    raise ConfigError(
+        f"--out {out}: cannot tell the format from the suffix {out.suffix!r}: give --format onnx "
+        f"or --format torchscript (or name the file {out.stem}.onnx or {out.stem}.pt)"
+    )
+
+
+def check_inputs(image: Tensor, size: tuple[int, int], dynamic: bool) -> list[Tensor]:
+    """The check's batches: ``image`` at ``size`` and, with ``dynamic``, it and its mirror image
+    at ``(H + 32, W + 64)``."""
+    h, w = size
+
+    def at(s: tuple[int, int]) -> Tensor:
+        x = image[None]
+        if tuple(x.shape[-2:]) != s:
+            x = F.interpolate(x, size=s, mode="bilinear", align_corners=False)
+        return x.contiguous()
+
+    batches = [at((h, w))]
+    if dynamic:
+        other = at((h + SIZE_MULTIPLE, w + 2 * SIZE_MULTIPLE))
+        batches.append(torch.cat([other, other.flip(-1)]).contiguous())
+    return batches
+
+
+def metadata(model: LoadedModel, fmt: Format, size: tuple[int, int], dynamic: bool) -> dict:
+    """The side-car's contents (without the check)."""
+    import segbench
+
+    dm = model.datamodule
+    net_config = model.config.model.get("net") if "model" in model.config else None
+    shape: list[int | str] = ["batch", 3, "height", "width"] if dynamic else [1, 3, *size]
+    return {
+        "format": fmt,
+        "exporter": (
+            f"torch.onnx.export (TorchScript-based, dynamo=False), opset {OPSET}"
+            if fmt == "onnx"
+            else "torch.jit.trace"
+        ),
+        "input": {
+            "name": INPUT_NAME,
+            "shape": shape,
+            "dtype": "float32",
+            "size": list(size),
+            "dynamic": dynamic,
+            "size_multiple": SIZE_MULTIPLE if dynamic else None,
+            "normalisation": "(rgb / 255 - mean) / std, RGB channel order",
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": [shape[0], dm.num_classes, shape[2], shape[3]],
+            "meaning": "raw logits (argmax over axis 1 is the label map)",
+        },
+        "num_classes": dm.num_classes,
+        "class_names": list(dm.class_names),
+        "palette": [list(c) for c in dm.colours()],
+        "ignore_index": dm.ignore_index,
+        "mean": list(dm.mean),
+        "std": list(dm.std),
+        "architecture": type(model.net).__name__,
+        "net": net_config.as_dict() if net_config is not None else None,
+        "source": {
+            "run_dir": str(model.run_dir) if model.run_dir is not None else None,
+            "checkpoint": str(model.checkpoint) if model.checkpoint is not None else None,
+            "trained": model.trained,
+        },
+        "segbench_version": segbench.__version__,
+        "torch_version": torch.__version__,
+    }
+
+
+class ExportTool(Tool[Options, Export]):
+    name = "export"
+    Options = Options
+    common_options = ExportOptions
+    max_models = 1
+    test_options = ("--format", "torchscript", "--dynamic")
+
+    def validate(self, options: Options, common: Common) -> None:
+        if common.out is None:
+            raise ConfigError("segbench export: give the file to write: --out FILE.onnx")
+        if export_format(options, Path(common.out)) == "onnx":
+            require_onnx()
+        if options.rtol <= 0:
+            raise ConfigError(f"--rtol must be positive, got {options.rtol}")
+
+    def measure(self, model: LoadedModel, options: Options, common: Common) -> Export:
+        assert common.out is not None  # validate()
+        out = Path(common.out)
+        fmt = export_format(options, out)
+        image = model.datamodule.unaugmented(common.split)[0]["image"]  # type: ignore[index]
+        size = tuple(options.input_size or image.shape[-2:])
+        if min(size) < 1 or len(size) != 2:
+            raise ConfigError(f"--input_size must be two positive numbers, got {list(size)}")
+        if options.dynamic and any(s % SIZE_MULTIPLE for s in size):
+            raise ConfigError(
+                f"--input_size {size[0]} {size[1]}: with --dynamic the export size must be a "
+                f"multiple of {SIZE_MULTIPLE} (the networks pad their input to a multiple of "
+                "their stride in a Python branch that tracing fixes at the export size); give "
+                "--input_size"
+            )
+        size = (int(size[0]), int(size[1]))
+        module = exportable(model.net)
+        batches = check_inputs(image.float(), size, options.dynamic)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        seconds: dict[str, float] = {}
+        with torch.no_grad():  # before the export, which may leave the module in train mode
+            references = [module(x) for x in batches]
+        try:
+            t0 = time.perf_counter()
+            write_model(module, tmp, fmt, batches[0], options.dynamic)
+            seconds["export"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            run = load_exported(tmp, fmt)
+            checks = [
+                compare(r, run(x), options.rtol) for r, x in zip(references, batches, strict=True)
+            ]
+            seconds["check"] = time.perf_counter() - t0
+            failed = [c for c in checks if not c.passed]
+            if failed:
+                raise ExportCheckError(
+                    f"segbench export: the {fmt} export of {model.name} does not compute its "
+                    "logits: "
+                    + "; ".join(
+                        f"at {c.batch} x 3 x {c.size[0]} x {c.size[1]} max |difference| "
+                        f"{c.max_abs_diff:.3g} (tolerance {c.tolerance:.3g}), labels agree at "
+                        f"{100 * c.label_agreement:.2f} % of pixels"
+                        for c in failed
+                    )
+                    + f". Nothing was written to {out}."
+                )
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        result = Export(str(out), fmt, out.stat().st_size, checks, seconds=seconds)
+        result.metadata = metadata(model, fmt, size, options.dynamic)
+        result.metadata["check"] = result.to_json()["checks"]
+        from segbench.rundir import atomic_write_json
+
+        atomic_write_json(f"{out}.json", result.metadata)
+        log.info("export: wrote %s and %s.json", out, out)
+        return result
+
+    def write(self, results: Any, text: str, out: Path) -> None:
+        """Nothing more: :meth:`measure` wrote ``--out`` (the model) and its side-car."""
+
+
+TOOL = ExportTool(__doc__)
+
+
+def main(argv: list[str]) -> None:
+    TOOL.main(argv)

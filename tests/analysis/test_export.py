@@ -1,0 +1,186 @@
+"""segbench export: every architecture to ONNX and TorchScript, checked against PyTorch.
+
+The networks are the architectures' small test instances, fresh (``--config``) with every
+parameter nudged by seeded noise: a fresh FCN's or ParseNet's zero-initialised classifier gives
+all-zero logits, which any export would match. The check itself is tested by exports that are
+wrong on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from segbench.analysis import export, tool
+from segbench.analysis.export import TOOL, compare, run_model
+from segbench.cli import main as segbench
+from segbench.data.synthetic import CLASS_NAMES, PALETTE
+from segbench.models import architectures
+from tests.analysis.conftest import fresh_args
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+@pytest.fixture
+def nudged(monkeypatch):
+    """The tools' models with every parameter moved by seeded noise (0.05 standard deviation)."""
+    load = tool.load_model
+
+    def load_nudged(*args, **kwargs):
+        model = load(*args, **kwargs)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in model.net.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+        return model
+
+    monkeypatch.setattr(tool, "load_model", load_nudged)
+
+
+def sidecar(path) -> dict:
+    return json.loads(path.with_name(path.name + ".json").read_text())
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("arch", sorted(architectures()))
+def test_every_architecture_exports_both_ways(arch, fmt, nudged, tmp_path, capsys):
+    out = tmp_path / f"model{FORMATS[fmt]}"
+    ((_name, result),) = TOOL.main([*fresh_args(tmp_path, arch), "--dynamic", "--out", str(out)])
+    assert result.format == fmt  # from the suffix
+    assert [c.size for c in result.checks] == [(64, 64), (96, 128)]
+    assert [c.batch for c in result.checks] == [1, 2]
+    for c in result.checks:
+        assert c.passed
+        assert c.label_agreement == 1.0
+        assert c.tolerance > 10 * export.ATOL  # the logits are not all near 0
+        assert c.max_abs_diff <= 1e-4 * (c.tolerance - export.ATOL) / 1e-3
+    assert result.bytes == out.stat().st_size > 10_000
+    text = capsys.readouterr().out
+    assert f"{out} ({result.bytes / 2**20:.2f} MB)" in text
+    assert "100.00 %" in text
+    meta = sidecar(out)
+    assert meta["class_names"] == list(CLASS_NAMES)
+    assert meta["palette"] == [list(c) for c in PALETTE]
+    assert meta["num_classes"] == len(CLASS_NAMES)
+    assert meta["mean"] == pytest.approx([0.457, 0.585, 0.542])
+    assert len(meta["std"]) == 3
+    assert meta["architecture"] == arch
+    assert meta["format"] == fmt
+    assert meta["input"]["shape"] == ["batch", 3, "height", "width"]
+    assert meta["input"]["dynamic"] is True
+    assert meta["input"]["size"] == [64, 64]
+    assert meta["source"] == {"run_dir": None, "checkpoint": None, "trained": False}
+    assert meta["segbench_version"]
+    assert all(c["passed"] for c in meta["check"])
+    # The file alone, at a size it was not checked at: K logits per pixel, at the input size.
+    logits = run_model(out, fmt, torch.randn(3, 3, 32, 160))
+    assert logits.shape == (3, meta["num_classes"], 32, 160)
+    assert torch.isfinite(logits).all()
+
+
+def test_a_static_export_takes_its_size_only(nudged, tmp_path):
+    out = tmp_path / "fcn.onnx"
+    args = [*fresh_args(tmp_path, "FCN"), "--input_size", "64", "96", "--out", str(out)]
+    ((_, result),) = TOOL.main(args)
+    assert [(c.batch, c.size) for c in result.checks] == [(1, (64, 96))]
+    meta = sidecar(out)
+    assert meta["input"]["shape"] == [1, 3, 64, 96]
+    assert meta["input"]["dynamic"] is False
+    assert meta["output"]["shape"] == [1, len(CLASS_NAMES), 64, 96]
+    with pytest.raises(Exception, match=r"(?i)dimension|shape"):
+        run_model(out, "onnx", torch.randn(2, 3, 64, 96))
+
+
+class Wrong(nn.Module):
+    """The network's logits times ``scale`` plus ``shift``."""
+
+    def __init__(self, net: nn.Module, scale: float, shift: float = 0.0) -> None:
+        super().__init__()
+        self.net, self.scale, self.shift = net, scale, shift
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x) * self.scale + self.shift
+
+
+@pytest.mark.parametrize(
+    ("fmt", "scale", "labels_agree"),
+    [("onnx", -1.0, False), ("torchscript", -1.0, False), ("onnx", 1.01, True)],
+)
+def test_a_wrong_export_fails_the_check_and_is_not_kept(
+    fmt, scale, labels_agree, nudged, monkeypatch, tmp_path, capsys
+):
+    write = export.write_model
+    monkeypatch.setattr(
+        export, "write_model", lambda module, *a: write(Wrong(module, scale).eval(), *a)
+    )
+    out = tmp_path / f"model{FORMATS[fmt]}"
+    with pytest.raises(SystemExit) as exit_:
+        segbench(["export", *fresh_args(tmp_path, "FCN"), "--out", str(out)])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "does not compute its logits" in err
+    assert "Traceback" not in err
+    assert ("labels agree at 100.00 %" in err) == labels_agree
+    assert f"Nothing was written to {out}" in err
+    assert list(tmp_path.glob("model*")) == []
+
+
+def test_the_check_allows_near_ties_only():
+    ref = torch.tensor([[1.0, 1.0 + 1e-6], [0.0, 2.0]]).T.reshape(1, 2, 1, 2)  # pixel 0: a tie
+    flipped_tie = ref.clone()
+    flipped_tie[0, :, 0, 0] = torch.tensor([1.0 + 1e-6, 1.0])
+    ok = compare(ref, flipped_tie, rtol=1e-3)
+    assert ok.passed
+    assert ok.label_agreement == 0.5
+    assert ok.near_ties == 1
+    assert ok.tolerance == pytest.approx(2e-3 + export.ATOL)
+    swapped = ref.flip(1)
+    bad = compare(ref, swapped, rtol=1e-3)
+    assert not bad.passed
+    assert bad.disagreements == 1
+
+
+def test_without_the_export_extra_onnx_names_it(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(SystemExit) as exit_:
+        segbench(["export", *fresh_args(tmp_path, "FCN"), "--out", str(tmp_path / "m.onnx")])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'segbench[export]'" in err
+    assert "onnxruntime" in err
+    assert len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--out", "model.bin"], "--format onnx"),
+        (["--out", "m.pt", "--dynamic", "--input_size", "48", "64"], "multiple of 32"),
+    ],
+)
+def test_bad_values_are_named(args, named, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        segbench(["export", *fresh_args(tmp_path, "FCN"), *args])
+    assert exit_.value.code == 1
+    assert named in capsys.readouterr().err
+
+
+@pytest.mark.slow  # trains a tiny FCN for an epoch (shared with test_tools.py's runs)
+def test_a_run_directory_exports_its_checkpoint_and_records_the_check(trained_run, tmp_path):
+    run = trained_run("FCN")
+    out = tmp_path / "fcn.pt"
+    ((name, result),) = TOOL.main([str(run), "--ckpt", "last", "--record", "--out", str(out)])
+    assert name == run.name
+    assert result.checks[0].passed
+    meta = sidecar(out)
+    assert meta["source"]["run_dir"] == str(run)
+    assert meta["source"]["trained"] is True
+    assert meta["source"]["checkpoint"].endswith("last.ckpt")
+    record = json.loads((run / "metrics.json").read_text())["records"]["export"]
+    assert record["values"] == pytest.approx(result.summary())
+    assert record["values"]["export/torchscript/label_agreement"] == 1.0
