@@ -26,6 +26,11 @@ verdict:
 * *inconclusive*: neither; the table then gives the smallest difference the sweep could have
   detected, ``(t_0.975 + t_0.80) x SE`` (a two-sided 5% test with 80% power at this spread).
 
+Convergence is judged beside the verdict, not inside it: a variant is *flat* when its validation
+mIoU (mean over seeds) gained less than :data:`FLAT_POINTS` points over the last quarter of its
+epochs; a claim whose variants are not both flat says so (a longer schedule, ``SCALE=long``,
+decides whether the difference is one of speed or of end point).
+
 Numbers are shown in the metric's report scale (IoU and accuracies in percent).
 
 ``segbench claims [--root runs] [--scale cpu] [--out results/claims.md]`` judges every claim of
@@ -48,6 +53,9 @@ from typing import Any, Literal
 from scipy import stats
 
 from segbench.errors import ConfigError
+
+#: A validation curve that gains less than this (points of mIoU) over its last quarter is flat.
+FLAT_POINTS = 1.0
 
 Direction = Literal["greater", "less", "equal"]
 Verdict = Literal["reproduced", "contradicted", "inconclusive", "not run"]
@@ -124,6 +132,26 @@ class Judgement:
     #: The smallest difference the sweep could have detected (80% power), if inconclusive.
     detectable: float | None = None
     note: str = ""
+    #: Points of val mIoU that ``a`` and ``b`` gained over their last quarter of epochs.
+    gains: tuple[float | None, float | None] = (None, None)
+
+    @property
+    def flat(self) -> bool | None:
+        """Both variants' curves flat (``None``: no curve)."""
+        if None in self.gains:
+            return None
+        return all(g < FLAT_POINTS for g in self.gains)  # type: ignore[operator]
+
+
+def last_quarter_gain(curves: Sequence[dict[int, float]]) -> float | None:
+    """Points of mIoU gained over the last quarter of the epochs (at least one epoch) by the
+    mean of ``curves`` (``{epoch: value}``, one per seed, values as fractions)."""
+    epochs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    if len(epochs) < 2:
+        return None
+    k = max(1, round(len(epochs) / 4))
+    mean = [statistics.fmean(c[e] for c in curves) for e in epochs]
+    return 100 * (mean[-1] - mean[-1 - k])
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None, int]:
@@ -204,12 +232,20 @@ def _interval(j: Judgement) -> str:
     return f"{j.difference:+.2f} [{j.low:+.2f}, {j.high:+.2f}] ({level})"
 
 
+def _flat(j: Judgement) -> str:
+    if j.flat is None:
+        return "–"
+    gains = " / ".join(f"{g:+.1f}" for g in j.gains)  # type: ignore[str-format]
+    return ("yes" if j.flat else "**no**") + f" ({gains} in the last quarter)"
+
+
 _SYMBOL = {"greater": ">", "less": "<", "equal": "≈"}
 
 
 def claims_table(judgements: Sequence[Judgement], *, group: str | None = None) -> str:
     """The markdown table of the verdicts (one row per claim)."""
-    header = ["claim", "paper", "compared", "a", "b", "a - b", "test", "verdict", "condition"]
+    header = ["claim", "paper", "compared", "a", "b", "a - b", "test", "verdict", "flat",
+              "condition"]  # fmt: skip
     if group is not None:
         header.insert(0, "ablation")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -230,6 +266,7 @@ def claims_table(judgements: Sequence[Judgement], *, group: str | None = None) -
             _interval(j),
             j.test or "–",
             verdict,
+            _flat(j),
             (c.condition + (f" Measured: {c.measured}" if c.measured else "")) or "–",
         ]
         if group is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import glob
 import json
 import math
@@ -41,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from segbench.analysis.claims import Claim, Judgement, claims_table, judge
+from segbench.analysis.claims import Claim, Judgement, claims_table, judge, last_quarter_gain
 from segbench.config import LINKS, flatten
 from segbench.rundir import RunDir
 
@@ -351,16 +352,20 @@ def seed_values(rows: Sequence[Row], label: str, metric: str) -> dict[Any, float
 
 
 def judge_claims(claims: Sequence[Claim], rows: Sequence[Row]) -> list[Judgement]:
-    """Each claim's verdict from the rows of its two variants."""
-    return [
-        judge(
-            c,
-            seed_values(rows, c.a, c.metric),
-            seed_values(rows, c.b, c.metric),
-            _scale(c.metric),
-        )
-        for c in claims
-    ]
+    """Each claim's verdict from the rows of its two variants, with their curves' last-quarter
+    gains."""
+
+    def gain(label: str) -> float | None:
+        runs = [r for row in rows if row.label == label for r in row.runs]
+        curves = [c for r in runs if (c := learning_curve(r.path))]
+        return last_quarter_gain(curves)
+
+    out = []
+    for c in claims:
+        j = judge(c, seed_values(rows, c.a, c.metric), seed_values(rows, c.b, c.metric),
+                  _scale(c.metric))  # fmt: skip
+        out.append(dataclasses.replace(j, gains=(gain(c.a), gain(c.b))))
+    return out
 
 
 def report(

@@ -141,12 +141,27 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
                 "fit": {"test": {"test/mIoU": v}, "best_val": {"val/mIoU": v}},
             }  # fmt: skip
             (run / "metrics.json").write_text(json.dumps(data))
+            # fcn16s still climbs (+3 points in its last epoch of 4), the others are flat.
+            last = 0.03 if variant == "fcn16s" else 0.005
+            curve = [v - 0.1, v - 0.05, v - last, v]
+            lines = ["epoch,step,val/mIoU"] + [f"{e},{e},{c}" for e, c in enumerate(curve)]
+            (run / "metrics.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "claims.md"
     main(["--root", str(tmp_path / "runs"), "--out", str(out)])
     text = capsys.readouterr().out
     assert out.read_text() == text
     fcn16 = next(line for line in text.splitlines() if "(fcn-16s-over-32s)" in line)
     assert "**reproduced**" in fcn16  # +5.0, +6.0, +5.5 points: the paired interval is above 0
+    assert "**no** (+3.0 / +0.5 in the last quarter)" in fcn16
     fcn8 = next(line for line in text.splitlines() if "(fcn-8s-over-16s)" in line)
     assert "**inconclusive**" in fcn8  # +1.0, -0.5, -0.5
+    assert "**no** (+0.5 / +3.0 in the last quarter)" in fcn8
     assert "1 reproduced, 0 contradicted, 1 inconclusive, 15 not run of 17 claims" in text
+
+
+def test_last_quarter_gain_is_of_the_mean_curve():
+    from segbench.analysis.claims import last_quarter_gain
+
+    curves = [{e: 0.1 * e for e in range(8)}, {e: 0.1 * e + 0.02 for e in range(8)}]
+    assert last_quarter_gain(curves) == pytest.approx(20.0)  # 2 of 8 epochs, 0.1 each
+    assert last_quarter_gain([{0: 0.5}]) is None
