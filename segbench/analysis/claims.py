@@ -285,7 +285,7 @@ def judge_ablations(
 
     out: list[tuple[str, Judgement]] = []
     for name, ablation in find_ablations(experiments).items():
-        claims = [Claim.load(c, str(ablation.path)) for c in ablation.claims]
+        claims = ablation.claims
         if not claims:
             continue
         group = ablation.group + ("" if scale == "cpu" else f"-{scale}")

@@ -14,6 +14,17 @@ Each run is ``segbench fit --config BASE... --config VARIANT --seed_everything S
 ``run.test_after_fit``, in its own process (one failure does not stop the others). A sweep can be
 stopped and started again: finished runs (test metrics present) are skipped and interrupted ones
 resume from their last checkpoint. Arguments after ``--`` go to every ``fit``.
+
+The runs can go at once (:mod:`segbench.analysis.launchers`): ``--jobs N`` runs N here, each with
+its own GPUs (``--devices_per_job D``) or its share of the CPU cores, logging to
+``ROOT/GROUP/logs/<run>.log``; ``--launcher slurm`` submits them to SLURM through submitit (a job
+array; ``--slurm_partition``, ``--slurm_time``, ``--slurm_gpus_per_node``, ``--slurm_nodes`` for
+multi-node DDP, ...), and waits for them, or returns at once with ``--no_wait`` (the same command
+later writes the report). ``--dry-run`` prints what any launcher would run::
+
+    segbench sweep --ablation drn --seeds 0 1 2 --jobs 2 --devices_per_job 1
+    segbench sweep --ablation drn --seeds 0 1 2 --launcher slurm --slurm_partition gpu \\
+        --slurm_gpus_per_node 1 --slurm_time 240
 """
 
 from __future__ import annotations
@@ -32,6 +43,20 @@ from typing import Any
 
 import yaml
 
+from segbench.analysis.claims import Claim
+from segbench.analysis.launchers import (
+    LAUNCHERS,
+    Launcher,
+    PlannedRun,
+    ProcessLauncher,
+    SubmititLauncher,
+    device_fit_args,
+    import_submitit,
+    slot_envs,
+    slurm_fit_args,
+    slurm_parameters,
+    still_queued,
+)
 from segbench.analysis.report import report
 from segbench.errors import ConfigError
 from segbench.rundir import RunDir, RunState
@@ -74,7 +99,8 @@ class Ablation:
         after_each: steps run on each finished run, skipped when already recorded for its
             current best checkpoint.
         after: steps run once when every run is done, before the report.
-        claims: the claims the ablation tests (read by the report; see the claims issue).
+        claims: the claims the ablation tests (:class:`segbench.analysis.claims.Claim`, checked
+            when the file is loaded); the report gives each a verdict.
     """
 
     path: Path
@@ -89,7 +115,7 @@ class Ablation:
     before: list[Step] = field(default_factory=list)
     after_each: list[Step] = field(default_factory=list)
     after: list[Step] = field(default_factory=list)
-    claims: list[dict[str, Any]] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
 
     @property
     def folder(self) -> Path:
@@ -113,6 +139,7 @@ class Ablation:
                 step = {"command": step} if isinstance(step, list) else step
                 steps.append(Step(**step))
             data[key] = steps
+        data["claims"] = [Claim.load(c, str(path)) for c in data.get("claims") or []]
         return cls(path=path, **data)
 
     def configs(self, scale: str) -> tuple[list[str], list[str]]:
@@ -239,6 +266,169 @@ def fit_command(
     return cmd + extra
 
 
+def plan_runs(
+    *,
+    base: list[str],
+    variants: list[str],
+    seeds: list[int],
+    group: str,
+    root: str,
+    extra: list[str],
+    queued: dict[str, str] | None = None,
+) -> list[PlannedRun]:
+    """The fits still to run, in grid order: finished runs skipped, interrupted ones resumed
+    from ``last.ckpt``, and runs a ``--no_wait`` sweep left queued on SLURM not submitted twice."""
+    grid = [(v, s) for v in variants for s in seeds]
+    planned = []
+    for i, (variant, seed) in enumerate(grid, 1):
+        name = f"{Path(variant).stem}-s{seed}"
+        run_dir = Path(root) / group / name
+        tag = f"[{i}/{len(grid)}] {group}/{name}"
+        state = run_state(run_dir)
+        if state == "done":
+            log.info("%s: done, skipped", tag)
+            continue
+        if queued and name in queued:
+            log.info("%s: still queued (%s), skipped", tag, queued[name])
+            continue
+        cmd = fit_command(
+            base=base,
+            variant=variant,
+            seed=seed,
+            group=group,
+            root=root,
+            extra=extra,
+            resume=state == "partial",
+        )
+        planned.append(PlannedRun(name, run_dir, cmd, state == "partial", i, len(grid), group))
+    return planned
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_launcher_options(parser: argparse.ArgumentParser) -> None:
+    run = parser.add_argument_group("how the runs are launched (segbench.analysis.launchers)")
+    run.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="subprocess",
+        help="subprocess: child processes here (default); slurm: SLURM jobs via submitit; "
+        "local/debug: submitit's local executor / in-process debug executor (rehearsals)",
+    )
+    run.add_argument(
+        "--jobs",
+        type=_positive,
+        default=1,
+        help="runs at once on this machine (subprocess, local); each logs to "
+        "ROOT/GROUP/logs/<run>.log and gets cores/JOBS CPU threads",
+    )
+    run.add_argument(
+        "--devices_per_job",
+        type=_positive,
+        help="GPUs per run: each concurrent run gets its own CUDA_VISIBLE_DEVICES and "
+        "--trainer.devices N",
+    )
+    run.add_argument(
+        "--devices",
+        nargs="+",
+        help="the GPU ids shared out (default: CUDA_VISIBLE_DEVICES, else all)",
+    )
+    run.add_argument(
+        "--no_wait",
+        action="store_true",
+        help="slurm: submit and return; the same command later skips the finished runs, "
+        "does not resubmit queued ones, and writes the report once all are done",
+    )
+    slurm = parser.add_argument_group("SLURM (--launcher slurm; pip install 'segbench[slurm]')")
+    slurm.add_argument("--slurm_partition")
+    slurm.add_argument(
+        "--slurm_time", type=_positive, default=60, help="minutes per job (local too)"
+    )
+    slurm.add_argument("--slurm_nodes", type=_positive, default=1, help="nodes per run (DDP)")
+    slurm.add_argument(
+        "--slurm_gpus_per_node",
+        type=int,
+        default=0,
+        help="GPUs per node, one DDP task each (0: a CPU job)",
+    )
+    slurm.add_argument("--slurm_cpus_per_task", type=_positive)
+    slurm.add_argument("--slurm_mem_gb", type=float)
+    slurm.add_argument(
+        "--slurm_array_parallelism",
+        type=_positive,
+        help="runs of the job array at once (default: SLURM's limit)",
+    )
+    slurm.add_argument(
+        "--slurm_no_array", action="store_true", help="one sbatch job per run, not an array"
+    )
+    slurm.add_argument("--slurm_account")
+    slurm.add_argument("--slurm_qos")
+    slurm.add_argument(
+        "--slurm_setup",
+        nargs="+",
+        help="shell lines run before each job (e.g. 'module load cuda/12.1')",
+    )
+
+
+def make_launcher(args: argparse.Namespace, group: str) -> Launcher:
+    """The launcher the options ask for (checked before anything runs)."""
+    group_dir = Path(args.root) / group
+    if args.no_wait and args.launcher != "slurm":
+        raise ConfigError("--no_wait is for --launcher slurm (other launchers run here)")
+    if args.launcher == "subprocess":
+        return ProcessLauncher(
+            jobs=args.jobs,
+            slots=slot_envs(
+                jobs=args.jobs, devices_per_job=args.devices_per_job, devices=args.devices
+            ),
+            log_dir=group_dir / "logs",
+            fit_args=device_fit_args(args.devices_per_job),
+        )
+    import_submitit()
+    folder = group_dir / "submitit"
+    if args.launcher == "slurm":
+        if args.devices_per_job or args.devices:
+            raise ConfigError(
+                "--devices_per_job/--devices are for runs on this machine; on SLURM give "
+                "--slurm_gpus_per_node (and --slurm_nodes)"
+            )
+        params = slurm_parameters(
+            job_name=f"segbench-{group}",
+            partition=args.slurm_partition,
+            time_min=args.slurm_time,
+            nodes=args.slurm_nodes,
+            gpus_per_node=args.slurm_gpus_per_node,
+            cpus_per_task=args.slurm_cpus_per_task,
+            mem_gb=args.slurm_mem_gb,
+            array_parallelism=args.slurm_array_parallelism,
+            account=args.slurm_account,
+            qos=args.slurm_qos,
+            setup=args.slurm_setup,
+        )
+        return SubmititLauncher(
+            cluster="slurm",
+            folder=folder,
+            slurm=params,
+            array=not args.slurm_no_array,
+            wait=not args.no_wait,
+            fit_args=slurm_fit_args(nodes=args.slurm_nodes, gpus_per_node=args.slurm_gpus_per_node),
+        )
+    jobs = 1 if args.launcher == "debug" else args.jobs
+    return SubmititLauncher(
+        cluster=args.launcher,
+        folder=folder,
+        jobs=jobs,
+        slots=slot_envs(jobs=jobs, devices_per_job=args.devices_per_job, devices=args.devices),
+        time_min=args.slurm_time,
+        fit_args=device_fit_args(args.devices_per_job),
+    )
+
+
 def main(argv: list[str]) -> None:
     extra: list[str] = []
     if "--" in argv:
@@ -263,7 +453,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--metrics", nargs="+", help="report columns (see segbench report)")
     parser.add_argument("--paper", help="published numbers for the report (see segbench report)")
     parser.add_argument("--experiments", default=str(EXPERIMENTS), help="where ablations are")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the commands (and sbatch file) only"
+    )
+    _add_launcher_options(parser)
     args = parser.parse_args(argv)
 
     root = Path(args.experiments)
@@ -288,12 +481,16 @@ def main(argv: list[str]) -> None:
     for path in [*base, *variants]:
         if not Path(path).is_file():
             parser.error(f"config not found: {path}")
+    launcher = make_launcher(args, group)
     out = args.out or f"results/{group}"
     values: dict[str, Any] = {"group": group, "results": out}
     if ablation is not None:
         values["dir"] = str(ablation.folder)
-    plan = [(v, s) for v in variants for s in args.seeds]
-    run_dirs = [Path(args.root) / group / f"{Path(v).stem}-s{s}" for v, s in plan]
+    names = [f"{Path(v).stem}-s{s}" for v in variants for s in args.seeds]
+    run_dirs = [Path(args.root) / group / name for name in names]
+    queued: dict[str, str] = {}
+    if args.launcher == "slurm" and not args.dry_run:
+        queued = still_queued(Path(args.root) / group / "submitit", names)
     failures: list[str] = []
     start = time.perf_counter()
     for step in ablation.before if ablation else []:
@@ -301,43 +498,39 @@ def main(argv: list[str]) -> None:
             continue
         if not args.dry_run and _tool(_expand(step, values)) != 0:
             failures.append(f"before: {step.command[0]}")
-    for i, (variant, seed) in enumerate(plan, 1):
-        name = f"{Path(variant).stem}-s{seed}"
-        run_dir = Path(args.root) / group / name
-        state = run_state(run_dir)
-        tag = f"[{i}/{len(plan)}] {group}/{name}"
-        if state == "done":
-            log.info("%s: done, skipped", tag)
-            continue
-        cmd = fit_command(
-            base=base,
-            variant=variant,
-            seed=seed,
-            group=group,
-            root=args.root,
-            extra=extra,
-            resume=state == "partial",
-        )
-        if args.dry_run:
-            log.info("%s: %s", tag, " ".join(cmd))
-            continue
-        log.info("%s: %s", tag, "resuming" if state == "partial" else "starting")
-        t0 = time.perf_counter()
-        code = subprocess.call(cmd)
-        took = time.perf_counter() - t0
-        if code != 0:
-            failures.append(name)
-            log.error("%s: failed (exit %d) after %.0f s; see above", tag, code, took)
-        else:
-            log.info(
-                "%s: finished in %.0f s (sweep: %.0f s so far)",
-                tag,
-                took,
-                time.perf_counter() - start,
-            )
+    planned = plan_runs(
+        base=base,
+        variants=variants,
+        seeds=args.seeds,
+        group=group,
+        root=args.root,
+        extra=[*launcher.fit_args, *extra],
+        queued=queued,
+    )
     if args.dry_run:
+        for line in launcher.describe(planned):
+            log.info("%s", line)
         return
-    log.info("sweep %s: %d runs in %.0f s", group, len(plan), time.perf_counter() - start)
+    if planned:
+        failures += launcher.launch(planned)
+    if args.no_wait and planned:
+        return
+    if queued:
+        log.info(
+            "sweep %s: %d runs still queued on SLURM (%s); run the same command again once "
+            "they have finished for the after-steps and the report",
+            group,
+            len(queued),
+            ", ".join(queued),
+        )
+        return
+    log.info(
+        "sweep %s: %d runs (%d launched) in %.0f s",
+        group,
+        len(names),
+        len(planned),
+        time.perf_counter() - start,
+    )
     done = [d for d in run_dirs if run_state(d) == "done"]
     for step in ablation.after_each if ablation else []:
         tool = step.command[0]
@@ -360,6 +553,7 @@ def main(argv: list[str]) -> None:
         out=out,
         paper=paper,
         title=group,
+        claims=ablation.claims if ablation is not None else (),
     )
     sys.stdout.write(text)
     log.info("report: %s.md / .csv / .png", out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,27 @@ def trained_run(tmp_path_factory):
         return runs[arch]
 
     return get
+
+
+def sweep_command(
+    tmp: Path, group: str, *options: str, seeds: tuple[str, ...] = ("0",)
+) -> list[str]:
+    """``segbench sweep`` of FCN-32s and FCN-8s on the tiny config (its run naming left to the
+    sweep), runs under ``tmp/runs``, the report at ``tmp/results/<group>``; ``options`` go
+    before ``--``."""
+    variants = []
+    for v in ("32s", "8s"):
+        path = tmp / f"fcn{v}.yaml"
+        path.write_text(f"model:\n  net:\n    init_args:\n      variant: {v}\n")
+        variants.append(str(path))
+    fit_args = tiny_args(tmp, name="unused")
+    base, extra = fit_args[1], fit_args[2:]
+    keep = [
+        a
+        for i, a in enumerate(extra)
+        if not (a.startswith("--run.") or (i and extra[i - 1].startswith("--run.")))
+    ]
+    cmd = [sys.executable, "-m", "segbench.cli", "sweep", "--group", group, "--base", base]
+    cmd += ["--variants", *variants, "--seeds", *seeds, "--root", str(tmp / "runs")]
+    cmd += ["--out", str(tmp / "results" / group), *options, "--", *keep]
+    return [*cmd, "--run.wandb", "disabled"]

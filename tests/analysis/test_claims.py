@@ -109,10 +109,10 @@ def test_every_declared_claim_loads_and_names_the_ablations_variants_and_metrics
     ids = []
     for ablation in find_ablations(REPO / "experiments").values():
         raw = yaml.safe_load(ablation.path.read_text()).get("claims", [])
+        assert len(ablation.claims) == len(raw)
         _, variants = ablation.configs("cpu")
         labels = {Path(v).stem for v in variants}
-        for entry in raw:
-            c = Claim.load(entry, str(ablation.path))
+        for c in ablation.claims:
             assert {c.a, c.b} <= labels, (ablation.path, c.id)
             assert c.metric in ablation.metrics, (ablation.path, c.id)
             ids.append(c.id)

@@ -8,45 +8,12 @@ import sys
 from pathlib import Path
 
 from segbench.analysis.sweep import fit_command, run_state
+from tests.analysis.conftest import sweep_command
 from tests.conftest import REPO, tiny_args
 
 
 def test_sweep_runs_reports_and_skips_finished_runs(tmp_path):
-    variants = []
-    for v in ("32s", "8s"):
-        path = tmp_path / f"fcn{v}.yaml"
-        path.write_text(f"model:\n  net:\n    init_args:\n      variant: {v}\n")
-        variants.append(str(path))
-    # The tiny config's overrides, minus the run naming that the sweep owns.
-    fit_args = tiny_args(tmp_path, name="unused")
-    base, extra = fit_args[1], fit_args[2:]
-    keep = [
-        a
-        for i, a in enumerate(extra)
-        if not (a.startswith("--run.") or (i and extra[i - 1].startswith("--run.")))
-    ]
-    cmd = [
-        sys.executable,
-        "-m",
-        "segbench.cli",
-        "sweep",
-        "--group",
-        "skips",
-        "--base",
-        base,
-        "--variants",
-        *variants,
-        "--seeds",
-        "0",
-        "--root",
-        str(tmp_path / "runs"),
-        "--out",
-        str(tmp_path / "results" / "skips"),
-        "--",
-        *keep,
-        "--run.wandb",
-        "disabled",
-    ]
+    cmd = sweep_command(tmp_path, "skips")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
