@@ -51,8 +51,9 @@ def overlay(
     present = [int(c) for c in np.argsort(-counts[: len(names)], kind="stable") if counts[c] > 0]
     font = ImageFont.load_default()
     row, box = 14, 10
-    width = 8 + box + 6 + max((int(font.getlength(names[c])) for c in present), default=0) + 8
     total = counts.sum() or 1
+    texts = {c: f"{names[c]} {100 * counts[c] / total:.0f}%" for c in present}
+    width = 8 + box + 6 + max((int(font.getlength(t)) for t in texts.values()), default=0) + 8
     height = max(image.shape[0], 6 + row * len(present))
     canvas = Image.new("RGB", (image.shape[1] + width, height), (255, 255, 255))
     canvas.paste(picture, (0, 0))
@@ -61,8 +62,7 @@ def overlay(
     for i, c in enumerate(present):
         y = 4 + i * row
         draw.rectangle([x, y, x + box, y + box], fill=tuple(palette[c]), outline=(0, 0, 0))
-        share = f" {100 * counts[c] / total:.0f}%"
-        draw.text((x + box + 6, y - 1), names[c] + share, fill=(0, 0, 0), font=font)
+        draw.text((x + box + 6, y - 1), texts[c], fill=(0, 0, 0), font=font)
     return canvas
 
 
