@@ -48,11 +48,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from scipy import stats
 
 from segbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from segbench.analysis.sweep import Ablation
 
 #: A validation curve that gains less than this (points of mIoU) over its last quarter is flat.
 FLAT_POINTS = 1.0
@@ -277,21 +280,21 @@ def claims_table(judgements: Sequence[Judgement], *, group: str | None = None) -
 
 def judge_ablations(
     experiments: Path, root: Path, scale: str = "cpu"
-) -> list[tuple[str, Judgement]]:
-    """``(ablation name, judgement)`` of every claim of every ablation under ``experiments``,
-    from the finished runs under ``root``."""
+) -> list[tuple[Ablation, Judgement]]:
+    """``(ablation, judgement)`` of every claim of every ablation under ``experiments``, from
+    the finished runs under ``root``."""
     from segbench.analysis.report import find_runs, group_runs, judge_claims, load_run
     from segbench.analysis.sweep import find_ablations
 
-    out: list[tuple[str, Judgement]] = []
-    for name, ablation in find_ablations(experiments).items():
+    out: list[tuple[Ablation, Judgement]] = []
+    for ablation in find_ablations(experiments).values():
         claims = ablation.claims
         if not claims:
             continue
         group = ablation.group + ("" if scale == "cpu" else f"-{scale}")
         files = find_runs([str(root / group)]) if (root / group).is_dir() else []
         rows, _ = group_runs([load_run(f) for f in files]) if files else ([], [])
-        out += [(name, j) for j in judge_claims(claims, rows)]
+        out += [(ablation, j) for j in judge_claims(claims, rows)]
     return out
 
 
@@ -305,11 +308,19 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--root", default="runs", help="the sweeps' runs: ROOT/<group>/...")
     parser.add_argument("--scale", default="cpu", help="cpu, or NAME for the -NAME groups")
     parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.add_argument(
+        "--into",
+        help="also put the table between the <!-- sweep:claims --> marks of this markdown file "
+        "(the README's five-paper table)",
+    )
     args = parser.parse_args(argv)
     judged = judge_ablations(Path(args.experiments), Path(args.root), args.scale)
     text = ""
-    for name in dict.fromkeys(n for n, _ in judged):
-        text += claims_table([j for n, j in judged if n == name], group=name)
+    ablations = {a.path: a for a, _ in judged}  # in order, once each
+    for ablation in ablations.values():
+        # The ablation's name, linked to its paper's results (relative to where tables go).
+        label = f"[{ablation.name}]({(ablation.folder.parent / 'RESULTS.md').as_posix()})"
+        text += claims_table([j for a, j in judged if a is ablation], group=label)
     text = _merge_tables(text)
     counts = {v: sum(j.verdict == v for _, j in judged) for v in ("reproduced", "contradicted",
               "inconclusive", "not run")}  # fmt: skip
@@ -317,6 +328,10 @@ def main(argv: list[str]) -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
+    if args.into:
+        from segbench.analysis.sweep import write_results
+
+        write_results(Path(args.into), "claims", text)
     sys.stdout.write(text)
 
 

@@ -125,6 +125,7 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     import json
 
     from segbench.analysis.claims import main
+    from tests.conftest import REPO
 
     values = {
         "fcn32s": (0.50, 0.52, 0.51),
@@ -147,9 +148,17 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
             lines = ["epoch,step,val/mIoU"] + [f"{e},{e},{c}" for e, c in enumerate(curve)]
             (run / "metrics.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "claims.md"
-    main(["--root", str(tmp_path / "runs"), "--out", str(out)])
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- sweep:claims -->\nSTALE\n<!-- /sweep:claims -->\n\nmore\n")
+    experiments = REPO / "experiments"
+    main(["--experiments", str(experiments), "--root", str(tmp_path / "runs"), "--out", str(out),
+          "--into", str(readme)])  # fmt: skip
     text = capsys.readouterr().out
     assert out.read_text() == text
+    assert text.strip() in readme.read_text()
+    assert "STALE" not in readme.read_text()
+    assert readme.read_text().endswith("more\n")
+    assert f"| [fcn]({(experiments / 'fcn' / 'RESULTS.md').as_posix()}) |" in text
     fcn16 = next(line for line in text.splitlines() if "(fcn-16s-over-32s)" in line)
     assert "**reproduced**" in fcn16  # +5.0, +6.0, +5.5 points: the paired interval is above 0
     assert "**no** (+3.0 / +0.5 in the last quarter)" in fcn16
