@@ -270,7 +270,7 @@ def claims_table(judgements: Sequence[Judgement], *, group: str | None = None) -
             j.test or "–",
             verdict,
             _flat(j),
-            (c.condition + (f" Measured: {c.measured}" if c.measured else "")) or "–",
+            (c.condition.rstrip(". ") + (f". Measured: {c.measured}" if c.measured else "")) or "–",
         ]
         if group is not None:
             cells.insert(0, group)
