@@ -35,7 +35,7 @@ from torch import Tensor
 
 from segbench.provenance import provenance
 from segbench.rundir import RunDir, atomic_write_text
-from segbench.visualize import colourise, confusion_figure, overlay
+from segbench.visualize import colourise, confusion_figure, denormalise, overlay, to_uint8
 
 log = logging.getLogger("segbench")
 
@@ -457,9 +457,7 @@ class SegmentationVisualizer(Callback):
             return
         dm = trainer.datamodule
         ex, self._examples = self._examples, None
-        mean = torch.tensor(dm.mean).view(1, 3, 1, 1)
-        std = torch.tensor(dm.std).view(1, 3, 1, 1)
-        images = ((ex["image"] * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).numpy()
+        images = to_uint8(denormalise(ex["image"], dm)).permute(0, 2, 3, 1).numpy()
         palette = dm.colours()
         rows = [
             np.concatenate(
@@ -580,9 +578,7 @@ class PredictionWriter(BasePredictionWriter):
         preds = prediction["pred"].to(torch.uint8).cpu().numpy()
         originals = batch.get("original")
         if self.overlays and originals is None:  # the test split: the image as normalised
-            mean = torch.tensor(dm.mean).view(1, 3, 1, 1)
-            std = torch.tensor(dm.std).view(1, 3, 1, 1)
-            originals = ((batch["image"].float().cpu() * std + mean).clamp(0, 1) * 255).byte()
+            originals = to_uint8(denormalise(batch["image"], dm))
         for i, (name, pred) in enumerate(zip(names, preds, strict=True)):
             img = Image.fromarray(pred, mode="P")
             img.putpalette(flat_palette)

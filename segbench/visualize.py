@@ -12,13 +12,29 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from segbench.data.base import SegmentationDataModule
+
 #: Colour of labels past the palette (void).
 VOID_COLOUR = 40
+
+
+def denormalise(images: Tensor, dm: SegmentationDataModule) -> Tensor:
+    """Normalised images (``N x 3 x H x W``) back to RGB in [0, 1] for display."""
+    mean = torch.tensor(dm.mean).view(1, 3, 1, 1)
+    std = torch.tensor(dm.std).view(1, 3, 1, 1)
+    return (images.float().cpu() * std + mean).clamp(0, 1)
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """RGB in [0, 1] -> uint8 (``N x 3 x H x W``)."""
+    return (images * 255).round().byte()
 
 
 def colourise(labels: np.ndarray, palette: Sequence[tuple[int, int, int]]) -> np.ndarray:

@@ -21,6 +21,9 @@ from segbench.data.base import SegmentationDataModule, Split
 from segbench.errors import CheckpointError
 from segbench.rundir import RunDir, safe_load
 from segbench.task import SegmentationTask
+from segbench.visualize import denormalise
+
+__all__ = ["LoadedModel", "denormalise", "is_run_dir", "load_model", "sample_images"]
 
 
 @dataclass
@@ -104,10 +107,3 @@ def sample_images(dm: SegmentationDataModule, num: int, split: Split = "val") ->
     if len(sizes) > 1:
         raise ValueError(f"the {split} images differ in size ({sorted(sizes)}): crop them first")
     return torch.stack(images)
-
-
-def denormalise(images: Tensor, dm: SegmentationDataModule) -> Tensor:
-    """Normalised images back to RGB in [0, 1] for display."""
-    mean = torch.tensor(dm.mean).view(1, 3, 1, 1)
-    std = torch.tensor(dm.std).view(1, 3, 1, 1)
-    return (images * std + mean).clamp(0, 1)
