@@ -56,6 +56,7 @@ from segbench.config import (
 from segbench.data.base import SegmentationDataModule
 from segbench.errors import CheckpointError, ConfigError, SegbenchError
 from segbench.loggers import ResumableCSVLogger, choose_wandb_mode
+from segbench.numerics import SegbenchTrainer
 from segbench.rundir import RunCheckpointIO, RunDir, atomic_write_text
 from segbench.task import DEFAULT_OPTIMIZER, SegmentationTask
 
@@ -117,6 +118,7 @@ class SegbenchCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("model_class", SegmentationTask)
+        kwargs.setdefault("trainer_class", SegbenchTrainer)
         kwargs.setdefault("datamodule_class", SegmentationDataModule)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_callback", SaveRunConfig)

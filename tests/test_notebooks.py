@@ -13,6 +13,7 @@ import pytest
 from nbclient import NotebookClient
 
 from segbench.cli import main
+from segbench.numerics import resolve_precision
 from tests.conftest import REPO, tiny_args
 
 
@@ -119,7 +120,7 @@ def test_first_look_notebook(two_runs):
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     text = "".join(o.get("text", "") for o in outputs)
     assert "FCN" in text
-    assert "11 classes, precision bf16-mixed" in text
+    assert f"11 classes, precision {resolve_precision('fast', 'cpu')}" in text
     # The notebook's evaluation of the best checkpoint is training's best validation.
     best = json.loads((run / "metrics.json").read_text())["fit"]["best_val"]["val/mIoU"]
     ours = float(re.search(r"val mIoU (\d\.\d+) over 10 images", text).group(1))

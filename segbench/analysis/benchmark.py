@@ -39,6 +39,7 @@ import lightning as L
 import torch
 
 from segbench.config import build
+from segbench.numerics import resolve_precision
 
 
 @dataclass
@@ -230,7 +231,7 @@ def main(argv: list[str]) -> None:
 def run(args: list[str], known: argparse.Namespace) -> list[Timing]:
     _, dm, cfg = build(args)
     device = torch.device(known.device)
-    precision = str(cfg.trainer.get("precision") or "32-true")
+    precision = str(resolve_precision(cfg.trainer.get("precision") or "32-true", device.type))
     channels_last = bool(cfg.model.get("channels_last", False))
     setting = f"{precision}{', channels_last' if channels_last else ''}"
     batch_size = known.batch_size or dm.batch_size

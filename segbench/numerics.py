@@ -1,0 +1,77 @@
+"""Numerics in one place: what ``trainer.precision: fast`` means on the machine that runs.
+
+bf16 autocast is the fastest numerics of a processor that computes bf16 natively (a CPU with
+AVX512-BF16 or AMX, a GPU with bf16 support), and a trap on one that does not: there oneDNN
+emulates it, and the quickstart's training step ran at 2.1 images/s in bf16 vs 24.3 in float32
+on an AVX2-only CPU (AMD EPYC, Zen 2; ``segbench benchmark --config experiments/quickstart.yaml``).
+So the CPU recipes ask for ``fast`` and the machine decides: ``bf16-mixed`` where bf16 is native,
+``32-true`` elsewhere. The value used is the run's ``trainer.precision`` in ``metrics.json``
+(provenance) and is logged when the trainer is built. ``model.channels_last`` is independent: it
+pays on AVX-512 and costs nothing measurable on AVX2.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import Trainer
+
+log = logging.getLogger("segbench")
+
+#: The precision value that resolves to the machine's fastest accurate numerics.
+FAST = "fast"
+
+#: ``fast`` and Lightning's precision values.
+Precision = Literal["fast", "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
+                    "transformer-engine", "transformer-engine-float16",
+                    64, 32, 16, "64", "32", "16", "bf16"]  # fmt: skip
+
+
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` (``"cpu"``, ``"cuda"``, ...) computes bf16 natively."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def device_of(accelerator: Any) -> str:
+    """The device type a Lightning ``accelerator`` value trains on (``"auto"``: CUDA if any)."""
+    name = str(accelerator if isinstance(accelerator, str) else "auto").lower()
+    if name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu" if name in ("cpu", "auto") else name
+
+
+def resolve_precision(precision: Any, accelerator: Any = "auto") -> Any:
+    """``precision`` with ``"fast"`` replaced by ``"bf16-mixed"`` or ``"32-true"`` for the device
+    that ``accelerator`` trains on; any other value unchanged."""
+    if precision != FAST:
+        return precision
+    return "bf16-mixed" if native_bf16(device_of(accelerator)) else "32-true"
+
+
+class SegbenchTrainer(Trainer):
+    """Lightning's Trainer, whose ``precision`` also accepts ``"fast"`` (:func:`resolve_precision`).
+
+    Args:
+        precision: Lightning's precision (``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``, ...) or
+            ``"fast"``: ``bf16-mixed`` where the training device computes bf16 natively (CPU with
+            AVX512-BF16 or AMX, GPU with bf16), else ``32-true``.
+        kwargs: every other argument of Lightning's Trainer.
+    """
+
+    def __init__(
+        self,
+        *,
+        precision: Precision | None = None,
+        **kwargs: Any,
+    ) -> None:
+        resolved = resolve_precision(precision, kwargs.get("accelerator", "auto"))
+        if precision == FAST:
+            log.info("trainer.precision fast -> %s on this machine", resolved)
+        super().__init__(precision=resolved, **kwargs)

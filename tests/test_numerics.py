@@ -1,0 +1,66 @@
+"""``trainer.precision: fast``: bf16-mixed where the device computes bf16 natively, else 32-true."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from segbench import numerics
+from segbench.cli import main
+from segbench.numerics import SegbenchTrainer, device_of, native_bf16, resolve_precision
+
+
+def cpu_flags() -> set[str]:
+    text = Path("/proc/cpuinfo").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("flags"))
+    return set(line.split(":", 1)[1].split())
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="needs Linux's /proc/cpuinfo")
+def test_native_bf16_on_the_cpu_follows_its_instruction_set():
+    flags = cpu_flags()
+    assert native_bf16("cpu") == bool({"avx512_bf16", "amx_bf16", "amx_tile"} & flags)
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16-mixed"), (False, "32-true")])
+def test_fast_resolves_by_the_device(monkeypatch, native, expected):
+    seen = []
+    monkeypatch.setattr(numerics, "native_bf16", lambda d: seen.append(d) or native)
+    assert resolve_precision("fast", "cpu") == expected
+    assert resolve_precision("fast", "gpu") == expected
+    assert seen == ["cpu", "cuda"]
+    for other in ("32-true", "bf16-mixed", "16-mixed", 32, None):
+        assert resolve_precision(other, "cpu") == other  # an explicit choice is kept
+
+
+def test_device_of_accelerator_values(monkeypatch):
+    monkeypatch.setattr(numerics.torch.cuda, "is_available", lambda: False)
+    assert [device_of(a) for a in ("cpu", "gpu", "cuda", "auto", None)] == [
+        "cpu", "cuda", "cuda", "cpu", "cpu"
+    ]  # fmt: skip
+    monkeypatch.setattr(numerics.torch.cuda, "is_available", lambda: True)
+    assert device_of("auto") == "cuda"
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16-mixed"), (False, "32-true")])
+def test_the_trainer_accepts_fast(monkeypatch, native, expected):
+    monkeypatch.setattr(numerics, "native_bf16", lambda d: native)
+    trainer = SegbenchTrainer(precision="fast", accelerator="cpu", logger=False,
+                              enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip
+    assert trainer.precision == expected
+
+
+def test_a_fit_records_the_precision_that_fast_chose(tiny):
+    run = tiny.root / "test" / "tiny"
+    main(["fit", *tiny(), "--trainer.precision", "fast"])
+    provenance = json.loads((run / "metrics.json").read_text())["provenance"]
+    assert provenance["precision"] == resolve_precision("fast", "cpu")
+
+
+def test_an_unknown_precision_is_still_refused(tiny, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *tiny(), "--trainer.precision", "fastest"])
+    assert exit_.value.code == 2
+    assert "trainer.precision" in capsys.readouterr().err
