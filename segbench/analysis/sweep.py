@@ -443,7 +443,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--list", action="store_true", help="list the ablations and stop")
     parser.add_argument("--scale", default="cpu", help="cpu, or NAME for _scale_NAME.yaml")
     parser.add_argument("--group", help="the ablation's name (W&B group, directory)")
-    parser.add_argument("--variants", nargs="+", help="one YAML file per variant")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        help="one YAML file per variant; with --ablation, the names of the variants to run "
+        "(default: all; the report shows every variant that has finished runs)",
+    )
     parser.add_argument(
         "--base", nargs="*", default=[], help="YAML files every variant starts from"
     )
@@ -469,6 +474,16 @@ def main(argv: list[str]) -> None:
     if args.ablation:
         ablation = find_ablation(args.ablation, root)
         base, variants = ablation.configs(args.scale)
+        reported = variants
+        if args.variants:
+            known = {Path(v).stem: v for v in variants}
+            unknown = [v for v in args.variants if v not in known]
+            if unknown:
+                parser.error(
+                    f"--variants {' '.join(unknown)}: not in {ablation.path} "
+                    f"(its variants: {', '.join(known)})"
+                )
+            variants = [known[v] for v in args.variants]
         suffix = "" if args.scale == "cpu" else f"-{args.scale}"
         group = (args.group or ablation.group) + suffix
         metrics = args.metrics or ablation.metrics or None
@@ -477,6 +492,7 @@ def main(argv: list[str]) -> None:
         if not (args.group and args.variants):
             parser.error("give --ablation NAME, or --group and --variants")
         base, variants, group = args.base, args.variants, args.group
+        reported = variants
         metrics, paper = args.metrics, args.paper
     for path in [*base, *variants]:
         if not Path(path).is_file():
@@ -488,6 +504,9 @@ def main(argv: list[str]) -> None:
         values["dir"] = str(ablation.folder)
     names = [f"{Path(v).stem}-s{s}" for v in variants for s in args.seeds]
     run_dirs = [Path(args.root) / group / name for name in names]
+    # Every variant's finished runs are reported, also those another command ran.
+    report_dirs = [Path(args.root) / group / f"{Path(v).stem}-s{s}" for v in reported
+                   for s in args.seeds]  # fmt: skip
     queued: dict[str, str] = {}
     if args.launcher == "slurm" and not args.dry_run:
         queued = still_queued(Path(args.root) / group / "submitit", names)
@@ -548,7 +567,7 @@ def main(argv: list[str]) -> None:
             if _tool(_expand(step, {**values, "runs": done})) != 0:
                 failures.append(f"after: {step.command[0]}")
     text = report(
-        [str(d) for d in run_dirs if RunDir(d).metrics_file.is_file()],
+        [str(d) for d in report_dirs if RunDir(d).metrics_file.is_file()],
         metrics=metrics,
         out=out,
         paper=paper,

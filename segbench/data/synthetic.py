@@ -37,6 +37,7 @@ import logging
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -397,6 +398,13 @@ class SyntheticSegmentation(SegmentationDataModule):
 
     class_names = CLASS_NAMES
     palette = PALETTE
+    #: The classes only the scene tells apart, and the classes of their scene (``segbench
+    #: cue-distance`` measures how far apart they lie).
+    context_cues: ClassVar[dict[str, tuple[str, ...]]] = {
+        CLASS_NAMES[SCENE_VEHICLE[s]]: tuple(CLASS_NAMES[c] for c in SCENE_STUFF[s])
+        for s in SCENES
+        if SCENE_VEHICLE[s] is not None
+    }
     # Measured over the first 2000 training images at 128 x 128, seed 0 (a test re-measures).
     mean = (0.457, 0.585, 0.542)
     std = (0.232, 0.190, 0.320)

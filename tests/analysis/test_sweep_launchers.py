@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -214,12 +215,14 @@ def _sweep(tmp: Path, *options: str) -> subprocess.CompletedProcess[str]:
 
 
 def _span(run: Path) -> tuple[float, float]:
-    """When the fit itself started (its provenance) and last wrote its metrics."""
-    data = RunDir(run).read()
-    started = data["provenance"]["attempts"][0]["time"]
-    return time.mktime(time.strptime(started, "%Y-%m-%dT%H:%M:%S")), run.joinpath(
-        "metrics.json"
-    ).stat().st_mtime
+    """When the launcher started the run's process and when it exited, from the run's log (a
+    tiny fit lasts about as long as its process takes to import torch and lightning, so the
+    fits' own clocks can miss an overlap of the processes under load)."""
+    text = (run.parent / "logs" / f"{run.name}.log").read_text()
+    start = re.search(r"^== (\S+) start", text, re.MULTILINE).group(1)
+    took = float(re.search(r"^== \S+ exit 0 after ([\d.]+) s", text, re.MULTILINE).group(1))
+    begun = time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S"))
+    return begun, begun + took
 
 
 @pytest.fixture(scope="module")
@@ -322,3 +325,29 @@ def test_a_terminated_sweep_stops_the_fits_it_started(tmp_path):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert len(list(tmp_path.glob("pid-*"))) == 2  # the third never started
+
+
+def test_an_ablation_sweep_runs_only_the_variants_named(tmp_path, capsys):
+    from segbench.analysis import sweep
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("segbench")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    args = ["--ablation", "degridding", "--seeds", "0", "--root", str(tmp_path), "--dry-run"]
+    try:
+        sweep.main([*args, "--variants", "step3_drn_c", "step0_drn_a"])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+    text = "\n".join(lines)
+    assert "step3_drn_c-s0" in text
+    assert "step0_drn_a-s0" in text
+    assert "step2_drn_b" not in text
+    assert "step4_drn_d" not in text
+    with pytest.raises(SystemExit):
+        sweep.main([*args, "--variants", "step3_drn_x"])
+    assert "--variants step3_drn_x: not in" in capsys.readouterr().err
