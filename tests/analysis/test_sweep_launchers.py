@@ -3,6 +3,7 @@ SLURM path, and the pure parts (device slots, threads, sbatch parameters) on the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -174,11 +176,9 @@ def test_bad_launcher_options_are_named(tmp_path):
         sweep.main([*base, "--jobs", "0"])
 
 
-def test_dry_run_prints_the_sbatch_file_for_the_slurm_launcher(tmp_path):
-    from segbench.analysis import sweep
-
-    variant = tmp_path / "v.yaml"
-    variant.write_text("{}\n")
+@contextlib.contextmanager
+def segbench_log() -> Iterator[list[str]]:
+    """The messages segbench's logger emits (INFO and up) inside the block."""
     lines: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
@@ -187,6 +187,18 @@ def test_dry_run_prints_the_sbatch_file_for_the_slurm_launcher(tmp_path):
     old = logger.level
     logger.setLevel(logging.INFO)
     try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+
+
+def test_dry_run_prints_the_sbatch_file_for_the_slurm_launcher(tmp_path):
+    from segbench.analysis import sweep
+
+    variant = tmp_path / "v.yaml"
+    variant.write_text("{}\n")
+    with segbench_log() as lines:
         sweep.main(
             [
                 *("--group", "g", "--variants", str(variant), "--seeds", "0", "1"),
@@ -194,9 +206,6 @@ def test_dry_run_prints_the_sbatch_file_for_the_slurm_launcher(tmp_path):
                 *("--slurm_gpus_per_node", "2", "--slurm_nodes", "2", "--dry-run"),
             ]
         )
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
     text = "\n".join(lines)
     assert "#SBATCH --array=0-1%2" in text
     assert "#SBATCH --partition=gpu" in text
@@ -330,19 +339,9 @@ def test_a_terminated_sweep_stops_the_fits_it_started(tmp_path):
 def test_an_ablation_sweep_runs_only_the_variants_named(tmp_path, capsys):
     from segbench.analysis import sweep
 
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("segbench")
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.INFO)
     args = ["--ablation", "degridding", "--seeds", "0", "--root", str(tmp_path), "--dry-run"]
-    try:
+    with segbench_log() as lines:
         sweep.main([*args, "--variants", "step3_drn_c", "step0_drn_a"])
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
     text = "\n".join(lines)
     assert "step3_drn_c-s0" in text
     assert "step0_drn_a-s0" in text
