@@ -144,14 +144,20 @@ def _stuff_texture(cls: int, rng: np.random.Generator, h: int, w: int) -> np.nda
 
 
 def _draw_vehicle(
-    img: np.ndarray, label: np.ndarray, cls: int, rng: np.random.Generator, top: int
+    img: np.ndarray,
+    label: np.ndarray,
+    cls: int,
+    rng: np.random.Generator,
+    top: int,
+    left: float = 0.0,
 ) -> None:
-    """One vehicle (boat or car: the same renderer) somewhere below row ``top``."""
+    """One vehicle (boat or car: the same renderer) somewhere below row ``top``, right of
+    column ``left``."""
     h, w = label.shape
     vw = rng.uniform(6, max(7.0, w / 4))
     vh = vw * rng.uniform(0.4, 1.0)
     cy = rng.uniform(min(top + vh / 2, h - 1), h - vh / 2)
-    cx = rng.uniform(vw / 2, w - vw / 2)
+    cx = rng.uniform(left + vw / 2, w - vw / 2)
     y0, y1 = max(0, int(cy - vh / 2)), min(h, int(np.ceil(cy + vh / 2)) + 1)
     x0, x1 = max(0, int(cx - vw / 2)), min(w, int(np.ceil(cx + vw / 2)) + 1)
     yy, xx = _grid(h, w)
@@ -214,13 +220,27 @@ def _draw_bird(
     label[y0:y1, x0:x1][inside] = BIRD
 
 
+#: The share of the width the cue takes in a scene with ``cue_gap`` (the rest is grass).
+CUE_BAND = 1 / 3
+#: The largest ``cue_gap``: the widest vehicle (a quarter of the width) still fits beside it.
+MAX_CUE_GAP = 1 - CUE_BAND - 1 / 4
+
+
 def render_scene(
-    seed: int, split: Split, index: int, size: tuple[int, int], detail_scale: float = 1.0
+    seed: int,
+    split: Split,
+    index: int,
+    size: tuple[int, int],
+    detail_scale: float = 1.0,
+    cue_gap: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Render one scene. Returns ``(image uint8 H x W x 3, label uint8 H x W, scene name)``.
 
     ``detail_scale`` multiplies the poles' widths and the birds' diameters (the same random
-    draws: only those sizes change)."""
+    draws: only those sizes change). ``cue_gap > 0`` lays out the scenes with vehicles apart
+    from their cue: the scene's stuff (water and sand, or road and building) fills a band of
+    :data:`CUE_BAND` of the width on one side, grass the rest, and the vehicles stand on the
+    grass at least ``cue_gap`` times the width away from the band (0: the usual layout)."""
     h, w = size
     rng = np.random.default_rng([seed, _SPLIT_CODE[split], index])
     scene = SCENES[rng.integers(len(SCENES))]
@@ -233,14 +253,22 @@ def render_scene(
     )
     sky = yy < (horizon + wave)[None, :]
     stuff = SCENE_STUFF[scene]
+    vehicle = SCENE_VEHICLE[scene]
+    apart = cue_gap > 0 and vehicle is not None
     n_cells = int(rng.integers(3, 7))
-    cell_cls = [*stuff] + [
-        GRASS if rng.random() < 0.5 else int(rng.choice(stuff)) for _ in range(n_cells - len(stuff))
-    ]
+    if apart:  # only the scene's own stuff, in a band on one side
+        cell_cls = [*stuff] + [int(rng.choice(stuff)) for _ in range(n_cells - len(stuff))]
+    else:
+        cell_cls = [*stuff] + [
+            GRASS if rng.random() < 0.5 else int(rng.choice(stuff))
+            for _ in range(n_cells - len(stuff))
+        ]
     cy = rng.uniform(horizon, h, n_cells).astype(np.float32)
-    cx = rng.uniform(0, w, n_cells).astype(np.float32)
+    cx = rng.uniform(0, CUE_BAND * w if apart else w, n_cells).astype(np.float32)
     dist = (yy[None] - cy[:, None, None]) ** 2 * 2.0 + (xx[None] - cx[:, None, None]) ** 2
     label = np.asarray(cell_cls, np.uint8)[dist.argmin(0)]
+    if apart:
+        label[xx >= CUE_BAND * w] = GRASS
     label[sky] = SKY
 
     img = np.empty((h, w, 3), np.float32)
@@ -248,10 +276,14 @@ def render_scene(
         np.copyto(img, _stuff_texture(int(cls), rng, h, w), where=(label == cls)[..., None])
 
     top = int(horizon)
-    vehicle = SCENE_VEHICLE[scene]
     if vehicle is not None:
+        # The band ends at column ceil(CUE_BAND * w) - 1: a vehicle pixel at column x lies at
+        # least x - that column from it.
+        left = (np.ceil(CUE_BAND * w) - 1 + cue_gap * w) if apart else 0.0
         for _ in range(int(rng.integers(1, 5))):
-            _draw_vehicle(img, label, vehicle, rng, top)
+            _draw_vehicle(img, label, vehicle, rng, top, left)
+    if apart and rng.random() < 0.5:  # the band on the right as often as on the left
+        img, label = img[:, ::-1].copy(), label[:, ::-1].copy()
     # Many small and thin instances per image: they are the classes the resolution-related
     # ablations measure, and a stride-8 network needs enough of them to learn them at all.
     for _ in range(int(rng.integers(1, 6))):
@@ -280,12 +312,14 @@ def scene_cache(
     size: tuple[int, int],
     cache_dir: str | None = None,
     detail_scale: float = 1.0,
+    cue_gap: float = 0.0,
 ) -> Path:
     """The ``.npy`` file of every scene of a split, rendered once: ``N x H x W x 4`` uint8 (RGB
-    and the label), keyed by the renderer, the data seed, the split, its length, the size and
-    the detail scale."""
+    and the label), keyed by the renderer, the data seed, the split, its length, the size, the
+    detail scale and the cue gap."""
     h, w = size
     detail = "" if detail_scale == 1.0 else f"-detail{detail_scale:g}"
+    detail += "" if cue_gap == 0.0 else f"-cuegap{cue_gap:g}"
     name = f"{renderer_digest()}-seed{seed}-{split}-{num_images}-{h}x{w}{detail}.npy"
     path = cache_root(cache_dir) / "synthetic" / name
 
@@ -293,7 +327,7 @@ def scene_cache(
         t0 = time.perf_counter()
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(num_images, h, w, 4))
         for i in range(num_images):
-            img, label, _ = render_scene(seed, split, i, size, detail_scale)
+            img, label, _ = render_scene(seed, split, i, size, detail_scale, cue_gap)
             out[i, ..., :3] = img
             out[i, ..., 3] = label
         out.flush()
@@ -316,6 +350,8 @@ class SyntheticScenes(Dataset):
         seed: the data seed (independent of the training seed).
         transform: a joint v2 transform applied to ``{"image", "mask"}``.
         detail_scale: the poles' widths and birds' diameters are multiplied by it.
+        cue_gap: vehicles stand at least this share of the width from their cue
+            (:func:`render_scene`).
         cache: the split's :func:`scene_cache` file to read the scenes from (``None``: render
             each one when it is read).
     """
@@ -330,10 +366,11 @@ class SyntheticScenes(Dataset):
         transform: object,
         cache: Path | None = None,
         detail_scale: float = 1.0,
+        cue_gap: float = 0.0,
     ) -> None:
         self.split, self.num_images, self.image_size = split, num_images, image_size
         self.seed, self.transform, self.cache = seed, transform, cache
-        self.detail_scale = detail_scale
+        self.detail_scale, self.cue_gap = detail_scale, cue_gap
         self._scenes: np.ndarray | None = None  # the memory map, opened in each process
 
     def __getstate__(self) -> dict[str, object]:
@@ -343,7 +380,7 @@ class SyntheticScenes(Dataset):
         """``(image H x W x 3, label H x W)`` uint8 of scene ``index``."""
         if self.cache is None:
             img, label, _ = render_scene(
-                self.seed, self.split, index, self.image_size, self.detail_scale
+                self.seed, self.split, index, self.image_size, self.detail_scale, self.cue_gap
             )
             return img, label
         if self._scenes is None:
@@ -394,6 +431,12 @@ class SyntheticSegmentation(SegmentationDataModule):
             so that thin and small objects keep the papers' size relative to the output stride
             in small images (a documented deviation for the resolution claims; 1: the scenes as
             they always were).
+        cue_gap: ParseNet's context condition: ``> 0`` puts each coast or city scene's stuff
+            (its cue: water and sand, road and building) in a band of a third of the width on
+            one side and grass on the rest, with the boats or cars on the grass at least this
+            share of the width away from the band, so that only a field that wide sees what
+            tells a boat from a car (``segbench cue-distance`` measures it; at most 0.4167;
+            0: the usual layout, the scenes as they always were).
     """
 
     class_names = CLASS_NAMES
@@ -423,6 +466,7 @@ class SyntheticSegmentation(SegmentationDataModule):
         augment: Augment | None = None,
         cache: bool = True,
         detail_scale: float = 1.0,
+        cue_gap: float = 0.0,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -439,9 +483,15 @@ class SyntheticSegmentation(SegmentationDataModule):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         if detail_scale <= 0:
             raise ConfigError(f"data.init_args.detail_scale must be positive, got {detail_scale}")
+        if not 0 <= cue_gap <= MAX_CUE_GAP:
+            raise ConfigError(
+                f"data.init_args.cue_gap must be in [0, {MAX_CUE_GAP:.4f}] (a share of the "
+                f"width beside a band of a third of it), got {cue_gap}"
+            )
         self.seed = seed
         self.cache = cache
         self.detail_scale = float(detail_scale)
+        self.cue_gap = float(cue_gap)
 
     def build_dataset(self, split: Split, transform: object) -> Dataset:
         return SyntheticScenes(
@@ -457,9 +507,11 @@ class SyntheticSegmentation(SegmentationDataModule):
                     self.sizes[split],
                     self.image_size,
                     detail_scale=self.detail_scale,
+                    cue_gap=self.cue_gap,
                 )
                 if self.cache
                 else None
             ),
             detail_scale=self.detail_scale,
+            cue_gap=self.cue_gap,
         )

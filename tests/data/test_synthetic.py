@@ -8,20 +8,25 @@ import numpy as np
 import pytest
 import torch
 
+from segbench.analysis.cue_distance import cue_distances
 from segbench.cache import written_once
 from segbench.data.synthetic import (
     BIRD,
     BOAT,
     CAR,
     CLASS_NAMES,
+    GRASS,
     POLE,
     SCENE_STUFF,
+    SCENE_VEHICLE,
+    SKY,
     SyntheticSegmentation,
     _draw_bird,
     _draw_pole,
     _draw_vehicle,
     render_scene,
 )
+from segbench.errors import ConfigError
 
 SIZE = (96, 128)
 
@@ -109,6 +114,48 @@ def test_detail_scale_widens_poles_and_birds_and_nothing_else(seed):
     assert scene1[2] == scene4[2]
     others = ~np.isin(scene1[1], [POLE, BIRD]) & ~np.isin(scene4[1], [POLE, BIRD])
     assert np.array_equal(scene1[1][others], scene4[1][others])
+
+
+@pytest.mark.parametrize(("size", "gap"), [((128, 128), 0.3), ((96, 160), 0.1), ((64, 64), 0.4)])
+def test_cue_gap_puts_vehicles_that_far_from_their_cue(size, gap):
+    """With ``cue_gap`` the scene's stuff fills a band of a third of the width on one side (as
+    often on the left as on the right), grass the rest, and every boat or car pixel lies at least
+    ``gap`` x width from the nearest pixel of its cue."""
+    w = size[1]
+    sides, with_vehicle = set(), 0
+    for i in range(60):
+        _, label, scene = render_scene(0, "val", i, size, cue_gap=gap)
+        usual = render_scene(0, "val", i, size)
+        assert scene == usual[2]
+        if SCENE_VEHICLE[scene] is None:  # countryside: no cue to keep apart from
+            assert np.array_equal(label, usual[1])
+            continue
+        cue = np.isin(label, SCENE_STUFF[scene])
+        band_cols = np.flatnonzero(cue.any(0))
+        assert len(band_cols) <= int(np.ceil(w / 3))
+        sides.add("left" if band_cols[0] == 0 else "right")
+        d, images, _ = cue_distances([torch.from_numpy(label)], {SCENE_VEHICLE[scene]: list(
+            SCENE_STUFF[scene])})[SCENE_VEHICLE[scene]]  # fmt: skip
+        if images:
+            with_vehicle += 1
+            assert d.min() >= gap * w - 1e-6
+            # Vehicles stand on grass: the ground under and around them is grass only.
+            ground = ~np.isin(label, [SKY, POLE, BIRD, SCENE_VEHICLE[scene]]) & ~cue
+            assert set(np.unique(label[ground]).tolist()) <= {GRASS}
+    assert sides == {"left", "right"}
+    assert with_vehicle >= 20
+
+
+def test_cue_gap_is_checked_and_keys_its_own_cache(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"data\.init_args\.cue_gap must be in"):
+        SyntheticSegmentation(cue_gap=0.5)
+    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path))
+    dm = SyntheticSegmentation(num_train=2, num_val=3, num_test=2, image_size=(40, 56),
+                               cue_gap=0.25)  # fmt: skip
+    dm.setup("validate")
+    assert len(list((tmp_path / "synthetic").glob("*-3-40x56-cuegap0.25.npy"))) == 1
+    _, label, _ = render_scene(0, "val", 2, (40, 56), cue_gap=0.25)
+    assert np.array_equal(dm.datasets["val"].scene(2)[1], label)
 
 
 def test_datamodule_yields_normalised_batches_of_the_right_types():
