@@ -42,7 +42,9 @@ ablation's claims.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
+import re
 import statistics
 import sys
 from collections.abc import Sequence
@@ -62,6 +64,8 @@ FLAT_POINTS = 1.0
 
 Direction = Literal["greater", "less", "equal"]
 Verdict = Literal["reproduced", "contradicted", "inconclusive", "not run"]
+
+log = logging.getLogger("segbench")
 
 
 @dataclass(frozen=True)
@@ -311,7 +315,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--into",
         help="also put the table between the <!-- sweep:claims --> marks of this markdown file "
-        "(the README's five-paper table)",
+        "(the README's five-paper table); a claim with no finished runs under --root keeps the "
+        "row the file already has (runs stay on the machine that made them, tables do not)",
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="with --into: replace every row, also kept ones"
     )
     args = parser.parse_args(argv)
     judged = judge_ablations(Path(args.experiments), Path(args.root), args.scale)
@@ -322,7 +330,13 @@ def main(argv: list[str]) -> None:
         label = f"[{ablation.name}]({(ablation.folder.parent / 'RESULTS.md').as_posix()})"
         text += claims_table([j for a, j in judged if a is ablation], group=label)
     text = _merge_tables(text)
-    counts = {v: sum(j.verdict == v for _, j in judged) for v in ("reproduced", "contradicted",
+    verdicts = {j.claim.id: j.verdict for _, j in judged}
+    if args.into and not args.fresh and Path(args.into).is_file():
+        text, kept = _keep_decided_rows(text, verdicts, Path(args.into).read_text())
+        verdicts.update(kept)
+        if kept:
+            log.info("claims without runs here, rows kept from %s: %s", args.into, ", ".join(kept))
+    counts = {v: sum(x == v for x in verdicts.values()) for v in ("reproduced", "contradicted",
               "inconclusive", "not run")}  # fmt: skip
     text += "\n" + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(judged)} claims\n"
     if args.out:
@@ -333,6 +347,40 @@ def main(argv: list[str]) -> None:
 
         write_results(Path(args.into), "claims", text)
     sys.stdout.write(text)
+
+
+_VERDICT = re.compile(r"\*\*(reproduced|contradicted|inconclusive|not run)\*\*")
+
+
+def _claim_id(row: str) -> str | None:
+    """The id of a claims-table row: the parenthesised name ending its claim cell."""
+    cells = row.split(" | ")
+    found = re.search(r"\(([\w.-]+)\)$", cells[1]) if len(cells) > 2 else None
+    return found.group(1) if found else None
+
+
+def _keep_decided_rows(
+    text: str, verdicts: dict[str, str], previous: str
+) -> tuple[str, dict[str, str]]:
+    """``text`` with the row of each claim that has no runs (``not run``) replaced by its row in
+    the ``previous`` file's claims table, where that row was decided; and those claims' verdicts.
+    """
+    begin, end = "<!-- sweep:claims", "<!-- /sweep:claims -->"
+    if begin not in previous or end not in previous:
+        return text, {}
+    block = previous[previous.index(begin) : previous.index(end)]
+    old = {}
+    for row in block.splitlines():
+        claim, verdict = _claim_id(row), _VERDICT.search(row)
+        if claim and verdict and verdict.group(1) != "not run":
+            old[claim] = (row, verdict.group(1))
+    kept: dict[str, str] = {}
+    lines = text.splitlines()
+    for i, row in enumerate(lines):
+        claim = _claim_id(row)
+        if claim in old and verdicts.get(claim) == "not run":
+            lines[i], kept[claim] = old[claim]
+    return "\n".join(lines) + "\n", kept
 
 
 def _merge_tables(text: str) -> str:

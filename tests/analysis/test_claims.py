@@ -167,6 +167,19 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     assert "**no** (+0.5 / +3.0 in the last quarter)" in fcn8
     assert "1 reproduced, 0 contradicted, 1 inconclusive, 15 not run of 17 claims" in text
 
+    # On a machine without those runs the README keeps its decided rows; --fresh drops them.
+    empty = ["--experiments", str(experiments), "--root", str(tmp_path / "none"),
+             "--into", str(readme)]  # fmt: skip
+    main(empty)
+    again = capsys.readouterr().out
+    assert next(line for line in again.splitlines() if "(fcn-16s-over-32s)" in line) == fcn16
+    assert next(line for line in again.splitlines() if "(fcn-8s-over-16s)" in line) == fcn8
+    assert "1 reproduced, 0 contradicted, 1 inconclusive, 15 not run of 17 claims" in again
+    assert again.strip() in readme.read_text()
+    main([*empty, "--fresh"])
+    fresh = capsys.readouterr().out
+    assert "0 reproduced, 0 contradicted, 0 inconclusive, 17 not run of 17 claims" in fresh
+
 
 def test_last_quarter_gain_is_of_the_mean_curve():
     from segbench.analysis.claims import last_quarter_gain
