@@ -502,11 +502,14 @@ def main(argv: list[str]) -> None:
     values: dict[str, Any] = {"group": group, "results": out}
     if ablation is not None:
         values["dir"] = str(ablation.folder)
-    names = [f"{Path(v).stem}-s{s}" for v in variants for s in args.seeds]
+
+    def names_of(files: list[str]) -> list[str]:
+        return [f"{Path(v).stem}-s{s}" for v in files for s in args.seeds]
+
+    names = names_of(variants)
     run_dirs = [Path(args.root) / group / name for name in names]
     # Every variant's finished runs are reported, also those another command ran.
-    report_dirs = [Path(args.root) / group / f"{Path(v).stem}-s{s}" for v in reported
-                   for s in args.seeds]  # fmt: skip
+    report_dirs = [Path(args.root) / group / name for name in names_of(reported)]
     queued: dict[str, str] = {}
     if args.launcher == "slurm" and not args.dry_run:
         queued = still_queued(Path(args.root) / group / "submitit", names)
