@@ -435,7 +435,7 @@ class SyntheticSegmentation(SegmentationDataModule):
             (its cue: water and sand, road and building) in a band of a third of the width on
             one side and grass on the rest, with the boats or cars on the grass at least this
             share of the width away from the band, so that only a field that wide sees what
-            tells a boat from a car (``segbench cue-distance`` measures it; at most 0.4167;
+            tells a boat from a car (``segbench cue-distance`` measures it; at most 5/12 = 0.41666;
             0: the usual layout, the scenes as they always were).
     """
 
@@ -485,8 +485,8 @@ class SyntheticSegmentation(SegmentationDataModule):
             raise ConfigError(f"data.init_args.detail_scale must be positive, got {detail_scale}")
         if not 0 <= cue_gap <= MAX_CUE_GAP:
             raise ConfigError(
-                f"data.init_args.cue_gap must be in [0, {MAX_CUE_GAP:.4f}] (a share of the "
-                f"width beside a band of a third of it), got {cue_gap}"
+                "data.init_args.cue_gap must be in [0, 5/12 = 0.41666...] (a share of the width "
+                f"beside a band of a third of it), got {cue_gap}"
             )
         self.seed = seed
         self.cache = cache
