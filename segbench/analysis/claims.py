@@ -42,6 +42,7 @@ ablation's claims.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import re
@@ -298,7 +299,11 @@ def judge_ablations(
         group = ablation.group + ("" if scale == "cpu" else f"-{scale}")
         files = find_runs([str(root / group)]) if (root / group).is_dir() else []
         rows, _ = group_runs([load_run(f) for f in files]) if files else ([], [])
-        out += [(ablation, j) for j in judge_claims(claims, rows)]
+        judged = judge_claims(claims, rows)
+        if scale != "cpu":  # the row says which schedule decided it (it may sit beside cpu rows)
+            judged = [dataclasses.replace(j, test=f"{j.test}, SCALE={scale}") if j.test else j
+                      for j in judged]  # fmt: skip
+        out += [(ablation, j) for j in judged]
     return out
 
 

@@ -180,6 +180,17 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     fresh = capsys.readouterr().out
     assert "0 reproduced, 0 contradicted, 0 inconclusive, 17 not run of 17 claims" in fresh
 
+    # The runs of a longer schedule (group fcn-skips-long) are judged with --scale long, and
+    # their rows say so: in the README they may sit beside rows decided at the cpu scale.
+    import shutil
+
+    shutil.copytree(tmp_path / "runs" / "fcn-skips", tmp_path / "runs" / "fcn-skips-long")
+    main(["--experiments", str(experiments), "--root", str(tmp_path / "runs"), "--scale", "long"])
+    long = capsys.readouterr().out
+    fcn16_long = next(line for line in long.splitlines() if "(fcn-16s-over-32s)" in line)
+    assert "| paired t (3 seeds), SCALE=long |" in fcn16_long
+    assert "| paired t (3 seeds) |" in fcn16
+
 
 def test_last_quarter_gain_is_of_the_mean_curve():
     from segbench.analysis.claims import last_quarter_gain
