@@ -7,7 +7,7 @@ An ablation declares the claims it tests in its ``ablation.yaml`` (:class:`Claim
         claim: "Fusing pool3 as well (FCN-8s) improves on FCN-16s"
         paper: "62.7 vs 62.4 mIoU (+0.3)"
         source: FCN, CVPR 2015, table 2 (VOC2011 val)
-        metric: test/mIoU
+        metric: test/mIoU   # or a list: their mean per run (a group of classes)
         a: fcn8s            # variant labels (the variant file's name)
         b: fcn16s
         direction: greater  # the paper says a > b; or less, or equal (within +-margin)
@@ -78,7 +78,9 @@ class Claim:
         claim: the paper's statement, in a sentence.
         paper: the paper's number(s) behind it, as text.
         source: where the number stands (paper, table or section, data set).
-        metric: the metric compared (a report column: ``test/mIoU``, ``test/IoU/pole``, ...).
+        metric: the metric compared (a report column: ``test/mIoU``, ``test/IoU/pole``, ...),
+            or a list of them, compared by their mean per run (CamVid's thin classes: Pole,
+            SignSymbol, Pedestrian, Bicyclist).
         a: the variant expected to be better (``direction: greater``), by its label.
         b: the variant it is compared with.
         direction: ``greater`` (a > b), ``less`` (a < b) or ``equal`` (within ``margin``).
@@ -90,7 +92,7 @@ class Claim:
 
     id: str
     claim: str
-    metric: str
+    metric: str | tuple[str, ...]
     a: str
     b: str
     direction: Direction = "greater"
@@ -112,6 +114,11 @@ class Claim:
         missing = [k for k in ("id", "claim", "metric", "a", "b") if k not in data]
         if missing:
             raise ConfigError(f"{where}: claim {data.get('id', '?')} lacks {missing}")
+        if isinstance(data["metric"], list):
+            if not data["metric"] or not all(isinstance(m, str) for m in data["metric"]):
+                raise ConfigError(f"{where}: claim {data['id']}: metric is a name or a list of "
+                                  f"names, got {data['metric']!r}")  # fmt: skip
+            data = {**data, "metric": tuple(data["metric"])}
         claim = cls(**{k: v for k, v in data.items()})
         if claim.direction not in ("greater", "less", "equal"):
             raise ConfigError(
@@ -121,6 +128,21 @@ class Claim:
         if claim.direction == "equal" and not (claim.margin and claim.margin > 0):
             raise ConfigError(f"{where}: claim {claim.id}: direction equal needs a margin > 0")
         return claim
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metric(s) compared: one, or those whose mean per run is compared."""
+        return self.metric if isinstance(self.metric, tuple) else (self.metric,)
+
+    @property
+    def metric_label(self) -> str:
+        """The compared metric as the tables show it."""
+        if len(self.metrics) == 1:
+            return self.metrics[0]
+        prefix = re.match(r".*/", self.metrics[0])
+        common = prefix.group(0) if prefix and all(
+            m.startswith(prefix.group(0)) for m in self.metrics) else ""  # fmt: skip
+        return f"mean {common}{{{', '.join(m.removeprefix(common) for m in self.metrics)}}}"
 
 
 @dataclass(frozen=True)
@@ -268,7 +290,7 @@ def claims_table(judgements: Sequence[Judgement], *, group: str | None = None) -
         cells = [
             f"{c.claim} ({c.id})",
             f"{c.paper}; {c.source}" if c.source else c.paper,
-            f"{c.metric}: {c.a} {_SYMBOL[c.direction]} {c.b}{margin}",
+            f"{c.metric_label}: {c.a} {_SYMBOL[c.direction]} {c.b}{margin}",
             _fmt(j.a),
             _fmt(j.b),
             _interval(j),

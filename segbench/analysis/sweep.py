@@ -171,13 +171,16 @@ def find_ablations(root: Path = EXPERIMENTS) -> dict[str, Ablation]:
 
 
 def find_ablation(name: str, root: Path = EXPERIMENTS) -> Ablation:
-    """By path, by name, or by paper folder when that paper has one ablation."""
+    """By path, by name, or by paper folder: its one ablation, or its synthetic one where the
+    paper also has others (``drn``: ``degridding``, not ``degridding-camvid``)."""
     if name.endswith(".yaml"):
         return Ablation.load(Path(name))
     found = find_ablations(root)
     if name in found:
         return found[name]
     by_paper = [a for a in found.values() if a.folder.parent.name == name]
+    if len(by_paper) > 1:
+        by_paper = [a for a in by_paper if a.folder.name == "synthetic"] or by_paper
     if len(by_paper) == 1:
         return by_paper[0]
     raise ConfigError(f"no ablation '{name}' under {root}; found: {', '.join(found) or 'none'}")

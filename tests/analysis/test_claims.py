@@ -75,6 +75,7 @@ def test_too_few_runs_are_inconclusive_or_not_run():
          "greater, less or equal"),
         ({"id": "x", "claim": "c", "metric": "m", "a": "a", "b": "b", "direction": "equal"},
          "needs a margin"),
+        ({"id": "x", "claim": "c", "metric": [], "a": "a", "b": "b"}, "a list of names"),
     ],
 )  # fmt: skip
 def test_a_bad_claim_is_named(entry, says):
@@ -100,6 +101,33 @@ def test_the_report_judges_claims_from_its_rows():
     assert "62.75 ± 2.75 (n=4)" in table
 
 
+def test_a_claim_on_several_metrics_compares_their_mean_per_run():
+    """CamVid's thin classes as one claim: each run's value is the mean of the classes' IoU."""
+    entry = {"id": "thin", "claim": "c", "metric": ["test/IoU/Pole", "test/IoU/SignSymbol"],
+             "a": "a", "b": "b"}  # fmt: skip
+    c = Claim.load(entry, "experiments/x/ablation.yaml")
+    assert c.metrics == ("test/IoU/Pole", "test/IoU/SignSymbol")
+    assert c.metric_label == "mean test/IoU/{Pole, SignSymbol}"
+
+    def row(label: str, per_seed: dict[int, tuple[float, ...]]) -> Row:
+        r = Row(label, {})
+        for seed, values in per_seed.items():
+            config = {"seed_everything": seed, "run.name": f"{label}-s{seed}"}
+            metrics = dict(zip(c.metrics, values, strict=False))
+            r.runs.append(Run(Path(f"runs/g/{label}-s{seed}"), config, metrics))
+        return r
+
+    # Seed 2 of b lacks SignSymbol: it is left out, so the test is Welch's, not paired.
+    rows = [row("a", {0: (0.2, 0.4), 1: (0.3, 0.5), 2: (0.25, 0.45)}),
+            row("b", {0: (0.1, 0.2), 1: (0.2, 0.2), 2: (0.9,)})]  # fmt: skip
+    (j,) = judge_claims([c], rows)
+    assert j.a[:2] == pytest.approx((35.0, 5.0))  # means 30, 40, 35 (percent)
+    assert j.b[0] == pytest.approx(17.5)
+    assert j.b[2] == 2
+    assert j.test.startswith("Welch t")
+    assert "| mean test/IoU/{Pole, SignSymbol}: a > b |" in claims_table([j])
+
+
 def test_every_declared_claim_loads_and_names_the_ablations_variants_and_metrics():
     import yaml
 
@@ -114,9 +142,9 @@ def test_every_declared_claim_loads_and_names_the_ablations_variants_and_metrics
         labels = {Path(v).stem for v in variants}
         for c in ablation.claims:
             assert {c.a, c.b} <= labels, (ablation.path, c.id)
-            assert c.metric in ablation.metrics, (ablation.path, c.id)
+            assert set(c.metrics) <= set(ablation.metrics), (ablation.path, c.id)
             ids.append(c.id)
-    assert len(ids) == len(set(ids)) == 17
+    assert len(ids) == len(set(ids)) == 23
 
 
 def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
@@ -165,7 +193,7 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     fcn8 = next(line for line in text.splitlines() if "(fcn-8s-over-16s)" in line)
     assert "**inconclusive**" in fcn8  # +1.0, -0.5, -0.5
     assert "**no** (+0.5 / +3.0 in the last quarter)" in fcn8
-    assert "1 reproduced, 0 contradicted, 1 inconclusive, 15 not run of 17 claims" in text
+    assert "1 reproduced, 0 contradicted, 1 inconclusive, 21 not run of 23 claims" in text
 
     # On a machine without those runs the README keeps its decided rows; --fresh drops them.
     empty = ["--experiments", str(experiments), "--root", str(tmp_path / "none"),
@@ -174,11 +202,11 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     again = capsys.readouterr().out
     assert next(line for line in again.splitlines() if "(fcn-16s-over-32s)" in line) == fcn16
     assert next(line for line in again.splitlines() if "(fcn-8s-over-16s)" in line) == fcn8
-    assert "1 reproduced, 0 contradicted, 1 inconclusive, 15 not run of 17 claims" in again
+    assert "1 reproduced, 0 contradicted, 1 inconclusive, 21 not run of 23 claims" in again
     assert again.strip() in readme.read_text()
     main([*empty, "--fresh"])
     fresh = capsys.readouterr().out
-    assert "0 reproduced, 0 contradicted, 0 inconclusive, 17 not run of 17 claims" in fresh
+    assert "0 reproduced, 0 contradicted, 0 inconclusive, 23 not run of 23 claims" in fresh
 
     # The runs of a longer schedule (group fcn-skips-long) are judged with --scale long, and
     # their rows say so: in the README they may sit beside rows decided at the cpu scale.

@@ -75,6 +75,12 @@ def test_an_ablation_is_found_by_name_or_paper_and_typos_are_named(tmp_path):
     (folder / "ablation.yaml").write_text("name: probing\ngroup: probe\n")
     assert find_ablation("probing", tmp_path).group == "probe"
     assert find_ablation("probe", tmp_path).name == "probing"  # by its paper's folder
+    # A second set of the paper (real data): the paper's folder still means its synthetic set.
+    other = tmp_path / "probe" / "camvid"
+    other.mkdir()
+    (other / "ablation.yaml").write_text("name: probing-camvid\ngroup: probe-camvid\n")
+    assert find_ablation("probe", tmp_path).name == "probing"
+    assert find_ablation("probing-camvid", tmp_path).group == "probe-camvid"
     with pytest.raises(ConfigError, match="no ablation 'nope'"):
         find_ablation("nope", tmp_path)
     (folder / "ablation.yaml").write_text("name: probing\ngroup: probe\nmetrix: [a]\n")
