@@ -339,15 +339,14 @@ def plot_curves(rows: Sequence[Row], keys: Sequence[str] = CURVE_KEYS, title: st
     return fig
 
 
-def seed_values(rows: Sequence[Row], label: str, metric: str | Sequence[str]) -> dict[Any, float]:
-    """``{seed: value}`` of ``metric`` over the runs of the row labelled ``label``; for a list of
-    metrics, their mean (a run lacking one of them is left out)."""
-    names = [metric] if isinstance(metric, str) else list(metric)
+def seed_values(rows: Sequence[Row], label: str, metrics: Sequence[str]) -> dict[Any, float]:
+    """``{seed: value}`` over the runs of the row labelled ``label``: the mean of ``metrics`` (one
+    or more; a run lacking one of them is left out)."""
     values: dict[Any, float] = {}
     for row in rows:
         if row.label == label:
             for run in row.runs:
-                vs = [run.metrics.get(m) for m in names]
+                vs = [run.metrics.get(m) for m in metrics]
                 if all(v is not None and not math.isnan(v) for v in vs):
                     values[run.seed] = sum(vs) / len(vs)  # type: ignore[arg-type]
     return values
@@ -364,7 +363,7 @@ def judge_claims(claims: Sequence[Claim], rows: Sequence[Row]) -> list[Judgement
 
     out = []
     for c in claims:
-        j = judge(c, seed_values(rows, c.a, c.metric), seed_values(rows, c.b, c.metric),
+        j = judge(c, seed_values(rows, c.a, c.metrics), seed_values(rows, c.b, c.metrics),
                   _scale(c.metrics[0]))  # fmt: skip
         out.append(dataclasses.replace(j, gains=(gain(c.a), gain(c.b))))
     return out
