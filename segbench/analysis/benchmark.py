@@ -3,8 +3,8 @@
 For the configured network, data, precision (``trainer.precision``) and memory format
 (``model.channels_last``), each as the median and interquartile range over repeats:
 
-* ``step``: the bare training step (forward, loss, backward, optimiser step) on a random batch
-  of the configured size: no loader, logging, metrics or checkpointing;
+* ``step``: the bare training step (forward, loss, backward, the configured optimiser's step)
+  on a random batch of the configured size: no loader, logging, metrics or checkpointing;
 * ``baseline``: the same bare step in float32 and contiguous (NCHW) format: what the fast
   settings are measured against;
 * ``loop``: the whole ``segbench fit`` loop (loader, step, logging, metrics, progress bar,
@@ -134,8 +134,11 @@ def bare_step(
 
         return infer
     net.train()
+    # The configured optimiser (its weight decay, momentum, foreach, ...), as `fit` steps it.
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-9, momentum=0.9)
+    opt = task.optimizer_factory(params)
+    for group in opt.param_groups:  # the same arithmetic; weights stay put on the random batch
+        group["lr"] = 1e-9
     scaler = torch.amp.GradScaler(device.type, enabled=precision.startswith("16"))
 
     def step() -> None:

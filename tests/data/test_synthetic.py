@@ -234,3 +234,26 @@ def test_written_once_writes_a_file_once_and_whole(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         written_once(tmp_path / "g.txt", fail)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "g.txt.lock"]
+
+
+def test_unaugmented_training_samples_are_read_without_seeding_the_generators(monkeypatch):
+    from segbench.data.base import SeededSamples
+    from segbench.data.transforms import Augment
+
+    dm = SyntheticSegmentation(num_train=4, num_val=2, num_test=2, image_size=(32, 32))
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    samples = loader.dataset
+    assert isinstance(samples, SeededSamples)
+    assert not samples.random
+    import segbench.data.base as base
+
+    def no_seeding(*args, **kwargs):
+        raise AssertionError("seeded a sample whose transform draws nothing")
+
+    monkeypatch.setattr(base.np.random, "SeedSequence", no_seeding)
+    got = samples[(3, 1)]
+    assert torch.equal(got["image"], dm.datasets["train"][3]["image"])
+    flipped = SyntheticSegmentation(num_train=4, image_size=(32, 32), augment=Augment())
+    flipped.setup("fit")
+    assert flipped.train_dataloader().dataset.random

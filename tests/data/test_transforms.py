@@ -72,3 +72,33 @@ def test_fixed_rescale_applies_to_evaluation_too():
     assert out["image"].shape == (3, 20, 30)
     assert out["mask"].shape == (20, 30)
     assert set(out["mask"].unique().tolist()) <= set(range(7))
+
+
+def test_normalise_equals_todtype_then_normalize_exactly():
+    from torchvision.transforms import v2
+
+    from segbench.data.transforms import Normalise
+
+    generic = v2.Compose([
+        v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64,
+                    "others": None}, scale=True),
+        v2.Normalize(mean=list(MEAN), std=list(STD)),
+    ])  # fmt: skip
+    sample = {**coded_sample(), "name": "x"}
+    sample["mask"] = tv_tensors.Mask(sample["mask"].to(torch.uint8))
+    want, got = generic(dict(sample)), Normalise(MEAN, STD)(dict(sample))
+    assert torch.equal(got["image"], want["image"])
+    assert got["image"].dtype == torch.float32
+    assert torch.equal(got["mask"], want["mask"])
+    assert got["mask"].dtype == torch.int64
+    assert isinstance(got["image"], tv_tensors.Image)
+    assert isinstance(got["mask"], tv_tensors.Mask)
+    assert got["name"] == "x"
+
+
+def test_augment_is_random_unless_every_step_is_off():
+    assert not Augment(flip=False).random
+    assert Augment().random  # flip
+    assert Augment(flip=False, crop_size=(8, 8)).random
+    assert Augment(flip=False, scale_range=(0.5, 2.0)).random
+    assert Augment(flip=False, rotation=10).random

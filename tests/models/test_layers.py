@@ -28,3 +28,31 @@ def test_fixed_upsampling_has_no_parameters():
         sum(p.numel() for p in BilinearConvTranspose2d(21, 2, learnable=True).parameters())
         == 21 * 21 * 4 * 4
     )
+
+
+def test_float32_conv_keeps_nn_conv2d_keys_and_computes_in_float32_under_bf16_autocast():
+    from segbench.models.layers.conv import Float32Conv2d
+
+    conv = Float32Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=True)
+    plain = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=True)
+    assert conv.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 8, 9, 9).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = conv(x)
+        autocast_plain = plain(x)
+    assert got.dtype == torch.bfloat16 == autocast_plain.dtype  # the caller's dtype, as before
+    want = plain(x.float())  # the float32 result on the same (bf16) input, rounded once
+    assert torch.equal(got, want.bfloat16())
+    y = Float32Conv2d(3, 4, 1)(torch.randn(1, 3, 5, 5))
+    assert y.dtype == torch.float32
+    assert y.shape == (1, 4, 5, 5)
+
+
+def test_fixed_upsampling_under_bf16_autocast_is_the_float32_result_rounded_once():
+    up = BilinearConvTranspose2d(5, 8, learnable=False)
+    x = torch.randn(2, 5, 4, 4).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = up(x)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, up(x.float()).bfloat16())

@@ -40,14 +40,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segbench.models.layers.conv import Float32Conv2d
+
 #: The GA module of a GALD head (``"none"``: the dilated-FCN baseline).
 GlobalAggregation = Literal["cgnl", "nonlocal", "psp", "gap", "none"]
 
 
 def _depthwise_down(channels: int, stride: int = 2) -> nn.Sequential:
-    """Depthwise 3x3 stride-2 convolution + BN + ReLU (GALD's down-sampling step)."""
+    """Depthwise 3x3 stride-2 convolution (in float32: :func:`in_float32`) + BN + ReLU (GALD's
+    down-sampling step)."""
     return nn.Sequential(
-        nn.Conv2d(channels, channels, 3, stride=stride, padding=1, groups=channels, bias=False),
+        Float32Conv2d(channels, channels, 3, stride=stride, padding=1, groups=channels, bias=False),
         nn.BatchNorm2d(channels),
         nn.ReLU(inplace=True),
     )

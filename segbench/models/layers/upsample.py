@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segbench.models.layers.conv import in_float32
+
 
 def bilinear_kernel(size: int) -> Tensor:
     """The ``size x size`` bilinear interpolation filter of FCN's ``upsample_filt``.
@@ -57,8 +59,14 @@ class BilinearConvTranspose2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.learnable:
             return self.deconv(x)
-        return F.conv_transpose2d(
-            x, self.weight, stride=self.factor, padding=self.padding, groups=self.channels
+        # Per channel (grouped): in float32, which bf16 autocast would slow down (in_float32).
+        return in_float32(
+            F.conv_transpose2d,
+            x,
+            self.weight,
+            stride=self.factor,
+            padding=self.padding,
+            groups=self.channels,
         )
 
     def extra_repr(self) -> str:
