@@ -3,6 +3,7 @@ convolutions that always compute in float32."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -17,9 +18,8 @@ def in_float32(op: Callable[..., Tensor], x: Tensor, weight: Tensor, **kwargs) -
     at 16 x 16, batch 16: 6.3 vs 0.7 ms forward + backward; FCN's fixed x8 upsampling: 33 vs
     3-5 ms), so under ``bf16-mixed`` they would cost more than the rest of the network gains."""
     device = x.device.type
-    if device == "meta" or not torch.is_autocast_enabled(device):  # meta: FLOP counting
-        return op(x.float(), weight.float(), **kwargs).to(x.dtype)
-    with torch.autocast(device, enabled=False):
+    autocast = device != "meta" and torch.is_autocast_enabled(device)  # meta: FLOP counting
+    with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
         return op(x.float(), weight.float(), **kwargs).to(x.dtype)
 
 
