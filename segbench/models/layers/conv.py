@@ -29,16 +29,8 @@ class Float32Conv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         bias = None if self.bias is None else self.bias.float()
-        return in_float32(
-            torch.nn.functional.conv2d,
-            x,
-            self.weight,
-            bias=bias,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-        )
+        # nn.Conv2d's own call (stride, padding and padding_mode, dilation, groups), in float32.
+        return in_float32(lambda x, w: self._conv_forward(x, w, bias), x, self.weight)
 
 
 def conv_bn_relu(
