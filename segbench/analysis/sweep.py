@@ -582,7 +582,7 @@ def main(argv: list[str]) -> None:
     )
     sys.stdout.write(text)
     log.info("report: %s.md / .csv / .png", out)
-    if ablation is not None and args.scale == "cpu" and not args.out:
+    if ablation is not None and not args.out:  # every scale: its group names it (-long, ...)
         results = ablation.folder.parent / "RESULTS.md"
         write_results(results, group, text)
         log.info("report table: %s", results)
