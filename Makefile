@@ -12,7 +12,7 @@ SCALE ?= cpu
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-slow lint format bench bench-drn gpu-check clean
+.PHONY: help venv demo test test-slow lint format bench bench-drn gpu-check gpu-wheels gpu-evidence clean
 
 help:  ## list the targets and the ablations found (experiments/*/*/ablation.yaml)
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -60,6 +60,21 @@ bench-drn: venv  ## segbench's DRN-C-26 vs the official fyu/drn code, one proces
 
 gpu-check: venv  ## every architecture at paper scale on a GPU (bf16/fp16, channels_last, compile; < 8 min)
 	$(BIN)/python benchmarks/gpu_check.py --out results/gpu-check.md
+
+# The lent GPU machine runs its own Python 3.12 and packages, with no network: these pure-Python
+# wheels (what it lacks of segbench's needs) travel in .whl/ with the working tree.
+GPU_WHEELS := jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0
+GPU_PYTHON ?= python3
+gpu-wheels:  ## download the wheels the GPU machine lacks (Python 3.12) into .whl/
+	rm -rf .whl && $(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: \
+	  --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	@ls -l .whl
+
+gpu-evidence:  ## ON THE GPU MACHINE (image's python3, no venv): install .whl/, time every architecture, ParseNet's context claims (< 9 min)
+	$(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir \
+	  --upgrade --target /tmp/segbench-site .whl/*.whl
+	PYTHONPATH=/tmp/segbench-site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_evidence.py \
+	  --out $${OUT:-results/gpu-evidence}
 
 # Every ablation declared in experiments/<paper>/<set>/ablation.yaml: its variants x SEEDS, its
 # steps before and after (e.g. gridding --record), then the report in results/GROUP[-SCALE].

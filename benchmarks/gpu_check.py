@@ -59,10 +59,30 @@ class Row:
     peak_memory_gb: float | None = None
     mfu: float | None = None
     slide_seconds: float | None = None
+    #: the warm-up steps (the first one compiles, under ``torch.compile``)
+    warmup_seconds: float | None = None
     error: str = ""
 
 
-def peak_tflops(device: torch.device) -> float | None:
+def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> float:
+    """The measured dense bf16 rate of ``device`` (TFLOP/s): the mean of ``repeats`` ``n x n``
+    products of random matrices after three warm-ups (the MFU's denominator)."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    timed_repeats(lambda: torch.mm(a, b), 0, 3, device)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = (time.perf_counter() - t0) / repeats
+    return 2 * n**3 / seconds / 1e12
+
+
+def peak_tflops(device: torch.device, measured: float | None = None) -> float | None:
+    """The MFU's denominator: ``measured`` if given, else the datasheet's dense bf16 rate."""
+    if measured is not None:
+        return measured
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -95,11 +115,14 @@ def check(arch: str, precision: str, compiled: bool, opts: argparse.Namespace) -
         if compiled:
             task.net.forward = torch.compile(task.net.forward, backend=opts.compile_backend)
         with peak_memory(device) as mem:
-            seconds = timed_repeats(step, opts.steps, opts.warmup, device)
+            t0 = time.perf_counter()
+            timed_repeats(step, 0, opts.warmup, device)
+            row.warmup_seconds = time.perf_counter() - t0
+            seconds = timed_repeats(step, opts.steps, 0, device)
         median = sorted(seconds)[len(seconds) // 2]
         row.images_per_s = batch / median
         row.peak_memory_gb = mem["mb"] / 1024
-        peak = peak_tflops(device)
+        peak = peak_tflops(device, getattr(opts, "peak_tflops", None))
         if peak:
             row.mfu = 3 * flops * row.images_per_s / (peak * 1e12)
         # Validation: one image of the paper's size through the sliding window.
@@ -151,14 +174,14 @@ def markdown(rows: list[Row], device: str) -> str:
         f"GPU check on {device}, torch {torch.__version__}",
         "",
         "| architecture | setting | crop | batch | images/s | peak memory (GB) | MFU | "
-        "slide val image (s) | error |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "slide val image (s) | warm-up (s) | error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.arch} | {r.setting} | {r.crop} | {r.batch} | {f(r.images_per_s, '.1f')} | "
             f"{f(r.peak_memory_gb, '.2f')} | {f(r.mfu, '.1%')} | {f(r.slide_seconds, '.2f')} | "
-            f"{r.error} |"
+            f"{f(r.warmup_seconds, '.1f')} | {r.error} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -8,6 +8,8 @@ effective batch differs from its recipe's is the most common reproduction mistak
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import socket
 import subprocess
@@ -30,6 +32,13 @@ _PACKAGES = (
     "wandb",
     "segbench",
 )
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    with contextlib.suppress(AttributeError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _version(name: str) -> str | None:

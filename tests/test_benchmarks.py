@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tarfile
 
 from tests.conftest import REPO
 
@@ -67,3 +69,37 @@ def test_segbench_benchmark_measures_every_part_and_writes_its_files(tmp_path, c
     assert (out / "benchmark_sizes.png").stat().st_size > 1000
     assert "Ratios: loop_over_step" in (out / "benchmark.md").read_text()
     assert "| loop |" in capsys.readouterr().out
+
+
+def test_gpu_evidence_dry_run_runs_every_stage_on_the_cpu(tmp_path):
+    """`make gpu-evidence` at toy size: the GPU check, the ParseNet sweep, its condition (erf,
+    cue-distance) and claims, and at most 8 files back (the device tool's limit)."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_evidence.py"), "--dry-run", "--out",
+         str(out), "--runs", str(tmp_path / "runs"), "--archs", "FCN"],
+        capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "SEGBENCH_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["gpu-evidence.json", "gpu-evidence.log", "gpu-evidence.md", "runs.tar.gz"]
+    text = (out / "gpu-evidence.md").read_text()
+    assert "| FCN | bf16-mixed, channels_last | 64 |" in text
+    assert "| FCN | bf16-mixed, channels_last, compile | 64 |" in text
+    assert "Test condition, measured on `parsenet-context-context/fcn32s-s0`" in text
+    assert "| boat |" in text
+    assert "| car |" in text
+    claims = [line for line in text.splitlines() if line.startswith("| [")]
+    assert claims, text
+    assert all(line.startswith("| [parsenet]") for line in claims), text
+    assert "(parsenet-context)" in text
+    assert "(parsenet-context-boat)" in text
+    result = json.loads((out / "gpu-evidence.json").read_text())
+    assert result["seeds"] == [0]
+    assert result["condition"]["radius"] > 0
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("fcn32s-s0/metrics.json") for n in names)
+    assert any(n.endswith("erf/erf.json") for n in names)
+    assert not any(n.endswith(".ckpt") for n in names)

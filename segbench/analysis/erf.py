@@ -137,10 +137,15 @@ def theoretical_support(
     read = unit_reader(probe, layer)
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(draws, 3, *size, generator=g, dtype=torch.float64).add_(0.1)
-    x.requires_grad_(True)
+    x = x.to(_device_of(net)).requires_grad_(True)
     read(x, unit).sum().backward()
     assert x.grad is not None
-    return x.grad.abs().sum((0, 1)) > 0
+    return (x.grad.abs().sum((0, 1)) > 0).cpu()
+
+
+def _device_of(net: nn.Module) -> torch.device:
+    """The device of ``net``'s parameters (the CPU for a network without any)."""
+    return next((p.device for p in net.parameters()), torch.device("cpu"))
 
 
 def bbox(mask: Tensor) -> tuple[int, int, int, int] | None:
@@ -193,8 +198,12 @@ def empirical_heat(
     batch_size: int = 64,
     seed: int = 0,
 ) -> Tensor:
-    """``H x W`` mean change of the unit when a window covering each pixel is replaced by noise."""
+    """``H x W`` mean change of the unit when a window covering each pixel is replaced by noise.
+
+    The network runs on its parameters' device; the noise is drawn on the CPU from ``seed``, so
+    every device perturbs the same windows with the same values."""
     read = unit_reader(net, layer)
+    device = _device_of(net)
     H, W = images.shape[-2:]
     windows = [
         (r, c) for r in window_starts(H, patch, stride) for c in window_starts(W, patch, stride)
@@ -203,7 +212,7 @@ def empirical_heat(
     cover = torch.zeros(H, W, dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for image in images:
+        for image in images.to(device):
             clean = read(image[None], unit)[0]
             for _ in range(draws):
                 for start in range(0, len(windows), batch_size):
@@ -212,12 +221,12 @@ def empirical_heat(
                     for i, (r, c) in enumerate(chunk):
                         x[i, :, r : r + patch, c : c + patch] = noise * torch.randn(
                             3, min(patch, H - r), min(patch, W - c), generator=g
-                        )
+                        ).to(device)
                     out = read(x, unit)
                     if measure == "score":
-                        change = (out - clean).double().norm(dim=1)
+                        change = (out - clean).double().norm(dim=1).cpu()
                     else:
-                        change = (out.argmax(1) != clean.argmax()).double()
+                        change = (out.argmax(1) != clean.argmax()).double().cpu()
                     for i, (r, c) in enumerate(chunk):
                         heat[r : r + patch, c : c + patch] += change[i]
                         cover[r : r + patch, c : c + patch] += 1
@@ -446,6 +455,8 @@ class Options:
         canvas: side of the canvas for the unclipped theoretical field (0: skip)
         batch_size: perturbed images per forward pass
         seed: seed of the noise and of the structural copy
+        device: where the network runs (cpu, cuda, cuda:1, ...); the noise is drawn on the CPU,
+            so a field measured on a GPU differs from the CPU's by rounding alone
     """
 
     unit: tuple[int, int] | None = None
@@ -460,6 +471,7 @@ class Options:
     canvas: int = 512
     batch_size: int = 64
     seed: int = 0
+    device: str = "cpu"
 
 
 class Erf(Tool[Options, ReceptiveField]):
@@ -470,8 +482,9 @@ class Erf(Tool[Options, ReceptiveField]):
 
     def measure(self, model: LoadedModel, options: Options, common: Common) -> ReceptiveField:
         images = sample_images(model.datamodule, options.images, common.split)
+        net = model.net.to(options.device)
         rf = receptive_field(
-            model.net,
+            net,
             images,
             options.unit,
             layer=options.layer,

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from segbench.errors import ConfigError
+from segbench.provenance import cpu_cores
 from segbench.rundir import RunDir
 
 log = logging.getLogger("segbench")
@@ -118,13 +119,6 @@ def device_slots(visible: Sequence[str], *, jobs: int, devices_per_job: int) -> 
             f"{len(visible) // devices_per_job} or give more --devices"
         )
     return [",".join(visible[i * devices_per_job : (i + 1) * devices_per_job]) for i in range(jobs)]
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on (its affinity, not the machine's count)."""
-    with contextlib.suppress(AttributeError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def threads_per_job(jobs: int, cores: int, environ: Mapping[str, str]) -> int | None:

@@ -25,6 +25,7 @@ from segbench.data.synthetic import (
     _draw_pole,
     _draw_vehicle,
     render_scene,
+    scene_cache,
 )
 from segbench.errors import ConfigError
 
@@ -257,3 +258,18 @@ def test_unaugmented_training_samples_are_read_without_seeding_the_generators(mo
     flipped = SyntheticSegmentation(num_train=4, image_size=(32, 32), augment=Augment())
     flipped.setup("fit")
     assert flipped.train_dataloader().dataset.random
+
+
+def test_scenes_rendered_by_several_processes_are_the_same_file(tmp_path):
+    one = scene_cache(0, "val", 7, (40, 56), cache_dir=str(tmp_path / "one"), cue_gap=0.3)
+    three = scene_cache(
+        0, "val", 7, (40, 56), cache_dir=str(tmp_path / "three"), cue_gap=0.3, workers=3
+    )
+    assert one.name == three.name  # the number of processes does not key the cache
+    assert one.read_bytes() == three.read_bytes()
+    assert np.load(three)[..., :3].any(axis=(1, 2, 3)).all()  # every row was rendered
+
+
+def test_render_workers_must_not_be_negative():
+    with pytest.raises(ConfigError, match="render_workers"):
+        SyntheticSegmentation(render_workers=-1)
