@@ -9,15 +9,16 @@ deadline inside ``--budget`` seconds, so that the call ends in time whatever a s
 
 1. **environment**: Python, torch, CUDA, the device, the cores, the carried wheels;
 2. **matmul**: the card's dense bf16 rate, measured (the MFU's denominator);
-3. **GPU check, eager** (``benchmarks/gpu_check.py``): every architecture at paper width and crop,
+3. **ParseNet's context claims at 512 px** first, the call's main job (``SCALE=context``:
+   ``cue_gap`` 0.3, 12 epochs of 2,000 scenes, rendered with every core): FCN-32s vs ParseNet
+   early fusion x seeds 0-2, the six fits at once on the one GPU (``segbench sweep --jobs 6``);
+   seeds 3-4 as well when the first three fitted fast enough to leave the time; then the test
+   condition on the trained baseline (``segbench erf`` on ``fcn32s-s0``, then ``segbench
+   cue-distance --radii`` half the side of its empirical field, on the test scenes) and
+   ``segbench claims --scale context``;
+4. **GPU check, eager** (``benchmarks/gpu_check.py``): every architecture at paper width and crop,
    bf16-mixed and channels_last: images/s, peak memory, MFU, one validation image of the paper's
    size through the sliding window; 16-mixed is skipped (same tensor-core rate on Hopper);
-4. **ParseNet's context claims at 512 px** (``SCALE=context``: ``cue_gap`` 0.3, 12 epochs of
-   2,000 scenes, rendered with every core): FCN-32s vs ParseNet early fusion x seeds 0-2, the six
-   fits at once on the one GPU (``segbench sweep --jobs 6``); seeds 3-4 as well when the first
-   three fitted fast enough to leave the time; then the test condition on the trained baseline
-   (``segbench erf`` on ``fcn32s-s0``, then ``segbench cue-distance --radii`` half the side of its
-   empirical field, on the test scenes) and ``segbench claims --scale context``;
 5. **GPU check, compiled**: the same rows under ``torch.compile`` (Inductor) while time is left;
    the rows that do not fit say so;
 6. **DDP** over NCCL needs two GPUs: with one, the output says it was not run.
@@ -207,6 +208,17 @@ def sweep(opts: argparse.Namespace, seeds: tuple[int, ...], timeout: float) -> f
     return time.perf_counter() - t0
 
 
+def tool_result(opts: argparse.Namespace, tool: str, *args: str, timeout: float) -> dict | str:
+    """Run ``segbench TOOL ARGS --out RUNS/TOOL`` and return its one model's result from
+    ``TOOL.json``, or why there is none."""
+    out = opts.runs / tool
+    code, _ = run(segbench(tool, *args, "--out", str(out)), timeout=timeout)
+    path = out / f"{tool}.json"
+    if code != 0 or not path.is_file():
+        return f"segbench {tool} exit {code}"
+    return next(iter(json.loads(path.read_text()).values()))  # {model: result}
+
+
 def condition(opts: argparse.Namespace, timeout: float) -> dict[str, Any]:
     """ParseNet's test condition on the trained baseline: its empirical field (``segbench erf``
     on ``fcn32s-s0``), then the share of boat and car pixels beyond half its side from their cue
@@ -215,35 +227,22 @@ def condition(opts: argparse.Namespace, timeout: float) -> dict[str, Any]:
     baseline = opts.runs / GROUP / f"{VARIANTS[0]}-s{FIRST_SEEDS[0]}"
     out: dict[str, Any] = {"baseline": str(baseline.relative_to(opts.runs))}
     erf_args = ["--images", "1", "--patch", "16", "--stride", "16"] if opts.dry_run else []
-    code, _ = run(
-        segbench("erf", str(baseline), "--device", opts.device, "--canvas", "0",
-                 "--record", "true", "--out", str(opts.runs / "erf"), *erf_args),
-        timeout=clock.left(),
-    )  # fmt: skip
-    erf_json = opts.runs / "erf" / "erf.json"
-    if code != 0 or not erf_json.is_file():
-        out["error"] = f"segbench erf exit {code}"
-        return out
-    erf = next(iter(json.loads(erf_json.read_text()).values()))  # {model: result}
+    erf = tool_result(opts, "erf", str(baseline), "--device", opts.device, "--canvas", "0",
+                      "--record", "true", *erf_args, timeout=clock.left())  # fmt: skip
+    if isinstance(erf, str):
+        return {**out, "error": erf}
     side = float(erf["empirical"]["side"])
-    radius = max(1, round(side / 2))
     out["erf"] = {
         "image_size": erf["image_size"],
         "empirical_fraction": erf["empirical"]["fraction"],
         "empirical_side": side,
         "theoretical_fraction": erf["theoretical"]["fraction"],
     }
-    out["radius"] = radius
-    code, _ = run(
-        segbench("cue-distance", str(baseline), "--split", "test", "--radii", str(radius),
-                 "--out", str(opts.runs / "cue-distance")),
-        timeout=clock.left(),
-    )  # fmt: skip
-    cue_json = opts.runs / "cue-distance" / "cue-distance.json"
-    if code != 0 or not cue_json.is_file():
-        out["error"] = f"segbench cue-distance exit {code}"
-        return out
-    cue = next(iter(json.loads(cue_json.read_text()).values()))
+    out["radius"] = radius = max(1, round(side / 2))
+    cue = tool_result(opts, "cue-distance", str(baseline), "--split", "test", "--radii",
+                      str(radius), timeout=clock.left())  # fmt: skip
+    if isinstance(cue, str):
+        return {**out, "error": cue}
     out["classes"] = {
         c["name"]: {"pixels": c["pixels"], "percentiles": c["percentiles"],
                     "beyond": c["beyond"]}
@@ -370,16 +369,20 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     os.environ.setdefault("WANDB_MODE", "disabled")
     clock = Clock(opts.budget)
-    # The deadlines, as shares of the budget (for 510 s: 90, 330, 390, 480).
-    eager_until, sweep_until, condition_until, compile_until = (
-        opts.budget * f for f in (0.18, 0.65, 0.77, 0.94)
+    # The deadlines, as shares of the budget (for 510 s: 383, 459, 485, 490): the claims first.
+    # Sizing (2026-12-04, H200): a width-1/4 ParseNet trains 640 images/s at 512 px alone (bare
+    # bf16 step, batch 8); the six fits are 6 x 24,000 images, ~225 s at that rate shared, plus
+    # start-up, rendering (2,600 scenes in 14 s on 16 cores) and validation: ~260 s of the 375.
+    # The erf (16,384 perturbed 512-px forwards) and cue-distance take ~20-40 s; the eager
+    # rows took 17 s; each compiled row ~30-40 s (DRN: 29.7 s of warm-up).
+    sweep_until, condition_until, eager_until, compile_until = (
+        opts.budget * f for f in (0.75, 0.90, 0.95, 0.96)
     )
 
     result: dict[str, Any] = {"budget": opts.budget, "dry_run": opts.dry_run}
     result["environment"] = environment(opts)
     log.info("environment: %s", json.dumps(result["environment"]))
     result["matmul_tflops"] = opts.peak_tflops = matmul(opts)
-    result["rows"] = check_rows(opts, clock, eager_until, compiled=False)
 
     first_seeds = (0,) if opts.dry_run else FIRST_SEEDS
     first = sweep(opts, first_seeds, clock.left(sweep_until))
@@ -396,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     result["seeds"] = seeds
     result["condition"] = condition(opts, clock.left(condition_until))
     result["claims"] = claims(opts, max(30.0, clock.left(condition_until)))
+    result["rows"] = check_rows(opts, clock, eager_until, compiled=False)
     result["rows"] += check_rows(opts, clock, compile_until, compiled=True)
 
     result["seconds"] = clock.elapsed()

@@ -56,3 +56,27 @@ def test_fixed_upsampling_under_bf16_autocast_is_the_float32_result_rounded_once
         got = up(x)
     assert got.dtype == torch.bfloat16
     assert torch.equal(got, up(x.float()).bfloat16())
+
+
+@pytest.mark.parametrize(("factor", "padding"), [(32, 16), (8, 4), (32, 0), (8, 0), (2, 1)])
+def test_fixed_upsampling_is_the_grouped_transposed_convolution(factor, padding):
+    """The separable matrix form computes the same map as FCN's per-channel deconvolution, on
+    every padding (FCN's Caffe geometry: 0; DRN: 4; the default f // 2)."""
+    from segbench.models.layers import bilinear_kernel
+
+    up = BilinearConvTranspose2d(3, factor, learnable=False, padding=padding).double()
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    weight = bilinear_kernel(2 * factor).double().expand(3, 1, -1, -1)
+    want = F.conv_transpose2d(x, weight, stride=factor, padding=padding, groups=3)
+    got = up(x)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-12)
+    (g_got,) = torch.autograd.grad(got.square().sum(), x)
+    (g_want,) = torch.autograd.grad(want.square().sum(), x)
+    assert torch.allclose(g_got, g_want, atol=1e-10)
+    # The state dict keeps the deconvolution's weight (checkpoints written before hold it).
+    assert torch.equal(up.state_dict()["weight"], weight)
+    with torch.device("meta"):  # FLOP counting builds and runs networks on the meta device
+        assert BilinearConvTranspose2d(3, factor, learnable=False)(
+            torch.empty(1, 3, 4, 4)
+        ).shape == (1, 3, 4 * factor, 4 * factor)

@@ -15,8 +15,9 @@ def in_float32(op: Callable[..., Tensor], x: Tensor, weight: Tensor, **kwargs) -
 
     For grouped (depthwise, per-channel) convolutions: torch 2.14's CPU kernels compute them
     6-10x slower in bfloat16 than in float32 (a depthwise 3 x 3 stride-2 conv of 128 channels
-    at 16 x 16, batch 16: 6.3 vs 0.7 ms forward + backward; FCN's fixed x8 upsampling: 33 vs
-    3-5 ms), so under ``bf16-mixed`` they would cost more than the rest of the network gains."""
+    at 16 x 16, batch 16: 6.3 vs 0.7 ms forward + backward; FCN's fixed x8 upsampling, then a
+    grouped transposed convolution: 33 vs 3-5 ms), so under ``bf16-mixed`` they would cost more
+    than the rest of the network gains. (Whether a GPU needs this too is not measured.)"""
     device = x.device.type
     autocast = device != "meta" and torch.is_autocast_enabled(device)  # meta: FLOP counting
     with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():

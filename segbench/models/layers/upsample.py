@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+from functools import lru_cache
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segbench.models.layers.conv import in_float32
+
+def bilinear_filter(size: int) -> Tensor:
+    """The 1-D bilinear filter of ``size`` taps (float64) whose outer product is
+    :func:`bilinear_kernel`."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = torch.arange(size, dtype=torch.float64, device="cpu")
+    return 1 - (og - center).abs() / factor
 
 
 def bilinear_kernel(size: int) -> Tensor:
@@ -15,11 +24,41 @@ def bilinear_kernel(size: int) -> Tensor:
     A transposed convolution with this kernel, stride ``f`` and ``size = 2f`` reproduces
     bilinear interpolation by a factor ``f`` away from the borders.
     """
-    factor = (size + 1) // 2
-    center = factor - 1 if size % 2 == 1 else factor - 0.5
-    og = torch.arange(size, dtype=torch.float64)
-    filt = 1 - (og - center).abs() / factor
+    filt = bilinear_filter(size)
     return (filt[:, None] * filt[None, :]).float()
+
+
+@lru_cache(maxsize=64)
+def _upsampling_matrix(n_in: int, factor: int, padding: int) -> Tensor:
+    """``n_out x n_in`` (float64): the 1-D transposed convolution with the ``2 factor``-tap
+    bilinear filter, stride ``factor`` and ``padding``, as a matrix."""
+    filt = bilinear_filter(2 * factor)
+    n_out = (n_in - 1) * factor - 2 * padding + 2 * factor
+    i = torch.arange(n_in, device="cpu")[:, None].expand(-1, 2 * factor)
+    o = i * factor - padding + torch.arange(2 * factor, device="cpu")[None, :]
+    keep = (o >= 0) & (o < n_out)
+    m = torch.zeros(n_out, n_in, dtype=torch.float64, device="cpu")
+    return m.index_put_((o[keep], i[keep]), filt.expand_as(o)[keep], accumulate=True)
+
+
+def fixed_bilinear_upsample(x: Tensor, factor: int, padding: int) -> Tensor:
+    """Per channel, what ``F.conv_transpose2d(x, bilinear_kernel(2 factor) per channel,
+    stride=factor, padding=padding, groups=C)`` computes, as two small matrix products.
+
+    The kernel is separable (an outer product), so the transposed convolution is ``U_h x U_w^T``
+    on each channel, with ``U`` the 1-D upsampling matrix. The grouped transposed convolution with
+    a ``2f x 2f`` kernel is a slow path of every backend: on an H200 FCN-32s's ``x32`` (64 x 64
+    kernel) made a width-1/4 ParseNet train at 70 images/s at 512 px, 0.4% of the card
+    (``benchmarks/upsample_speed.py`` times both). Computed in float32 at least, whatever the
+    autocast (bf16 would round the filter's products); returned in ``x``'s dtype."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    device = x.device
+    uh = _upsampling_matrix(x.shape[-2], factor, padding).to(device, dtype)
+    uw = _upsampling_matrix(x.shape[-1], factor, padding).to(device, dtype)
+    autocast = device.type != "meta" and torch.is_autocast_enabled(device.type)
+    with torch.autocast(device.type, enabled=False) if autocast else contextlib.nullcontext():
+        y = torch.matmul(torch.matmul(uh, x.to(dtype)), uw.T)
+    return y.to(x.dtype)
 
 
 class BilinearConvTranspose2d(nn.Module):
@@ -54,20 +93,14 @@ class BilinearConvTranspose2d(nn.Module):
                 idx = torch.arange(channels)
                 self.deconv.weight[idx, idx] = kernel
         else:
+            # The grouped transposed convolution's weight, kept for the state dict (checkpoints
+            # hold it); the forward computes the same map in its separable form.
             self.register_buffer("weight", kernel.expand(channels, 1, -1, -1).clone())
 
     def forward(self, x: Tensor) -> Tensor:
         if self.learnable:
             return self.deconv(x)
-        # Per channel (grouped): in float32, which bf16 autocast would slow down (in_float32).
-        return in_float32(
-            F.conv_transpose2d,
-            x,
-            self.weight,
-            stride=self.factor,
-            padding=self.padding,
-            groups=self.channels,
-        )
+        return fixed_bilinear_upsample(x, self.factor, self.padding)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, factor={self.factor}, learnable={self.learnable}"
