@@ -18,6 +18,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from segbench.errors import ConfigError
 from segbench.rundir import atomic_torch_save, safe_load
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,16 @@ CACHE_ENV = "SEGBENCH_CACHE"
 
 def cache_root(cache_dir: str | None = None) -> Path:
     """``cache_dir``, else ``$SEGBENCH_CACHE``, else ``~/.cache/segbench``."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "segbench"
+    if cache_dir:
+        root, what = Path(cache_dir).expanduser(), f"the cache folder {cache_dir}"
+    elif env:
+        root, what = Path(env).expanduser(), f"{CACHE_ENV}={env}"
+    else:
+        root, what = Path.home() / ".cache" / "segbench", "the cache folder"
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{what}: {root} is a file, not a folder; point it at a folder")
+    return root
 
 
 def written_once(path: Path, write: Callable[[Path], None], *, what: str = "file") -> Path:

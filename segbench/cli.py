@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 from unittest import mock
@@ -35,6 +36,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import LambdaCallback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from segbench import errors
@@ -57,7 +59,7 @@ from segbench.data.base import SegmentationDataModule
 from segbench.errors import CheckpointError, ConfigError, SegbenchError
 from segbench.loggers import ResumableCSVLogger, choose_wandb_mode
 from segbench.numerics import SegbenchTrainer
-from segbench.rundir import RunCheckpointIO, RunDir, atomic_write_text
+from segbench.rundir import RunCheckpointIO, RunDir, WriterLock, atomic_write_text
 from segbench.task import DEFAULT_OPTIMIZER, SegmentationTask
 
 log = logging.getLogger("segbench")
@@ -83,11 +85,16 @@ TOOLS = tools()
 
 
 class SaveRunConfig(SaveConfigCallback):
-    """Write ``config.yaml`` into the run directory at the start of ``fit`` and log it, flat (one
-    key per switch, so every switch is a filterable column on W&B), to every logger."""
+    """Write ``config.yaml`` into the run directory and log it, flat (one key per switch, so every
+    switch is a filterable column on W&B), to every logger: once training starts, after a
+    resume's checkpoint has loaded, so that a resume refused on the way (another network, a
+    missing file) leaves the run's record as it was."""
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        if self.already_saved or stage != "fit":
+        """Nothing yet (Lightning's callback saves here): see :meth:`on_train_start`."""
+
+    def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
+        if self.already_saved:
             return
         if trainer.is_global_zero:
             run = RunDir(trainer.default_root_dir)
@@ -128,16 +135,24 @@ class SegbenchCLI(LightningCLI):
         kwargs.setdefault("parser_class", _Parser)
         _Parser.config_files = tuple(config_files(list(args or sys.argv[1:])))
         self._aside: Path | None = None
+        self._writer: WriterLock | None = None
         self._smoke_dir: Path | None = None
         self._skip_fit = ""
         self._test_after_skip = False
         self._ckpt_progress: tuple[int, int] | None = None
         try:
-            super().__init__(args=args, run=run, **kwargs)
+            try:
+                super().__init__(args=args, run=run, **kwargs)
+            except SIGTERMException:  # a SystemExit with code 0: Lightning's clean stop
+                self._exit_if_terminated()
+                raise
+            self._exit_if_terminated()
         except BaseException:
             self._put_back()
             raise
         finally:
+            if self._writer is not None:
+                self._writer.release()
             if self._smoke_dir is not None:
                 shutil.rmtree(self._smoke_dir, ignore_errors=True)
 
@@ -215,10 +230,40 @@ class SegbenchCLI(LightningCLI):
         if mode in ("online", "offline"):
             os.environ["WANDB_MODE"] = mode
         os.environ.setdefault("WANDB_CONSOLE", "off")  # keep W&B off our progress bars
+        out = cfg.get("out") if self.subcommand == "predict" else None
+        if out and Path(out).exists() and not Path(out).is_dir():
+            raise ConfigError(f"--out {out}: a file, not a folder; the predictions need a folder")
+        if self.subcommand == "fit":
+            self._claim_run_dir()
         if self.subcommand == "fit" and self._ckpt_progress is not None:
+            self._check_schedule()
             self._check_finished(*self._ckpt_progress)  # on every process: all skip, or none
         elif self.subcommand == "fit":
             self._prepare_run_dir()
+
+    def _check_schedule(self) -> None:
+        """A resume keeps the checkpoint's learning-rate schedule, laid out for the run's
+        ``trainer.max_epochs`` / ``max_steps``: a poly or cosine schedule has reached learning
+        rate 0 there, so resuming with other limits would "train longer" at learning rate 0 (or
+        end early with the rate still high). Refused, saying what to do instead."""
+        recorded = self.run.section("config")
+        schedule = self.cfg.model.get("lr_schedule", "poly")
+        if not recorded or schedule not in ("poly", "cosine"):
+            return
+        changed = [
+            f"trainer.{key} {recorded[f'trainer.{key}']} -> {self.cfg.trainer.get(key)}"
+            for key in ("max_epochs", "max_steps")
+            if f"trainer.{key}" in recorded
+            and recorded[f"trainer.{key}"] != self.cfg.trainer.get(key)
+        ]
+        if changed:
+            raise ConfigError(
+                f"resuming {self.run.path} with {', '.join(changed)}: its {schedule} learning-rate "
+                "schedule (in the checkpoint) was laid out for the run's own limits and reaches "
+                "0 at their end, so the extra training would run at learning rate 0. Resume with "
+                "the run's limits; to train longer, start a new run from its weights with its own "
+                f"schedule (--model.init_from {self.run.checkpoint('last')} --run.name NEW)."
+            )
 
     def _check_finished(self, epochs: int, steps: int) -> None:
         """A resumed run whose checkpoint is the end of training under the config's limits
@@ -241,6 +286,29 @@ class SegbenchCLI(LightningCLI):
         ).get("test")
         if self._test_after_skip:
             self._skip_fit += "; testing the best checkpoint, which had not been tested"
+
+    def _exit_if_terminated(self) -> None:
+        """A fit stopped by SIGTERM (``kill``, ``timeout``, a scheduler) is not a success:
+        Lightning stops it cleanly (exit code 0), so say so in ``metrics.json`` (this attempt's
+        ``provenance.attempts[-1].interrupted``) and exit 143 (128 + SIGTERM), which a sweep
+        reports as failed."""
+        trainer = getattr(self, "trainer", None)
+        if self.subcommand != "fit" or not getattr(trainer, "received_sigterm", False):
+            return
+        if rank_zero_only.rank == 0:  # this attempt's record (fit.finished is already false)
+            self.run.update(_mark_attempt("interrupted", "SIGTERM"))
+        log.error(
+            "%s: stopped by SIGTERM before the end of training (its last checkpoint is kept): "
+            "resume it with the same command and --ckpt_path last",
+            self.run.path,
+        )
+        raise SystemExit(143)
+
+    @rank_zero_only
+    def _claim_run_dir(self) -> None:
+        """One ``fit`` writes a run directory at a time (fresh, resumed or overwriting): a
+        second is refused before it touches anything, naming the process that holds it."""
+        self._writer = self.run.writer()
 
     @rank_zero_only
     def _prepare_run_dir(self) -> None:
@@ -487,6 +555,16 @@ def configure_logging() -> None:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+
+
+def _mark_attempt(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A ``metrics.json`` change: ``key = value`` in the latest attempt of the provenance."""
+
+    def change(data: dict[str, Any]) -> None:
+        attempts = data.setdefault("provenance", {}).setdefault("attempts", [{}])
+        attempts[-1][key] = value
+
+    return change
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,6 +50,11 @@ class DiskFullError(SegbenchError, OSError):
     """No space left while writing a run file (the previous version of the file is intact)."""
 
 
+class BusyError(SegbenchError):
+    """A run directory or sweep group that another live process is writing (the message names
+    it and that process)."""
+
+
 def disk_full_message(path: str | Path, what: str = "writing") -> str:
     """``"<path>: disk full while writing (12.3 MB free on /runs)"``."""
     path = Path(path)

@@ -152,11 +152,16 @@ def choose_wandb_mode(requested: str) -> str:
     """The W&B mode to run in; never one that prompts or waits on an unreachable server."""
     if requested == "disabled":
         return "disabled"
-    if requested == "auto" and os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
-        return os.environ["WANDB_MODE"]
+    env = os.environ.get("WANDB_MODE")
+    if requested == "auto" and env in ("offline", "disabled"):
+        return env
     if requested == "offline":
         return "offline"
     key = wandb_key_available()
+    if requested == "auto" and env == "online" and not key:
+        # WANDB_MODE=online in the environment asks for online logging where it can be had;
+        # without a key wandb itself would fail at start, so auto stays offline, and says why.
+        log.warning("W&B: WANDB_MODE=online but no API key: logging offline (run.wandb auto)")
     if requested == "online" and not key:
         raise ConfigError(
             "run.wandb online: no W&B API key. Set WANDB_API_KEY or run `wandb login`, or use "

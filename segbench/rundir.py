@@ -38,6 +38,8 @@ import math
 import os
 import pickle
 import shutil
+import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -48,7 +50,9 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from segbench.errors import (
+    BusyError,
     CheckpointError,
+    ConfigError,
     DiskFullError,
     DivergenceError,
     SegbenchError,
@@ -154,6 +158,77 @@ def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
     ]
 
 
+# -- one writer -----------------------------------------------------------------------------------
+class WriterLock:
+    """An exclusive claim on a run directory or a sweep group, held until :meth:`release` or the
+    process's end: an advisory ``flock`` on a lock file, which the kernel drops when the holder
+    dies however it dies (``kill -9`` included), so a dead holder's claim is taken over. The file
+    names the holder (pid, host, command, since) for the refusal message.
+
+    A forked child (a loader worker, a rendering process) closes its copy of the descriptor at
+    once: an ``flock`` is shared by every copy, so a worker outliving a killed fit by a few seconds
+    would otherwise keep the run locked against its resume."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.what = path, what
+        self._file: Any = None
+
+    def acquire(self) -> WriterLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+")  # noqa: SIM115 (held until release)
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            file.close()
+            raise BusyError(
+                f"{self.what} is being written by {holder}. One process at a time: wait for it "
+                f"to end (or stop it), or choose another name. (Lock file: {self.path})"
+            ) from None
+        file.seek(0)
+        file.truncate()
+        file.write(
+            f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')} "
+            f"({' '.join(sys.argv)[:300]})\n"
+        )
+        file.flush()
+        self._file = file
+        _HELD.add(self)
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the (last) descriptor drops the flock
+            self._file = None
+        _HELD.discard(self)
+
+
+#: The claims this process holds, closed (not unlocked: the parent keeps them) in forked children.
+_HELD: set[WriterLock] = set()
+
+
+def _close_claims_in_child() -> None:
+    for claim in _HELD:
+        if claim._file is not None:
+            claim._file.close()  # this copy of the descriptor only: the parent's keeps the lock
+            claim._file = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_claims_in_child)
+
+
+def check_run_name(key: str, value: str) -> None:
+    """``run.group`` and ``run.name`` are one directory name each, so that a run stays inside
+    ``run.root``."""
+    if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
+        raise ConfigError(
+            f"{key} {value!r}: must be one directory name (not empty, '.' or '..', no '/' or "
+            "'\\'): the run's files go to run.root/run.group/run.name"
+        )
+
+
 # -- the run directory -------------------------------------------------------------------------
 class _NamesRun(Protocol):
     root: str
@@ -181,7 +256,21 @@ class RunDir:
     @classmethod
     def of(cls, run: _NamesRun) -> RunDir:
         """The directory a config's ``run`` section names: ``root/group/name``."""
+        check_run_name("run.group", run.group)
+        check_run_name("run.name", run.name)
+        for path, key in ((Path(run.root), "run.root"), (Path(run.root) / run.group, "run.group")):
+            if path.exists() and not path.is_dir():
+                raise ConfigError(f"{key}: {path} is a file, not a folder; choose another {key}")
         return cls(Path(run.root) / run.group / run.name)
+
+    def writer(self) -> WriterLock:
+        """This run's one-writer claim (:class:`WriterLock`), acquired: ``segbench fit`` holds it
+        from before it touches the directory until it ends. The lock file sits beside the
+        directory (``.<name>.writer``), so ``--run.overwrite`` moving the directory aside does not
+        move the claim with it."""
+        return WriterLock(
+            self.path.with_name(f".{self.path.name}.writer"), f"run {self.path}"
+        ).acquire()
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

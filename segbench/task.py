@@ -261,9 +261,12 @@ class SegmentationTask(L.LightningModule):
             if "Error(s) in loading state_dict" not in str(err):
                 raise
             details = " ".join(str(err).split())[:400]
+            trainer = self._trainer  # attached while Lightning restores --ckpt_path
+            path = getattr(trainer, "ckpt_path", None) if trainer is not None else None
             raise CheckpointError(
-                f"the checkpoint does not fit this {type(self.net).__name__} (was it trained "
-                f"with another architecture or width?): {details}"
+                f"{'the checkpoint' if path is None else path} does not fit this "
+                f"{type(self.net).__name__} (was it trained with another architecture or "
+                f"width?): {details}"
             ) from None
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -155,11 +155,13 @@ def test_fit_then_test_writes_a_complete_run_directory(tiny):
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny):
-    run_main(["fit", *tiny(epochs=1)])
+    # A constant learning rate: a poly schedule refuses other limits on resume (test below).
+    constant = ["--model.lr_schedule", "constant"]
+    run_main(["fit", *tiny(epochs=1, extra=constant)])
     run_dir = tiny.root / "test" / "tiny"
     steps = metrics(run_dir)["global_step"]
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    run_main(["fit", *tiny(epochs=2), "--ckpt_path", "last"])
+    run_main(["fit", *tiny(epochs=2, extra=constant), "--ckpt_path", "last"])
     m = metrics(run_dir)
     assert m["global_step"] == 2 * steps
     assert m["completed_epochs"] == 2
@@ -289,3 +291,19 @@ def test_same_seed_same_run_on_cpu(tiny):
         r.pop("step")
     assert results[0] == results[1]
     assert results[0] != results[2]
+
+
+def test_resuming_with_other_limits_under_a_poly_schedule_is_refused(tiny, capsys):
+    """The checkpoint's poly schedule reached learning rate 0 at the run's own end: "train
+    longer" would train nothing, silently. Refused, naming the keys and what to do."""
+    run_main(["fit", *tiny(epochs=1)])
+    run_dir = tiny.root / "test" / "tiny"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        run_main(["fit", *tiny(epochs=3), "--ckpt_path", "last"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "trainer.max_epochs 1 -> 3" in err
+    assert "learning rate 0" in err
+    assert f"--model.init_from {run_dir / 'checkpoints' / 'last.ckpt'}" in err
+    assert metrics(run_dir)["completed_epochs"] == 1

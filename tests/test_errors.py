@@ -251,6 +251,19 @@ CASES: list[tuple[str, Args, int, str]] = [
         "metrics.json: not valid JSON",
     ),
     ("report of nothing", lambda w: ["report", str(w.scratch / "none")], 1, "no metrics.json"),
+    (
+        "run.root is a file",
+        fit("--run.root", lambda w: w.file("root-file", "x")),
+        1,
+        r"run.root: .*root-file is a file",
+    ),
+    ("run.name escapes the root", fit("--run.name", "../../x"), 1, "one directory name"),
+    (
+        "predict --out is a file",
+        on_trained("predict", "--ckpt_path", "best", "--out", lambda w: w.file("out.txt", "x")),
+        1,
+        r"--out .*out\.txt: a file, not a folder",
+    ),
     ("tool on a non-run", lambda w: ["erf", str(w.scratch)], 1, "not a run directory"),
     (
         "tool on a run without the checkpoint",

@@ -39,7 +39,7 @@ def test_output_names_are_distinct():
     from pathlib import Path
 
     paths = [Path("/d/a/x.png"), Path("/d/b/x.png"), Path("/d/b/y.png"), Path("/d/b/y.jpg")]
-    assert output_names(paths) == ["a_x", "b_x", "b_y", "b_y_jpg"]
+    assert output_names(paths) == ["a_x", "b_x", "b_y_png", "b_y_jpg"]  # each says which
     assert output_names(paths[2:3]) == ["y"]
 
 

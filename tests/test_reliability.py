@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,11 @@ def test_wandb_refused_connection_and_no_key(wandb_key, monkeypatch):
     with pytest.raises(ConfigError, match="no W&B API key"):
         loggers.choose_wandb_mode("online")
     assert loggers.choose_wandb_mode("auto") == "offline"
+    # WANDB_MODE=online in the environment does not make auto fail without a key.
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert loggers.choose_wandb_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert loggers.choose_wandb_mode("auto") == "disabled"
 
 
 def test_wandb_answering_server_means_online(wandb_key, monkeypatch):
@@ -253,14 +259,17 @@ def small_disk(tmp_path):
 
 
 def test_disk_full_on_checkpoint_names_the_file_and_keeps_the_previous(small_disk, capsys):
-    args = tiny_args(small_disk, epochs=1)
+    constant = ["--model.lr_schedule", "constant"]  # so that the resume may train longer
+    args = tiny_args(small_disk, epochs=1, extra=constant)
     fit(args)
     run = RunDir(small_disk / "test" / "tiny")
     last = run.checkpoint("last")
     before = last.read_bytes()
     free = shutil.disk_usage(small_disk).free
     (small_disk / "filler").write_bytes(b"\0" * (free - len(before) // 2))
-    err = fails(["fit", *tiny_args(small_disk, epochs=2), "--ckpt_path", "last"], capsys)
+    err = fails(
+        ["fit", *tiny_args(small_disk, epochs=2, extra=constant), "--ckpt_path", "last"], capsys
+    )
     assert "disk full while writing" in err
     assert "MB free" in err
     assert last.read_bytes() == before  # the previous checkpoint is intact
@@ -354,3 +363,93 @@ def test_sigkill_under_ddp_then_resume_is_bit_identical(tmp_path):
     assert load(tmp_path / "test" / "killed" / "checkpoints" / "last.ckpt")["global_step"] == 9
     assert run_process([*killed, "--ckpt_path", "last"]) == 0
     assert_identical_runs(tmp_path / "test" / "whole", tmp_path / "test" / "killed")
+
+
+# -- one writer per run directory ------------------------------------------------------------------
+def fit_held_at_step_2(args: list[str], release: Path, **popen: object) -> subprocess.Popen:
+    """A ``fit`` process that stops after optimiser step 2 until ``release`` exists; returns
+    once it is waiting there."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segbench.cli", "fit", *args, "--trainer.callbacks+=tests.faults."
+         "kill.WaitAtStep", "--trainer.callbacks.step=2", f"--trainer.callbacks.release={release}"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, **popen,
+    )  # fmt: skip
+    while not Path(f"{release}.waiting").exists():
+        assert process.poll() is None, "the fit died before step 2"
+        time.sleep(0.1)
+    return process
+
+
+def test_a_second_fit_into_a_run_being_trained_is_refused_and_a_dead_holder_is_taken_over(
+    tmp_path,
+):
+    """Two processes: while a fit trains, a second fit of the same run (fresh, resumed or
+    overwriting) is refused, naming the holder, and changes nothing; once the holder is killed,
+    its claim is taken over."""
+    args = tiny_args(tmp_path, epochs=2, extra=["--run.checkpoint_every_n_steps", "1"])
+    run = RunDir(tmp_path / "test" / "tiny")
+    release = tmp_path / "release"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = fit_held_at_step_2(args, release)
+    try:
+        config = run.config.read_text()
+        for extra in ([], ["--run.overwrite", "true"], ["--ckpt_path", "last"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "segbench.cli", "fit", *args, *extra],
+                cwd=REPO, env=env, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            assert done.returncode == 1, (extra, done.stderr[-2000:])
+            assert f"run {run.path} is being written by pid {holder.pid}" in done.stderr, extra
+            assert "Traceback" not in done.stderr
+            assert run.config.read_text() == config  # nothing of the holder's run was touched
+        holder.kill()
+        holder.wait()
+    finally:
+        release.touch()
+        if holder.poll() is None:
+            holder.kill()
+    assert run_process([*args, "--run.overwrite", "true", "--trainer.max_epochs", "1"]) == 0
+    assert section(run.path)["completed_epochs"] == 1
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "..", "a/b", ""])
+def test_a_run_name_is_one_directory_inside_the_root(tiny, name, capsys):
+    err = fails(["fit", *tiny(name=name)], capsys)
+    assert "run.name" in err
+    assert "one directory name" in err
+    assert not (tiny.root.parent / "escaped").exists()
+
+
+def test_sigterm_during_fit_exits_143_marks_the_run_and_it_resumes(tmp_path):
+    args = tiny_args(tmp_path, epochs=2, extra=["--run.checkpoint_every_n_steps", "1"])
+    run = RunDir(tmp_path / "test" / "tiny")
+    release = tmp_path / "release"
+    fit_ = fit_held_at_step_2(args, release, stderr=subprocess.PIPE, text=True)
+    fit_.terminate()  # SIGTERM, handled once the step returns
+    release.touch()
+    _, err = fit_.communicate(timeout=120)
+    assert fit_.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in err
+    assert section(run.path)["finished"] is False
+    assert section(run.path, "provenance")["attempts"][-1]["interrupted"] == "SIGTERM"
+    assert run_process([*args, "--ckpt_path", "last"]) == 0
+    assert section(run.path)["finished"] is True
+    attempts = section(run.path, "provenance")["attempts"]
+    assert [a.get("interrupted") for a in attempts] == ["SIGTERM", None]
+
+
+def test_a_refused_resume_leaves_the_run_record_as_it_was(tiny, capsys):
+    """Resuming an FCN-8s run as FCN-16s fails on the checkpoint; config.yaml (what every tool
+    and the documented resume command read) still describes the run that exists."""
+    args = tiny(epochs=1, extra=["--model.lr_schedule", "constant"])  # may train on
+    fit(args)
+    run = RunDir(tiny.root / "test" / "tiny")
+    config, metrics = run.config.read_text(), run.metrics_file.read_text()
+    err = fails(["fit", *args, "--ckpt_path", "last", "--trainer.max_epochs", "2",
+                 "--model.net.init_args.variant", "16s"], capsys)  # fmt: skip
+    assert "last.ckpt" in err
+    assert run.config.read_text() == config
+    assert "variant: 8s" in config
+    assert json.loads(run.metrics_file.read_text())["config"] == json.loads(metrics)["config"]
+    fit([*args, "--ckpt_path", "last", "--trainer.max_epochs", "2"])  # the same run resumes
+    assert section(run.path)["completed_epochs"] == 2

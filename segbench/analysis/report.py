@@ -29,8 +29,10 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import difflib
 import glob
 import json
+import logging
 import math
 import re
 import statistics
@@ -45,6 +47,8 @@ import yaml
 from segbench.analysis.claims import Claim, Judgement, claims_table, judge, last_quarter_gain
 from segbench.config import LINKS, flatten
 from segbench.rundir import RunDir
+
+log = logging.getLogger("segbench")
 
 METRICS_FILE = RunDir.METRICS
 
@@ -388,6 +392,15 @@ def report(
     runs = [load_run(f) for f in files]
     rows, differing = group_runs(runs)
     available = {m for r in runs for m in r.metrics}
+    unknown = [m for m in metrics or () if m not in available]
+    if unknown:  # a typo would be an empty column, without a word
+        for m in unknown:
+            near = difflib.get_close_matches(m, sorted(available), n=2)
+            log.warning(
+                "--metrics %s: no run here logs it, its column stays empty%s",
+                m,
+                f" (did you mean {' or '.join(near)}?)" if near else "",
+            )
     metrics = list(metrics) if metrics else [m for m in DEFAULT_METRICS if m in available]
     ref = load_paper(paper)
     header, cells = build_table(rows, differing, metrics, ref, provenance)

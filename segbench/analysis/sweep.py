@@ -59,7 +59,7 @@ from segbench.analysis.launchers import (
 )
 from segbench.analysis.report import report
 from segbench.errors import ConfigError
-from segbench.rundir import RunDir, RunState
+from segbench.rundir import RunDir, RunState, WriterLock
 
 log = logging.getLogger("segbench")
 
@@ -433,6 +433,16 @@ def make_launcher(args: argparse.Namespace, group: str) -> Launcher:
 
 
 def main(argv: list[str]) -> None:
+    """``segbench sweep``; the group's claim (see :func:`_main`) is let go when it returns."""
+    claims: list[WriterLock] = []
+    try:
+        _main(argv, claims)
+    finally:
+        for claim in claims:
+            claim.release()
+
+
+def _main(argv: list[str], claims: list[WriterLock]) -> None:
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
@@ -466,6 +476,10 @@ def main(argv: list[str]) -> None:
     )
     _add_launcher_options(parser)
     args = parser.parse_args(argv)
+    seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run, not two
+    if seeds != args.seeds:
+        log.warning("--seeds %s: each seed once: %s", args.seeds, seeds)
+        args.seeds = seeds
 
     root = Path(args.experiments)
     if args.list:
@@ -501,6 +515,11 @@ def main(argv: list[str]) -> None:
         if not Path(path).is_file():
             parser.error(f"config not found: {path}")
     launcher = make_launcher(args, group)
+    # One sweep of a group at a time (held until this command ends; a dead holder's is taken
+    # over): a second would start the same fits again beside the first's.
+    if not args.dry_run:
+        lock = WriterLock(Path(args.root) / f".{group}.sweep", f"sweep {Path(args.root) / group}")
+        claims.append(lock.acquire())
     out = args.out or f"results/{group}"
     values: dict[str, Any] = {"group": group, "results": out}
     if ablation is not None:
@@ -582,7 +601,17 @@ def main(argv: list[str]) -> None:
     )
     sys.stdout.write(text)
     log.info("report: %s.md / .csv / .png", out)
-    if ablation is not None and not args.out:  # every scale: its group names it (-long, ...)
+    if ablation is not None and not args.out and extra:
+        # Fit arguments after -- (FIT_ARGS) make these runs other than the recipe's: their
+        # table must not replace the recipe's in the paper's RESULTS.md.
+        log.info(
+            "report not written into %s: the runs were given extra fit arguments (%s); the "
+            "report is in %s.md",
+            ablation.folder.parent / "RESULTS.md",
+            " ".join(extra),
+            out,
+        )
+    elif ablation is not None and not args.out:  # every scale: its group names it (-long, ...)
         results = ablation.folder.parent / "RESULTS.md"
         write_results(results, group, text)
         log.info("report table: %s", results)

@@ -9,24 +9,52 @@ remapped with a look-up table (e.g. CamVid's void 11 -> 255, Cityscapes' labelId
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+log = logging.getLogger("segbench")
+
+
+def _as_displayed(im: Image.Image, path: Path) -> Image.Image:
+    """The picture as a viewer shows it: turned by its EXIF orientation (a phone photo), and its
+    first frame (an animated GIF or a multi-page TIFF, said in the log)."""
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        log.warning("%s has %d frames: the first is read", path, frames)
+    return ImageOps.exif_transpose(im)
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """``H x W x 3`` uint8. 16-bit (and 32-bit integer) grey levels are scaled to 8 bits, not
+    clipped at 255 as Pillow's own conversion does (a 16-bit PNG would read as pure white);
+    palette, CMYK, grey and alpha images are converted by Pillow."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
+
 
 def read_image(path: Path) -> torch.Tensor:
-    """Decode an image file to ``uint8 3 x H x W`` RGB."""
+    """Decode an image file to ``uint8 3 x H x W`` RGB, as a viewer shows it (EXIF orientation,
+    16-bit grey scaled to 8 bits, the first frame of an animation)."""
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
+            arr = _to_rgb(_as_displayed(im, path))
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
+    except Image.DecompressionBombError as err:
+        raise OSError(f"cannot read image {path}: {err}") from None
     except OSError as err:  # PIL.UnidentifiedImageError is an OSError
         raise OSError(f"cannot read image {path}: {err}") from err
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
@@ -40,11 +68,14 @@ def read_mask(path: Path, palette: Sequence[Sequence[int]] | None = None) -> np.
     """
     try:
         with Image.open(path) as im:
+            im = _as_displayed(im, path)  # the same turn as its image's
             im.load()
             mode = im.mode
             arr = np.asarray(im.convert("RGB") if mode in ("RGB", "RGBA") else im)
     except FileNotFoundError:
         raise FileNotFoundError(f"mask not found: {path}") from None
+    except Image.DecompressionBombError as err:
+        raise OSError(f"cannot read mask {path}: {err}") from None
     except OSError as err:
         raise OSError(f"cannot read mask {path}: {err}") from err
     if arr.ndim == 2:
@@ -198,17 +229,22 @@ def find_images(patterns: Sequence[str]) -> list[Path]:
     found: list[Path] = []
     for pattern in patterns:
         path = Path(pattern).expanduser()
-        if glob.has_magic(pattern):
-            matches = [Path(p) for p in sorted(glob.glob(str(path), recursive=True))]
+        if glob.has_magic(pattern) and "**" in pattern:
+            files = [p for p in _walk(_static_root(path)) if _glob_regex(path).fullmatch(str(p))]
+            files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+            if not files:
+                raise FileNotFoundError(
+                    f"--images {pattern}: no image file matches ({', '.join(IMAGE_SUFFIXES)})"
+                )
+        elif glob.has_magic(pattern):  # one level per component: no recursion, no loop
+            matches = [Path(p) for p in sorted(glob.glob(str(path)))]
             files = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
             if not files:
                 raise FileNotFoundError(
                     f"--images {pattern}: no image file matches ({', '.join(IMAGE_SUFFIXES)})"
                 )
         elif path.is_dir():
-            files = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            files = [p for p in _walk(path) if p.suffix.lower() in IMAGE_SUFFIXES]
             if not files:
                 raise FileNotFoundError(
                     f"--images {pattern}: the folder holds no image file "
@@ -219,7 +255,60 @@ def find_images(patterns: Sequence[str]) -> list[Path]:
         else:
             raise FileNotFoundError(f"--images {pattern}: no such file or folder")
         found += files
-    return list(dict.fromkeys(found))
+    unique: dict[Path, Path] = {}  # the same file named twice (a link, ./x, x) is read once
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
+
+
+def _walk(root: Path) -> list[Path]:
+    """The files under ``root``, sorted, following links to folders but each real folder once
+    (a link to a folder above it would otherwise loop for ever)."""
+    seen: set[tuple[int, int]] = set()
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        files += [Path(folder) / n for n in names if (Path(folder) / n).is_file()]
+    return sorted(files)
+
+
+def _static_root(pattern: Path) -> Path:
+    """The folder part of a glob before its first wildcard (``photos/2024/**/*.jpg`` ->
+    ``photos/2024``)."""
+    import glob
+
+    parts = pattern.parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return Path(*parts[:first]) if first else Path(".")
+
+
+def _glob_regex(pattern: Path) -> re.Pattern[str]:
+    """A regex for a glob with ``**`` over paths as :func:`_walk` gives them: ``**/`` is zero
+    or more folders, ``*`` and ``?`` stay within one path component, ``[...]`` is a class."""
+    import fnmatch
+
+    text = str(pattern)
+    out, i = "", 0
+    while i < len(text):
+        if text.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif text.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif text[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif text[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif text[i] == "[" and "]" in text[i + 1 :]:
+            end = text.index("]", i + 1)
+            out, i = out + fnmatch.translate(text[i : end + 1])[4:-3], end + 1
+        else:
+            out, i = out + re.escape(text[i]), i + 1
+    return re.compile(out)
 
 
 def output_names(paths: Sequence[Path]) -> list[str]:
@@ -237,12 +326,10 @@ def output_names(paths: Sequence[Path]) -> list[str]:
             names.append("_".join(parts))
         else:
             names.append(stem)
-    seen: dict[str, int] = {}
-    for i, name in enumerate(names):  # x.png and x.jpg in one folder
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] > 1:
-            names[i] = f"{name}_{paths[i].suffix.lower().lstrip('.')}"
-    return names
+    # x.png and x.jpg in one folder: each takes its suffix (x_png, x_jpg), not only the second.
+    clash = {n for n in names if names.count(n) > 1}
+    return [f"{n}_{p.suffix.lower().lstrip('.')}" if n in clash else n
+            for n, p in zip(names, paths, strict=True)]  # fmt: skip
 
 
 def image_size(path: Path) -> tuple[int, int] | str:

@@ -230,3 +230,11 @@ def test_keys_missing_from_older_runs_do_not_split_rows(runs):
     lines = report([str(runs)], metrics=["test/mIoU"]).strip().splitlines()
     assert lines[0] == "| run | variant | test_protocol.mode | n | test/mIoU (%) |"
     assert sum(line.startswith("| fcn8s |") for line in lines) == 2
+
+
+def test_a_metric_no_run_logs_is_named(runs, caplog):
+    with caplog.at_level("WARNING", logger="segbench"):
+        text = report([str(runs)], metrics=["test/mIoU", "test/mIOU"])
+    assert "| test/mIOU |" in text.splitlines()[0]  # the column stays, empty
+    assert "--metrics test/mIOU: no run here logs it" in caplog.text
+    assert "did you mean test/mIoU" in caplog.text

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from segbench.analysis.sweep import fit_command, run_state
 from tests.analysis.conftest import sweep_command
-from tests.conftest import REPO, tiny_args
+from tests.conftest import REPO
 
 
 def test_sweep_runs_reports_and_skips_finished_runs(tmp_path):
@@ -93,13 +95,16 @@ def test_an_ablation_sweep_runs_its_steps_and_skips_recorded_runs(tmp_path):
     a step after all; a second call skips the run and the recorded step."""
     folder = tmp_path / "experiments" / "probe" / "synthetic"
     (folder / "variants").mkdir(parents=True)
-    fit_args = tiny_args(tmp_path, name="unused")
-    keep = [
-        a
-        for i, a in enumerate(fit_args[2:])
-        if not (a.startswith("--run.") or (i and fit_args[2:][i - 1].startswith("--run.")))
-    ]
     (folder / "base.yaml").write_text((REPO / "experiments" / "quickstart.yaml").read_text())
+    # The tiny schedule as a scale of the ablation (a scale's runs are the recipe's, so their
+    # table goes into RESULTS.md; fit arguments after -- would keep it out).
+    (folder / "_scale_tiny.yaml").write_text(
+        "run: {wandb: disabled}\n"
+        "trainer: {max_epochs: 1, enable_progress_bar: false, enable_model_summary: false}\n"
+        "model: {net: {init_args: {width: 0.0625}}}\n"
+        "data: {init_args: {num_train: 16, num_val: 10, num_test: 6, image_size: [64, 64], "
+        "batch_size: 4, num_workers: 0}}\n"
+    )
     (folder / "variants" / "fcn8s.yaml").write_text("{}\n")
     (folder / "ablation.yaml").write_text(
         "name: probe\ngroup: probe\nmetrics: [test/mIoU, gridding/impulse]\n"
@@ -113,23 +118,21 @@ def test_an_ablation_sweep_runs_its_steps_and_skips_recorded_runs(tmp_path):
         "sweep",
         "--ablation",
         "probe",
+        "--scale",
+        "tiny",
         "--experiments",
         str(tmp_path / "experiments"),
         "--seeds",
         "0",
-        "--",
-        *keep,
-        "--run.wandb",
-        "disabled",
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
-    table = (tmp_path / "results" / "probe.md").read_text()
+    table = (tmp_path / "results" / "probe-tiny.md").read_text()
     assert "gridding/impulse" in table
     # ... and beside the experiments, in the paper's RESULTS.md, between the sweep marks.
     results = (tmp_path / "experiments" / "probe" / "RESULTS.md").read_text()
-    assert "<!-- sweep:probe" in results
+    assert "<!-- sweep:probe-tiny" in results
     assert "gridding/impulse" in results
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -153,3 +156,51 @@ def test_results_tables_are_rewritten_between_the_marks_only(tmp_path):
     write_results(path, "h", "| other |")  # a group without marks gets its own section
     assert "## h" in path.read_text()
     assert "| new |" in path.read_text()
+
+
+def test_a_second_sweep_of_a_group_is_refused_and_seeds_are_run_once(tmp_path, capsys):
+    from segbench.cli import main
+    from segbench.rundir import WriterLock
+
+    args = ["sweep", "--ablation", "fcn", "--seeds", "0", "0", "--root", str(tmp_path)]
+    # A live sweep of the group (here: this process, through another descriptor).
+    holder = WriterLock(tmp_path / ".fcn-skips.sweep", "sweep").acquire()
+    try:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, "--variants", "fcn32s"])
+        assert exit_.value.code == 1
+        err = capsys.readouterr().err
+        assert f"sweep {tmp_path / 'fcn-skips'} is being written by pid {os.getpid()}" in err
+    finally:
+        holder.release()
+    main([*args, "--variants", "fcn32s", "--dry-run"])
+    plan = capsys.readouterr().err
+    assert "[1/1] fcn-skips/fcn32s-s0:" in plan, plan  # one run, not two
+    assert "each seed once" in plan
+
+
+def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monkeypatch):
+    """FIT_ARGS='--trainer.max_epochs 1' makes runs other than the recipe's: their table goes to
+    results/, never over the recipe's table in the paper's RESULTS.md."""
+    from segbench.analysis import sweep
+
+    folder = tmp_path / "experiments" / "probe" / "synthetic"
+    (folder / "variants").mkdir(parents=True)
+    (folder / "base.yaml").write_text("{}\n")
+    (folder / "variants" / "a.yaml").write_text("{}\n")
+    (folder / "ablation.yaml").write_text("name: probe\ngroup: probe\n")
+    results = tmp_path / "experiments" / "probe" / "RESULTS.md"
+    results.write_text("<!-- sweep:probe -->\n| the recipe's table |\n<!-- /sweep:probe -->\n")
+    monkeypatch.setattr(sweep.ProcessLauncher, "launch", lambda self, planned: [])
+    monkeypatch.setattr(sweep, "report", lambda *a, **k: "| a 1-epoch table |\n")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "probe" / "a-s0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    sweep.main(["--ablation", "probe", "--experiments", str(tmp_path / "experiments"),
+                "--seeds", "0", "--", "--trainer.max_epochs", "1"])  # fmt: skip
+    assert "| the recipe's table |" in results.read_text()
+    sweep.main(["--ablation", "probe", "--experiments", str(tmp_path / "experiments"),
+                "--seeds", "0"])  # fmt: skip
+    assert "| a 1-epoch table |" in results.read_text()

@@ -12,6 +12,7 @@ from PIL import Image
 
 from segbench.data import CamVid, FolderSegmentation
 from segbench.data.camvid import ENV_VAR
+from segbench.data.files import find_images, output_names, read_image, read_mask
 
 SEGNET_PREFIX = "/SegNet/CamVid/"
 
@@ -183,3 +184,60 @@ def test_median_frequency_weights_match_a_hand_count(tmp_path):
     median = sorted(freq.values())[1]
     want = [median / freq[0], median / freq[1], median / freq[2], 1.0]
     assert dm.median_frequency_weights() == pytest.approx(want)
+
+
+# -- images as a viewer shows them ---------------------------------------------------------------
+def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(64, dtype=np.uint16) * 1024).reshape(8, 8)  # 0 .. 64,512 of 65,535
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # mode I;16
+    img = read_image(tmp_path / "deep.png")
+    assert img.shape == (3, 8, 8)
+    want = np.rint(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert np.array_equal(img[0].numpy(), want)
+    assert len(np.unique(img.numpy())) > 32  # a ramp, not pure white
+
+
+def test_exif_orientation_turns_the_image_and_its_mask_alike(tmp_path):
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    pixels[0, :, 0] = 255  # a red top row, as stored
+    im = Image.fromarray(pixels)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display" (a phone held upright)
+    im.save(tmp_path / "phone.png", exif=exif)
+    img = read_image(tmp_path / "phone.png")
+    assert img.shape == (3, 6, 4)  # displayed: portrait
+    assert img[0, :, -1].tolist() == [255] * 6  # the stored top row is the right column
+    assert img[0, :, :-1].sum() == 0
+    mask = Image.fromarray(np.arange(24, dtype=np.uint8).reshape(4, 6), mode="L")
+    mask.save(tmp_path / "phone_mask.png", exif=exif)
+    assert read_mask(tmp_path / "phone_mask.png").shape == (6, 4)
+
+
+def test_an_animated_gif_reads_its_first_frame_and_says_so(tmp_path, caplog):
+    frames = [Image.new("RGB", (5, 5), c) for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with caplog.at_level("WARNING", logger="segbench"):
+        img = read_image(tmp_path / "anim.gif")
+    assert img[0].float().mean() > 200  # red: frame 1
+    assert "anim.gif has 2 frames: the first is read" in caplog.text
+
+
+def test_folders_and_globs_follow_each_real_folder_once(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for name in ("d/a.png", "d/sub/b.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "d" / "sub" / "loop").symlink_to(tmp_path / "d")  # a link to a folder above
+    (tmp_path / "d" / "self").symlink_to(tmp_path / "d")
+    want = [tmp_path / "d" / "a.png", tmp_path / "d" / "sub" / "b.png"]
+    assert find_images([str(tmp_path / "d")]) == want
+    assert find_images([str(tmp_path / "d" / "**" / "*.png")]) == want
+    assert find_images([f"{tmp_path}/d/*.png"]) == want[:1]  # one level: no recursion
+    # The same file named three ways is one image.
+    same = [str(tmp_path / "d" / "a.png"), str(tmp_path / "d" / "self" / "a.png"),
+            str(tmp_path / "d" / "sub" / ".." / "a.png")]  # fmt: skip
+    assert find_images(same) == [tmp_path / "d" / "a.png"]
+
+
+def test_images_of_one_stem_get_names_that_say_which(tmp_path):
+    paths = [tmp_path / "x" / "p.jpg", tmp_path / "x" / "p.png", tmp_path / "y" / "q.png"]
+    assert output_names(paths) == ["x_p_jpg", "x_p_png", "q"]

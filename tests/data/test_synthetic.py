@@ -273,3 +273,12 @@ def test_scenes_rendered_by_several_processes_are_the_same_file(tmp_path):
 def test_render_workers_must_not_be_negative():
     with pytest.raises(ConfigError, match="render_workers"):
         SyntheticSegmentation(render_workers=-1)
+
+
+def test_a_cache_folder_that_is_a_file_is_named(tmp_path, monkeypatch):
+    from segbench.cache import cache_root
+
+    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "file"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"SEGBENCH_CACHE=.*file is a file, not a folder"):
+        cache_root()

@@ -1,9 +1,10 @@
-"""A callback that SIGKILLs its own training process at a given optimiser step."""
+"""Callbacks that SIGKILL their own training process, or hold it, at a given optimiser step."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
@@ -22,3 +23,23 @@ class KillAtStep(Callback):
     def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
         if trainer.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class WaitAtStep(Callback):
+    """Block after optimiser step ``step`` until the file ``release`` exists (a fit that is
+    surely mid-training while a test starts another process beside it).
+
+    Args:
+        step: the global step after which to wait.
+        release: the file whose appearance lets training go on.
+    """
+
+    def __init__(self, step: int, release: str) -> None:
+        self.step, self.release = step, release
+
+    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            with open(self.release + ".waiting", "w") as f:
+                f.write(str(os.getpid()))
+            while not os.path.exists(self.release):
+                time.sleep(0.05)
