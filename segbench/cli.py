@@ -307,8 +307,10 @@ class SegbenchCLI(LightningCLI):
     @rank_zero_only
     def _claim_run_dir(self) -> None:
         """One ``fit`` writes a run directory at a time (fresh, resumed or overwriting): a
-        second is refused before it touches anything, naming the process that holds it."""
-        self._writer = self.run.writer()
+        second is refused before it touches anything, naming the process that holds it. (A smoke
+        test writes to a temporary directory of its own: nothing to claim.)"""
+        if not self.cfg.trainer.get("fast_dev_run"):
+            self._writer = self.run.writer()
 
     @rank_zero_only
     def _prepare_run_dir(self) -> None:
@@ -383,6 +385,7 @@ class SegbenchCLI(LightningCLI):
         ]
         if self.subcommand == "predict":
             self.datamodule.predict_images = self.cfg.images
+            self.datamodule.predict_max_pixels = self.cfg.max_megapixels * 1e6
             # Lightning cannot tell which files a batch of images held (each loader item is a
             # whole batch); the writer names them from the batch itself.
             warnings.filterwarnings("ignore", "Couldn't infer the batch indices", UserWarning)
@@ -494,6 +497,14 @@ def add_predict_arguments(parser: LightningArgumentParser) -> None:
         type=bool,
         default=False,
         help="also write <name>_probs.npy: the class probabilities, float16 K x H x W",
+    )
+    parser.add_argument(
+        "--max_megapixels",
+        type=float,
+        default=40.0,
+        help="images larger than this (width x height / 1e6) are skipped and reported before "
+        "anything is predicted: predicting a whole image holds ~150-180 bytes a pixel (40 MP: "
+        "~7 GB); tile larger ones first, or raise this where the memory is there",
     )
     # Predictions go to files; kept in memory as well, a large folder would fill it.
     parser.set_defaults(return_predictions=False)

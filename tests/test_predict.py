@@ -101,3 +101,25 @@ def test_predict_names_a_folder_without_images(tiny, capsys):
         main(["predict", "--config", config, "--ckpt_path", "best", "--images", str(empty)])
     assert exit_.value.code == 1
     assert f"--images {empty}: the folder holds no image file" in capsys.readouterr().err
+
+
+def test_images_too_large_are_skipped_up_front_and_the_others_predicted(tiny, monkeypatch, capsys):
+    """Over --max_megapixels, or over Pillow's decompression-bomb limit: each is reported with
+    its size and what to do, before anything is predicted, and costs the others nothing."""
+    run_main(["fit", *tiny()])
+    config = str(tiny.root / "test" / "tiny" / "config.yaml")
+    images = tiny.root / "images"
+    images.mkdir()
+    for name, side in (("small", 64), ("large", 90), ("bomb", 200)):
+        Image.new("RGB", (side, side), (90, 160, 60)).save(images / f"{name}.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # "bomb" (40,000 px) is over twice it
+    out = tiny.root / "out"
+    capsys.readouterr()
+    run_main(["predict", "--config", config, "--ckpt_path", "best", "--images", str(images),
+              "--out", str(out), "--max_megapixels", "0.006"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert (out / "small.png").is_file()
+    assert not (out / "large.png").exists()
+    assert not (out / "bomb.png").exists()
+    assert "large.png: 90 x 90 = 0.0081 MP is over --max_megapixels 0.006" in err
+    assert "bomb.png: cannot read it (DecompressionBombError" in err

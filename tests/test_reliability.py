@@ -290,9 +290,15 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_trains(tiny, capsys):
     assert not list(run.path.parent.glob(".tiny.replaced-*"))
 
 
-def test_a_smoke_run_leaves_the_run_directory_alone(tiny):
+def test_a_smoke_run_leaves_the_run_directory_alone(tiny, monkeypatch):
+    import tempfile
+
+    tmp = tiny.root / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     fit(tiny(extra=["--trainer.fast_dev_run", "true"]))
     assert not (tiny.root / "test" / "tiny").exists()
+    assert not list(tmp.iterdir())  # its temporary directory is gone, with nothing beside it
     fit(tiny())  # the real run is not refused
 
 

@@ -210,6 +210,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         #: ``segbench predict --images``: the files to predict instead of the test split.
         self.predict_images: list[str] | None = None
+        #: ``segbench predict --max_megapixels`` (in pixels): larger images are skipped.
+        self.predict_max_pixels: float | None = None
         #: ``(path, why)`` of the files of ``predict_images`` that could not be read.
         self.skipped_images: list[tuple[str, str]] = []
 
@@ -325,8 +327,16 @@ class SegmentationDataModule(L.LightningDataModule):
         paths, sizes = [], []
         for path in find_images(patterns):
             size = image_size(path)
+            limit = self.predict_max_pixels
+            if not isinstance(size, str) and limit is not None and size[0] * size[1] > limit:
+                size = (
+                    f"{size[1]} x {size[0]} = {size[0] * size[1] / 1e6:.3g} MP is over "
+                    f"--max_megapixels {limit / 1e6:g}: predicting it whole would hold ~"
+                    f"{size[0] * size[1] * 170 / 2**30:.0f} GB; tile it first, or raise "
+                    "--max_megapixels where the memory is there"
+                )
             if isinstance(size, str):
-                log.warning("skipped %s: cannot read it (%s)", path, size)
+                log.warning("skipped %s: %s", path, size)
                 self.skipped_images.append((str(path), size))
                 continue
             paths.append(path)

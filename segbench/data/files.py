@@ -337,8 +337,8 @@ def image_size(path: Path) -> tuple[int, int] | str:
     try:
         with Image.open(path) as im:
             return im.height, im.width
-    except OSError as err:  # PIL.UnidentifiedImageError is an OSError
-        return f"{type(err).__name__}: {err}"
+    except (OSError, Image.DecompressionBombError) as err:  # Unidentified...: an OSError
+        return f"cannot read it ({type(err).__name__}: {err})"
 
 
 class ImageFiles(Dataset):
