@@ -109,6 +109,24 @@ class SaveRunConfig(SaveConfigCallback):
 #: Keys the data module sets (through LINKS); a value given by hand would be silently replaced.
 _LINKED = tuple(target for _, target in LINKS)
 
+#: Config keys (prefixes) a resume may change: where the files go and how they are logged, how
+#: often it validates, checkpoints and logs, evaluation-only settings, the loader's processes
+#: (the data order does not depend on them), values the data module links in, and the resume's
+#: own arguments. Anything else would mix two recipes in one run.
+RESUME_MAY_CHANGE = (
+    "ckpt_path", "config", "run.root", "run.group", "run.name",  # the same run, however named
+    "run.overwrite", "run.wandb", "run.tags", "run.project",
+    "run.test_after_fit", "run.checkpoint_every_", "run.effective_batch",
+    "trainer.callbacks", "trainer.logger", "trainer.enable_", "trainer.log_every_n_steps",
+    "trainer.profiler", "trainer.num_sanity_val_steps", "trainer.limit_val_batches",
+    "trainer.limit_test_batches", "trainer.limit_predict_batches",
+    "trainer.check_val_every_n_epoch", "trainer.val_check_interval", "trainer.default_root_dir",
+    "data.init_args.num_workers", "data.init_args.val_batch_size", "data.init_args.render_workers",
+    "model.val_protocol.", "model.test_protocol.", *_LINKED,
+)  # fmt: skip
+#: Training limits: a resume may change them where the learning-rate schedule has no end.
+LIMITS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_")
+
 
 class _Parser(LightningArgumentParser):
     """jsonargparse's errors, plus the file and line of a key that a config file misspells."""
@@ -236,34 +254,50 @@ class SegbenchCLI(LightningCLI):
         if self.subcommand == "fit":
             self._claim_run_dir()
         if self.subcommand == "fit" and self._ckpt_progress is not None:
-            self._check_schedule()
+            self._check_resume()
             self._check_finished(*self._ckpt_progress)  # on every process: all skip, or none
         elif self.subcommand == "fit":
             self._prepare_run_dir()
 
-    def _check_schedule(self) -> None:
-        """A resume keeps the checkpoint's learning-rate schedule, laid out for the run's
-        ``trainer.max_epochs`` / ``max_steps``: a poly or cosine schedule has reached learning
-        rate 0 there, so resuming with other limits would "train longer" at learning rate 0 (or
-        end early with the rate still high). Refused, saying what to do instead."""
+    def _check_resume(self) -> None:
+        """A resume continues the run as it was configured. The checkpoint brings its optimiser
+        state and learning-rate schedule back over whatever the command line says, so a changed
+        learning rate would be ignored while ``config.yaml`` recorded it, a changed network would
+        not load, other changes would mix two recipes in one run. A resume whose config differs
+        from the run's recorded one (``metrics.json`` ``config``) in anything but
+        :data:`RESUME_MAY_CHANGE` is refused, naming the keys. Training longer
+        (``trainer.max_epochs`` / ``max_steps``) is allowed where the schedule has no end
+        (``constant``, ``step``): a ``poly`` or ``cosine`` schedule, laid out for the run's own
+        limits, is at learning rate 0 there."""
         recorded = self.run.section("config")
-        schedule = self.cfg.model.get("lr_schedule", "poly")
-        if not recorded or schedule not in ("poly", "cosine"):
+        if not recorded:  # a checkpoint of another run, or a run made before records
             return
+        new = flatten(self.cfg)
+        schedule = new.get("model.lr_schedule", "poly")
+        may_change = RESUME_MAY_CHANGE + (() if schedule in ("poly", "cosine") else LIMITS)
         changed = [
-            f"trainer.{key} {recorded[f'trainer.{key}']} -> {self.cfg.trainer.get(key)}"
-            for key in ("max_epochs", "max_steps")
-            if f"trainer.{key}" in recorded
-            and recorded[f"trainer.{key}"] != self.cfg.trainer.get(key)
+            f"{key} {recorded[key]!r} -> {new[key]!r}"
+            for key in sorted(recorded.keys() & new.keys())
+            if recorded[key] != new[key] and not key.startswith(may_change)
         ]
-        if changed:
-            raise ConfigError(
-                f"resuming {self.run.path} with {', '.join(changed)}: its {schedule} learning-rate "
-                "schedule (in the checkpoint) was laid out for the run's own limits and reaches "
-                "0 at their end, so the extra training would run at learning rate 0. Resume with "
-                "the run's limits; to train longer, start a new run from its weights with its own "
-                f"schedule (--model.init_from {self.run.checkpoint('last')} --run.name NEW)."
+        if not changed:
+            return
+        longer = all(c.startswith(LIMITS) for c in changed)
+        raise ConfigError(
+            f"resuming {self.run.path} with other settings than it was trained with: "
+            f"{'; '.join(changed)}. "
+            + (
+                f"Its {schedule} learning-rate schedule (in the checkpoint) was laid out for the "
+                "run's own limits and is at learning rate 0 at their end: the extra training "
+                "would run at rate 0. "
+                if longer
+                else "The checkpoint's optimiser state and schedule would win over some of "
+                "them while the run's record said otherwise. "
             )
+            + "Resume with the run's own settings (--config "
+            f"{self.run.config} --ckpt_path last); to change them, start a new run from its "
+            f"weights (--model.init_from {self.run.checkpoint('last')} --run.name NEW)."
+        )
 
     def _check_finished(self, epochs: int, steps: int) -> None:
         """A resumed run whose checkpoint is the end of training under the config's limits

@@ -459,3 +459,24 @@ def test_a_refused_resume_leaves_the_run_record_as_it_was(tiny, capsys):
     assert json.loads(run.metrics_file.read_text())["config"] == json.loads(metrics)["config"]
     fit([*args, "--ckpt_path", "last", "--trainer.max_epochs", "2"])  # the same run resumes
     assert section(run.path)["completed_epochs"] == 2
+
+
+def test_a_resume_with_other_settings_is_refused_naming_them(tiny, capsys):
+    """The checkpoint's optimiser state would keep the old learning rate while the record said
+    the new one: refused, nothing of the run changed. Settings that do not change the training
+    (loader workers, logging, validation) may change."""
+    args = tiny(epochs=2, extra=["--run.checkpoint_every_n_steps", "1"])
+    kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=3"]
+    assert run_process([*args, *kill]) == -9
+    run = RunDir(tiny.root / "test" / "tiny")
+    config, metrics = run.config.read_text(), run.metrics_file.read_text()
+    err = fails(["fit", *args, "--ckpt_path", "last", "--model.optimizer.init_args.lr", "0.5",
+                 "--seed_everything", "3"], capsys)  # fmt: skip
+    assert "model.optimizer.init_args.lr 0.05 -> 0.5" in err
+    assert "seed_everything 0 -> 3" in err
+    assert "--model.init_from" in err
+    assert run.config.read_text() == config
+    assert run.metrics_file.read_text() == metrics
+    fit([*args, "--ckpt_path", "last", "--data.init_args.num_workers", "1",
+         "--trainer.log_every_n_steps", "5", "--run.test_after_fit", "true"])  # fmt: skip
+    assert section(run.path)["finished"] is True
