@@ -64,10 +64,11 @@ def folder_data(w: World, problem: str) -> list[str]:
     (root / "masks").mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+        side = 40 if problem == "sizes" and i == 1 else 32
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(
             root / "images" / f"{i}.png"
         )
-        mask = rng.integers(0, 3, (32, 32), dtype=np.uint8)
+        mask = rng.integers(0, 3, (side, side), dtype=np.uint8)
         if problem == "label" and i == 1:
             mask[0, 0] = 7
         Image.fromarray(mask).save(root / "masks" / f"{i}.png")
@@ -193,6 +194,12 @@ CASES: list[tuple[str, Args, int, str]] = [
     ("corrupt image", data("corrupt"), 1, r"cannot read image .*2\.png"),
     ("listed file missing", data("missing"), 1, r"train\.txt:5: no such file .*9\.png"),
     ("label beyond classes", data("label"), 1, r"1\.png: label values \[7\] are outside"),
+    (
+        "mixed sizes in a batch",
+        data("sizes"),
+        1,
+        r"different sizes .* data\.init_args\.batch_size 1",
+    ),
     # -- checkpoints -------------------------------------------------------------------------------
     ("ckpt missing", fit("--ckpt_path", "/nonexistent.ckpt"), 1, "nonexistent.ckpt: no such"),
     (

@@ -449,6 +449,10 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
         argv, extra = argv[:i], argv[i + 1 :]
     parser = argparse.ArgumentParser(
         prog="segbench sweep",
+        # Short: an error prints it above its one line (argparse's own would list every option
+        # over 19 lines); --help gives them all.
+        usage="%(prog)s (--ablation NAME | --group G --variants V.yaml ...) [--seeds S ...] "
+        "[--scale NAME] [--jobs N] [options] [-- FIT ARGUMENTS]   (--help: every option)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

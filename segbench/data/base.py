@@ -73,10 +73,11 @@ def collate(samples: list[dict[str, object]]) -> dict[str, object]:
         if len(sizes) < 2:
             raise
         names = [s.get("name") for s in samples]
-        raise RuntimeError(
+        raise ConfigError(  # a user's setting, not a bug: no traceback
             f"images {names} have different sizes {sizes} and cannot be stacked into one batch: "
             "evaluate whole images one at a time (data.init_args.val_batch_size 1); for "
-            "training, crop them to one size (augment.crop_size) or use batch_size 1"
+            "training, crop them to one size (data.init_args.augment.crop_size) or use "
+            "data.init_args.batch_size 1"
         ) from err
 
 

@@ -82,8 +82,10 @@ def read_mask(path: Path, palette: Sequence[Sequence[int]] | None = None) -> np.
         return arr.astype(np.int64)
     if palette is None:
         raise ValueError(
-            f"{path} is an {mode} mask: give the data module a palette (one RGB colour per class)"
-            " to convert it, or store class indices in a single-channel or palette PNG"
+            f"{path} is an {mode} mask, but masks here hold class indices: store them in a "
+            "single-channel or palette PNG (CamVid's SegNet layout and VOC do); only "
+            "FolderSegmentation reads colour-coded masks, given its colours in "
+            "data.init_args.palette (one RGB colour per class)"
         )
     code = (arr[..., 0].astype(np.int64) << 16) | (arr[..., 1].astype(np.int64) << 8) | arr[..., 2]
     keys = np.asarray([(r << 16) | (g << 8) | b for r, g, b in palette], np.int64)

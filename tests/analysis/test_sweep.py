@@ -204,3 +204,16 @@ def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monk
     sweep.main(["--ablation", "probe", "--experiments", str(tmp_path / "experiments"),
                 "--seeds", "0"])  # fmt: skip
     assert "| a 1-epoch table |" in results.read_text()
+
+
+def test_a_bad_sweep_option_is_one_line_under_a_short_usage(capsys):
+    from segbench.cli import main
+
+    for args, says in ((["--jobs", "0"], "--jobs: must be at least 1, got 0"),
+                       (["--variants", "nope"], "--variants nope: not in")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            main(["sweep", "--ablation", "fcn", *args])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 2, err  # the usage line, then the error
+        assert says in err[1]

@@ -123,7 +123,7 @@ def test_folder_reads_rgb_masks_through_the_palette(tmp_path):
     palette = [(0, 0, 0), (255, 0, 0), (0, 255, 0)]
     with pytest.raises(ValueError, match=r"colours \[\(255, 255, 255\)\] are not in the palette"):
         first_batch(make_folder(root, palette=palette))
-    with pytest.raises(ValueError, match="give the data module a palette"):
+    with pytest.raises(ValueError, match=r"given its colours in data\.init_args\.palette"):
         first_batch(make_folder(root))
 
 

@@ -22,6 +22,7 @@ from segbench.data.base import default_palette
 from segbench.data.cityscapes import ENV_VAR as CITYSCAPES_ENV
 from segbench.data.convert_sbd import convert_sbd, voc_palette_png
 from segbench.data.voc import SBD_ENV, VOC_ENV
+from segbench.errors import ConfigError
 from tests.data.test_files import write_png
 
 VOC_PALETTE = [c for rgb in default_palette(256) for c in rgb]
@@ -346,8 +347,8 @@ def test_ade20k_errors_name_what_is_missing(tmp_path):
     root = ade20k_tree(tmp_path)
     dm = ADE20K(root=str(root), num_workers=0, val_batch_size=2)
     dm.setup("validate")
-    with pytest.raises(
-        RuntimeError, match=r"different sizes .* at a time \(data\.init_args\.val_batch_size 1\)"
+    with pytest.raises(  # a user error (no traceback), not a RuntimeError
+        ConfigError, match=r"different sizes .* at a time \(data\.init_args\.val_batch_size 1\)"
     ):
         next(iter(dm.val_dataloader()))
     (root / "ADEChallengeData2016/annotations/validation/ADE_val_00000002.png").unlink()
