@@ -274,6 +274,7 @@ class ProcessLauncher:
             else {**os.environ, **env},
             stdout=log_file,
             stderr=subprocess.STDOUT if log_file else None,
+            preexec_fn=_terminate_with_parent if sys.platform == "linux" else None,
         )
         return _Running(run, process, slot, time.perf_counter(), log_path, log_file)
 
@@ -297,6 +298,16 @@ class ProcessLauncher:
             for line in _tail(job.log_path, 5):
                 log.error("    %s", line)
         return False
+
+
+def _terminate_with_parent() -> None:
+    """In a fit just forked by the sweep (Linux): SIGTERM when the sweep dies, ``kill -9``
+    included, so no fit runs on orphaned beside the next sweep's (it then stops as on any
+    SIGTERM: its last checkpoint kept, exit 143, resumed by the next sweep)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _interrupt_on_sigterm() -> Any:

@@ -28,9 +28,10 @@ from segbench.analysis.launchers import (
     threads_per_job,
     visible_devices,
 )
-from segbench.errors import ConfigError
+from segbench.errors import ConfigError, SegbenchError
 from segbench.rundir import RunDir
 from tests.analysis.conftest import sweep_command
+from tests.conftest import REPO
 
 GROUP = "par"
 RUNS = ["fcn32s-s0", "fcn32s-s1", "fcn8s-s0", "fcn8s-s1"]
@@ -350,3 +351,52 @@ def test_an_ablation_sweep_runs_only_the_variants_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sweep.main([*args, "--variants", "step3_drn_x"])
     assert "--variants step3_drn_x: not in" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's prctl")
+def test_a_sweep_killed_with_sigkill_takes_its_fits_with_it(tmp_path):
+    """kill -9 of the sweep: its fit gets SIGTERM (it would otherwise run on, orphaned, beside
+    the next sweep's), stops with its last checkpoint and lets go of its run."""
+    import signal
+
+    from segbench.rundir import WriterLock
+
+    release = tmp_path / "release"
+    cmd = sweep_command(tmp_path, "orphans")
+    cmd += ["--trainer.callbacks+=tests.faults.kill.WaitAtStep", "--trainer.callbacks.step=2",
+            f"--trainer.callbacks.release={release}"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    sweep = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    waiting = Path(f"{release}.waiting")
+    deadline = time.monotonic() + 300
+    while not waiting.exists():
+        assert sweep.poll() is None, "the sweep ended before its fit reached step 2"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    fit_pid = int(waiting.read_text())
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    release.touch()  # the fit goes on from step 2, sees the SIGTERM and stops
+    run = tmp_path / "runs" / "orphans" / "fcn32s-s0"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            WriterLock(run.with_name(f".{run.name}.writer"), "run").acquire().release()
+            break
+        except SegbenchError:
+            assert time.monotonic() < deadline, "the orphaned fit still holds its run"
+            time.sleep(0.2)
+    assert _ends_within(fit_pid, 10.0)  # gone, not only unlocked
+    assert json.loads((run / "metrics.json").read_text())["fit"]["finished"] is False
+
+
+def _ends_within(pid: int, seconds: float) -> bool:
+    """Whether process ``pid`` has ended (or ends within ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
