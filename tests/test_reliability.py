@@ -189,6 +189,9 @@ def silent_server():
 
 @pytest.fixture
 def wandb_key(monkeypatch):
+    from segbench.cli import configure_logging
+
+    configure_logging()  # segbench's warnings on stderr, also when these tests run alone
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setattr(loggers, "WANDB_PROBE_SECONDS", 0.5)
