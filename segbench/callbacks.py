@@ -19,20 +19,24 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
+from segbench.loggers import ResumableCSVLogger
 from segbench.provenance import provenance
 from segbench.rundir import RunDir, atomic_write_text
 from segbench.visualize import colourise, confusion_figure, denormalise, overlay, to_uint8
@@ -265,8 +269,8 @@ class LastCheckpoint(Callback):
     Written at the end of every training epoch (after that epoch's validation), and within an
     epoch every ``every_n_steps`` optimiser steps and/or every ``every_minutes`` minutes. The
     file is replaced atomically (:class:`segbench.rundir.RunCheckpointIO`), so a kill while it is
-    written leaves the previous one. Rows of ``metrics.csv`` logged up to a save are flushed to
-    disk right after it, so the resumed run continues the file without gaps or repeats.
+    written leaves the previous one. The ``metrics.csv`` row of the state saved is on disk before
+    the checkpoint, so the resumed run continues the file without gaps or repeats.
 
     Args:
         path: the checkpoint file.
@@ -288,19 +292,34 @@ class LastCheckpoint(Callback):
         self.every_n_steps = every_n_steps
         self.every_minutes = every_minutes
         self._last_save = time.monotonic()
-        self._flush = False
 
-    def _save(self, trainer: L.Trainer) -> None:
+    def _save(self, trainer: L.Trainer, *, epoch_end: bool = False) -> None:
+        self._write_ahead(trainer, epoch_end=epoch_end)
         trainer.save_checkpoint(self.path, weights_only=self.save_weights_only)
         self._last_save = time.monotonic()
-        self._flush = True
 
-    def _flush_csv(self, trainer: L.Trainer) -> None:
-        if self._flush:
-            for logger in trainer.loggers:
-                if isinstance(logger, CSVLogger):
-                    logger.save()
-            self._flush = False
+    @staticmethod
+    def _write_ahead(trainer: L.Trainer, *, epoch_end: bool) -> None:
+        """The ``metrics.csv`` row Lightning logs right after this hook (the step's values, or
+        at an epoch's end the epoch's), written before the checkpoint: the resumed run logs
+        from the next step on, so a kill between the save and Lightning's write would lose it."""
+        connector = trainer._logger_connector
+        if not (epoch_end or connector.should_update_logs):
+            return
+        # What the connector will log; on every process, as computing may synchronise them.
+        metrics = connector.metrics["log"]
+        writers = [
+            logger.experiment
+            for logger in trainer.loggers
+            if isinstance(logger, ResumableCSVLogger) and trainer.is_global_zero
+        ]
+        if not writers or not metrics:
+            return
+        row = convert_tensors_to_scalars(metrics)
+        row.setdefault("epoch", trainer.current_epoch)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped - (1 if epoch_end else 0)
+        for writer in writers:
+            writer.write_ahead(row, step)
 
     def _due(self, trainer: L.Trainer) -> bool:
         due = bool(self.every_n_steps) and trainer.global_step % self.every_n_steps == 0
@@ -311,11 +330,6 @@ class LastCheckpoint(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_save = time.monotonic()
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self._flush_csv(trainer)
 
     def on_train_batch_end(
         self,
@@ -331,10 +345,7 @@ class LastCheckpoint(Callback):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save(trainer)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._flush_csv(trainer)
+        self._save(trainer, epoch_end=True)
 
 
 class ExactResume(Callback):
@@ -350,10 +361,58 @@ class ExactResume(Callback):
       ``trainer.estimated_stepping_batches`` in ``configure_optimizers``, which sets the loader
       up before the loop state is restored, so that hand-over never happens. It is done here,
       and the loader's iterator is made anew from the restored position.
+    * The epoch's running sums of the values logged with ``on_epoch=True`` (``train/loss_epoch``
+      and its terms), which Lightning keeps outside its checkpoints: a checkpoint written
+      mid-epoch holds each process's sums, and the resumed run adds them to its own after its
+      first step, so the interrupted epoch's mean is the uninterrupted run's, to the bit.
     """
 
     def __init__(self) -> None:
         self._to_restore: dict[str, Any] | None = None
+        self._sums: dict[str, Any] | None = None
+        self._trainer: L.Trainer | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def _epoch_sums(self) -> dict[str, Any] | None:
+        """This process's running sums of the epoch-level training values, mid-epoch only."""
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return None
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if epoch_loop.batch_progress.current.ready >= trainer.num_training_batches:
+            return None  # the epoch's end: the resumed run starts a new epoch
+        sums = {}
+        for key, metric in epoch_loop._results.items():
+            if metric.is_tensor and metric.meta.on_epoch and not metric.has_reset:
+                mean = metric.meta.is_mean_reduction
+                sums[key] = {
+                    "value": metric.value.detach().cpu().clone(),
+                    "count": metric.cumulated_batch_size.detach().cpu().clone() if mean else None,
+                }
+        return {"epoch": trainer.current_epoch, "metrics": sums}
+
+    def _add_sums(self, trainer: L.Trainer) -> None:
+        """After the resumed run's first step: add the checkpoint's sums to the fresh ones
+        (``saved + this step`` is the uninterrupted run's ``sum + this step``, to the bit)."""
+        pending, self._sums = self._sums, None
+        if not pending or pending["epoch"] != trainer.current_epoch:
+            return
+        results = trainer.fit_loop.epoch_loop._results
+        for key, saved in pending["metrics"].items():
+            metric = results.get(key)
+            if metric is None:
+                continue
+            value = saved["value"].to(metric.value.device, metric.value.dtype)
+            meta = metric.meta
+            if meta.is_max_reduction or meta.is_min_reduction:
+                metric.value = meta.reduce_fx(value, metric.value)
+            else:
+                metric.value = value + metric.value
+            if saved["count"] is not None:
+                count = saved["count"].to(metric.cumulated_batch_size.device)
+                metric.cumulated_batch_size = count + metric.cumulated_batch_size
 
     @staticmethod
     def _capture() -> dict[str, Any]:
@@ -376,7 +435,7 @@ class ExactResume(Callback):
         random.setstate((version, tuple(internal), gauss))
 
     def state_dict(self) -> dict[str, Any]:
-        own = self._capture()
+        own = {**self._capture(), "epoch_sums": self._epoch_sums()}
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             states: list[Any] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(states, own)
@@ -401,8 +460,74 @@ class ExactResume(Callback):
             fit_loop._load_combined_loader_states()
             iter(fit_loop._data_fetcher)  # the iterator, from the restored position
         if self._to_restore is not None:
+            self._sums = self._to_restore.get("epoch_sums")
             self._apply(self._to_restore)
             self._to_restore = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self._sums is not None:
+            self._add_sums(trainer)
+
+
+class ResumeWithChanges(Callback):
+    """A resume with ``run.resume_with_changes``: the new config's optimiser settings and
+    learning-rate schedule replace the checkpoint's from its step on, and the changes are
+    recorded in this attempt's ``provenance``.
+
+    Lightning makes the optimiser and the schedule from the (new) config before ``on_fit_start``
+    and loads the checkpoint's state over them after it. Their fresh state is kept here at
+    ``on_fit_start``; at ``on_train_start``, after the load, every parameter group takes its
+    fresh settings back and the fresh schedule is stepped as often as the checkpoint's had been,
+    so each learning rate from here on is the one the new config gives at that step, as if it
+    had held from the start. The optimiser's per-parameter state (momentum buffers) stays the
+    checkpoint's.
+
+    Args:
+        run: the run directory.
+        changes: config key -> ``[recorded value, new value]``.
+    """
+
+    def __init__(self, run: RunDir, changes: dict[str, list[Any]]) -> None:
+        self.run, self.changes = run, changes
+        self._groups: list[list[dict[str, Any]]] = []
+        self._schedules: list[dict[str, Any]] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._groups = [
+            copy.deepcopy([{k: v for k, v in g.items() if k != "params"} for g in o.param_groups])
+            for o in trainer.optimizers
+        ]
+        self._schedules = [
+            copy.deepcopy(c.scheduler.state_dict()) for c in trainer.lr_scheduler_configs
+        ]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        before = [g["lr"] for o in trainer.optimizers for g in o.param_groups]
+        for optimizer, groups in zip(trainer.optimizers, self._groups, strict=True):
+            for group, fresh in zip(optimizer.param_groups, groups, strict=True):
+                group.update(copy.deepcopy(fresh))
+        for config, fresh in zip(trainer.lr_scheduler_configs, self._schedules, strict=True):
+            steps = config.scheduler.last_epoch - fresh["last_epoch"]
+            config.scheduler.load_state_dict(copy.deepcopy(fresh))
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(steps):
+                    config.scheduler.step()
+        after = [g["lr"] for o in trainer.optimizers for g in o.param_groups]
+        log.info(
+            "learning rate at step %d: %s (the checkpoint's: %s)",
+            trainer.global_step,
+            ", ".join(f"{lr:.6g}" for lr in after),
+            ", ".join(f"{lr:.6g}" for lr in before),
+        )
+        if trainer.is_global_zero:
+            record = {"changes": self.changes, "changed_at_step": trainer.global_step}
+
+            def note(data: dict[str, Any]) -> None:
+                attempts = data.setdefault("provenance", {}).setdefault("attempts", [{}])
+                attempts[-1].update(record)
+
+            self.run.update(note)
 
 
 def write_confusion(run: RunDir, stage: str, confusion: Tensor, names: list[str]) -> None:
@@ -588,7 +713,10 @@ class PredictionWriter(BasePredictionWriter):
                 picture = overlay(image, pred, palette, list(dm.class_names))
                 picture.save(self.out_dir / f"{name}_overlay.png")
             if self.save_probs:
-                probs = prediction["log_probs"][i].float().exp().to(torch.float16).cpu().numpy()
+                if prediction.get("probs") is not None:  # tiled: kept as float16
+                    probs = prediction["probs"][i].numpy()
+                else:
+                    probs = prediction["log_probs"][i].float().exp().to(torch.float16).cpu().numpy()
                 np.save(self.out_dir / f"{name}_probs.npy", probs)
             self.written += 1
 

@@ -44,6 +44,7 @@ from segbench.callbacks import (
     ExactResume,
     LastCheckpoint,
     PredictionWriter,
+    ResumeWithChanges,
     RunFiles,
     SegmentationVisualizer,
 )
@@ -117,6 +118,7 @@ RESUME_MAY_CHANGE = (
     "ckpt_path", "config", "run.root", "run.group", "run.name",  # the same run, however named
     "run.overwrite", "run.wandb", "run.tags", "run.project",
     "run.test_after_fit", "run.checkpoint_every_", "run.effective_batch",
+    "run.resume_with_changes",
     "trainer.callbacks", "trainer.logger", "trainer.enable_", "trainer.log_every_n_steps",
     "trainer.profiler", "trainer.num_sanity_val_steps", "trainer.limit_val_batches",
     "trainer.limit_test_batches", "trainer.limit_predict_batches",
@@ -126,6 +128,9 @@ RESUME_MAY_CHANGE = (
 )  # fmt: skip
 #: Training limits: a resume may change them where the learning-rate schedule has no end.
 LIMITS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_")
+#: Keys no resume can change, even with ``run.resume_with_changes``: the checkpoint's weights,
+#: optimiser state and random generators are made for them.
+RESUME_FIXED = ("model.net.", "model.optimizer.class_path", "seed_everything", "model.init_from")
 
 
 class _Parser(LightningArgumentParser):
@@ -158,6 +163,7 @@ class SegbenchCLI(LightningCLI):
         self._skip_fit = ""
         self._test_after_skip = False
         self._ckpt_progress: tuple[int, int] | None = None
+        self._resume_changes: dict[str, list[Any]] = {}
         try:
             try:
                 super().__init__(args=args, run=run, **kwargs)
@@ -282,6 +288,29 @@ class SegbenchCLI(LightningCLI):
         ]
         if not changed:
             return
+        if self.cfg.run.resume_with_changes:
+            fixed = [c for c in changed if c.startswith(RESUME_FIXED)]
+            if fixed:
+                raise ConfigError(
+                    f"resuming {self.run.path}: {'; '.join(fixed)} cannot change on a resume, "
+                    "even with run.resume_with_changes (the checkpoint's weights, optimiser state "
+                    "and random generators are made for them). Start a new run from its weights: "
+                    f"--model.init_from {self.run.checkpoint('last')} --run.name NEW"
+                )
+            self._resume_changes = {
+                key: [recorded[key], new[key]]
+                for key in sorted(recorded.keys() & new.keys())
+                if recorded[key] != new[key] and not key.startswith(may_change)
+            }
+            log.info(
+                "resuming %s with changes (run.resume_with_changes): %s. They apply from the "
+                "checkpoint's step on; the optimiser's settings and the %s schedule are rebuilt "
+                "from the new config.",
+                self.run.path,
+                "; ".join(changed),
+                schedule,
+            )
+            return
         longer = all(c.startswith(LIMITS) for c in changed)
         raise ConfigError(
             f"resuming {self.run.path} with other settings than it was trained with: "
@@ -295,8 +324,10 @@ class SegbenchCLI(LightningCLI):
                 "them while the run's record said otherwise. "
             )
             + "Resume with the run's own settings (--config "
-            f"{self.run.config} --ckpt_path last); to change them, start a new run from its "
-            f"weights (--model.init_from {self.run.checkpoint('last')} --run.name NEW)."
+            f"{self.run.config} --ckpt_path last); to continue this run with the changes "
+            "applied from here on (the schedule laid out anew, recorded in metrics.json), add "
+            "--run.resume_with_changes true; or start a new run from its weights "
+            f"(--model.init_from {self.run.checkpoint('last')} --run.name NEW)."
         )
 
     def _check_finished(self, epochs: int, steps: int) -> None:
@@ -417,9 +448,15 @@ class SegbenchCLI(LightningCLI):
             ExactResume(),
             LambdaCallback(on_train_start=self._discard_aside),
         ]
+        if self._resume_changes:
+            callbacks.append(ResumeWithChanges(run, self._resume_changes))
         if self.subcommand == "predict":
             self.datamodule.predict_images = self.cfg.images
             self.datamodule.predict_max_pixels = self.cfg.max_megapixels * 1e6
+            self.datamodule.predict_tile = self.cfg.tile
+            self.model.predict_tiles(
+                self.cfg.tile, self.cfg.max_megapixels * 1e6, self.cfg.save_probs
+            )
             # Lightning cannot tell which files a batch of images held (each loader item is a
             # whole batch); the writer names them from the batch itself.
             warnings.filterwarnings("ignore", "Couldn't infer the batch indices", UserWarning)
@@ -538,7 +575,17 @@ def add_predict_arguments(parser: LightningArgumentParser) -> None:
         default=40.0,
         help="images larger than this (width x height / 1e6) are skipped and reported before "
         "anything is predicted: predicting a whole image holds ~150-180 bytes a pixel (40 MP: "
-        "~7 GB); tile larger ones first, or raise this where the memory is there",
+        "~7 GB); predict larger ones in tiles (--tile), or raise this where the memory is there",
+    )
+    parser.add_argument(
+        "--tile",
+        type=int | None,
+        default=None,
+        help="predict images over --max_megapixels in tiles of TILE x TILE pixels, each seen "
+        "with TILE/4 pixels of context on every side (cut off afterwards), in memory bounded by "
+        "the tile (~20 bytes a pixel for the image and its labels, 2 more per class with "
+        "--save_probs) instead of skipping them; a network with global context (ParseNet, "
+        "GALD) then sees a tile's context, not the image's",
     )
     # Predictions go to files; kept in memory as well, a large folder would fill it.
     parser.set_defaults(return_predictions=False)

@@ -49,6 +49,14 @@ class RunConfig:
         effective_batch: the effective batch (per-process batch x processes x accumulated
             batches) this recipe was made for, as the paper states it; a run whose effective
             batch differs is warned about at start (``null``: no check).
+        resume_with_changes: a resume (``--ckpt_path``) whose settings differ from the run's
+            recorded ones is refused, naming them, unless this is true: then the changes apply
+            from the checkpoint's step on, for real. The optimiser's settings (learning rate,
+            momentum, weight decay) and the learning-rate schedule are rebuilt from the new
+            config as if it had held from the start (a ``poly`` schedule is laid out anew over
+            new limits, so training longer trains), the momentum buffers stay the checkpoint's,
+            and each resume's changes go into ``metrics.json`` (``provenance.attempts[i].changes``,
+            old and new value). The network, the optimiser's class and the seed cannot change.
     """
 
     name: str = "run"
@@ -62,6 +70,7 @@ class RunConfig:
     checkpoint_every_n_steps: int | None = None
     checkpoint_every_minutes: float | None = 10.0
     effective_batch: int | None = None
+    resume_with_changes: bool = False
 
 
 #: (source, target) config keys: the data module declares its classes, the task and the network

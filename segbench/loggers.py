@@ -54,6 +54,7 @@ class _ResumableWriter(ExperimentWriter):
     def __init__(self, log_dir: str, *, mode: CSVMode) -> None:
         super().__init__(log_dir)
         self._drop_from_first_step = mode == "resume"
+        self._written_ahead: tuple[dict[str, float], int | None] | None = None
         if os.path.isfile(self.metrics_file_path):
             if mode != "new":
                 with open(self.metrics_file_path, newline="") as f:
@@ -65,10 +66,25 @@ class _ResumableWriter(ExperimentWriter):
         """Keep what the directory holds (the base class deletes ``metrics.csv``)."""
 
     def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
+        if self._written_ahead is not None:
+            ahead, self._written_ahead = self._written_ahead, None
+            if (dict(metrics_dict), step) == ahead:
+                return  # already in the file: written before the checkpoint
         if self._drop_from_first_step and step is not None:
             self._drop_from_first_step = False
             self._drop_rows_from(step)
         super().log_metrics(metrics_dict, step)
+
+    def write_ahead(self, metrics_dict: dict[str, float], step: int) -> None:
+        """Write a row now that Lightning will log after a checkpoint, and skip it then.
+
+        Lightning logs a step's (and an epoch's) values after the callbacks' hook that saves
+        the checkpoint of that state; a kill between the two would lose the row, as the resumed
+        run starts logging after it. Written first, the row is on disk whenever its checkpoint is.
+        """
+        self.log_metrics(metrics_dict, step)
+        self.save()
+        self._written_ahead = (dict(metrics_dict), step)
 
     def _drop_rows_from(self, step: int) -> None:
         if not os.path.isfile(self.metrics_file_path):

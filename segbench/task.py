@@ -404,16 +404,70 @@ class SegmentationTask(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_stage("test")
 
+    def predict_tiles(self, tile: int | None, above_pixels: float, probs: bool) -> None:
+        """``segbench predict --tile``: images over ``above_pixels`` are predicted in tiles of
+        ``tile`` pixels a side (see :meth:`predict_tiled`); ``probs``: keep their
+        probabilities (float16)."""
+        if tile is not None and tile < 16:
+            raise ConfigError(f"--tile {tile}: a tile needs at least 16 pixels a side")
+        self._tile, self._tile_above, self._tile_probs = tile, above_pixels, probs
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Label maps (``N x H x W``, int64) and log-probabilities under the test protocol, with
-        the file names. Images read by ``segbench predict --images`` are predicted at their own
-        size (``original``) whatever size the data module scales them to."""
+        """Label maps (``N x H x W``) and log-probabilities under the test protocol, with the
+        file names. Images read by ``segbench predict --images`` are predicted at their own
+        size (``original``) whatever size the data module scales them to; images over
+        ``--max_megapixels`` with ``--tile``, in tiles (``probs`` instead of ``log_probs``)."""
         if batch.get("image") is None:  # no image of the batch could be read
             return {"pred": None, "log_probs": None, "name": []}
         original = batch.get("original")
-        size = tuple(original.shape[-2:]) if original is not None else None
-        log_probs = self.predict_log_probs(batch["image"], "test", size)  # type: ignore[arg-type]
+        image = batch["image"]
+        size = tuple(original.shape[-2:]) if original is not None else tuple(image.shape[-2:])
+        tile = getattr(self, "_tile", None)
+        if tile and size[0] * size[1] > self._tile_above:
+            pred, probs = self.predict_tiled(image, size, tile)  # type: ignore[arg-type]
+            return {"pred": pred, "probs": probs, "name": batch.get("name")}
+        log_probs = self.predict_log_probs(image, "test", size)  # type: ignore[arg-type]
         return {"pred": log_probs.argmax(1), "log_probs": log_probs, "name": batch.get("name")}
+
+    def predict_tiled(
+        self, image: Tensor, size: tuple[int, int], tile: int
+    ) -> tuple[Tensor, Tensor | None]:
+        """Labels ``N x size`` (uint8 up to 256 classes) of a large image, tile by tile.
+
+        The output is cut into ``tile x tile`` tiles; each is predicted under the test protocol
+        from the image region it covers widened by ``tile // 4`` pixels on every side (the
+        network's context across the tile's border), and only the tile's own pixels are kept.
+        Memory holds the image, the labels and one widened tile's activations, whatever the
+        image's size. With ``save_probs`` also the probabilities, float16 ``N x K x size``.
+        """
+        height, width = size
+        n, margin = image.shape[0], tile // 4
+        ry, rx = image.shape[-2] / height, image.shape[-1] / width  # data-module scale
+        dtype = torch.uint8 if self.num_classes <= 256 else torch.int64
+        pred = torch.empty((n, height, width), dtype=dtype)
+        keep = getattr(self, "_tile_probs", False)
+        probs = (
+            torch.empty((n, self.num_classes, height, width), dtype=torch.float16) if keep else None
+        )
+        starts = [(y, x) for y in range(0, height, tile) for x in range(0, width, tile)]
+        shown = -1
+        for i, (y0, x0) in enumerate(starts):
+            y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
+            top, left = max(0, y0 - margin), max(0, x0 - margin)
+            bottom, right = min(height, y1 + margin), min(width, x1 + margin)
+            crop = image[
+                ..., round(top * ry) : round(bottom * ry), round(left * rx) : round(right * rx)
+            ]
+            log_probs = self.predict_log_probs(crop, "test", (bottom - top, right - left))
+            inner = log_probs[..., y0 - top : y1 - top, x0 - left : x1 - left]
+            pred[..., y0:y1, x0:x1] = inner.argmax(1).cpu().to(dtype)
+            if probs is not None:
+                probs[..., y0:y1, x0:x1] = inner.exp().cpu().to(torch.float16)
+            done = 10 * (i + 1) // len(starts)
+            if done != shown:
+                shown = done
+                log.info("tiles: %d of %d (%d%%)", i + 1, len(starts), 100 * (i + 1) // len(starts))
+        return pred, probs
 
 
 def _check_values(

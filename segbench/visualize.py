@@ -59,8 +59,15 @@ def overlay(
     The picture keeps the image's own size; the legend adds a column (and rows, if it has more
     classes than the image is tall).
     """
-    blend = (1 - alpha) * image.astype(np.float32) + alpha * colourise(labels, palette)
-    picture = Image.fromarray(blend.round().clip(0, 255).astype(np.uint8))
+    blended = np.empty(image.shape, np.uint8)
+    step = max(1, 2**20 // max(1, image.shape[1]))  # ~1 M pixels at a time: a large image's
+    for top in range(0, image.shape[0], step):  # float copies would hold ~16 bytes a pixel
+        rows = slice(top, top + step)
+        blend = (1 - alpha) * image[rows].astype(np.float32) + alpha * colourise(
+            labels[rows], palette
+        )
+        blended[rows] = blend.round().clip(0, 255).astype(np.uint8)
+    picture = Image.fromarray(blended)
     if not legend:
         return picture
     counts = np.bincount(labels.ravel().clip(0, len(names)), minlength=len(names) + 1)

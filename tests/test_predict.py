@@ -123,3 +123,34 @@ def test_images_too_large_are_skipped_up_front_and_the_others_predicted(tiny, mo
     assert not (out / "bomb.png").exists()
     assert "large.png: 90 x 90 = 0.0081 MP is over --max_megapixels 0.006" in err
     assert "bomb.png: cannot read it (DecompressionBombError" in err
+
+
+def test_large_images_are_predicted_in_tiles_with_bounded_memory(tiny, capsys):
+    """--tile: an image over --max_megapixels is predicted tile by tile instead of skipped. One
+    tile that covers the image is the whole-image prediction; smaller tiles see their context
+    through a margin, and say how far they are."""
+    run_main(["fit", *tiny()])
+    config = str(tiny.root / "test" / "tiny" / "config.yaml")
+    rng = np.random.default_rng(0)
+    picture = np.kron(rng.integers(0, 255, (12, 15, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    Image.fromarray(picture).save(tiny.root / "large.png")  # 120 x 96 = 0.0115 MP
+    common = ["predict", "--config", config, "--ckpt_path", "best", "--save_probs", "true",
+              "--overlays", "false", "--images", str(tiny.root / "large.png")]  # fmt: skip
+
+    def predict(name: str, *args: str) -> tuple[np.ndarray, np.ndarray]:
+        run_main([*common, "--out", str(tiny.root / name), *args])
+        labels = np.asarray(Image.open(tiny.root / name / "large.png"))
+        return labels, np.load(tiny.root / name / "large_probs.npy")
+
+    whole, whole_probs = predict("whole")
+    capsys.readouterr()
+    one, one_probs = predict("one", "--max_megapixels", "0.006", "--tile", "128")
+    assert "predicted in tiles of 128" in capsys.readouterr().err
+    assert np.array_equal(one, whole)
+    assert np.array_equal(one_probs, whole_probs)
+    tiled, tiled_probs = predict("tiled", "--max_megapixels", "0.006", "--tile", "32")
+    assert "tiles: 12 of 12 (100%)" in capsys.readouterr().err  # 3 x 4 tiles
+    assert tiled.shape == whole.shape == (96, 120)
+    assert tiled_probs.shape == whole_probs.shape
+    assert np.allclose(tiled_probs.astype(np.float32).sum(0), 1.0, atol=1e-2)
+    assert (tiled == whole).mean() > 0.9, (tiled == whole).mean()

@@ -120,6 +120,12 @@ def csv_steps(run_dir: Path) -> list[int]:
         return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
 
 
+def csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    """Every row of metrics.csv, with its empty cells left out."""
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        return [{k: v for k, v in r.items() if v} for r in csv.DictReader(f)]
+
+
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     # 8 steps per epoch, 2 epochs; killed after step 11 (mid-epoch 2, one step after the save
     # at step 9... of 16), resumed with --ckpt_path last.
@@ -135,6 +141,41 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     # metrics.csv: one row per step, as if never interrupted.
     steps = csv_steps(tmp_path / "test" / "killed")
     assert steps == sorted(set(steps)) == csv_steps(tmp_path / "test" / "whole")
+    # Every logged value, the interrupted epoch's train/loss_epoch included, to the last digit.
+    assert csv_rows(tmp_path / "test" / "killed") == csv_rows(tmp_path / "test" / "whole")
+
+
+@pytest.mark.slow
+def test_sigkill_at_20_random_moments_every_resume_finishes_exactly(tmp_path):
+    # 4 epochs of 8 steps, a checkpoint every step. The run is killed 20 times: the i-th process
+    # at a random time after the start of a random step (sorted, so each process gets further),
+    # which lands in the forward or backward pass, a checkpoint's write, validation or the
+    # loader; each is resumed with --ckpt_path last. The result is the uninterrupted run's:
+    # the weights, every metric and every row of metrics.csv.
+    import random
+
+    extra = [*RANDOM, "--run.checkpoint_every_n_steps", "1"]
+    whole = tiny_args(tmp_path, name="whole", epochs=4, extra=extra)
+    killed = tiny_args(tmp_path, name="killed", epochs=4, extra=extra)
+    assert run_process(whole) == 0
+    rng = random.Random(20)
+    # From step 1 (the first process has saved one) to 29 of 32, within ~2 steps' time.
+    steps = sorted(rng.sample(range(1, 30), 20))
+    for i, step in enumerate(steps):
+        delay = rng.uniform(0.0, 0.15)
+        kill = [
+            "--trainer.callbacks+=tests.faults.kill.KillDuringStep",
+            f"--trainer.callbacks.step={step}",
+            f"--trainer.callbacks.delay={delay}",
+        ]
+        resume = ["--ckpt_path", "last"] if i else []
+        assert run_process([*killed, *resume, *kill]) == -9, (i, step, delay)
+    assert run_process([*killed, "--ckpt_path", "last"]) == 0
+    assert_identical_runs(tmp_path / "test" / "whole", tmp_path / "test" / "killed")
+    assert csv_rows(tmp_path / "test" / "killed") == csv_rows(tmp_path / "test" / "whole")
+    record = json.loads((tmp_path / "test" / "killed" / "metrics.json").read_text())
+    attempts = record["provenance"]["attempts"]
+    assert len(attempts) == 21
 
 
 @pytest.mark.slow
@@ -482,4 +523,44 @@ def test_a_resume_with_other_settings_is_refused_naming_them(tiny, capsys):
     assert run.metrics_file.read_text() == metrics
     fit([*args, "--ckpt_path", "last", "--data.init_args.num_workers", "1",
          "--trainer.log_every_n_steps", "5", "--run.test_after_fit", "true"])  # fmt: skip
+    assert section(run.path)["finished"] is True
+
+
+def csv_column(run_dir: Path, column: str) -> dict[int, str]:
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        return {int(r["step"]): r[column] for r in csv.DictReader(f) if r.get(column)}
+
+
+def test_a_resume_with_changes_applies_them_for_real_and_records_them(tiny, capsys):
+    """``run.resume_with_changes``: a new learning rate and a longer poly schedule take effect
+    from the checkpoint's step on, exactly as in a run that had them from the start; the
+    attempt records them. The seed (the checkpoint's random state) still cannot change."""
+    extra = ["--run.checkpoint_every_n_steps", "1"]
+    fresh = tiny(name="fresh", epochs=3, extra=[*extra, "--model.optimizer.init_args.lr", "0.1"])
+    assert run_process(fresh) == 0
+    args = tiny(epochs=2, extra=extra)
+    kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=5"]
+    assert run_process([*args, *kill]) == -9
+    run = RunDir(tiny.root / "test" / "tiny")
+    changes = ["--ckpt_path", "last", "--run.resume_with_changes", "true"]
+    err = fails(["fit", *args, *changes, "--seed_everything", "3"], capsys)
+    assert "seed_everything 0 -> 3 cannot change" in err
+    fit([*args, *changes, "--model.optimizer.init_args.lr", "0.1", "--trainer.max_epochs", "3"])
+    lr, lr_fresh = (
+        csv_column(run.path, "train/lr"),
+        csv_column(tiny.root / "test" / "fresh", "train/lr"),
+    )
+    record = json.loads(run.metrics_file.read_text())
+    attempt = record["provenance"]["attempts"][-1]
+    assert attempt["changes"] == {
+        "model.optimizer.init_args.lr": [0.05, 0.1],
+        "trainer.max_epochs": [2, 3],
+    }
+    assert attempt["changed_at_step"] == 4  # the save before the kill (4 steps an epoch)
+    assert sorted(lr) == sorted(lr_fresh) == list(range(12))
+    assert all(lr[s] != lr_fresh[s] for s in range(4))  # before the resume: 0.05, 2 epochs
+    assert all(lr[s] == lr_fresh[s] for s in range(4, 12))  # after: 0.1 over 3 epochs, exactly
+    assert "changes" not in record["provenance"]["attempts"][0]
+    assert record["config"]["model.optimizer.init_args.lr"] == 0.1
+    assert "lr: 0.1" in run.config.read_text()
     assert section(run.path)["finished"] is True

@@ -20,12 +20,15 @@ initialised one), as in every analysis tool (:mod:`segbench.analysis.tool`).
 Both are *traced* at the export size ``--input_size H W`` (default: the size of the first image
 of ``--split``): Python branches on the input size (the padding to a multiple of the stride) are
 fixed at that size. Without ``--dynamic`` the model takes batch 1 at that size only. With
-``--dynamic`` the batch, height and width axes are free, for sizes that are multiples of
-:data:`SIZE_MULTIPLE` (32; the export size must be one).
+``--dynamic`` the batch, height and width axes are free and any height and width work: the
+networks' padding to a multiple of their stride (and the crop of the logits back to the input's
+size) is always in the traced graph, computed from the input's size
+(:func:`segbench.models.base.pad_to_multiple`), so the logits have the input's size.
 
 **The check.** The written file is run (ONNX Runtime's ``CPUExecutionProvider``, or
 ``torch.jit.load``) on the first image of ``--split`` at the export size and, with ``--dynamic``,
-on a batch of two (the image and its mirror image) at ``(H + 32, W + 64)``; the command prints
+on a batch of two (the image and its mirror image) at ``(H + 19, W + 45)``, a size that is no
+multiple of any stride, which the export size need not be either; the command prints
 the largest absolute difference to PyTorch's logits and the share of pixels whose labels (argmax)
 agree. It passes when the difference is at most ``--rtol`` (default 1e-3) times the largest
 absolute PyTorch logit (plus 1e-5) and the labels agree at every pixel whose top two PyTorch
@@ -68,10 +71,9 @@ log = logging.getLogger("segbench")
 
 Format = Literal["onnx", "torchscript"]
 
-#: With ``--dynamic``, heights and widths must be multiples of this: the coarsest stride of the
-#: segbench backbones, to which the networks pad their input in a Python branch that tracing
-#: fixes at the export size.
-SIZE_MULTIPLE = 32
+#: With ``--dynamic``, the check's second size is the export size plus this (height, width):
+#: no multiple of any network's stride, so the padding in the graph is exercised.
+CHECK_OFFSET = (19, 45)
 #: The ONNX opset written (supported by ONNX Runtime >= 1.12, TensorRT >= 8.6).
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -293,9 +295,9 @@ class Options:
     Args:
         format: onnx or torchscript (default: from the suffix of --out: .onnx, .pt or .ts)
         input_size: height and width of the export (default: the size of the first image of
-            --split); with --dynamic a multiple of 32
-        dynamic: free batch, height and width axes (sizes that are multiples of 32), checked at
-            the export size and at (H + 32, W + 64)
+            --split)
+        dynamic: free batch, height and width axes (any size), checked at the export size and
+            at (H + 19, W + 45)
         rtol: the check's tolerance on |exported - PyTorch| logits, relative to the largest
             absolute PyTorch logit (plus 1e-5)
     """
@@ -334,7 +336,7 @@ def export_format(options: Options, out: Path) -> Format:
 
 def check_inputs(image: Tensor, size: tuple[int, int], dynamic: bool) -> list[Tensor]:
     """The check's batches: ``image`` at ``size`` and, with ``dynamic``, it and its mirror image
-    at ``(H + 32, W + 64)``."""
+    at ``(H + 19, W + 45)``."""
     h, w = size
 
     def at(s: tuple[int, int]) -> Tensor:
@@ -345,7 +347,7 @@ def check_inputs(image: Tensor, size: tuple[int, int], dynamic: bool) -> list[Te
 
     batches = [at((h, w))]
     if dynamic:
-        other = at((h + SIZE_MULTIPLE, w + 2 * SIZE_MULTIPLE))
+        other = at((h + CHECK_OFFSET[0], w + CHECK_OFFSET[1]))
         batches.append(torch.cat([other, other.flip(-1)]).contiguous())
     return batches
 
@@ -370,7 +372,7 @@ def metadata(model: LoadedModel, fmt: Format, size: tuple[int, int], dynamic: bo
             "dtype": "float32",
             "size": list(size),
             "dynamic": dynamic,
-            "size_multiple": SIZE_MULTIPLE if dynamic else None,
+            "any_size": dynamic,
             "normalisation": "(rgb / 255 - mean) / std, RGB channel order",
         },
         "output": {
@@ -419,13 +421,6 @@ class ExportTool(Tool[Options, Export]):
         size = tuple(options.input_size or image.shape[-2:])
         if min(size) < 1 or len(size) != 2:
             raise ConfigError(f"--input_size must be two positive numbers, got {list(size)}")
-        if options.dynamic and any(s % SIZE_MULTIPLE for s in size):
-            raise ConfigError(
-                f"--input_size {size[0]} {size[1]}: with --dynamic the export size must be a "
-                f"multiple of {SIZE_MULTIPLE} (the networks pad their input to a multiple of "
-                "their stride in a Python branch that tracing fixes at the export size); give "
-                "--input_size"
-            )
         size = (int(size[0]), int(size[1]))
         module = exportable(model.net)
         batches = check_inputs(image.float(), size, options.dynamic)

@@ -73,6 +73,9 @@ class Run:
     metrics: dict[str, float | None]
     #: How the run was made, flat (``provenance.world_size``, ``provenance.versions.torch``).
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: ``None`` for a finished run, else what became of it (``"interrupted (SIGTERM) at
+    #: epoch 3"``, ``"stopped at epoch 3"``, ``"never trained"``).
+    unfinished: str | None = None
 
     @property
     def name(self) -> str:
@@ -129,7 +132,22 @@ def load_run(path: Path) -> Run:
         data.get("config") or {},
         run.results(),
         flatten(data.get("provenance") or {}, "provenance."),
+        unfinished(data),
     )
+
+
+def unfinished(data: dict[str, Any]) -> str | None:
+    """What became of a run whose training did not finish (``None`` if it did)."""
+    fit = data.get("fit")
+    if fit is None:
+        return None if data.get("test") or data.get("validate") else "never trained"
+    if fit.get("finished", True):  # runs recorded before the key was written: not known
+        return None
+    attempts = (data.get("provenance") or {}).get("attempts") or [{}]
+    why = attempts[-1].get("interrupted")
+    epochs = fit.get("completed_epochs")
+    at = f" after {epochs} epoch{'s' * (epochs != 1)}" if epochs is not None else ""
+    return f"interrupted ({why}){at}" if why else f"stopped{at} (killed, failed or running)"
 
 
 def record_analysis(
@@ -405,6 +423,14 @@ def report(
     ref = load_paper(paper)
     header, cells = build_table(rows, differing, metrics, ref, provenance)
     text = markdown(header, cells)
+    stopped = [r for r in runs if r.unfinished]
+    if stopped:  # their numbers are in the table: say which are not final
+        text += f"\n**Not finished: {len(stopped)} of {len(runs)} runs** (their numbers above are "
+        text += "from where they stopped): " + "; ".join(
+            f"{r.name} {r.unfinished}" for r in stopped
+        )
+        text += ".\n"
+        log.warning("%d of %d runs did not finish training", len(stopped), len(runs))
     if ref and ref.get("source"):
         text += f"\nPaper numbers: {ref['source']}.\n"
     if claims:

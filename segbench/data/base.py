@@ -211,8 +211,10 @@ class SegmentationDataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         #: ``segbench predict --images``: the files to predict instead of the test split.
         self.predict_images: list[str] | None = None
-        #: ``segbench predict --max_megapixels`` (in pixels): larger images are skipped.
+        #: ``segbench predict --max_megapixels`` (in pixels): larger images are skipped, or
+        #: predicted in tiles of ``predict_tile`` pixels a side (``--tile``).
         self.predict_max_pixels: float | None = None
+        self.predict_tile: int | None = None
         #: ``(path, why)`` of the files of ``predict_images`` that could not be read.
         self.skipped_images: list[tuple[str, str]] = []
 
@@ -329,12 +331,20 @@ class SegmentationDataModule(L.LightningDataModule):
         for path in find_images(patterns):
             size = image_size(path)
             limit = self.predict_max_pixels
-            if not isinstance(size, str) and limit is not None and size[0] * size[1] > limit:
+            over = not isinstance(size, str) and limit is not None and size[0] * size[1] > limit
+            if over and self.predict_tile:
+                log.info(
+                    "%s: %d x %d = %.3g MP, over --max_megapixels %g: predicted in tiles of %d",
+                    path, size[1], size[0], size[0] * size[1] / 1e6, limit / 1e6,
+                    self.predict_tile,
+                )  # fmt: skip
+            elif over:
                 size = (
                     f"{size[1]} x {size[0]} = {size[0] * size[1] / 1e6:.3g} MP is over "
                     f"--max_megapixels {limit / 1e6:g}: predicting it whole would hold ~"
-                    f"{size[0] * size[1] * 170 / 2**30:.0f} GB; tile it first, or raise "
-                    "--max_megapixels where the memory is there"
+                    f"{size[0] * size[1] * 170 / 2**30:.0f} GB; predict it in tiles (--tile "
+                    "1024: ~20 bytes a pixel), or raise --max_megapixels where the memory is "
+                    "there"
                 )
             if isinstance(size, str):
                 log.warning("skipped %s: %s", path, size)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def read_image(path: Path) -> torch.Tensor:
     """Decode an image file to ``uint8 3 x H x W`` RGB, as a viewer shows it (EXIF orientation,
     16-bit grey scaled to 8 bits, the first frame of an animation)."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            # Pillow's warning over ~89 MP: segbench predict states the sizes it takes itself.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             arr = _to_rgb(_as_displayed(im, path))
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
@@ -337,8 +340,10 @@ def output_names(paths: Sequence[Path]) -> list[str]:
 def image_size(path: Path) -> tuple[int, int] | str:
     """``(H, W)`` from the file's header (nothing decoded), or why it cannot be read."""
     try:
-        with Image.open(path) as im:
-            return im.height, im.width
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sized by the caller
+            with Image.open(path) as im:
+                return im.height, im.width
     except (OSError, Image.DecompressionBombError) as err:  # Unidentified...: an OSError
         return f"cannot read it ({type(err).__name__}: {err})"
 

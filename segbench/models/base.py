@@ -90,10 +90,14 @@ def pad_to_multiple(x: Tensor, multiple: int, value: float = 0.0) -> tuple[Tenso
 
     Returns the padded tensor and the original ``(H, W)`` so the caller can crop its output back.
     Padding with 0 after normalisation means padding with the data set's mean colour.
+
+    While traced (``segbench export``) the pad is always in the graph, a function of the input's
+    size: a Python branch would be fixed at the export size, and the exported model would skip
+    the padding (and return smaller logits) at other sizes.
     """
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
+    if ph or pw or torch.jit.is_tracing():
         x = F.pad(x, (0, pw, 0, ph), value=value)
     return x, (h, w)
 

@@ -183,9 +183,13 @@ class ParseNet(SegmentationModel):
         if self.global_context:
             src = trunk[GLOBAL_SOURCE]
             stride = x.shape[-2] // src.shape[-2]
-            # Ceiling division in integers: a traced export (segbench export) keeps it a
-            # function of the input size, where math.ceil would fix it at the export size.
-            valid = (-(-image_size[0] // stride), -(-image_size[1] // stride))
+            # Ceiling division in integers of positive numbers: a traced export (segbench
+            # export) keeps it a function of the input size, where math.ceil would fix it at the
+            # export size, and ONNX divides negative integers by truncation, not floor.
+            valid = (
+                (image_size[0] + stride - 1) // stride,
+                (image_size[1] + stride - 1) // stride,
+            )
             feats[GLOBAL_NAME] = global_average(src, valid, self.pool6)
         if self.normalize:
             feats = {name: self.norms[name](f) for name, f in feats.items()}

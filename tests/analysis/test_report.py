@@ -238,3 +238,26 @@ def test_a_metric_no_run_logs_is_named(runs, caplog):
     assert "| test/mIOU |" in text.splitlines()[0]  # the column stays, empty
     assert "--metrics test/mIOU: no run here logs it" in caplog.text
     assert "did you mean test/mIoU" in caplog.text
+
+
+def test_runs_that_did_not_finish_are_named_under_the_table(runs, caplog):
+    def stop(name: str, change) -> None:
+        path = runs / name / "metrics.json"
+        data = json.loads(path.read_text())
+        change(data)
+        write_json(path, data)
+
+    def interrupted(d: dict) -> None:
+        d["fit"].update(finished=False, completed_epochs=2)
+        d["provenance"]["attempts"] = [{"interrupted": "SIGTERM"}]
+
+    stop("fcn8s-s1", interrupted)
+    stop("fcn32s-s2", lambda d: d["fit"].update(finished=False, completed_epochs=1))
+    stop("fcn32s-s0", lambda d: d["fit"].update(finished=True))
+    with caplog.at_level("WARNING", logger="segbench"):
+        text = report([str(runs)])
+    assert "**Not finished: 2 of 5 runs**" in text
+    assert "fcn8s-s1 interrupted (SIGTERM) after 2 epochs" in text
+    assert "fcn32s-s2 stopped after 1 epoch (killed, failed or running)" in text
+    assert "fcn32s-s0" not in text.split("Not finished")[1]
+    assert "2 of 5 runs did not finish training" in caplog.text

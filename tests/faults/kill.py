@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -43,3 +44,25 @@ class WaitAtStep(Callback):
                 f.write(str(os.getpid()))
             while not os.path.exists(self.release):
                 time.sleep(0.05)
+
+
+class KillDuringStep(Callback):
+    """``kill -9`` this process ``delay`` seconds after optimiser step ``step`` began: in the
+    middle of the forward or backward pass, the checkpoint's write, validation, or the loader,
+    wherever that moment falls.
+
+    Args:
+        step: the global step (optimiser steps done) at whose batch the clock starts.
+        delay: seconds from that batch's start to the kill.
+    """
+
+    def __init__(self, step: int, delay: float) -> None:
+        self.step, self.delay = step, delay
+        self._armed = False
+
+    def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
+        if trainer.global_step >= self.step and not self._armed:
+            self._armed = True
+            timer = threading.Timer(self.delay, os.kill, (os.getpid(), signal.SIGKILL))
+            timer.daemon = True
+            timer.start()

@@ -104,3 +104,23 @@ def test_every_switch_builds_and_runs(cls, kwargs, name, value):
     out = net(torch.randn(2, 3, 64, 64))
     assert out["out"].shape == (2, NUM_CLASSES, 64, 64)
     assert isinstance(net.output_stride, int)
+
+
+def traced_matches_eager(net: nn.Module, sizes: list[tuple[int, int]]) -> None:
+    from segbench.analysis.export import _tracing, exportable
+
+    module = exportable(net)
+    with _tracing():
+        traced = torch.jit.trace(module, torch.randn(1, 3, 64, 64), check_trace=False)
+        for size in sizes:
+            x = torch.randn(2, 3, *size)
+            got, want = traced(x), module(x)
+            assert got.shape == want.shape == (2, NUM_CLASSES, *size), size
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), ARCHITECTURES)
+def test_a_model_traced_at_one_size_computes_the_same_at_any_size(cls, kwargs):
+    """What ``segbench export --dynamic`` relies on: traced at 64 x 64, the network's graph pads
+    to its stride and crops back at sizes that are no multiple of it, as the network does."""
+    traced_matches_eager(build(cls, kwargs), [(37, 45), (100, 70), (96, 128)])
