@@ -21,12 +21,19 @@ from torch.utils.data import Dataset
 from segbench.data.base import SegmentationDataModule, Split
 from segbench.data.files import ImageMaskPairs
 from segbench.data.transforms import Augment
+from segbench.errors import ConfigError
 
 ENV_VAR = "SEGBENCH_CAMVID"
 _SEGNET_PREFIX = "/SegNet/CamVid/"
 
 #: Random scale 0.5-2, 352 x 480 crops, flips: the usual recipe for CamVid from scratch.
 CAMVID_AUGMENT = Augment(scale_range=(0.5, 2.0), crop_size=(352, 480), flip=True)
+
+
+def sequence(path: Path) -> str:
+    """The drive a CamVid frame belongs to: its file name's prefix (``0016E5_07959.png``:
+    ``0016E5``)."""
+    return path.name.split("_", 1)[0]
 
 
 def read_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
@@ -61,13 +68,24 @@ class CamVid(SegmentationDataModule):
     Args:
         root: the CamVid folder; ``None`` reads ``$SEGBENCH_CAMVID``.
         test_split: the list the test stage reads (``"test"``; the shared copy has only train
-            and val, so use ``"val"`` there).
+            and val, so use ``"val"`` there: the validation frames of the protocol in use, the
+            held-out drives with ``val_sequences``).
         scale: resize every image and label map by this factor before anything else (0.5:
             240 x 180) for CPU-scale runs; metrics are then computed at that resolution.
         batch_size: training batch size per process.
         val_batch_size: evaluation batch size per process (default: ``batch_size``).
         num_workers: loader worker processes.
         augment: training augmentation (default: scale 0.5-2, 352 x 480 crops, flip).
+        val_sequences: validate on whole drives never seen in training. ``null`` (default):
+            the published lists (val.txt: 101 frames of drive 0016E5, whose other 204 frames
+            are in train.txt: near-duplicates, so val measures memory of that drive). A list of
+            sequences (file-name prefixes: ``[0006R0]``): the frames of train.txt and val.txt
+            are pooled, those of these drives validate and the rest train; no drive is in both.
+            Leaving each of 0001TP, 0006R0, 0016E5 out in turn is a 3-fold cross-validation.
+        train_on_val: train on train.txt and val.txt together (the final model once a recipe
+            is chosen, as is usual on CamVid); validation then reads val.txt, frames the model
+            trained on, so its numbers say nothing about generalisation. Not with
+            ``val_sequences``.
     """
 
     class_names = (
@@ -111,6 +129,8 @@ class CamVid(SegmentationDataModule):
         val_batch_size: int | None = None,
         num_workers: int = 2,
         augment: Augment | None = CAMVID_AUGMENT,
+        val_sequences: list[str] | None = None,
+        train_on_val: bool = False,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -118,9 +138,18 @@ class CamVid(SegmentationDataModule):
             num_workers=num_workers,
             augment=augment,
         )
+        if val_sequences is not None and train_on_val:
+            raise ConfigError(
+                "data.init_args.train_on_val with val_sequences: the held-out drives would be "
+                "trained on; use one or the other"
+            )
+        if val_sequences is not None and not val_sequences:
+            raise ConfigError("data.init_args.val_sequences: name at least one sequence (or null)")
         self.root = root
         self.test_split = test_split
         self.scale = scale
+        self.val_sequences = list(val_sequences) if val_sequences is not None else None
+        self.train_on_val = train_on_val
 
     def build_dataset(self, split: Split, transform: object) -> Dataset:
         # The root is resolved here, not in __init__, so configs print and models build
@@ -128,11 +157,38 @@ class CamVid(SegmentationDataModule):
         root = self.root or os.environ.get(ENV_VAR)
         if not root:
             raise ValueError(f"CamVid: no root given; set data.init_args.root or ${ENV_VAR}")
-        listing = self.test_split if split == "test" else split
         return ImageMaskPairs(
-            read_pairs(Path(root).expanduser(), listing),
+            self.pairs(Path(root).expanduser(), split),
             num_classes=self.num_classes,
             ignore_index=self.ignore_index,
             transform=transform,
             label_map={self.VOID: self.ignore_index},
         )
+
+    def pairs(self, root: Path, split: Split) -> list[tuple[Path, Path]]:
+        """The ``(image, label)`` paths of a split under the chosen protocol."""
+        if split == "test":  # "val": the validation frames of the protocol in use
+            return (
+                self.pairs(root, "val")
+                if self.test_split == "val"
+                else read_pairs(root, self.test_split)
+            )
+        if self.val_sequences is None:
+            if split == "train" and self.train_on_val:
+                return read_pairs(root, "train") + read_pairs(root, "val")
+            return read_pairs(root, split)
+        pool = read_pairs(root, "train") + read_pairs(root, "val")
+        found = sorted({sequence(img) for img, _ in pool})
+        unknown = [s for s in self.val_sequences if s not in found]
+        if unknown:
+            raise ConfigError(
+                f"data.init_args.val_sequences: {', '.join(unknown)} not in {root}'s train.txt "
+                f"or val.txt; its sequences are {', '.join(found)}"
+            )
+        held_out = set(self.val_sequences)
+        if held_out >= set(found):
+            raise ConfigError(
+                f"data.init_args.val_sequences: {', '.join(found)} is every sequence; leave at "
+                "least one to train on"
+            )
+        return [p for p in pool if (sequence(p[0]) in held_out) == (split == "val")]

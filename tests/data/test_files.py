@@ -13,6 +13,7 @@ from PIL import Image
 from segbench.data import CamVid, FolderSegmentation
 from segbench.data.camvid import ENV_VAR
 from segbench.data.files import find_images, output_names, read_image, read_mask
+from segbench.errors import ConfigError
 
 SEGNET_PREFIX = "/SegNet/CamVid/"
 
@@ -241,3 +242,96 @@ def test_folders_and_globs_follow_each_real_folder_once(tmp_path):
 def test_images_of_one_stem_get_names_that_say_which(tmp_path):
     paths = [tmp_path / "x" / "p.jpg", tmp_path / "x" / "p.png", tmp_path / "y" / "q.png"]
     assert output_names(paths) == ["x_p_jpg", "x_p_png", "q"]
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "P", "LA", "RGBA"])
+def test_cmyk_palette_and_alpha_images_read_as_their_colours(tmp_path, mode):
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:8] = (200, 30, 40)  # red above, teal below
+    rgb[8:] = (20, 150, 140)
+    im = Image.fromarray(rgb)
+    im = im.convert("L").convert("LA") if mode == "LA" else im.convert(mode)
+    path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
+    im.save(path, quality=95)
+    with Image.open(path) as opened:
+        assert opened.mode == mode
+    got = read_image(path).permute(1, 2, 0).numpy().astype(int)
+    want = rgb if mode == "CMYK" else np.asarray(im.convert("RGB"))  # P: the palette's colours
+    assert np.abs(got - want).max() <= (8 if mode == "CMYK" else 0)  # JPEG's loss; not inverted
+
+
+def camvid_drives(root: Path) -> Path:
+    """A CamVid tree whose lists hold frames of three drives, as the real one: train.txt has
+    0001TP, 0006R0 and part of 0016E5, val.txt the rest of 0016E5."""
+    rng = np.random.default_rng(0)
+    lists = {"train": ["0001TP_000", "0001TP_001", "0006R0_000", "0016E5_000", "0016E5_001"],
+             "val": ["0016E5_002", "0016E5_003"]}  # fmt: skip
+    for split, stems in lists.items():
+        for stem in stems:
+            write_png(root / split / f"{stem}.png", rng.integers(0, 255, (36, 48, 3), np.uint8))
+            write_png(
+                root / f"{split}annot" / f"{stem}.png", rng.integers(0, 12, (36, 48), np.uint8)
+            )
+        lines = [f"{split}/{s}.png {split}annot/{s}.png" for s in stems]
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def drives(dm: CamVid, split: str) -> list[str]:
+    from segbench.data.camvid import sequence
+
+    return sorted(sequence(img) for img, _ in dm.pairs(Path(dm.root), split))
+
+
+def test_camvid_validates_on_held_out_drives_that_it_never_trains_on(tmp_path):
+    root = camvid_drives(tmp_path)
+    published = CamVid(root=str(root), num_workers=0)
+    assert set(drives(published, "train")) & set(drives(published, "val")) == {"0016E5"}
+    for held_out in (["0001TP"], ["0006R0"], ["0016E5"], ["0001TP", "0006R0"]):
+        dm = CamVid(root=str(root), num_workers=0, val_sequences=held_out)
+        train, val = drives(dm, "train"), drives(dm, "val")
+        assert set(val) == set(held_out)
+        assert not set(train) & set(val)  # no drive in both
+        assert len(train) + len(val) == 7  # every labelled frame is used once
+        tested = CamVid(root=str(root), num_workers=0, val_sequences=held_out, test_split="val")
+        assert drives(tested, "test") == val  # "val": the held-out drives, not val.txt
+    dm = CamVid(root=str(root), num_workers=0, val_sequences=["0016E5"], batch_size=2, augment=None)
+    assert first_batch(dm)["image"].shape == (2, 3, 36, 48)
+    everything = CamVid(root=str(root), num_workers=0, train_on_val=True)
+    assert len(drives(everything, "train")) == 7
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"val_sequences": ["Seq05VD"]}, "Seq05VD not in"),
+        ({"val_sequences": ["0001TP", "0006R0", "0016E5"]}, "is every sequence"),
+        ({"val_sequences": []}, "name at least one sequence"),
+        ({"val_sequences": ["0006R0"], "train_on_val": True}, "use one or the other"),
+    ],
+)
+def test_camvid_held_out_drive_errors_name_the_key(tmp_path, kwargs, named):
+    root = camvid_drives(tmp_path)
+
+    def split() -> None:
+        CamVid(root=str(root), num_workers=0, **kwargs).pairs(root, "train")
+
+    with pytest.raises(ConfigError, match=named) as err:
+        split()
+    assert "data.init_args" in str(err.value)
+    if "not in" in named:
+        assert "0001TP, 0006R0, 0016E5" in str(err.value)  # the sequences there are
+
+
+def test_real_camvid_held_out_drives_split_every_frame_once():
+    root = os.environ.get("SEGBENCH_CAMVID")
+    if not root:
+        pytest.skip("SEGBENCH_CAMVID is not set (the real CamVid is not on this machine)")
+    counts = {}
+    for held_out in ("0001TP", "0006R0", "0016E5"):
+        dm = CamVid(root=root, num_workers=0, val_sequences=[held_out])
+        train, val = drives(dm, "train"), drives(dm, "val")
+        assert set(val) == {held_out}
+        assert held_out not in train
+        counts[held_out] = (len(train), len(val))
+    assert counts == {"0001TP": (406, 62), "0006R0": (367, 101), "0016E5": (163, 305)}
