@@ -8,6 +8,7 @@ touch the image alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,12 +31,20 @@ class Augment:
         flip: random horizontal flip with probability 0.5.
         rotation: random rotation in ``[-rotation, rotation]`` degrees (0: off); the mask's
             uncovered corners become ``ignore_index``.
+        color_jitter: photometric jitter of the image alone, ``[brightness, contrast,
+            saturation, hue]`` as torchvision's ``ColorJitter`` (factors drawn from ``[1 - b,
+            1 + b]``, ..., hue shift from ``[-h, h]``, ``h <= 0.5``); all 0: off. Other light,
+            another camera, another drive.
+        blur: with probability 0.5, a Gaussian blur of the image with sigma drawn from
+            ``[0.1, blur]`` pixels (0: off): defocus and motion.
     """
 
     scale_range: tuple[float, float] = (1.0, 1.0)
     crop_size: tuple[int, int] | None = None
     flip: bool = True
     rotation: float = 0.0
+    color_jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    blur: float = 0.0
 
     @property
     def random(self) -> bool:
@@ -45,6 +54,8 @@ class Augment:
             or self.crop_size is not None
             or self.flip
             or bool(self.rotation)
+            or any(self.color_jitter)
+            or bool(self.blur)
         )
 
 
@@ -119,6 +130,12 @@ def train_transform(
         steps.append(v2.RandomCrop(list(augment.crop_size), pad_if_needed=True, fill=fill))
     if augment.flip:
         steps.append(v2.RandomHorizontalFlip())
+    if any(augment.color_jitter):
+        brightness, contrast, saturation, hue = augment.color_jitter
+        steps.append(v2.ColorJitter(brightness, contrast, saturation, hue))  # the image only
+    if augment.blur:
+        kernel = 2 * math.ceil(3 * augment.blur) + 1
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, (0.1, augment.blur))], p=0.5))
     return v2.Compose(steps + _normalise(mean, std))
 
 

@@ -102,3 +102,25 @@ def test_augment_is_random_unless_every_step_is_off():
     assert Augment(flip=False, crop_size=(8, 8)).random
     assert Augment(flip=False, scale_range=(0.5, 2.0)).random
     assert Augment(flip=False, rotation=10).random
+    assert Augment(flip=False, color_jitter=(0.2, 0.0, 0.0, 0.0)).random
+    assert Augment(flip=False, blur=1.5).random
+
+
+def test_photometric_jitter_and_blur_change_the_image_not_the_mask():
+    torch.manual_seed(0)
+    augment = Augment(flip=False, color_jitter=(0.4, 0.4, 0.4, 0.1), blur=2.0)
+    tf = train_transform(augment, mean=MEAN, std=STD, ignore_index=255)
+    plain = train_transform(Augment(flip=False), mean=MEAN, std=STD, ignore_index=255)
+    sample = coded_sample()
+    reference = plain(sample)
+    changed = 0
+    for _ in range(10):
+        out = tf(coded_sample())
+        assert torch.equal(out["mask"], reference["mask"])  # labels untouched
+        assert out["image"].shape == reference["image"].shape
+        changed += not torch.allclose(out["image"], reference["image"])
+    assert changed == 10  # the jitter alone changes every draw
+    torch.manual_seed(1)
+    first = tf(coded_sample())["image"]
+    torch.manual_seed(1)
+    assert torch.equal(tf(coded_sample())["image"], first)  # a function of the generator
