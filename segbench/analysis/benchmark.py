@@ -231,6 +231,14 @@ def main(argv: list[str]) -> None:
     )
 
 
+def training_input_size(dm: L.LightningDataModule) -> tuple[int, int]:
+    """``(H, W)`` of a training sample as the configured data module makes it (after its
+    augmentation's crop): the size the bare step is timed at when ``--input_size`` is not given."""
+    dm.setup("fit")
+    image = next(iter(dm.train_dataloader()))["image"]
+    return int(image.shape[-2]), int(image.shape[-1])
+
+
 def run(args: list[str], known: argparse.Namespace) -> list[Timing]:
     _, dm, cfg = build(args)
     device = torch.device(known.device)
@@ -238,7 +246,7 @@ def run(args: list[str], known: argparse.Namespace) -> list[Timing]:
     channels_last = bool(cfg.model.get("channels_last", False))
     setting = f"{precision}{', channels_last' if channels_last else ''}"
     batch_size = known.batch_size or dm.batch_size
-    input_size = tuple(known.input_size) if known.input_size else tuple(dm.image_size)
+    input_size = tuple(known.input_size) if known.input_size else training_input_size(dm)
     common = {"batch_size": batch_size, "input_size": input_size}
     results: list[Timing] = []
 

@@ -124,6 +124,9 @@ class ADE20K(SegmentationDataModule):
             differ in size.
         num_workers: loader worker processes.
         augment: training augmentation (default: scale 0.5-2, 512 x 512 crops, flip).
+        cache: keep each image and label map decoded in ``$SEGBENCH_CACHE/decoded/`` the
+            first time it is read, and read that copy afterwards (about 15x faster than decoding
+            a PNG; as much disk as the pixels: ~0.7 MB a 480 x 360 frame). Bit-identical samples.
     """
 
     class_names = ADE20K_CLASSES
@@ -138,12 +141,14 @@ class ADE20K(SegmentationDataModule):
         val_batch_size: int | None = 1,
         num_workers: int = 4,
         augment: Augment | None = ADE20K_AUGMENT,
+        cache: bool = False,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
             val_batch_size=val_batch_size,
             num_workers=num_workers,
             augment=augment,
+            cache=cache,
         )
         self.root = root
         self.scale = scale
@@ -155,5 +160,6 @@ class ADE20K(SegmentationDataModule):
             num_classes=self.num_classes,
             ignore_index=self.ignore_index,
             transform=transform,
+            cache_dir=self.decoded_cache(),
             label_map=REDUCE_ZERO_LABEL,
         )

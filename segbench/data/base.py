@@ -37,6 +37,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
+from segbench.cache import cache_root
 from segbench.data.files import ImageFiles, batches_by_size, collate_images, find_images, image_size
 from segbench.data.transforms import Augment, eval_transform, train_transform
 from segbench.errors import ConfigError, SegbenchError
@@ -176,6 +177,8 @@ class SegmentationDataModule(L.LightningDataModule):
         val_batch_size: evaluation batch size per process (default: ``batch_size``).
         num_workers: loader worker processes per split (0: load in the main process).
         augment: training augmentation (``None``: none, only normalisation).
+        cache: keep what is costly to produce per sample (decoded files, rendered scenes) in
+            the cache folder (``$SEGBENCH_CACHE``, default ``~/.cache/segbench``).
     """
 
     #: Names of the K classes, in label order.
@@ -195,6 +198,7 @@ class SegmentationDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         num_workers: int = 2,
         augment: Augment | None = None,
+        cache: bool = False,
     ) -> None:
         super().__init__()
         for key, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
@@ -206,6 +210,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
         self.augment = augment
+        self.cache = cache
         #: Every split is resized by this factor first (a subclass's ``scale`` argument).
         self.scale = 1.0
         self.datasets: dict[str, Dataset] = {}
@@ -217,6 +222,10 @@ class SegmentationDataModule(L.LightningDataModule):
         self.predict_tile: int | None = None
         #: ``(path, why)`` of the files of ``predict_images`` that could not be read.
         self.skipped_images: list[tuple[str, str]] = []
+
+    def decoded_cache(self) -> Path | None:
+        """The folder of decoded image/mask pairs (``cache: true``), else ``None``."""
+        return cache_root() / "decoded" if self.cache else None
 
     @property
     def num_classes(self) -> int:

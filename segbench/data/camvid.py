@@ -76,6 +76,11 @@ class CamVid(SegmentationDataModule):
         val_batch_size: evaluation batch size per process (default: ``batch_size``).
         num_workers: loader worker processes.
         augment: training augmentation (default: scale 0.5-2, 352 x 480 crops, flip).
+        cache: keep each image and label map decoded in ``$SEGBENCH_CACHE/decoded/`` the
+            first time it is read, and read that copy afterwards (about 15x faster than decoding
+            a PNG; as much disk as the pixels: ~0.7 MB a 480 x 360 frame, 0.5 GB for CamVid's
+            701 frames). Bit-identical samples. On by default here: decoding is 7.8 of the 9.7 ms
+            a training sample costs at 3/4 resolution, on a core the training step wants.
         val_sequences: validate on whole drives never seen in training. ``null`` (default):
             the published lists (val.txt: 101 frames of drive 0016E5, whose other 204 frames
             are in train.txt: near-duplicates, so val measures memory of that drive). A list of
@@ -129,6 +134,7 @@ class CamVid(SegmentationDataModule):
         val_batch_size: int | None = None,
         num_workers: int = 2,
         augment: Augment | None = CAMVID_AUGMENT,
+        cache: bool = True,
         val_sequences: list[str] | None = None,
         train_on_val: bool = False,
     ) -> None:
@@ -137,6 +143,7 @@ class CamVid(SegmentationDataModule):
             val_batch_size=val_batch_size,
             num_workers=num_workers,
             augment=augment,
+            cache=cache,
         )
         if val_sequences is not None and train_on_val:
             raise ConfigError(
@@ -162,6 +169,7 @@ class CamVid(SegmentationDataModule):
             num_classes=self.num_classes,
             ignore_index=self.ignore_index,
             transform=transform,
+            cache_dir=self.decoded_cache(),
             label_map={self.VOID: self.ignore_index},
         )
 

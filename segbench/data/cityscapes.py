@@ -88,6 +88,9 @@ class Cityscapes(SegmentationDataModule):
             are 2048 x 1024).
         num_workers: loader worker processes.
         augment: training augmentation (default: scale 0.5-2, 768 x 768 crops, flip).
+        cache: keep each image and label map decoded in ``$SEGBENCH_CACHE/decoded/`` the
+            first time it is read, and read that copy afterwards (about 15x faster than decoding
+            a PNG; as much disk as the pixels: ~0.7 MB a 480 x 360 frame). Bit-identical samples.
     """
 
     class_names = tuple(c.name for c in _TRAIN_CLASSES)
@@ -104,12 +107,14 @@ class Cityscapes(SegmentationDataModule):
         val_batch_size: int | None = None,
         num_workers: int = 4,
         augment: Augment | None = CITYSCAPES_AUGMENT,
+        cache: bool = False,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
             val_batch_size=val_batch_size,
             num_workers=num_workers,
             augment=augment,
+            cache=cache,
         )
         self.root, self.labels, self.test_split = root, labels, test_split
         self.scale = scale
@@ -122,5 +127,6 @@ class Cityscapes(SegmentationDataModule):
             num_classes=self.num_classes,
             ignore_index=self.ignore_index,
             transform=transform,
+            cache_dir=self.decoded_cache(),
             label_map=LABEL_TO_TRAIN_ID if self.labels == "labelIds" else None,
         )

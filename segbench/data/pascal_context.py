@@ -134,6 +134,9 @@ class PascalContext(SegmentationDataModule):
             differ in size.
         num_workers: loader worker processes.
         augment: training augmentation (default: scale 0.5-2, 480 x 480 crops, flip).
+        cache: keep each image and label map decoded in ``$SEGBENCH_CACHE/decoded/`` the
+            first time it is read, and read that copy afterwards (about 15x faster than decoding
+            a PNG; as much disk as the pixels: ~0.7 MB a 480 x 360 frame). Bit-identical samples.
     """
 
     def __init__(
@@ -148,12 +151,14 @@ class PascalContext(SegmentationDataModule):
         val_batch_size: int | None = 1,
         num_workers: int = 4,
         augment: Augment | None = PASCAL_CONTEXT_AUGMENT,
+        cache: bool = False,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
             val_batch_size=val_batch_size,
             num_workers=num_workers,
             augment=augment,
+            cache=cache,
         )
         self.root, self.background = root, background
         self.mask_dir, self.split_dir = mask_dir, split_dir
@@ -181,5 +186,6 @@ class PascalContext(SegmentationDataModule):
             num_classes=self.num_classes,
             ignore_index=self.ignore_index,
             transform=transform,
+            cache_dir=self.decoded_cache(),
             label_map=label_map,
         )

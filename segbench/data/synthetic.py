@@ -508,6 +508,7 @@ class SyntheticSegmentation(SegmentationDataModule):
             val_batch_size=val_batch_size,
             num_workers=num_workers,
             augment=augment,
+            cache=cache,
         )
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         for split, n in self.sizes.items():
@@ -529,7 +530,6 @@ class SyntheticSegmentation(SegmentationDataModule):
                 f"got {render_workers}"
             )
         self.seed = seed
-        self.cache = cache
         self.render_workers = render_workers
         self.detail_scale = float(detail_scale)
         self.cue_gap = float(cue_gap)

@@ -144,6 +144,9 @@ class PascalVOC(SegmentationDataModule):
             differ in size (whole-image evaluation cannot stack them).
         num_workers: loader worker processes.
         augment: training augmentation (default: scale 0.5-2, 512 x 512 crops, flip).
+        cache: keep each image and label map decoded in ``$SEGBENCH_CACHE/decoded/`` the
+            first time it is read, and read that copy afterwards (about 15x faster than decoding
+            a PNG; as much disk as the pixels: ~0.7 MB a 480 x 360 frame). Bit-identical samples.
     """
 
     class_names = VOC_CLASSES
@@ -163,12 +166,14 @@ class PascalVOC(SegmentationDataModule):
         val_batch_size: int | None = 1,
         num_workers: int = 4,
         augment: Augment | None = VOC_AUGMENT,
+        cache: bool = False,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
             val_batch_size=val_batch_size,
             num_workers=num_workers,
             augment=augment,
+            cache=cache,
         )
         self.root, self.sbd_root = root, sbd_root
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
@@ -248,4 +253,5 @@ class PascalVOC(SegmentationDataModule):
             num_classes=self.num_classes,
             ignore_index=self.ignore_index,
             transform=transform,
+            cache_dir=self.decoded_cache(),
         )

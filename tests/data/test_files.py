@@ -13,6 +13,7 @@ from PIL import Image
 from segbench.data import CamVid, FolderSegmentation
 from segbench.data.camvid import ENV_VAR
 from segbench.data.files import find_images, output_names, read_image, read_mask
+from segbench.data.transforms import Augment
 from segbench.errors import ConfigError
 
 SEGNET_PREFIX = "/SegNet/CamVid/"
@@ -335,3 +336,31 @@ def test_real_camvid_held_out_drives_split_every_frame_once():
         assert held_out not in train
         counts[held_out] = (len(train), len(val))
     assert counts == {"0001TP": (406, 62), "0006R0": (367, 101), "0016E5": (163, 305)}
+
+
+def test_a_cached_pair_reads_bit_identical_and_follows_a_changed_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "cache"))
+    root = camvid_tree(tmp_path / "camvid")
+    augment = Augment(scale_range=(0.5, 1.5), crop_size=(24, 32), flip=True, blur=1.0)
+    plain, cached = (
+        CamVid(root=str(root), batch_size=3, num_workers=0, augment=augment, cache=cache)
+        for cache in (False, True)
+    )
+    for _ in range(2):  # decoded and kept, then read from the cache folder
+        a, b = first_batch(plain), first_batch(cached)
+        for key in ("image", "mask"):
+            assert a[key].dtype == b[key].dtype
+            assert torch.equal(a[key], b[key])
+        plain.datasets.clear()
+        cached.datasets.clear()
+    kept = sorted((tmp_path / "cache" / "decoded").glob("*.npz"))
+    assert len(kept) == 3
+    cached.setup("fit")
+    pairs = cached.datasets["train"]
+    name = root / "trainannot" / "0001TP_000000.png"
+    write_png(name, np.full((36, 48), 3, dtype=np.uint8))
+    os.utime(name, ns=(1, 1))  # a different modification time, as an edit would give
+    index = [p[1] for p in pairs.pairs].index(name)
+    _, mask = pairs.load(index)
+    assert torch.equal(mask, torch.full((36, 48), 3, dtype=mask.dtype))
+    assert len(list((tmp_path / "cache" / "decoded").glob("*.npz"))) == 4
