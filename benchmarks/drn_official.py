@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from segbench.models import drn as segbench_drn  # noqa: E402
 from segbench.models.layers.upsample import bilinear_kernel  # noqa: E402
-from segbench.task import to_channels_last  # noqa: E402
+from segbench.numerics import to_channels_last  # noqa: E402
 
 
 # -- fyu/drn (drn.py, segment.py), DRN-C-26 only ---------------------------------------------

@@ -733,5 +733,8 @@ class PredictionWriter(BasePredictionWriter):
         skipped = [*getattr(trainer.datamodule, "skipped_images", []), *self.skipped]
         if skipped:
             log.warning(
-                "skipped %d unreadable image(s): %s", len(skipped), ", ".join(p for p, _ in skipped)
+                "skipped %d image(s), each named above with why (unreadable, or over "
+                "--max_megapixels): %s",
+                len(skipped),
+                ", ".join(p for p, _ in skipped),
             )

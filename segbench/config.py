@@ -1,7 +1,6 @@
 """What a run's config is, outside the command: the ``run`` section, the links, flattening, and
-:func:`build` (a config's task and data module without a trainer) for tools and notebooks.
-
-``segbench.cli`` is the entry point; everything here can be imported without starting it.
+the checks of config files. :func:`segbench.cli.lightning.build` builds a config's task and data
+module as ``segbench fit`` parses it; ``segbench.cli`` imports this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -9,16 +8,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from jsonargparse import Namespace
 
 from segbench.errors import ConfigError
-
-if TYPE_CHECKING:
-    from segbench.data.base import SegmentationDataModule
-    from segbench.task import SegmentationTask
 
 
 @dataclass
@@ -147,14 +142,3 @@ def check_yaml_files(args: list[str]) -> None:
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
-
-
-def build(args: list[str]) -> tuple[SegmentationTask, SegmentationDataModule, Namespace]:
-    """Build the task and data module of a config without a trainer, data or logger.
-
-    ``args`` are ``segbench fit`` arguments, e.g. ``["--config", "experiments/quickstart.yaml"]``;
-    they are parsed exactly as ``segbench fit`` parses them.
-    """
-    from segbench.cli import build_only
-
-    return build_only(args)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Trainer
+from torch import Tensor, nn
 
 log = logging.getLogger("segbench")
 
@@ -75,3 +76,36 @@ class SegbenchTrainer(Trainer):
         if precision == FAST:
             log.info("trainer.precision fast -> %s on this machine", resolved)
         super().__init__(precision=resolved, **kwargs)
+
+
+class _Subsample:
+    """Forward pre-hook: the input sampled every ``stride`` pixels (:func:`to_channels_last`)."""
+
+    def __init__(self, stride: tuple[int, int]) -> None:
+        self.stride = stride
+
+    def __call__(self, module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        sy, sx = self.stride
+        return (args[0][:, :, ::sy, ::sx], *args[1:])
+
+
+def to_channels_last(net: nn.Module) -> nn.Module:
+    """``net`` with its weights in channels-last memory format.
+
+    torch 2.14's CPU backward of a float32 1x1 convolution with stride > 1 and fewer than 16
+    input channels (DRN's and ResNet's projection shortcuts at CPU width) corrupts memory in
+    channels-last format (``tests/models/test_precision.py`` trains every architecture in it).
+    Such a convolution is the same function as sampling its input every ``stride`` pixels and
+    applying it with stride 1, which is what it becomes here (padding 0, so the output size is
+    the same)."""
+    net.to(memory_format=torch.channels_last)
+    for m in net.modules():
+        if (
+            isinstance(m, nn.Conv2d)
+            and m.kernel_size == (1, 1)
+            and m.stride != (1, 1)
+            and m.padding == (0, 0)
+        ):
+            m.register_forward_pre_hook(_Subsample(m.stride))  # type: ignore[arg-type]
+            m.stride = (1, 1)
+    return net

@@ -372,7 +372,10 @@ class RunDir:
 
     def record(self, tool: str, values: dict[str, float], *, checkpoint: str | Path | None) -> None:
         """An analysis tool's summary (``--record``), with the checkpoint it measured (``None``
-        for a tool that reads only the run's data)."""
+        for a tool that reads only the run's data). ``segbench report --metrics NAME`` shows them
+        as columns; a tool's earlier record is replaced, other tools' kept."""
+        if not self.metrics_file.is_file():
+            raise FileNotFoundError(f"no {self.METRICS} in {self.path}")
 
         def change(d: dict[str, Any]) -> None:
             ckpt = Path(checkpoint) if checkpoint is not None else None

@@ -8,7 +8,8 @@ return one built without pyplot) and never choose a backend.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -114,3 +115,12 @@ def confusion_figure(confusion: np.ndarray, names: Sequence[str], title: str = "
     ax.set_title(title or "share of each true class's pixels", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return fig
+
+
+def save_figure(draw: Callable[[Figure], None], path: Path, figsize: tuple[float, float]) -> None:
+    """Draw on a figure of its own (no pyplot state, no backend switch) and save it."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    draw(fig)
+    fig.savefig(path, dpi=120, bbox_inches="tight")

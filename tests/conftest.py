@@ -16,53 +16,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("SEGBENCH_CACHE", tempfile.mkdtemp(prefix="segbench-test-cache-"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_args(
-    root: Path,
-    *,
-    name: str = "tiny",
-    epochs: int = 1,
-    wandb: str = "disabled",
-    extra: list[str] | None = None,
-) -> list[str]:
-    """`segbench fit` arguments for a run of a few seconds under ``root``."""
-    return [
-        "--config",
-        str(REPO / "experiments" / "quickstart.yaml"),
-        "--run.root",
-        str(root),
-        "--run.group",
-        "test",
-        "--run.name",
-        name,
-        "--run.wandb",
-        wandb,
-        "--trainer.max_epochs",
-        str(epochs),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        "--trainer.log_every_n_steps",
-        "1",
-        "--model.net.init_args.width",
-        "0.0625",
-        "--data.init_args.num_train",
-        "16",
-        "--data.init_args.num_val",
-        "10",
-        "--data.init_args.num_test",
-        "6",
-        "--data.init_args.image_size",
-        "[64, 64]",
-        "--data.init_args.batch_size",
-        "4",
-        "--data.init_args.num_workers",
-        "0",
-        *(extra or []),
-    ]
+from segbench.cli import main  # noqa: E402
+from tests.helpers import fresh_args, tiny_args  # noqa: E402
 
 
 @pytest.fixture
@@ -74,3 +29,18 @@ def tiny(tmp_path: Path):
 
     make.root = tmp_path
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """``architecture name -> run directory`` of a one-epoch tiny run, trained on first use."""
+    runs: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in runs:
+            root = tmp_path_factory.mktemp(arch.lower())
+            main(["fit", *fresh_args(root, arch)])
+            runs[arch] = root / "test" / arch.lower()
+        return runs[arch]
+
+    return get

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tarfile
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_gpu_check_dry_run_passes_on_the_cpu(tmp_path):
@@ -47,7 +47,7 @@ def test_the_official_drn_comparison_runs_and_counts_the_same_parameters():
 def test_segbench_benchmark_measures_every_part_and_writes_its_files(tmp_path, capsys):
     from segbench.cli import main
     from segbench.numerics import resolve_precision
-    from tests.conftest import tiny_args
+    from tests.helpers import tiny_args
 
     out = tmp_path / "bench"
     main(["benchmark", *tiny_args(tmp_path), "--what", "step", "baseline", "loop", "loader",

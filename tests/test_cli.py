@@ -13,16 +13,7 @@ import yaml
 from PIL import Image
 
 from segbench.cli import main
-from tests.conftest import REPO
-
-
-def run_main(args: list[str]) -> None:
-    """Run the CLI; `--print_config` and `--help` end with SystemExit(0)."""
-    try:
-        main(args)
-    except SystemExit as exit_:
-        if exit_.code not in (0, None):
-            raise
+from tests.helpers import EXPERIMENTS, REPO, dataset_section, metrics, run_main
 
 
 def read_confusion(path: Path) -> np.ndarray:
@@ -31,12 +22,6 @@ def read_confusion(path: Path) -> np.ndarray:
     assert rows[0][0] == "true \\ predicted"
     assert [r[0] for r in rows[1:]] == rows[0][1:]  # the class names on both axes
     return np.array([[int(v) for v in r[1:]] for r in rows[1:]])
-
-
-def metrics(run_dir: Path) -> dict:
-    """The ``fit`` section of a run's metrics.json, with the file's config and provenance."""
-    data = json.loads((run_dir / "metrics.json").read_text())
-    return {**data["fit"], "config": data["config"], "provenance": data["provenance"]}
 
 
 def test_print_config_shows_the_full_resolved_config(tiny, capsys):
@@ -233,25 +218,11 @@ def test_summary_counts_parameters_without_data(capsys):
     assert "GFLOPs" in out
 
 
-EXPERIMENTS = REPO / "experiments"
-#: One data section per real data set: ``experiments/datasets/<dataset>.yaml``.
-DATASETS = EXPERIMENTS / "datasets"
-
-
-def dataset_section(path: Path) -> Path | None:
-    """``experiments/datasets/<dataset>.yaml`` for ``experiments/<paper>/<dataset>/...``."""
-    parts = path.relative_to(EXPERIMENTS).parts
-    if len(parts) < 3 or parts[0] == DATASETS.name:
-        return None
-    section = DATASETS / f"{parts[1]}.yaml"
-    return section if section.is_file() else None
-
-
 def parse_pairs() -> list:
     """Every YAML under experiments/; files in a `variants/` folder compose with the base files
     of the folder's ablation.yaml (default ../base.yaml), `_scale_<name>.yaml` with base.yaml
     beside it, and a paper's recipe for a data set composes after that data set's section."""
-    from segbench.analysis.sweep import Ablation
+    from segbench.study.ablation import Ablation
 
     cases = []
     for path in sorted(EXPERIMENTS.rglob("*.yaml")):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_args
+from tests.helpers import tiny_args
 
 
 def segbench(*args: str, cwd: Path) -> None:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from segbench.cli import main
-from tests.conftest import tiny_args
+from tests.helpers import REPO, tiny_args
 
 
 @dataclass
@@ -93,6 +93,32 @@ def folder_data(w: World, problem: str) -> list[str]:
         "--model.class_weights",
         "null",
     ]
+
+
+def camvid_with_rgb_masks(w: World) -> str:
+    """A CamVid tree (SegNet layout) whose label maps were saved as RGB colours."""
+    root = w.scratch / "camvid-rgb"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / f"{split}annot").mkdir(exist_ok=True)
+        names = [f"0001TP_{i:06d}.png" for i in range(2)]
+        for name in names:
+            pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / split / name)
+            Image.fromarray(pixels).save(root / f"{split}annot" / name)  # colours, not indices
+        (root / f"{split}.txt").write_text(
+            "".join(f"{split}/{n} {split}annot/{n}\n" for n in names)
+        )
+    return str(root)
+
+
+def sweep(*extra: str | Callable[[World], str]) -> Args:
+    """``segbench sweep`` of the quickstart's FCN variants, its runs in the scratch folder."""
+    return lambda w: [
+        "sweep", "--root", str(w.scratch / "sweeps"),
+        *(e(w) if callable(e) else e for e in extra),
+    ]  # fmt: skip
 
 
 def truncated(w: World) -> str:
@@ -192,6 +218,24 @@ CASES: list[tuple[str, Args, int, str]] = [
         "/nonexistent/camvid",
     ),
     ("corrupt image", data("corrupt"), 1, r"cannot read image .*2\.png"),
+    (
+        "CamVid masks saved as colours",
+        fit(
+            "--data",
+            "segbench.data.CamVid",
+            "--data.init_args.root",
+            camvid_with_rgb_masks,
+            "--data.init_args.num_workers",
+            "0",
+            "--data.init_args.augment",
+            "null",
+            "--model.class_weights",
+            "null",
+        ),
+        1,
+        r"0001TP_000000\.png is an RGB mask, but masks here hold class indices: store them in a "
+        r"single-channel or palette PNG \(CamVid's SegNet layout",
+    ),
     ("listed file missing", data("missing"), 1, r"train\.txt:5: no such file .*9\.png"),
     ("label beyond classes", data("label"), 1, r"1\.png: label values \[7\] are outside"),
     (
@@ -272,6 +316,21 @@ CASES: list[tuple[str, Args, int, str]] = [
         r"--out .*out\.txt: a file, not a folder",
     ),
     ("tool on a non-run", lambda w: ["erf", str(w.scratch)], 1, "not a run directory"),
+    ("sweep --jobs 0", sweep("--ablation", "fcn", "--jobs", "0"), 2, "--jobs: must be at least 1"),
+    (
+        "sweep of a missing variants file",
+        sweep(
+            "--group",
+            "g",
+            "--base",
+            str(REPO / "experiments" / "quickstart.yaml"),
+            "--variants",
+            "/nonexistent/v.yaml",
+            "--dry-run",
+        ),
+        2,
+        "config not found: /nonexistent/v.yaml",
+    ),
     (
         "tool on a run without the checkpoint",
         lambda w: ["erf", str(w.run), "--ckpt", "best-of-all"],
@@ -303,6 +362,26 @@ def test_bad_input(world, capsys, args, code, message):
     assert "Traceback" not in err
     assert snapshot(world.run) == before  # nothing of the trained run was lost or changed
     assert not (world.root / "test" / "new" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("case", ["sweep --jobs 0", "sweep of a missing variants file"])
+def test_a_bad_sweep_option_is_a_short_usage_and_one_line(world, capsys, case):
+    args = next(c[1] for c in CASES if c[0] == case)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(args(world))
+    assert len(capsys.readouterr().err.strip().splitlines()) <= 3
+
+
+def test_a_cache_folder_that_is_a_file_is_one_paragraph(world, capsys, monkeypatch):
+    monkeypatch.setenv("SEGBENCH_CACHE", world.file("cache-file", "x"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *world.args()])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1
+    assert re.search(r"SEGBENCH_CACHE=.*cache-file: .* is a file, not a folder", err), err
+    assert "Traceback" not in err
 
 
 def test_the_catalogue_is_long_enough():

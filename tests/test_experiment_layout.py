@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.test_cli import DATASETS, EXPERIMENTS, dataset_section, run_main
+from tests.helpers import DATASETS, EXPERIMENTS, dataset_section, run_main
 
 
 def test_paper_recipes_leave_the_data_class_to_the_data_set_section():

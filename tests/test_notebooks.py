@@ -14,7 +14,7 @@ from nbclient import NotebookClient
 
 from segbench.cli import main
 from segbench.numerics import resolve_precision
-from tests.conftest import REPO, tiny_args
+from tests.helpers import REPO, tiny_args
 
 
 def execute(notebook: Path, env: dict[str, str]) -> nbformat.NotebookNode:

@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from segbench.cli import build_only, main
+from segbench.cli import main
+from segbench.cli.lightning import build
 from segbench.data.files import batches_by_size, find_images, output_names
-from tests.test_cli import run_main
+from tests.helpers import run_main
 
 
 def test_find_images_reads_files_folders_and_globs_and_names_what_is_missing(tmp_path):
@@ -59,7 +60,7 @@ def test_predict_on_image_files_equals_predict_on_the_test_split(tiny):
     split = {p.stem[: -len("_probs")]: np.load(p) for p in (run_dir / "predictions").glob("*.npy")}
     assert len(split) == 6
 
-    _, dm, _ = build_only(tiny())
+    _, dm, _ = build(tiny())
     dm.setup("test")
     images = tiny.root / "images"
     images.mkdir()
@@ -104,8 +105,9 @@ def test_predict_names_a_folder_without_images(tiny, capsys):
 
 
 def test_images_too_large_are_skipped_up_front_and_the_others_predicted(tiny, monkeypatch, capsys):
-    """Over --max_megapixels, or over Pillow's decompression-bomb limit: each is reported with
-    its size and what to do, before anything is predicted, and costs the others nothing."""
+    """Over --max_megapixels: each is reported with its size and what to do, before anything is
+    predicted, and costs the others nothing. segbench's limit is the one that counts: Pillow's
+    decompression-bomb limit neither refuses an image under it nor one that --tile predicts."""
     run_main(["fit", *tiny()])
     config = str(tiny.root / "test" / "tiny" / "config.yaml")
     images = tiny.root / "images"
@@ -115,14 +117,24 @@ def test_images_too_large_are_skipped_up_front_and_the_others_predicted(tiny, mo
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # "bomb" (40,000 px) is over twice it
     out = tiny.root / "out"
     capsys.readouterr()
-    run_main(["predict", "--config", config, "--ckpt_path", "best", "--images", str(images),
-              "--out", str(out), "--max_megapixels", "0.006"])  # fmt: skip
+    common = ["predict", "--config", config, "--ckpt_path", "best", "--images", str(images)]
+    run_main([*common, "--out", str(out), "--max_megapixels", "0.006"])
     err = capsys.readouterr().err
     assert (out / "small.png").is_file()
     assert not (out / "large.png").exists()
     assert not (out / "bomb.png").exists()
     assert "large.png: 90 x 90 = 0.0081 MP is over --max_megapixels 0.006" in err
-    assert "bomb.png: cannot read it (DecompressionBombError" in err
+    assert "bomb.png: 200 x 200 = 0.04 MP is over --max_megapixels 0.006" in err
+    assert "tiles (--tile 1024: ~40 bytes a pixel)" in err
+    run_main(
+        [*common, "--out", str(tiny.root / "all"), "--max_megapixels", "0.006", "--tile", "64"]
+    )
+    assert {p.name for p in (tiny.root / "all").glob("*.png") if "overlay" not in p.name} == {
+        "small.png",
+        "large.png",
+        "bomb.png",
+    }
+    assert Image.MAX_IMAGE_PIXELS == 5000  # lifted only while segbench reads what it sized
 
 
 def test_large_images_are_predicted_in_tiles_with_bounded_memory(tiny, capsys):

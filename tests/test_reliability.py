@@ -22,7 +22,7 @@ from segbench import loggers
 from segbench.cli import main
 from segbench.errors import ConfigError, SegbenchError
 from segbench.rundir import RunDir
-from tests.conftest import REPO, tiny_args
+from tests.helpers import REPO, tiny_args
 
 
 def fit(args: list[str]) -> None:
@@ -248,7 +248,7 @@ def test_wandb_auto_falls_back_to_offline_when_the_server_does_not_answer(
         loggers.choose_wandb_mode("online")
 
 
-def test_wandb_refused_connection_and_no_key(wandb_key, monkeypatch):
+def test_wandb_refused_connection_and_no_key(wandb_key, monkeypatch, capsys):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -262,7 +262,9 @@ def test_wandb_refused_connection_and_no_key(wandb_key, monkeypatch):
     assert loggers.choose_wandb_mode("auto") == "offline"
     # WANDB_MODE=online in the environment does not make auto fail without a key.
     monkeypatch.setenv("WANDB_MODE", "online")
+    capsys.readouterr()
     assert loggers.choose_wandb_mode("auto") == "offline"
+    assert "WANDB_MODE=online but no API key: logging offline" in capsys.readouterr().err
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert loggers.choose_wandb_mode("auto") == "disabled"
 

@@ -15,7 +15,7 @@ from segbench.models.base import SegmentationModel
 from segbench.task import SegmentationTask
 
 
-class ToyNet(SegmentationModel):
+class ToyNet(SegmentationModel, register=False):  # a test double, not an architecture
     """1x1 convolutions with an auxiliary head and an extra loss term."""
 
     def __init__(self, num_classes: int = 3, aux: bool = True) -> None:

@@ -30,6 +30,7 @@ from segbench.analysis.loading import LoadedModel
 from segbench.analysis.tool import Common, Tool
 from segbench.analysis.upper_bound import read_masks
 from segbench.errors import ConfigError
+from segbench.tables import markdown_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -63,19 +64,26 @@ class CueDistance:
     radii: list[int]
 
     def markdown(self) -> str:
-        radii = " | ".join(f"> {r} px" for r in self.radii)
-        lines = [
-            f"| class | cue | pixels | images (without cue) | "
-            f"{' | '.join(f'p{p} (px)' for p in PERCENTILES)} | {radii} |",
-            "|---|---|---|---|" + "---|" * (len(PERCENTILES) + len(self.radii)),
+        header = [
+            "class",
+            "cue",
+            "pixels",
+            "images (without cue)",
+            *(f"p{p} (px)" for p in PERCENTILES),
+            *(f"> {r} px" for r in self.radii),
         ]
-        for c in self.classes:
-            pct = " | ".join(_px(c.percentiles[f"p{p}"]) for p in PERCENTILES)
-            far = " | ".join(f"{100 * c.beyond[str(r)]:.1f}%" for r in self.radii)
-            lines.append(
-                f"| {c.name} | {', '.join(c.cues)} | {c.pixels} | {c.images} "
-                f"({c.images_without_cue}) | {pct} | {far} |"
-            )
+        rows = [
+            [
+                c.name,
+                ", ".join(c.cues),
+                c.pixels,
+                f"{c.images} ({c.images_without_cue})",
+                *(_px(c.percentiles[f"p{p}"]) for p in PERCENTILES),
+                *(f"{100 * c.beyond[str(r)]:.1f}%" for r in self.radii),
+            ]
+            for c in self.classes
+        ]
+        lines = [markdown_table(header, rows).rstrip("\n")]
         h, w = self.image_size
         lines.append(
             f"\nDistance from each pixel of the class to the nearest pixel of its cue classes in "

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from segbench.analysis.loading import LoadedModel, denormalise, sample_images
 from segbench.analysis.tool import Common, Tool
+from segbench.tables import markdown_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -313,7 +314,7 @@ class ReceptiveField:
             ("theoretical field, unclipped", self.extent_text()),
             ("empirical / theoretical area", f"{e.area / max(t.area, 1):.3f}"),
         ]
-        return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]) + "\n"
+        return markdown_table(["", ""], rows)
 
     def to_json(self) -> dict:
         d = asdict(self)

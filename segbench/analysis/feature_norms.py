@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from segbench.analysis.loading import LoadedModel, sample_images
 from segbench.analysis.tool import Common, Tool
+from segbench.tables import markdown_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -151,16 +152,21 @@ class FeatureNorms:
         lines = [
             f"Feature norms: {self.title}",
             "",
-            "| layer | channels | map | stride | mean L2 norm | std | x smallest |",
-            "|---|---|---|---|---|---|---|",
         ]
-        for r in self.layers:
-            lines.append(
-                f"| {r.name} | {r.channels} | {r.size[0]}x{r.size[1]} | "
-                f"{'global' if r.size == (1, 1) else f'{r.stride:g}'} | "
-                f"{r.mean:.4g} | {r.std:.3g} | {r.mean / smallest:.3g} |"
-            )
-        return "\n".join(lines) + "\n"
+        header = ["layer", "channels", "map", "stride", "mean L2 norm", "std", "x smallest"]
+        rows = [
+            [
+                r.name,
+                r.channels,
+                f"{r.size[0]}x{r.size[1]}",
+                "global" if r.size == (1, 1) else f"{r.stride:g}",
+                f"{r.mean:.4g}",
+                f"{r.std:.3g}",
+                f"{r.mean / smallest:.3g}",
+            ]
+            for r in self.layers
+        ]
+        return "\n".join(lines) + "\n" + markdown_table(header, rows)
 
     def to_json(self) -> dict:
         return {"title": self.title, "layers": [asdict(r) for r in self.layers]}

@@ -36,14 +36,14 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from segbench.analysis.loading import LoadedModel, load_model, sample_images
+from segbench.analysis.loading import LoadedModel, sample_images
 from segbench.analysis.tool import Common, Tool
+from segbench.tables import markdown_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -247,16 +247,19 @@ def markdown(results: list[GriddingResult]) -> str:
     ):
         levels = level_columns(results)
         lines.append(f"**{title.format(p=results[0].period)}**\n")
-        lines.append("| model | " + " | ".join(levels) + " |")
-        lines.append("|---|" + "---|" * len(levels))
+        rows = []
         for r in results:
             values = dict(zip(r.levels, getattr(r, attr), strict=True))
-            cells = [
-                f"{values[lv]:.2f}" if lv in values and not math.isnan(values[lv]) else "–"
-                for lv in levels
-            ]
-            lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
-        lines.append("")
+            rows.append(
+                [
+                    r.name,
+                    *(
+                        f"{values[lv]:.2f}" if lv in values and not math.isnan(values[lv]) else "–"
+                        for lv in levels
+                    ),
+                ]
+            )
+        lines.append(markdown_table(["model", *levels], rows))
     return "\n".join(lines)
 
 
@@ -329,13 +332,6 @@ def draw(results: list[GriddingResult], fig: Figure, max_images: int = 1) -> Non
 
 
 # -- the command --------------------------------------------------------------------------------
-def load_run(run_dir: Path, ckpt: str = "best") -> tuple[nn.Module, object]:
-    """The trained network of a run directory's checkpoint ``ckpt`` (no fallback) and its data
-    module."""
-    loaded = load_model([str(run_dir)], ckpt=ckpt)
-    return loaded.net, loaded.datamodule
-
-
 @dataclass
 class Options:
     """Options of ``segbench gridding``.

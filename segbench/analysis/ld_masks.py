@@ -22,7 +22,7 @@ Prints the tables; ``--out DIR`` writes them (``ld-masks.md``) and:
   ``--record`` also stores these mIoUs and their differences (``ld_mask/spatial_mIoU_gain``: as
   trained minus averaged over positions; ``ld_mask/input_mIoU_gain``: as trained minus constant)
   in the run's ``metrics.json``, for ``segbench report --metrics`` (see
-  :func:`segbench.analysis.report.record_analysis`).
+  :meth:`segbench.rundir.RunDir.record`).
 
 A run directory is loaded with its checkpoint ``--ckpt``; ``--config`` builds a fresh
 (untrained) network, which checks the plumbing but says nothing about GALD. The command line is
@@ -47,6 +47,7 @@ from segbench.analysis.tool import Common, Tool
 from segbench.errors import ConfigError
 from segbench.metrics import SegmentationMetrics
 from segbench.models.layers.global_context import LocalDistribution
+from segbench.tables import markdown_table
 from segbench.visualize import colourise
 
 if TYPE_CHECKING:
@@ -218,13 +219,11 @@ def markdown(stats: dict[str, dict[str, float | int | None]]) -> str:
     def fmt(v: float | int | None) -> str:
         return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else f"{v:,}"
 
-    lines = ["| class | pixels | mean M | interior | boundary |", "|---|---|---|---|---|"]
-    for name, s in stats.items():
-        lines.append(
-            f"| {name} | {fmt(s['pixels'])} | {fmt(s['mean'])} | {fmt(s.get('interior'))} "
-            f"| {fmt(s.get('boundary'))} |"
-        )
-    return "\n".join(lines) + "\n"
+    rows = [
+        [name, fmt(s["pixels"]), fmt(s["mean"]), fmt(s.get("interior")), fmt(s.get("boundary"))]
+        for name, s in stats.items()
+    ]
+    return markdown_table(["class", "pixels", "mean M", "interior", "boundary"], rows)
 
 
 def recorded(ablation: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -246,16 +245,8 @@ def ablation_markdown(ablation: dict[str, dict[str, float]], images: int) -> str
     }
     keys = list(next(iter(ablation.values())))
     head = ["mask", *(k.removeprefix("IoU/") for k in keys)]
-    lines = [
-        f"Mask ablation over {images} images (IoU, %):",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for how, metrics in ablation.items():
-        cells = [f"{100 * metrics[k]:.2f}" for k in keys]
-        lines.append(f"| {names[how]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[names[how], *(f"{100 * m[k]:.2f}" for k in keys)] for how, m in ablation.items()]
+    return f"Mask ablation over {images} images (IoU, %):\n\n" + markdown_table(head, rows)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from jsonargparse import Namespace
 from torch import Tensor, nn
 
-from segbench.config import build
+from segbench.cli.lightning import build
 from segbench.data.base import SegmentationDataModule, Split
 from segbench.errors import CheckpointError
 from segbench.rundir import RunDir, safe_load

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from segbench.config import build
+from segbench.cli.lightning import build
+from segbench.tables import markdown_table
 
 
 @dataclass
@@ -46,7 +47,7 @@ class ModelSummary:
                 ("backbone GFLOPs", f"{self.backbone_flops / 1e9:.2f}"),
                 ("decoder GFLOPs (total - backbone)", f"{rest / 1e9:.2f}"),
             ]
-        return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]) + "\n"
+        return markdown_table(["", ""], rows)
 
 
 def count_flops(net: nn.Module, input_size: tuple[int, int], device: str = "meta") -> int:

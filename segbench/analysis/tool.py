@@ -34,7 +34,7 @@ import logging
 import re
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import UnionType
@@ -53,8 +53,11 @@ from typing import (
 )
 
 from segbench.analysis.loading import LoadedModel, is_run_dir, load_model
+from segbench.config import config_files
 from segbench.data.base import Split
 from segbench.errors import ConfigError
+from segbench.rundir import RunDir, atomic_write_json
+from segbench.visualize import save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -201,10 +204,8 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
             result = self.measure(model, options, common)
             results.append((name, result))
             if common.record and model.run_dir is not None:
-                from segbench.analysis.report import record_analysis
-
-                record_analysis(
-                    model.run_dir, result.summary(), tool=self.name, checkpoint=model.checkpoint
+                RunDir(model.run_dir).record(
+                    self.name, result.summary(), checkpoint=model.checkpoint
                 )
                 log.info("%s: recorded in %s", self.name, model.run_dir / "metrics.json")
         text = self.report(results)
@@ -214,8 +215,6 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
         return results
 
     def write(self, results: Sequence[tuple[str, ResultT]], text: str, out: Path) -> None:
-        from segbench.rundir import atomic_write_json
-
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{self.name}.md").write_text(text)
         atomic_write_json(out / f"{self.name}.json", {n: r.to_json() for n, r in results})
@@ -227,15 +226,6 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
                 lambda fig: self.plot_together(results, fig), out / f"{self.name}.png", self.figsize
             )
         log.info("%s: wrote %s/%s.{md,json,png}", self.name, out, self.name)
-
-
-def save_figure(draw: Callable[[Figure], None], path: Path, figsize: tuple[float, float]) -> None:
-    """Draw on a figure of its own (no pyplot state, no backend switch) and save it."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    draw(fig)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 OptionKind = Literal["flag", "list", "value"]
@@ -307,8 +297,6 @@ def model_name(model: LoadedModel, args: Sequence[str]) -> str:
     else its class."""
     if model.run_dir is not None:
         return model.run_dir.name
-    from segbench.config import config_files
-
     files = config_files(list(args))
     return Path(files[-1]).stem if files else type(model.net).__name__
 

@@ -46,6 +46,7 @@ from segbench.models.layers.label_basis import (
     fit_sgd,
     label_patches,
 )
+from segbench.tables import markdown_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -274,13 +275,13 @@ def markdown(ub: UpperBound, title: str = "") -> str:
             methods.append(_label(r))
     cell = {(_label(r), r.stride): r.metrics["mIoU"] for r in ub.results}
     lines = [f"### {title}\n" if title else ""]
-    lines.append("| upsampler | " + " | ".join(f"stride {s}" for s in strides) + " |")
-    lines.append("|---|" + "---|" * len(strides))
-    for m in methods:
-        vals = [cell.get((m, s)) for s in strides]
-        lines.append(
-            f"| {m} | " + " | ".join("" if v is None else f"{100 * v:.1f}" for v in vals) + " |"
-        )
+    rows = [
+        [m, *("" if v is None else f"{100 * v:.1f}" for v in (cell.get((m, s)) for s in strides))]
+        for m in methods
+    ]
+    lines.append(
+        markdown_table(["upsampler", *(f"stride {s}" for s in strides)], rows).rstrip("\n")
+    )
     secs = ub.seconds
     lines.append(
         f"\nmIoU* (%) of the ground truth through each upsampler; DUpsample's W fitted on "

@@ -335,7 +335,8 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def _image_batches(self, patterns: list[str]) -> ImageBatches:
         """The files of ``patterns`` as batches of one size each; files whose header cannot be
-        read are reported and skipped (all of them unreadable is an error)."""
+        read, or whose size is over the limit, are reported and skipped (all of them skipped is
+        an error)."""
         paths, sizes = [], []
         for path in find_images(patterns):
             size = image_size(path)
@@ -352,7 +353,7 @@ class SegmentationDataModule(L.LightningDataModule):
                     f"{size[1]} x {size[0]} = {size[0] * size[1] / 1e6:.3g} MP is over "
                     f"--max_megapixels {limit / 1e6:g}: predicting it whole would hold ~"
                     f"{size[0] * size[1] * 170 / 2**30:.0f} GB; predict it in tiles (--tile "
-                    "1024: ~20 bytes a pixel), or raise --max_megapixels where the memory is "
+                    "1024: ~40 bytes a pixel), or raise --max_megapixels where the memory is "
                     "there"
                 )
             if isinstance(size, str):
@@ -362,7 +363,10 @@ class SegmentationDataModule(L.LightningDataModule):
             paths.append(path)
             sizes.append(size)
         if not paths:
-            raise SegbenchError(f"--images {' '.join(patterns)}: no readable image")
+            raise SegbenchError(
+                f"--images {' '.join(patterns)}: nothing to predict: every image was skipped, "
+                "each named above with why"
+            )
         files = ImageFiles(
             paths, transform=eval_transform(mean=self.mean, std=self.std, scale=self.scale)
         )

@@ -9,12 +9,13 @@ remapped with a look-up table (e.g. CamVid's void 11 -> 255, Cityscapes' labelId
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,19 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     return np.asarray(im.convert("RGB"))
+
+
+@contextlib.contextmanager
+def sized_by_caller() -> Iterator[None]:
+    """Pillow's decompression-bomb limit lifted: for reading images whose size the caller has
+    already judged (``segbench predict`` checks each header against ``--max_megapixels`` and
+    tiles what is over it), so that Pillow does not refuse what segbench was asked to read."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def read_image(path: Path) -> torch.Tensor:
@@ -385,10 +399,8 @@ def output_names(paths: Sequence[Path]) -> list[str]:
 def image_size(path: Path) -> tuple[int, int] | str:
     """``(H, W)`` from the file's header (nothing decoded), or why it cannot be read."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sized by the caller
-            with Image.open(path) as im:
-                return im.height, im.width
+        with sized_by_caller(), Image.open(path) as im:  # the caller judges the size
+            return im.height, im.width
     except (OSError, Image.DecompressionBombError) as err:  # Unidentified...: an OSError
         return f"cannot read it ({type(err).__name__}: {err})"
 
@@ -412,7 +424,8 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> dict[str, object]:
         path, name = self.paths[index], self.names[index]
         try:
-            original = read_image(path)
+            with sized_by_caller():  # ImageBatches checked each header against the limit
+                original = read_image(path)
         except OSError as err:
             return {"name": name, "path": str(path), "error": str(err)}
         image = self.transform(tv_tensors.Image(original))

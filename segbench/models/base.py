@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -77,11 +78,10 @@ _REGISTRY: dict[str, type[SegmentationModel]] = {}
 def architectures() -> dict[str, type[SegmentationModel]]:
     """Every architecture: the :class:`SegmentationModel` subclasses defined in the modules of
     ``segbench.models`` (each module is imported once), by class name, sorted."""
-    import segbench.models as package
-
-    for module in pkgutil.iter_modules(package.__path__):
+    package = __name__.rpartition(".")[0]
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if not module.ispkg and module.name != "base":
-            importlib.import_module(f"{package.__name__}.{module.name}")
+            importlib.import_module(f"{package}.{module.name}")
     return dict(sorted(_REGISTRY.items()))
 
 

@@ -11,7 +11,7 @@ import torch
 
 from segbench.analysis.cue_distance import cue_distances
 from segbench.cli import main
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_distances_are_euclidean_to_the_nearest_cue_pixel():

@@ -21,7 +21,7 @@ from segbench.analysis.erf import (
 )
 from segbench.cli import main as segbench
 from segbench.models import FCN, ParseNet
-from tests.conftest import tiny_args
+from tests.helpers import tiny_args
 
 
 class ConvPoolStack(nn.Module):
@@ -158,4 +158,4 @@ def test_cli_on_a_trained_run(tmp_path, capsys):
     assert data["unit"] == [10, 50]
     assert data["measure"] == "score"
     assert "fresh" not in data["model"]
-    assert (tmp_path / "t" / "erf.md").read_text().startswith("| |")
+    assert (tmp_path / "t" / "erf.md").read_text().startswith("|  |  |\n|---|---|")

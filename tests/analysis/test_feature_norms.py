@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from segbench.analysis.feature_norms import feature_norms, main
 from segbench.analysis.loading import load_model, sample_images
 from segbench.cli import main as segbench
-from tests.conftest import tiny_args
+from tests.helpers import tiny_args
 
 
 class KnownBackbone(nn.Module):

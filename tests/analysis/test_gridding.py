@@ -19,7 +19,7 @@ from segbench.analysis.gridding import (
 )
 from segbench.cli import main
 from segbench.models import DRN, FCN
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def gaussian(size: int, sigma: float) -> torch.Tensor:

@@ -11,7 +11,7 @@ from segbench.analysis.ld_masks import boundary_mask, mask_ablation, replaced_ma
 from segbench.cli import main
 from segbench.metrics import SegmentationMetrics
 from segbench.models.layers.global_context import LocalDistribution
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 GALD_TINY = [
     "--config",

@@ -19,13 +19,13 @@ import pytest
 
 from segbench.analysis.loading import load_model
 from segbench.analysis.tool import Common, NotApplicableError, Tool, split_argv
-from segbench.cli import main, tools
+from segbench.cli import COMMANDS, main
 from segbench.models import architectures
 
 
 def analysis_tools() -> dict[str, Tool]:
     found = {}
-    for name, module in tools().items():
+    for name, module in COMMANDS.items():
         tool = getattr(importlib.import_module(module), "TOOL", None)
         if isinstance(tool, Tool):
             found[name] = tool

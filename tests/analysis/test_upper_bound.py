@@ -13,7 +13,7 @@ from segbench.cli import main
 from segbench.metrics import SegmentationMetrics
 from segbench.models.layers import dupsample as D
 from segbench.models.layers import label_basis as B
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 K = 4
 

@@ -15,17 +15,9 @@ from segbench.data.camvid import ENV_VAR
 from segbench.data.files import find_images, output_names, read_image, read_mask
 from segbench.data.transforms import Augment
 from segbench.errors import ConfigError
+from tests.helpers import write_png
 
 SEGNET_PREFIX = "/SegNet/CamVid/"
-
-
-def write_png(path: Path, array: np.ndarray, palette: list[int] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(array)
-    if palette is not None:
-        img = img.convert("P")
-        img.putpalette(palette)
-    img.save(path)
 
 
 def camvid_tree(root: Path, n: int = 3, *, prefix: str = "") -> Path:

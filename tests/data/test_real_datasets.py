@@ -23,7 +23,7 @@ from segbench.data.cityscapes import ENV_VAR as CITYSCAPES_ENV
 from segbench.data.convert_sbd import convert_sbd, voc_palette_png
 from segbench.data.voc import SBD_ENV, VOC_ENV
 from segbench.errors import ConfigError
-from tests.data.test_files import write_png
+from tests.helpers import write_png
 
 VOC_PALETTE = [c for rgb in default_palette(256) for c in rgb]
 H, W = 20, 28
@@ -408,8 +408,7 @@ def test_pascal_context_errors_say_what_was_expected_where(tmp_path):
 def test_fit_and_test_on_voc_train_aug_with_the_papers_protocols(tmp_path, monkeypatch):
     """The CLI on the VOC + SBD tree: data section + overrides, 21 classes linked into the model,
     sliding-window validation and multi-scale + flip testing at the labels' size."""
-    from tests.conftest import REPO, tiny_args
-    from tests.test_cli import metrics, run_main
+    from tests.helpers import REPO, metrics, run_main, tiny_args
 
     monkeypatch.setenv(VOC_ENV, str(voc_tree(tmp_path / "voc")))
     monkeypatch.setenv(SBD_ENV, str(sbd_tree(tmp_path / "sbd")))

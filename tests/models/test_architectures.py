@@ -107,7 +107,7 @@ def test_every_switch_builds_and_runs(cls, kwargs, name, value):
 
 
 def traced_matches_eager(net: nn.Module, sizes: list[tuple[int, int]]) -> None:
-    from segbench.analysis.export import _tracing, exportable
+    from segbench.deploy.export import _tracing, exportable
 
     module = exportable(net)
     with _tracing():

@@ -235,7 +235,7 @@ def test_segmentation_head_initialisation():
 @pytest.mark.parametrize("name", [*NAMED, "drn_b_26"])
 def test_segbench_summary_shows_the_official_counts(name, capsys):
     from segbench.cli import main
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     imagenet = REPO / "experiments" / "drn" / "imagenet"
     main(

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from segbench.analysis.claims import Claim, claims_table, judge
-from segbench.analysis.report import Row, Run, judge_claims
 from segbench.errors import ConfigError
+from segbench.study.ablation import Claim
+from segbench.study.render import claims_table
+from segbench.study.runs import Row, Run
+from segbench.study.verdicts import judge, judge_claims
 
 
 def claim(**kw) -> Claim:
@@ -131,8 +133,8 @@ def test_a_claim_on_several_metrics_compares_their_mean_per_run():
 def test_every_declared_claim_loads_and_names_the_ablations_variants_and_metrics():
     import yaml
 
-    from segbench.analysis.sweep import find_ablations
-    from tests.conftest import REPO
+    from segbench.study.ablation import find_ablations
+    from tests.helpers import REPO
 
     ids = []
     for ablation in find_ablations(REPO / "experiments").values():
@@ -152,8 +154,8 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     claims; the other ablations' claims are listed as not run."""
     import json
 
-    from segbench.analysis.claims import main
-    from tests.conftest import REPO
+    from segbench.study.claims import main
+    from tests.helpers import REPO
 
     values = {
         "fcn32s": (0.50, 0.52, 0.51),
@@ -221,7 +223,7 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
 
 
 def test_last_quarter_gain_is_of_the_mean_curve():
-    from segbench.analysis.claims import last_quarter_gain
+    from segbench.study.stats import last_quarter_gain
 
     curves = [{e: 0.1 * e for e in range(8)}, {e: 0.1 * e + 0.02 for e in range(8)}]
     assert last_quarter_gain(curves) == pytest.approx(20.0)  # 2 of 8 epochs, 0.1 each

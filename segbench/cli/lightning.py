@@ -1,4 +1,5 @@
-"""The ``segbench`` command: LightningCLI for fit/validate/test/predict, plus the analysis tools.
+"""LightningCLI for ``segbench fit/validate/test/predict``, and :func:`build` (a config's task and
+data module as ``segbench fit`` parses them, for tools and notebooks).
 
 ``segbench fit --config experiments/quickstart.yaml [--model.net.init_args.variant=16s ...]``
 
@@ -18,10 +19,8 @@ of a misspelt key.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -39,7 +38,6 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from segbench import errors
 from segbench.callbacks import (
     ExactResume,
     LastCheckpoint,
@@ -48,10 +46,10 @@ from segbench.callbacks import (
     RunFiles,
     SegmentationVisualizer,
 )
+from segbench.cli.commands import COMMANDS
 from segbench.config import (
     LINKS,
     RunConfig,
-    check_yaml_files,
     config_files,
     flatten,
     locate_keys,
@@ -64,25 +62,6 @@ from segbench.rundir import RunCheckpointIO, RunDir, WriterLock, atomic_write_te
 from segbench.task import DEFAULT_OPTIMIZER, SegmentationTask
 
 log = logging.getLogger("segbench")
-
-#: The packages whose modules with a ``main(argv)`` are ``segbench`` tools.
-TOOL_PACKAGES = ("segbench.analysis", "segbench.data")
-
-
-def tools() -> dict[str, str]:
-    """``segbench <tool>`` -> module: every module of :data:`TOOL_PACKAGES` that defines
-    ``main(argv)``, named after it (``feature_norms.py`` -> ``segbench feature-norms``). Found by
-    reading the sources, so the command starts without importing every tool."""
-    found = {}
-    for package in TOOL_PACKAGES:
-        folder = Path(__file__).parent / package.split(".", 1)[1]
-        for module in sorted(folder.glob("[a-z]*.py")):
-            if re.search(r"^def main\(", module.read_text(), re.MULTILINE):
-                found[module.stem.replace("_", "-")] = f"{package}.{module.stem}"
-    return found
-
-
-TOOLS = tools()
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -583,7 +562,7 @@ def add_predict_arguments(parser: LightningArgumentParser) -> None:
         default=None,
         help="predict images over --max_megapixels in tiles of TILE x TILE pixels, each seen "
         "with TILE/4 pixels of context on every side (cut off afterwards), in memory bounded by "
-        "the tile (~20 bytes a pixel for the image and its labels, 2 more per class with "
+        "the tile (~40 bytes a pixel for the image and its labels, 2 more per class with "
         "--save_probs) instead of skipping them; a network with global context (ParseNet, "
         "GALD) then sees a tile's context, not the image's",
     )
@@ -609,7 +588,7 @@ class _BuildOnly(SegbenchCLI):
         pass
 
 
-def build_only(args: list[str]) -> tuple[SegmentationTask, SegmentationDataModule, Namespace]:
+def build(args: list[str]) -> tuple[SegmentationTask, SegmentationDataModule, Namespace]:
     """Build the task and data module of a config without a trainer, data or logger.
 
     ``args`` are ``segbench fit`` arguments, e.g. ``["--config", "experiments/quickstart.yaml"]``.
@@ -623,30 +602,8 @@ def build_only(args: list[str]) -> tuple[SegmentationTask, SegmentationDataModul
 _DESCRIPTION = (
     "segbench: semantic segmentation experiments (FCN, ParseNet, DRN, GALD, DUpsampling).\n"
     "Training and evaluation: segbench {fit,validate,test,predict} --config FILE.yaml.\n"
-    "Tools: " + ", ".join(f"segbench {t} --help" for t in TOOLS) + "."
+    "Tools: " + ", ".join(f"segbench {t} --help" for t in COMMANDS) + "."
 )
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (pytest and notebooks swap it)."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-def configure_logging() -> None:
-    """segbench's own messages: plain lines on stderr, at INFO."""
-    if not log.handlers:
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
 
 
 def _mark_attempt(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -657,37 +614,3 @@ def _mark_attempt(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
         attempts[-1][key] = value
 
     return change
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``segbench`` console script.
-
-    A user error ends it with one paragraph on stderr and exit code 1 (see
-    :mod:`segbench.errors`); ``SEGBENCH_DEBUG=1`` raises it with its traceback instead.
-    """
-    configure_logging()
-    from_python = argv is not None
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] in TOOLS:
-            importlib.import_module(TOOLS[argv[0]]).main(list(argv[1:]))
-            return
-        check_yaml_files(argv)
-        if from_python:
-            # LightningCLI reads (and DDP re-launches) sys.argv, so make it say what was asked.
-            with mock.patch.object(sys, "argv", [sys.argv[0], *argv]):
-                SegbenchCLI()
-        else:
-            SegbenchCLI()
-    except (SystemExit, KeyboardInterrupt):
-        raise
-    except BaseException as err:
-        known = errors.user_error(err)
-        if known is None or errors.debug():
-            raise
-        log.error("segbench: error: %s", errors.user_message(known))
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

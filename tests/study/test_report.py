@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from segbench.analysis.report import report
+from segbench.rundir import RunDir
 from segbench.rundir import atomic_write_json as write_json
+from segbench.study.report import report
 
 
 def fake_run(root: Path, variant: str, seed: int, miou: float) -> None:
@@ -106,11 +107,9 @@ def test_metrics_file_round_trips(tmp_path):
 
 
 def test_analysis_values_are_columns_and_paper_rows_match_by_run(runs, tmp_path):
-    from segbench.analysis.report import record_analysis
-
-    record_analysis(runs / "fcn8s-s0", {"gridding/impulse": 2.5}, tool="gridding", checkpoint="b")
-    record_analysis(
-        runs / "fcn8s-s1", {"gridding/impulse": 3.5, "other": 1}, tool="gridding", checkpoint="b"
+    RunDir(runs / "fcn8s-s0").record("gridding", {"gridding/impulse": 2.5}, checkpoint="b")
+    RunDir(runs / "fcn8s-s1").record(
+        "gridding", {"gridding/impulse": 3.5, "other": 1}, checkpoint="b"
     )
     data = json.loads((runs / "fcn8s-s1" / "metrics.json").read_text())
     assert data["fit"]["test"]["test/mIoU"] == 0.61  # the rest of the file is kept
@@ -125,10 +124,8 @@ def test_analysis_values_are_columns_and_paper_rows_match_by_run(runs, tmp_path)
 
 
 def test_record_analysis_needs_a_run(tmp_path):
-    from segbench.analysis.report import record_analysis
-
     with pytest.raises(FileNotFoundError):
-        record_analysis(tmp_path, {"x": 1.0}, tool="t", checkpoint="c")
+        RunDir(tmp_path).record("t", {"x": 1.0}, checkpoint="c")
 
 
 def test_provenance_columns_show_each_rows_values(runs):
@@ -170,7 +167,7 @@ def write_history(run_dir: Path, rows: list[tuple[int, str, str]]) -> None:
 
 
 def test_learning_curve_per_epoch_last_value_wins(tmp_path):
-    from segbench.analysis.report import learning_curve
+    from segbench.study.runs import learning_curve
 
     # epoch 1 logged twice: the run died after its validation and resumed in epoch 1
     write_history(tmp_path, [(0, "0.2", ""), (0, "", "1.5"), (1, "0.3", "1.2"), (1, "0.35", "")])
@@ -180,7 +177,10 @@ def test_learning_curve_per_epoch_last_value_wins(tmp_path):
 
 
 def test_curves_figure_means_over_seeds(runs, tmp_path):
-    from segbench.analysis.report import group_runs, load_run, plot_curves
+    from matplotlib.figure import Figure
+
+    from segbench.study.render import draw_curves
+    from segbench.study.runs import group_runs, load_run
 
     out = tmp_path / "results" / "fcn"
     report([str(runs)], out=str(out))
@@ -190,7 +190,8 @@ def test_curves_figure_means_over_seeds(runs, tmp_path):
     report([str(runs)], out=str(out))
     assert (out.parent / "fcn_curves.png").stat().st_size > 1000
     rows, _ = group_runs([load_run(p) for p in sorted(runs.glob("*/metrics.json"))])
-    fig = plot_curves(rows)
+    fig = Figure()
+    draw_curves(fig, rows)
     val_axis = fig.axes[0]
     (line,) = val_axis.get_lines()  # only fcn8s has curves
     assert list(line.get_xdata()) == [0, 1]

@@ -60,9 +60,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import segbench
 from segbench.analysis.loading import LoadedModel
 from segbench.analysis.tool import Common, Tool
 from segbench.errors import ConfigError, SegbenchError
+from segbench.rundir import atomic_write_json
+from segbench.tables import markdown_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -100,8 +103,8 @@ class Logits(nn.Module):
 def exportable(net: nn.Module) -> Logits:
     """A copy of ``net`` in eval mode, float32 and contiguous format, returning its logits.
 
-    The copy keeps the forward pre-hooks :func:`segbench.task.to_channels_last` adds (they sample
-    the input of strided 1x1 convolutions, the same function in either format)."""
+    The copy keeps the forward pre-hooks :func:`segbench.numerics.to_channels_last` adds (they
+    sample the input of strided 1x1 convolutions, the same function in either format)."""
     net = copy.deepcopy(net).float().to(memory_format=torch.contiguous_format)
     return Logits(net).eval()
 
@@ -243,15 +246,20 @@ class Export:
             f"Exported {self.metadata.get('architecture', 'the network')} as {self.format}: "
             f"{self.file} ({self.bytes / 2**20:.2f} MB) and {self.file}.json.",
             "",
-            "| input | max abs diff | tolerance | label agreement | near ties | passed |",
-            "|---|---|---|---|---|---|",
         ]
-        for c in self.checks:
-            lines.append(
-                f"| {c.batch} x 3 x {c.size[0]} x {c.size[1]} | {c.max_abs_diff:.3g} | "
-                f"{c.tolerance:.3g} | {100 * c.label_agreement:.2f} % | {c.near_ties} | "
-                f"{'yes' if c.passed else 'NO'} |"
-            )
+        header = ["input", "max abs diff", "tolerance", "label agreement", "near ties", "passed"]
+        rows = [
+            [
+                f"{c.batch} x 3 x {c.size[0]} x {c.size[1]}",
+                f"{c.max_abs_diff:.3g}",
+                f"{c.tolerance:.3g}",
+                f"{100 * c.label_agreement:.2f} %",
+                c.near_ties,
+                "yes" if c.passed else "NO",
+            ]
+            for c in self.checks
+        ]
+        lines.append(markdown_table(header, rows).rstrip("\n"))
         secs = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
         lines += ["", f"Exported model against PyTorch's logits (float32, CPU). Time: {secs}."]
         return "\n".join(lines) + "\n"
@@ -354,8 +362,6 @@ def check_inputs(image: Tensor, size: tuple[int, int], dynamic: bool) -> list[Te
 
 def metadata(model: LoadedModel, fmt: Format, size: tuple[int, int], dynamic: bool) -> dict:
     """The side-car's contents (without the check)."""
-    import segbench
-
     dm = model.datamodule
     net_config = model.config.model.get("net") if "model" in model.config else None
     shape: list[int | str] = ["batch", 3, "height", "width"] if dynamic else [1, 3, *size]
@@ -458,8 +464,6 @@ class ExportTool(Tool[Options, Export]):
         result = Export(str(out), fmt, out.stat().st_size, checks, seconds=seconds)
         result.metadata = metadata(model, fmt, size, options.dynamic)
         result.metadata["check"] = result.to_json()["checks"]
-        from segbench.rundir import atomic_write_json
-
         atomic_write_json(f"{out}.json", result.metadata)
         log.info("export: wrote %s and %s.json", out, out)
         return result

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from segbench.analysis.sweep import fit_command, run_state
-from tests.analysis.conftest import sweep_command
-from tests.conftest import REPO
+from segbench.study.plan import fit_command, run_state
+from tests.helpers import REPO, sweep_command
 
 
 def test_sweep_runs_reports_and_skips_finished_runs(tmp_path):
@@ -52,7 +51,7 @@ def test_interrupted_runs_resume_from_last(tmp_path):
 
 
 def test_every_ablation_yaml_loads_with_its_files():
-    from segbench.analysis.sweep import find_ablations
+    from segbench.study.ablation import find_ablations
 
     found = find_ablations(REPO / "experiments")
     assert {"fcn", "parsenet", "degridding", "upsampler", "gald"} <= set(found)
@@ -67,8 +66,8 @@ def test_every_ablation_yaml_loads_with_its_files():
 def test_an_ablation_is_found_by_name_or_paper_and_typos_are_named(tmp_path):
     import pytest
 
-    from segbench.analysis.sweep import find_ablation
     from segbench.errors import ConfigError
+    from segbench.study.ablation import find_ablation
 
     folder = tmp_path / "probe" / "synthetic"
     (folder / "variants").mkdir(parents=True)
@@ -141,7 +140,7 @@ def test_an_ablation_sweep_runs_its_steps_and_skips_recorded_runs(tmp_path):
 
 
 def test_results_tables_are_rewritten_between_the_marks_only(tmp_path):
-    from segbench.analysis.sweep import write_results
+    from segbench.study.publish import write_results
 
     path = tmp_path / "RESULTS.md"
     path.write_text(
@@ -183,7 +182,7 @@ def test_a_second_sweep_of_a_group_is_refused_and_seeds_are_run_once(tmp_path, c
 def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monkeypatch):
     """FIT_ARGS='--trainer.max_epochs 1' makes runs other than the recipe's: their table goes to
     results/, never over the recipe's table in the paper's RESULTS.md."""
-    from segbench.analysis import sweep
+    from segbench.study import sweep
 
     folder = tmp_path / "experiments" / "probe" / "synthetic"
     (folder / "variants").mkdir(parents=True)
@@ -217,3 +216,19 @@ def test_a_bad_sweep_option_is_one_line_under_a_short_usage(capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 2, err  # the usage line, then the error
         assert says in err[1]
+
+
+def test_a_results_table_of_more_runs_is_not_replaced_by_one_of_fewer(tmp_path, caplog):
+    from segbench.study.publish import write_results
+
+    path = tmp_path / "RESULTS.md"
+    assert write_results(path, "g", "| three seeds |\n", runs=6)
+    assert "<!-- sweep:g runs=6 (written by segbench sweep) -->" in path.read_text()
+    assert not write_results(path, "g", "| one seed |\n", runs=2)
+    assert "| three seeds |" in path.read_text()
+    assert "reports 6 runs, this one 2: not replaced" in caplog.text
+    assert write_results(path, "g", "| more |\n", runs=8)
+    text = path.read_text()
+    assert "| more |" in text
+    assert "runs=8" in text
+    assert "runs=6" not in text

@@ -15,12 +15,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from segbench.analysis import export, tool
-from segbench.analysis.export import TOOL, compare, run_model
+from segbench.analysis import tool
 from segbench.cli import main as segbench
 from segbench.data.synthetic import CLASS_NAMES, PALETTE
+from segbench.deploy import export
+from segbench.deploy.export import TOOL, compare, run_model
 from segbench.models import architectures
-from tests.analysis.conftest import fresh_args
+from tests.helpers import fresh_args
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 

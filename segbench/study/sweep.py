@@ -15,7 +15,7 @@ Each run is ``segbench fit --config BASE... --config VARIANT --seed_everything S
 stopped and started again: finished runs (test metrics present) are skipped and interrupted ones
 resume from their last checkpoint. Arguments after ``--`` go to every ``fit``.
 
-The runs can go at once (:mod:`segbench.analysis.launchers`): ``--jobs N`` runs N here, each with
+The runs can go at once (:mod:`segbench.study.launchers`): ``--jobs N`` runs N here, each with
 its own GPUs (``--devices_per_job D``) or its share of the CPU cores, logging to
 ``ROOT/GROUP/logs/<run>.log``; ``--launcher slurm`` submits them to SLURM through submitit (a job
 array; ``--slurm_partition``, ``--slurm_time``, ``--slurm_gpus_per_node``, ``--slurm_nodes`` for
@@ -31,280 +31,36 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import logging
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from segbench.analysis.claims import Claim
-from segbench.analysis.launchers import (
-    LAUNCHERS,
-    Launcher,
-    PlannedRun,
-    ProcessLauncher,
+from segbench.errors import ConfigError
+from segbench.rundir import RunDir, WriterLock
+from segbench.study.ablation import EXPERIMENTS, Ablation, find_ablation, find_ablations
+from segbench.study.launchers.base import LAUNCHERS, Launcher, device_fit_args, slot_envs
+from segbench.study.launchers.local import ProcessLauncher
+from segbench.study.launchers.slurm import (
     SubmititLauncher,
-    device_fit_args,
     import_submitit,
-    slot_envs,
     slurm_fit_args,
     slurm_parameters,
     still_queued,
 )
-from segbench.analysis.report import report
-from segbench.errors import ConfigError
-from segbench.rundir import RunDir, RunState, WriterLock
+from segbench.study.plan import expand_step, plan_runs, recorded_for_current_checkpoint, run_state
+from segbench.study.publish import write_results
+from segbench.study.report import report
 
 log = logging.getLogger("segbench")
-
-#: Where ablations are declared: ``experiments/<paper>/<set>/ablation.yaml``.
-EXPERIMENTS = Path("experiments")
-
-
-@dataclass
-class Step:
-    """A ``segbench`` tool run around the sweep: ``command`` with ``{placeholders}``.
-
-    Placeholders: ``{dir}`` (the ablation's folder), ``{results}`` (``results/<group>``),
-    ``{group}``; in ``after`` also ``{runs}`` (every run directory, as separate arguments); in
-    ``after_each`` ``{run}`` and ``{name}`` (one run). ``only`` (a glob on the variant) limits
-    ``after_each`` to some variants; ``when_env`` runs the step only if that variable is set.
-    """
-
-    command: list[str]
-    only: str | None = None
-    when_env: str | None = None
-
-
-@dataclass
-class Ablation:
-    """One ``ablation.yaml``: what a sweep over a paper's variants runs and reports.
-
-    Attributes:
-        name: ``segbench sweep --ablation NAME`` / ``make ablation-NAME``.
-        group: runs go to ``runs/<group>[-<scale>]/<variant>-s<seed>`` (the W&B group).
-        description: one line for ``make help``.
-        minutes_per_seed: CPU time of one seed on 2 idle cores, as measured (for planning).
-        base: config files every variant starts from (relative to the folder).
-        variants: glob of the variant files (relative to the folder).
-        metrics: the report's columns.
-        paper: the published numbers (relative to the folder), for the report.
-        before: steps run once before the runs.
-        after_each: steps run on each finished run, skipped when already recorded for its
-            current best checkpoint.
-        after: steps run once when every run is done, before the report.
-        claims: the claims the ablation tests (:class:`segbench.analysis.claims.Claim`, checked
-            when the file is loaded); the report gives each a verdict.
-    """
-
-    path: Path
-    name: str
-    group: str
-    description: str = ""
-    minutes_per_seed: float | None = None
-    base: list[str] = field(default_factory=lambda: ["base.yaml"])
-    variants: str = "variants/*.yaml"
-    metrics: list[str] = field(default_factory=list)
-    paper: str | None = None
-    before: list[Step] = field(default_factory=list)
-    after_each: list[Step] = field(default_factory=list)
-    after: list[Step] = field(default_factory=list)
-    claims: list[Claim] = field(default_factory=list)
-
-    @property
-    def folder(self) -> Path:
-        return self.path.parent
-
-    @classmethod
-    def load(cls, path: Path) -> Ablation:
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping")
-        known = set(cls.__dataclass_fields__) - {"path"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
-        for key in ("name", "group"):
-            if key not in data:
-                raise ConfigError(f"{path}: '{key}' is required")
-        for key in ("before", "after_each", "after"):
-            steps = []
-            for step in data.get(key) or []:
-                step = {"command": step} if isinstance(step, list) else step
-                steps.append(Step(**step))
-            data[key] = steps
-        data["claims"] = [Claim.load(c, str(path)) for c in data.get("claims") or []]
-        return cls(path=path, **data)
-
-    def configs(self, scale: str) -> tuple[list[str], list[str]]:
-        """The base files (with ``_scale_<scale>.yaml`` unless ``cpu``) and the variant files."""
-        base = [str(self.folder / b) for b in self.base]
-        if scale != "cpu":
-            extra = self.folder / f"_scale_{scale}.yaml"
-            if not extra.is_file():
-                have = sorted(p.stem.removeprefix("_scale_") for p in self.folder.glob("_scale_*"))
-                raise ConfigError(f"{self.path}: no scale '{scale}' (has: cpu, {', '.join(have)})")
-            base.append(str(extra))
-        variants = sorted(str(p) for p in self.folder.glob(self.variants))
-        if not variants:
-            raise ConfigError(f"{self.path}: no variant files match {self.variants}")
-        return base, variants
-
-
-def find_ablations(root: Path = EXPERIMENTS) -> dict[str, Ablation]:
-    """Every ``<root>/<paper>/<set>/ablation.yaml``, by name."""
-    found: dict[str, Ablation] = {}
-    for path in sorted(root.glob("*/*/ablation.yaml")):
-        ablation = Ablation.load(path)
-        if ablation.name in found:
-            raise ConfigError(
-                f"ablation name '{ablation.name}' in {found[ablation.name].path} and {path}"
-            )
-        found[ablation.name] = ablation
-    return found
-
-
-def find_ablation(name: str, root: Path = EXPERIMENTS) -> Ablation:
-    """By path, by name, or by paper folder: its one ablation, or its synthetic one where the
-    paper also has others (``drn``: ``degridding``, not ``degridding-camvid``)."""
-    if name.endswith(".yaml"):
-        return Ablation.load(Path(name))
-    found = find_ablations(root)
-    if name in found:
-        return found[name]
-    by_paper = [a for a in found.values() if a.folder.parent.name == name]
-    if len(by_paper) > 1:
-        by_paper = [a for a in by_paper if a.folder.name == "synthetic"] or by_paper
-    if len(by_paper) == 1:
-        return by_paper[0]
-    raise ConfigError(f"no ablation '{name}' under {root}; found: {', '.join(found) or 'none'}")
-
-
-def write_results(path: Path, group: str, table: str) -> None:
-    """Put ``table`` (the sweep's report) between the ``<!-- sweep:GROUP ... -->`` and
-    ``<!-- /sweep:GROUP -->`` marks of a paper's ``RESULTS.md`` (a new section at its end if it
-    has none); the rest of the file, the reading of the numbers, is left as written."""
-    from segbench.rundir import atomic_write_text
-
-    text = path.read_text() if path.is_file() else "# Results\n"
-    begin = f"<!-- sweep:{group}"
-    end = f"<!-- /sweep:{group} -->"
-    if begin in text and end in text:
-        i = text.index("\n", text.index(begin)) + 1
-        j = text.index(end)
-        text = text[:i] + table.strip() + "\n" + text[j:]
-    else:
-        text = (
-            text.rstrip()
-            + f"\n\n## {group}\n\n{begin} (written by segbench sweep) -->\n"
-            + table.strip()
-            + f"\n{end}\n"
-        )
-    atomic_write_text(path, text)
-
-
-def _expand(step: Step, values: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    for arg in step.command:
-        if arg == "{runs}":
-            out += [str(r) for r in values["runs"]]
-        else:
-            out.append(arg.format(**{k: v for k, v in values.items() if k != "runs"}))
-    return out
 
 
 def _tool(args: list[str]) -> int:
     log.info("segbench %s", " ".join(args))
     return subprocess.call([sys.executable, "-m", "segbench.cli", *args])
-
-
-def _recorded_for_current_checkpoint(run: RunDir, tool: str) -> bool:
-    record = (run.read().get("records") or {}).get(tool) or {}
-    best = run.checkpoint("best")
-    return (
-        bool(record) and best.is_file() and record.get("checkpoint_mtime") == best.stat().st_mtime
-    )
-
-
-def run_state(run_dir: Path) -> RunState:
-    """``"done"`` (tested), ``"partial"`` (a last checkpoint to resume) or ``"new"``."""
-    return RunDir(run_dir).state()
-
-
-def fit_command(
-    *,
-    base: list[str],
-    variant: str,
-    seed: int,
-    group: str,
-    root: str,
-    extra: list[str],
-    resume: bool,
-) -> list[str]:
-    stem = Path(variant).stem
-    cmd = [sys.executable, "-m", "segbench.cli", "fit"]
-    for cfg in [*base, variant]:
-        cmd += ["--config", cfg]
-    cmd += [
-        "--seed_everything",
-        str(seed),
-        "--run.group",
-        group,
-        "--run.name",
-        f"{stem}-s{seed}",
-        "--run.root",
-        root,
-        "--run.tags",
-        json.dumps([stem, group]),
-        "--run.test_after_fit",
-        "true",
-    ]
-    cmd += ["--ckpt_path", "last"] if resume else ["--run.overwrite", "true"]
-    return cmd + extra
-
-
-def plan_runs(
-    *,
-    base: list[str],
-    variants: list[str],
-    seeds: list[int],
-    group: str,
-    root: str,
-    extra: list[str],
-    queued: dict[str, str] | None = None,
-) -> list[PlannedRun]:
-    """The fits still to run, in grid order: finished runs skipped, interrupted ones resumed
-    from ``last.ckpt``, and runs a ``--no_wait`` sweep left queued on SLURM not submitted twice."""
-    grid = [(v, s) for v in variants for s in seeds]
-    planned = []
-    for i, (variant, seed) in enumerate(grid, 1):
-        name = f"{Path(variant).stem}-s{seed}"
-        run_dir = Path(root) / group / name
-        tag = f"[{i}/{len(grid)}] {group}/{name}"
-        state = run_state(run_dir)
-        if state == "done":
-            log.info("%s: done, skipped", tag)
-            continue
-        if queued and name in queued:
-            log.info("%s: still queued (%s), skipped", tag, queued[name])
-            continue
-        cmd = fit_command(
-            base=base,
-            variant=variant,
-            seed=seed,
-            group=group,
-            root=root,
-            extra=extra,
-            resume=state == "partial",
-        )
-        planned.append(PlannedRun(name, run_dir, cmd, state == "partial", i, len(grid), group))
-    return planned
 
 
 def _positive(text: str) -> int:
@@ -315,7 +71,7 @@ def _positive(text: str) -> int:
 
 
 def _add_launcher_options(parser: argparse.ArgumentParser) -> None:
-    run = parser.add_argument_group("how the runs are launched (segbench.analysis.launchers)")
+    run = parser.add_argument_group("how the runs are launched (segbench.study.launchers)")
     run.add_argument(
         "--launcher",
         choices=LAUNCHERS,
@@ -544,7 +300,7 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     for step in ablation.before if ablation else []:
         if step.when_env and not os.environ.get(step.when_env):
             continue
-        if not args.dry_run and _tool(_expand(step, values)) != 0:
+        if not args.dry_run and _tool(expand_step(step, values)) != 0:
             failures.append(f"before: {step.command[0]}")
     planned = plan_runs(
         base=base,
@@ -586,17 +342,18 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
             variant = run_dir.name.rsplit("-s", 1)[0]
             if step.only and not fnmatch.fnmatch(variant, step.only):
                 continue
-            if _recorded_for_current_checkpoint(RunDir(run_dir), tool):
+            if recorded_for_current_checkpoint(RunDir(run_dir), tool):
                 log.info("%s of %s: recorded for its checkpoint, skipped", tool, run_dir.name)
                 continue
-            if _tool(_expand(step, {**values, "run": run_dir, "name": run_dir.name})) != 0:
+            if _tool(expand_step(step, {**values, "run": run_dir, "name": run_dir.name})) != 0:
                 failures.append(f"{tool} {run_dir.name}")
     if done:
         for step in ablation.after if ablation else []:
-            if _tool(_expand(step, {**values, "runs": done})) != 0:
+            if _tool(expand_step(step, {**values, "runs": done})) != 0:
                 failures.append(f"after: {step.command[0]}")
+    reported = [str(d) for d in report_dirs if RunDir(d).metrics_file.is_file()]
     text = report(
-        [str(d) for d in report_dirs if RunDir(d).metrics_file.is_file()],
+        reported,
         metrics=metrics,
         out=out,
         paper=paper,
@@ -617,8 +374,8 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
         )
     elif ablation is not None and not args.out:  # every scale: its group names it (-long, ...)
         results = ablation.folder.parent / "RESULTS.md"
-        write_results(results, group, text)
-        log.info("report table: %s", results)
+        if write_results(results, group, text, runs=len(reported)):
+            log.info("report table: %s", results)
     if failures:
         log.error("failed: %s", ", ".join(failures))
         sys.exit(1)

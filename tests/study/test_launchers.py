@@ -16,22 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from segbench.analysis.launchers import (
-    device_slots,
+from segbench.errors import ConfigError, SegbenchError
+from segbench.rundir import RunDir
+from segbench.study.launchers.base import device_slots, slot_envs, threads_per_job, visible_devices
+from segbench.study.launchers.slurm import (
     import_submitit,
     resume_command,
     sbatch_script,
-    slot_envs,
     slurm_fit_args,
     slurm_parameters,
     still_queued,
-    threads_per_job,
-    visible_devices,
 )
-from segbench.errors import ConfigError, SegbenchError
-from segbench.rundir import RunDir
-from tests.analysis.conftest import sweep_command
-from tests.conftest import REPO
+from tests.helpers import REPO, sweep_command
 
 GROUP = "par"
 RUNS = ["fcn32s-s0", "fcn32s-s1", "fcn8s-s0", "fcn8s-s1"]
@@ -164,7 +160,7 @@ def test_without_submitit_the_slurm_launcher_says_how_to_install_it(monkeypatch)
 
 
 def test_bad_launcher_options_are_named(tmp_path):
-    from segbench.analysis import sweep
+    from segbench.study import sweep
 
     variant = tmp_path / "v.yaml"
     variant.write_text("{}\n")
@@ -195,7 +191,7 @@ def segbench_log() -> Iterator[list[str]]:
 
 
 def test_dry_run_prints_the_sbatch_file_for_the_slurm_launcher(tmp_path):
-    from segbench.analysis import sweep
+    from segbench.study import sweep
 
     variant = tmp_path / "v.yaml"
     variant.write_text("{}\n")
@@ -314,7 +310,8 @@ def test_a_terminated_sweep_stops_the_fits_it_started(tmp_path):
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from segbench.analysis.launchers import PlannedRun, ProcessLauncher\n"
+        "from segbench.study.launchers.base import PlannedRun\n"
+        "from segbench.study.launchers.local import ProcessLauncher\n"
         f"cmd = [sys.executable, '-c', {child!r}]\n"
         f"runs = [PlannedRun(f'r{{i}}', Path(r'{tmp_path}'), cmd, False, i, 3, 'g')"
         " for i in (1, 2, 3)]\n"
@@ -338,7 +335,7 @@ def test_a_terminated_sweep_stops_the_fits_it_started(tmp_path):
 
 
 def test_an_ablation_sweep_runs_only_the_variants_named(tmp_path, capsys):
-    from segbench.analysis import sweep
+    from segbench.study import sweep
 
     args = ["--ablation", "degridding", "--seeds", "0", "--root", str(tmp_path), "--dry-run"]
     with segbench_log() as lines:
@@ -361,19 +358,9 @@ def test_a_sweep_killed_with_sigkill_takes_its_fits_with_it(tmp_path):
 
     from segbench.rundir import WriterLock
 
-    release = tmp_path / "release"
-    cmd = sweep_command(tmp_path, "orphans")
-    cmd += ["--trainer.callbacks+=tests.faults.kill.WaitAtStep", "--trainer.callbacks.step=2",
-            f"--trainer.callbacks.release={release}"]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    cmd, env, release = _waiting_sweep(tmp_path, "orphans")
     sweep = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
-    waiting = Path(f"{release}.waiting")
-    deadline = time.monotonic() + 300
-    while not waiting.exists():
-        assert sweep.poll() is None, "the sweep ended before its fit reached step 2"
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    fit_pid = int(waiting.read_text())
+    fit_pid = _wait_at_step(release, sweep)
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
     release.touch()  # the fit goes on from step 2, sees the SIGTERM and stops
@@ -390,6 +377,27 @@ def test_a_sweep_killed_with_sigkill_takes_its_fits_with_it(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["fit"]["finished"] is False
 
 
+def _waiting_sweep(tmp_path: Path, group: str) -> tuple[list[str], dict[str, str], Path]:
+    """``(command, environment, release file)`` of a sweep whose fits wait after step 2 until
+    the release file exists."""
+    release = tmp_path / "release"
+    cmd = sweep_command(tmp_path, group)
+    cmd += ["--trainer.callbacks+=tests.faults.kill.WaitAtStep", "--trainer.callbacks.step=2",
+            f"--trainer.callbacks.release={release}"]  # fmt: skip
+    return cmd, {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}, release
+
+
+def _wait_at_step(release: Path, sweep: subprocess.Popen) -> int:
+    """The pid of the sweep's fit once it waits at its step (``tests.faults.kill.WaitAtStep``)."""
+    waiting = Path(f"{release}.waiting")
+    deadline = time.monotonic() + 300
+    while not waiting.exists():
+        assert sweep.poll() is None, "the sweep ended before its fit reached its step"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return int(waiting.read_text())
+
+
 def _ends_within(pid: int, seconds: float) -> bool:
     """Whether process ``pid`` has ended (or ends within ``seconds``)."""
     deadline = time.monotonic() + seconds
@@ -400,3 +408,24 @@ def _ends_within(pid: int, seconds: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_the_same_sweep_started_twice_runs_once(tmp_path):
+    """Two real sweep processes of one group: the second is refused at once, naming the first
+    (its pid), while the first trains; the first finishes its runs alone."""
+    cmd, env, release = _waiting_sweep(tmp_path, "twice")
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    try:
+        _wait_at_step(release, first)
+        second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert second.returncode == 1
+        assert f"is being written by pid {first.pid}" in second.stderr
+        assert len(second.stderr.strip().splitlines()) <= 3, second.stderr  # no usage dump
+        release.touch()
+        assert first.wait(timeout=600) == 0
+    finally:
+        release.touch()
+        if first.poll() is None:
+            first.kill()
+    runs = sorted(p.parent.name for p in (tmp_path / "runs" / "twice").glob("*/metrics.json"))
+    assert runs == ["fcn32s-s0", "fcn8s-s0"]

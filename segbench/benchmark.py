@@ -38,8 +38,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from segbench.config import build
-from segbench.numerics import resolve_precision
+from segbench.cli.lightning import SegbenchCLI, build
+from segbench.numerics import resolve_precision, to_channels_last
+from segbench.tables import markdown_table
+from segbench.visualize import save_figure
 
 
 @dataclass
@@ -115,8 +117,6 @@ def bare_step(
     train: bool = True,
 ) -> Callable[[], None]:
     """A training step (or inference, ``train=False``) of ``task`` on a fixed random batch."""
-    from segbench.task import to_channels_last
-
     net = task.net.to(device)
     task.to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -171,8 +171,6 @@ class _StepTimes(L.Callback):
 def loop_times(args: list[str], steps: int) -> tuple[list[float], int]:
     """Per-step seconds of ``segbench fit args`` for ``steps`` steps, validation off, in a
     temporary run directory."""
-    from segbench.cli import SegbenchCLI
-
     timer = _StepTimes()
     with tempfile.TemporaryDirectory(prefix="segbench-benchmark-") as root:
         overrides = [
@@ -222,8 +220,6 @@ def main(argv: list[str]) -> None:
         )
         sizes = [r for r in results if r.what.startswith("size ")]
         if sizes:
-            from segbench.analysis.tool import save_figure
-
             save_figure(lambda fig: plot_sizes(sizes, fig), known.out / "benchmark_sizes.png",
                         (7, 3.5))  # fmt: skip
     sys.stdout.write(
@@ -297,15 +293,22 @@ def markdown(results: list[Timing]) -> str:
     lines = [
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         "",
-        "| measure | setting | images/s (median) | IQR | peak memory (MB) | batch | input |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        mem = "" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}"
-        lines.append(
-            f"| {r.what} | {r.setting} | {r.images_per_s:.1f} | {r.iqr[0]:.1f}-{r.iqr[1]:.1f} "
-            f"| {mem} | {r.batch_size} | {r.input_size[0]}x{r.input_size[1]} |"
-        )
+    header = ["measure", "setting", "images/s (median)", "IQR", "peak memory (MB)", "batch",
+              "input"]  # fmt: skip
+    rows = [
+        [
+            r.what,
+            r.setting,
+            f"{r.images_per_s:.1f}",
+            f"{r.iqr[0]:.1f}-{r.iqr[1]:.1f}",
+            "" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}",
+            r.batch_size,
+            f"{r.input_size[0]}x{r.input_size[1]}",
+        ]
+        for r in results
+    ]
+    lines.append(markdown_table(header, rows).rstrip("\n"))
     notes = [f"{k} = {v:.3f}" for r in results for k, v in r.notes.items()]
     if notes:
         lines += ["", "Ratios: " + ", ".join(notes) + "."]

@@ -1,0 +1,79 @@
+"""The ``segbench`` command: Lightning's ``fit``, ``validate``, ``test`` and ``predict``
+(:mod:`segbench.cli.lightning`) and the commands of :data:`segbench.cli.commands.COMMANDS`.
+
+``segbench fit --config experiments/quickstart.yaml [--model.net.init_args.variant=16s ...]``
+
+A user error (a bad value, file or checkpoint, a full disk) ends the command with one paragraph
+naming what to fix and exit code 1; ``SEGBENCH_DEBUG=1`` shows its traceback
+(:mod:`segbench.errors`). Config errors are jsonargparse's (exit code 2), with the file and line
+of a misspelt key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any
+from unittest import mock
+
+from segbench import errors
+from segbench.cli.commands import COMMANDS
+from segbench.cli.lightning import SegbenchCLI
+from segbench.config import check_yaml_files
+
+__all__ = ["COMMANDS", "configure_logging", "main"]
+
+log = logging.getLogger("segbench")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (pytest and notebooks swap it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def configure_logging() -> None:
+    """segbench's own messages: plain lines on stderr, at INFO."""
+    if not log.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``segbench`` console script.
+
+    A user error ends it with one paragraph on stderr and exit code 1 (see
+    :mod:`segbench.errors`); ``SEGBENCH_DEBUG=1`` raises it with its traceback instead.
+    """
+    configure_logging()
+    from_python = argv is not None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in COMMANDS:
+            importlib.import_module(COMMANDS[argv[0]]).main(list(argv[1:]))
+            return
+        check_yaml_files(argv)
+        if from_python:
+            # LightningCLI reads (and DDP re-launches) sys.argv, so make it say what was asked.
+            with mock.patch.object(sys, "argv", [sys.argv[0], *argv]):
+                SegbenchCLI()
+        else:
+            SegbenchCLI()
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as err:
+        known = errors.user_error(err)
+        if known is None or errors.debug():
+            raise
+        log.error("segbench: error: %s", errors.user_message(known))
+        sys.exit(1)

@@ -1,0 +1,5 @@
+"""``python -m segbench.cli``: the ``segbench`` command (sweeps start their fits this way)."""
+
+from segbench.cli import main
+
+main()

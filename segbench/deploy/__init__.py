@@ -1,0 +1,1 @@
+"""Using a trained model outside training: export (:mod:`.export`, ``segbench export``)."""

@@ -1,0 +1,234 @@
+"""An ablation as data: ``experiments/<paper>/<set>/ablation.yaml`` (:class:`Ablation`: its
+variants, seeds, metrics, after-steps and scales) and the claims it tests (:class:`Claim`), read
+and checked with errors that name the file and the key.
+
+An ablation declares the claims it tests (:class:`Claim`)::
+
+    claims:
+      - id: fcn-8s-over-16s
+        claim: "Fusing pool3 as well (FCN-8s) improves on FCN-16s"
+        paper: "62.7 vs 62.4 mIoU (+0.3)"
+        source: FCN, CVPR 2015, table 2 (VOC2011 val)
+        metric: test/mIoU   # or a list: their mean per run (a group of classes)
+        a: fcn8s            # variant labels (the variant file's name)
+        b: fcn16s
+        direction: greater  # the paper says a > b; or less, or equal (within +-margin)
+        condition: "what must hold for the experiment to be able to show it"
+        measured: "what segbench's tools measured of that condition, and the command"
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from segbench.errors import ConfigError
+
+log = logging.getLogger("segbench")
+
+
+Direction = Literal["greater", "less", "equal"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of a paper, as an ablation tests it.
+
+    Attributes:
+        id: a short stable name (``fcn-8s-over-16s``), unique across the experiments.
+        claim: the paper's statement, in a sentence.
+        paper: the paper's number(s) behind it, as text.
+        source: where the number stands (paper, table or section, data set).
+        metric: the metric compared (a report column: ``test/mIoU``, ``test/IoU/pole``, ...),
+            or a list of them, compared by their mean per run (CamVid's thin classes: Pole,
+            SignSymbol, Pedestrian, Bicyclist).
+        a: the variant expected to be better (``direction: greater``), by its label.
+        b: the variant it is compared with.
+        direction: ``greater`` (a > b), ``less`` (a < b) or ``equal`` (within ``margin``).
+        margin: for ``equal``: the largest difference counted as equal, in the metric's report
+            scale (points for IoU).
+        condition: what must be true for this experiment to be able to show the claim.
+        measured: what was measured of that condition, with the command that measured it.
+    """
+
+    id: str
+    claim: str
+    metric: str | tuple[str, ...]
+    a: str
+    b: str
+    direction: Direction = "greater"
+    paper: str = ""
+    source: str = ""
+    margin: float | None = None
+    condition: str = ""
+    measured: str = ""
+
+    @classmethod
+    def load(cls, data: dict[str, Any], where: str) -> Claim:
+        """A claim from its ``ablation.yaml`` entry; errors name the file and the key."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: each claim is a mapping, got {data!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown claim key(s) {unknown}; known: {sorted(known)}")
+        missing = [k for k in ("id", "claim", "metric", "a", "b") if k not in data]
+        if missing:
+            raise ConfigError(f"{where}: claim {data.get('id', '?')} lacks {missing}")
+        if isinstance(data["metric"], list):
+            if not data["metric"] or not all(isinstance(m, str) for m in data["metric"]):
+                raise ConfigError(f"{where}: claim {data['id']}: metric is a name or a list of "
+                                  f"names, got {data['metric']!r}")  # fmt: skip
+            data = {**data, "metric": tuple(data["metric"])}
+        claim = cls(**{k: v for k, v in data.items()})
+        if claim.direction not in ("greater", "less", "equal"):
+            raise ConfigError(
+                f"{where}: claim {claim.id}: direction is greater, less or equal, "
+                f"got {claim.direction!r}"
+            )
+        if claim.direction == "equal" and not (claim.margin and claim.margin > 0):
+            raise ConfigError(f"{where}: claim {claim.id}: direction equal needs a margin > 0")
+        return claim
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metric(s) compared: one, or those whose mean per run is compared."""
+        return self.metric if isinstance(self.metric, tuple) else (self.metric,)
+
+    @property
+    def metric_label(self) -> str:
+        """The compared metric as the tables show it."""
+        if len(self.metrics) == 1:
+            return self.metrics[0]
+        prefix = re.match(r".*/", self.metrics[0])
+        common = prefix.group(0) if prefix and all(
+            m.startswith(prefix.group(0)) for m in self.metrics) else ""  # fmt: skip
+        return f"mean {common}{{{', '.join(m.removeprefix(common) for m in self.metrics)}}}"
+
+
+#: Where ablations are declared: ``experiments/<paper>/<set>/ablation.yaml``.
+EXPERIMENTS = Path("experiments")
+
+
+@dataclass
+class Step:
+    """A ``segbench`` tool run around the sweep: ``command`` with ``{placeholders}``.
+
+    Placeholders: ``{dir}`` (the ablation's folder), ``{results}`` (``results/<group>``),
+    ``{group}``; in ``after`` also ``{runs}`` (every run directory, as separate arguments); in
+    ``after_each`` ``{run}`` and ``{name}`` (one run). ``only`` (a glob on the variant) limits
+    ``after_each`` to some variants; ``when_env`` runs the step only if that variable is set.
+    """
+
+    command: list[str]
+    only: str | None = None
+    when_env: str | None = None
+
+
+@dataclass
+class Ablation:
+    """One ``ablation.yaml``: what a sweep over a paper's variants runs and reports.
+
+    Attributes:
+        name: ``segbench sweep --ablation NAME`` / ``make ablation-NAME``.
+        group: runs go to ``runs/<group>[-<scale>]/<variant>-s<seed>`` (the W&B group).
+        description: one line for ``make help``.
+        minutes_per_seed: CPU time of one seed on 2 idle cores, as measured (for planning).
+        base: config files every variant starts from (relative to the folder).
+        variants: glob of the variant files (relative to the folder).
+        metrics: the report's columns.
+        paper: the published numbers (relative to the folder), for the report.
+        before: steps run once before the runs.
+        after_each: steps run on each finished run, skipped when already recorded for its
+            current best checkpoint.
+        after: steps run once when every run is done, before the report.
+        claims: the claims the ablation tests (:class:`Claim`, checked
+            when the file is loaded); the report gives each a verdict.
+    """
+
+    path: Path
+    name: str
+    group: str
+    description: str = ""
+    minutes_per_seed: float | None = None
+    base: list[str] = field(default_factory=lambda: ["base.yaml"])
+    variants: str = "variants/*.yaml"
+    metrics: list[str] = field(default_factory=list)
+    paper: str | None = None
+    before: list[Step] = field(default_factory=list)
+    after_each: list[Step] = field(default_factory=list)
+    after: list[Step] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @classmethod
+    def load(cls, path: Path) -> Ablation:
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping")
+        known = set(cls.__dataclass_fields__) - {"path"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+        for key in ("name", "group"):
+            if key not in data:
+                raise ConfigError(f"{path}: '{key}' is required")
+        for key in ("before", "after_each", "after"):
+            steps = []
+            for step in data.get(key) or []:
+                step = {"command": step} if isinstance(step, list) else step
+                steps.append(Step(**step))
+            data[key] = steps
+        data["claims"] = [Claim.load(c, str(path)) for c in data.get("claims") or []]
+        return cls(path=path, **data)
+
+    def configs(self, scale: str) -> tuple[list[str], list[str]]:
+        """The base files (with ``_scale_<scale>.yaml`` unless ``cpu``) and the variant files."""
+        base = [str(self.folder / b) for b in self.base]
+        if scale != "cpu":
+            extra = self.folder / f"_scale_{scale}.yaml"
+            if not extra.is_file():
+                have = sorted(p.stem.removeprefix("_scale_") for p in self.folder.glob("_scale_*"))
+                raise ConfigError(f"{self.path}: no scale '{scale}' (has: cpu, {', '.join(have)})")
+            base.append(str(extra))
+        variants = sorted(str(p) for p in self.folder.glob(self.variants))
+        if not variants:
+            raise ConfigError(f"{self.path}: no variant files match {self.variants}")
+        return base, variants
+
+
+def find_ablations(root: Path = EXPERIMENTS) -> dict[str, Ablation]:
+    """Every ``<root>/<paper>/<set>/ablation.yaml``, by name."""
+    found: dict[str, Ablation] = {}
+    for path in sorted(root.glob("*/*/ablation.yaml")):
+        ablation = Ablation.load(path)
+        if ablation.name in found:
+            raise ConfigError(
+                f"ablation name '{ablation.name}' in {found[ablation.name].path} and {path}"
+            )
+        found[ablation.name] = ablation
+    return found
+
+
+def find_ablation(name: str, root: Path = EXPERIMENTS) -> Ablation:
+    """By path, by name, or by paper folder: its one ablation, or its synthetic one where the
+    paper also has others (``drn``: ``degridding``, not ``degridding-camvid``)."""
+    if name.endswith(".yaml"):
+        return Ablation.load(Path(name))
+    found = find_ablations(root)
+    if name in found:
+        return found[name]
+    by_paper = [a for a in found.values() if a.folder.parent.name == name]
+    if len(by_paper) > 1:
+        by_paper = [a for a in by_paper if a.folder.name == "synthetic"] or by_paper
+    if len(by_paper) == 1:
+        return by_paper[0]
+    raise ConfigError(f"no ablation '{name}' under {root}; found: {', '.join(found) or 'none'}")

@@ -1,0 +1,72 @@
+"""``segbench claims [--root runs] [--scale cpu] [--out FILE.md] [--into FILE.md]``: every claim
+of every ablation found (``experiments/*/*/ablation.yaml``, each claim's ``id``, ``claim``,
+``paper``, ``metric``, variants ``a`` and ``b``, ``direction`` and test ``condition``), judged from
+the runs under ``ROOT/<group>[-<scale>]``: the five papers in one table.
+
+Each verdict compares the runs of ``a`` and ``b`` seed by seed: the difference of means with a
+95% interval from Student's t (paired by seed when both ran the same seeds, else Welch's).
+*reproduced*: the interval excludes 0 in the paper's direction; *contradicted*: it excludes 0 the
+other way; *inconclusive*: neither (the table gives the smallest difference the sweep could have
+detected). ``equal`` claims use the 90% interval against their margin. A variant is *flat* when
+its validation mIoU gained less than 1 point over its last quarter of epochs. The statistics are
+explained in the documentation (explanation: claim statistics); a sweep's report shows its own
+ablation's claims.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from segbench.study.publish import keep_decided_rows, write_results
+from segbench.study.render import claims_table, merge_tables
+from segbench.study.verdicts import judge_ablations
+
+log = logging.getLogger("segbench")
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="segbench claims",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--experiments", default="experiments", help="where ablations are")
+    parser.add_argument("--root", default="runs", help="the sweeps' runs: ROOT/<group>/...")
+    parser.add_argument("--scale", default="cpu", help="cpu, or NAME for the -NAME groups")
+    parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.add_argument(
+        "--into",
+        help="also put the table between the <!-- sweep:claims --> marks of this markdown file "
+        "(the README's five-paper table); a claim with no finished runs under --root keeps the "
+        "row the file already has (runs stay on the machine that made them, tables do not)",
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="with --into: replace every row, also kept ones"
+    )
+    args = parser.parse_args(argv)
+    judged = judge_ablations(Path(args.experiments), Path(args.root), args.scale)
+    text = ""
+    ablations = {a.path: a for a, _ in judged}  # in order, once each
+    for ablation in ablations.values():
+        # The ablation's name, linked to its paper's results (relative to where tables go).
+        label = f"[{ablation.name}]({(ablation.folder.parent / 'RESULTS.md').as_posix()})"
+        text += claims_table([j for a, j in judged if a is ablation], group=label)
+    text = merge_tables(text)
+    verdicts = {j.claim.id: j.verdict for _, j in judged}
+    if args.into and not args.fresh and Path(args.into).is_file():
+        text, kept = keep_decided_rows(text, verdicts, Path(args.into).read_text())
+        verdicts.update(kept)
+        if kept:
+            log.info("claims without runs here, rows kept from %s: %s", args.into, ", ".join(kept))
+    counts = {v: sum(x == v for x in verdicts.values()) for v in ("reproduced", "contradicted",
+              "inconclusive", "not run")}  # fmt: skip
+    text += "\n" + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(judged)} claims\n"
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    if args.into:
+        write_results(Path(args.into), "claims", text)
+    sys.stdout.write(text)

@@ -1,0 +1,109 @@
+"""What a sweep still has to run: one ``segbench fit`` command per variant x seed, finished runs
+skipped, interrupted ones resumed from ``last.ckpt``; and the after-steps' commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from segbench.rundir import RunDir, RunState
+from segbench.study.ablation import Step
+from segbench.study.launchers.base import PlannedRun
+
+log = logging.getLogger("segbench")
+
+
+def run_state(run_dir: Path) -> RunState:
+    """``"done"`` (tested), ``"partial"`` (a last checkpoint to resume) or ``"new"``."""
+    return RunDir(run_dir).state()
+
+
+def fit_command(
+    *,
+    base: list[str],
+    variant: str,
+    seed: int,
+    group: str,
+    root: str,
+    extra: list[str],
+    resume: bool,
+) -> list[str]:
+    stem = Path(variant).stem
+    cmd = [sys.executable, "-m", "segbench.cli", "fit"]
+    for cfg in [*base, variant]:
+        cmd += ["--config", cfg]
+    cmd += [
+        "--seed_everything",
+        str(seed),
+        "--run.group",
+        group,
+        "--run.name",
+        f"{stem}-s{seed}",
+        "--run.root",
+        root,
+        "--run.tags",
+        json.dumps([stem, group]),
+        "--run.test_after_fit",
+        "true",
+    ]
+    cmd += ["--ckpt_path", "last"] if resume else ["--run.overwrite", "true"]
+    return cmd + extra
+
+
+def plan_runs(
+    *,
+    base: list[str],
+    variants: list[str],
+    seeds: list[int],
+    group: str,
+    root: str,
+    extra: list[str],
+    queued: dict[str, str] | None = None,
+) -> list[PlannedRun]:
+    """The fits still to run, in grid order: finished runs skipped, interrupted ones resumed
+    from ``last.ckpt``, and runs a ``--no_wait`` sweep left queued on SLURM not submitted twice."""
+    grid = [(v, s) for v in variants for s in seeds]
+    planned = []
+    for i, (variant, seed) in enumerate(grid, 1):
+        name = f"{Path(variant).stem}-s{seed}"
+        run_dir = Path(root) / group / name
+        tag = f"[{i}/{len(grid)}] {group}/{name}"
+        state = run_state(run_dir)
+        if state == "done":
+            log.info("%s: done, skipped", tag)
+            continue
+        if queued and name in queued:
+            log.info("%s: still queued (%s), skipped", tag, queued[name])
+            continue
+        cmd = fit_command(
+            base=base,
+            variant=variant,
+            seed=seed,
+            group=group,
+            root=root,
+            extra=extra,
+            resume=state == "partial",
+        )
+        planned.append(PlannedRun(name, run_dir, cmd, state == "partial", i, len(grid), group))
+    return planned
+
+
+def expand_step(step: Step, values: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for arg in step.command:
+        if arg == "{runs}":
+            out += [str(r) for r in values["runs"]]
+        else:
+            out.append(arg.format(**{k: v for k, v in values.items() if k != "runs"}))
+    return out
+
+
+def recorded_for_current_checkpoint(run: RunDir, tool: str) -> bool:
+    record = (run.read().get("records") or {}).get(tool) or {}
+    best = run.checkpoint("best")
+    return (
+        bool(record) and best.is_file() and record.get("checkpoint_mtime") == best.stat().st_mtime
+    )

@@ -1,0 +1,178 @@
+"""Finished (and unfinished) runs as the studies read them: found under folders or globs, loaded
+from their ``metrics.json`` (:class:`segbench.rundir.RunDir` owns the files), grouped into rows of
+one configuration over seeds, and their learning curves from ``metrics.csv``."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segbench.config import LINKS, flatten
+from segbench.rundir import RunDir
+from segbench.study.stats import mean_std
+
+log = logging.getLogger("segbench")
+
+
+METRICS_FILE = RunDir.METRICS
+
+
+#: Config keys that never distinguish variants: names, paths, bookkeeping, and the keys linked
+#: from the data module (set in a resumed run's config only; the data keys say the same).
+IGNORED_KEYS = re.compile(
+    r"^(config|ckpt_path|seed_everything|run\.(name|tags|root|overwrite|test_after_fit|wandb)"
+    r"|trainer\.(logger|callbacks|enable_progress_bar|default_root_dir)|data\.init_args\.root"
+    r"|data\.init_args\.num_workers"
+    + "".join("|" + re.escape(target) for _, target in LINKS)
+    + ")$"
+)
+
+
+DEFAULT_METRICS = ("val/mIoU", "test/mIoU", "test/pixel_acc", "test/mean_acc", "test/fwIoU")
+
+
+#: The per-epoch keys of the learning-curve figure.
+CURVE_KEYS = ("val/mIoU", "train/loss_epoch")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, float | None]
+    #: How the run was made, flat (``provenance.world_size``, ``provenance.versions.torch``).
+    provenance: dict[str, Any] = field(default_factory=dict)
+    #: ``None`` for a finished run, else what became of it (``"interrupted (SIGTERM) at
+    #: epoch 3"``, ``"stopped at epoch 3"``, ``"never trained"``).
+    unfinished: str | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("run.name", self.path.parent.name))
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed_everything")
+
+
+@dataclass
+class Row:
+    """Runs that share a configuration (up to the seed)."""
+
+    label: str
+    config: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, metric: str) -> list[float]:
+        return [
+            v for r in self.runs if (v := r.metrics.get(metric)) is not None and not math.isnan(v)
+        ]
+
+    def mean_std(self, metric: str) -> tuple[float | None, float | None, int]:
+        return mean_std(self.values(metric))
+
+
+def find_runs(paths: Iterable[str]) -> list[Path]:
+    """The ``metrics.json`` files under the given runs, directories or globs, in order."""
+    found: list[Path] = []
+    for pattern in paths:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        for m in map(Path, matches):
+            if m.is_file() and m.name == METRICS_FILE:
+                found.append(m)
+            elif (m / METRICS_FILE).is_file():
+                found.append(m / METRICS_FILE)
+            elif m.is_dir():
+                found.extend(sorted(m.rglob(METRICS_FILE)))
+    seen: set[Path] = set()
+    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def load_run(path: Path) -> Run:
+    """A run's config, results and provenance, from its ``metrics.json`` (see :class:`RunDir`)."""
+    run = RunDir(path.parent)
+    data = run.read()
+    return Run(
+        path.parent,
+        data.get("config") or {},
+        run.results(),
+        flatten(data.get("provenance") or {}, "provenance."),
+        unfinished(data),
+    )
+
+
+def unfinished(data: dict[str, Any]) -> str | None:
+    """What became of a run whose training did not finish (``None`` if it did)."""
+    fit = data.get("fit")
+    if fit is None:
+        return None if data.get("test") or data.get("validate") else "never trained"
+    if fit.get("finished", True):  # runs recorded before the key was written: not known
+        return None
+    attempts = (data.get("provenance") or {}).get("attempts") or [{}]
+    why = attempts[-1].get("interrupted")
+    epochs = fit.get("completed_epochs")
+    at = f" after {epochs} epoch{'s' * (epochs != 1)}" if epochs is not None else ""
+    return f"interrupted ({why}){at}" if why else f"stopped{at} (killed, failed or running)"
+
+
+def learning_curve(run_dir: Path, key: str = "val/mIoU") -> dict[int, float]:
+    """``{epoch: value}`` of one per-epoch key in a run's ``metrics.csv`` (empty if none).
+
+    A resumed run logs the epoch it resumed in again; the last value logged for an epoch wins.
+    """
+    path = RunDir(run_dir).csv
+    curve: dict[int, float] = {}
+    if path.is_file():
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get(key) and row.get("epoch"):
+                    curve[int(row["epoch"])] = float(row[key])
+    return curve
+
+
+def group_runs(runs: Sequence[Run]) -> tuple[list[Row], list[str]]:
+    """Group runs by configuration; return the rows and the config keys that differ.
+
+    A key differs when the runs that have it hold more than one value. A key that some runs lack
+    (a switch added to segbench after they ran) and the others all set alike does not split them.
+    """
+    keys = sorted({k for r in runs for k in r.config if not IGNORED_KEYS.match(k)})
+    differing = [
+        k
+        for k in keys
+        if len({json.dumps(r.config[k], sort_keys=True) for r in runs if k in r.config}) > 1
+    ]
+    rows: dict[str, Row] = {}
+    for r in runs:
+        cfg = {k: r.config.get(k) for k in differing}
+        sig = json.dumps(cfg, sort_keys=True, default=str)
+        if sig not in rows:
+            rows[sig] = Row(re.sub(r"-s\d+$", "", r.name), cfg)
+        rows[sig].runs.append(r)
+    return list(rows.values()), differing
+
+
+def report_scale(metric: str) -> float:
+    """Ratios are shown in percent, like the papers; counts and seconds as they are."""
+    return 100.0 if re.search(r"(IoU|acc)", metric) else 1.0
+
+
+def load_paper(path: str | None) -> dict[str, Any] | None:
+    if not path:
+        return None
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict) or "key" not in data or "rows" not in data:
+        raise ValueError(
+            f"{path}: expected a mapping with 'key' and 'rows' (see segbench report --help)"
+        )
+    return data

@@ -1,0 +1,162 @@
+"""The verdict a sweep's runs give on a claim.
+
+:func:`judge` compares the runs of ``a`` and ``b`` seed by seed: the difference of means
+``a - b`` with a 95% confidence interval from Student's t, **paired by seed** when both variants
+ran the same seeds (in a sweep the seed fixes the data order and augmentation, so the pairs share
+them and the spread between seeds cancels), otherwise **Welch's** unequal-variance t. The
+verdict:
+
+* *reproduced*: the interval excludes 0 in the paper's direction (for ``equal``: the 90%
+  interval, i.e. two one-sided tests at 5%, lies within ``+-margin``);
+* *contradicted*: it excludes 0 the other way (``equal``: the interval lies outside the margin);
+* *inconclusive*: neither; the table then gives the smallest difference the sweep could have
+  detected, ``(t_0.975 + t_0.80) x SE`` (a two-sided 5% test with 80% power at this spread).
+
+Convergence is judged beside the verdict, not inside it: a variant is *flat* when its validation
+mIoU (mean over seeds) gained less than :data:`FLAT_POINTS` points over the last quarter of its
+epochs; a claim whose variants are not both flat says so (a longer schedule, ``SCALE=long``,
+decides whether the difference is one of speed or of end point).
+
+Numbers are in the metric's report scale (IoU and accuracies in percent).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from segbench.study.ablation import Ablation, Claim, find_ablations
+from segbench.study.runs import Row, find_runs, group_runs, learning_curve, load_run, report_scale
+from segbench.study.stats import difference, last_quarter_gain, mean_std
+
+log = logging.getLogger("segbench")
+
+
+#: A validation curve that gains less than this (points of mIoU) over its last quarter is flat.
+FLAT_POINTS = 1.0
+
+
+Verdict = Literal["reproduced", "contradicted", "inconclusive", "not run"]
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the runs say of one claim (values in the metric's report scale)."""
+
+    claim: Claim
+    verdict: Verdict
+    #: ``(mean, std, n)`` of ``a`` and of ``b``.
+    a: tuple[float | None, float | None, int]
+    b: tuple[float | None, float | None, int]
+    difference: float | None = None
+    low: float | None = None
+    high: float | None = None
+    #: ``"paired t"`` or ``"Welch t"`` (and the degrees of freedom).
+    test: str = ""
+    #: The smallest difference the sweep could have detected (80% power), if inconclusive.
+    detectable: float | None = None
+    note: str = ""
+    #: Points of val mIoU that ``a`` and ``b`` gained over their last quarter of epochs.
+    gains: tuple[float | None, float | None] = (None, None)
+
+    @property
+    def flat(self) -> bool | None:
+        """Both variants' curves flat (``None``: no curve)."""
+        if None in self.gains:
+            return None
+        return all(g < FLAT_POINTS for g in self.gains)  # type: ignore[operator]
+
+
+def judge(
+    claim: Claim,
+    a: dict[Any, float],
+    b: dict[Any, float],
+    scale: float = 1.0,
+) -> Judgement:
+    """The verdict on ``claim`` from the runs of its two variants (``{seed: value}`` each)."""
+    a = {s: v * scale for s, v in a.items()}
+    b = {s: v * scale for s, v in b.items()}
+    sa, sb = mean_std(list(a.values())), mean_std(list(b.values()))
+    if sa[2] == 0 or sb[2] == 0:
+        return Judgement(claim, "not run", sa, sb, note="no finished run of " + (
+            claim.a if sa[2] == 0 else claim.b))  # fmt: skip
+    confidence = 0.90 if claim.direction == "equal" else 0.95
+    diff = difference(a, b, confidence)
+    if diff.low is None or diff.high is None:
+        return Judgement(claim, "inconclusive", sa, sb, diff.value,
+                         note="needs 2 or more seeds of each variant")  # fmt: skip
+    low, high = diff.low, diff.high
+    if claim.direction == "equal":
+        margin = float(claim.margin or 0)
+        if -margin < low and high < margin:
+            verdict: Verdict = "reproduced"
+        elif low > margin or high < -margin:
+            verdict = "contradicted"
+        else:
+            verdict = "inconclusive"
+    else:
+        sign = 1 if claim.direction == "greater" else -1
+        if sign * low > 0 and sign * high > 0:
+            verdict = "reproduced"
+        elif sign * low < 0 and sign * high < 0:
+            verdict = "contradicted"
+        else:
+            verdict = "inconclusive"
+    detectable = diff.detectable() if verdict == "inconclusive" else None
+    return Judgement(claim, verdict, sa, sb, diff.value, low, high, diff.test, detectable)
+
+
+def seed_values(rows: Sequence[Row], label: str, metrics: Sequence[str]) -> dict[Any, float]:
+    """``{seed: value}`` over the runs of the row labelled ``label``: the mean of ``metrics`` (one
+    or more; a run lacking one of them is left out)."""
+    values: dict[Any, float] = {}
+    for row in rows:
+        if row.label == label:
+            for run in row.runs:
+                vs = [run.metrics.get(m) for m in metrics]
+                if all(v is not None and not math.isnan(v) for v in vs):
+                    values[run.seed] = sum(vs) / len(vs)  # type: ignore[arg-type]
+    return values
+
+
+def judge_claims(claims: Sequence[Claim], rows: Sequence[Row]) -> list[Judgement]:
+    """Each claim's verdict from the rows of its two variants, with their curves' last-quarter
+    gains."""
+
+    def gain(label: str) -> float | None:
+        runs = [r for row in rows if row.label == label for r in row.runs]
+        curves = [c for r in runs if (c := learning_curve(r.path))]
+        return last_quarter_gain(curves)
+
+    out = []
+    for c in claims:
+        j = judge(c, seed_values(rows, c.a, c.metrics), seed_values(rows, c.b, c.metrics),
+                  report_scale(c.metrics[0]))  # fmt: skip
+        out.append(dataclasses.replace(j, gains=(gain(c.a), gain(c.b))))
+    return out
+
+
+def judge_ablations(
+    experiments: Path, root: Path, scale: str = "cpu"
+) -> list[tuple[Ablation, Judgement]]:
+    """``(ablation, judgement)`` of every claim of every ablation under ``experiments``, from
+    the finished runs under ``root``."""
+    out: list[tuple[Ablation, Judgement]] = []
+    for ablation in find_ablations(experiments).values():
+        claims = ablation.claims
+        if not claims:
+            continue
+        group = ablation.group + ("" if scale == "cpu" else f"-{scale}")
+        files = find_runs([str(root / group)]) if (root / group).is_dir() else []
+        rows, _ = group_runs([load_run(f) for f in files]) if files else ([], [])
+        judged = judge_claims(claims, rows)
+        if scale != "cpu":  # the row says which schedule decided it (it may sit beside cpu rows)
+            judged = [dataclasses.replace(j, test=f"{j.test}, SCALE={scale}") if j.test else j
+                      for j in judged]  # fmt: skip
+        out += [(ablation, j) for j in judged]
+    return out
