@@ -323,7 +323,7 @@ def notebook_imports() -> dict[str, list[tuple[str, str]]]:
 
 
 def python_api() -> str:
-    from segbench.config import build
+    from segbench.cli.lightning import build
 
     imports = notebook_imports()
     used: dict[tuple[str, str], list[str]] = {}
