@@ -12,7 +12,7 @@ SCALE ?= cpu
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-slow lint format bench bench-drn gpu-check gpu-wheels gpu-evidence clean
+.PHONY: help venv demo test test-slow lint format docs bench bench-drn gpu-check gpu-wheels gpu-evidence clean
 
 help:  ## list the targets and the ablations found (experiments/*/*/ablation.yaml)
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -27,10 +27,10 @@ help:  ## list the targets and the ablations found (experiments/*/*/ablation.yam
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,export,slurm]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,export,slurm,docs]'
 	@touch $@
 
-venv: $(BIN)/.installed  ## create .venv and install segbench with its dev tools and extras (export, slurm)
+venv: $(BIN)/.installed  ## create .venv and install segbench with its dev tools and extras (export, slurm, docs)
 
 demo: venv  ## train FCN-8s on the embedded synthetic scenes (CPU, ~3 min) and print the results
 	$(SEGBENCH) fit --config experiments/quickstart.yaml --run.overwrite true
@@ -50,6 +50,10 @@ lint: venv  ## ruff lint and format check
 format: venv  ## ruff format + fix
 	$(BIN)/ruff format segbench tests benchmarks
 	$(BIN)/ruff check --fix segbench tests benchmarks
+
+# The site reads this tree's code (PYTHONPATH), not an installed copy; a warning fails the build.
+docs: venv  ## build the documentation site into site/ (mkdocs build --strict; open site/index.html)
+	PYTHONPATH=$(CURDIR) NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # Benchmarks measure speed on an idle machine: never while a sweep trains.
 bench: venv  ## where the quickstart's training time goes: bare step, loop, loader, inference

@@ -1,0 +1,186 @@
+"""The documentation site builds, strictly, and the README stays a short, true front page.
+
+The site (``mkdocs.yml``, ``docs/``) is built as ``make docs`` builds it: ``mkdocs build --strict``,
+so a broken link, a missing page in the navigation or a docstring the API pages cannot read fails
+here. Its reference pages are generated from the code at build time (``docs/hooks/``), so a command,
+a config key or a notebook import that changes shows up in this build.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS_TOOLS = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
+
+#: Pages a reader must find, one of each kind; the generated ones included.
+KEY_PAGES = (
+    "index.html",
+    "tutorial/demo.html",
+    "tutorial/first-ablation.html",
+    "tutorial/predict.html",
+    "how-to/add-architecture.html",
+    "how-to/add-dataset.html",
+    "how-to/add-analysis-tool.html",
+    "how-to/camvid.html",
+    "how-to/resume.html",
+    "how-to/slurm.html",
+    "how-to/export.html",
+    "reference/commands/index.html",
+    "reference/commands/fit.html",
+    "reference/commands/sweep.html",
+    "reference/config/run.html",
+    "reference/config/model.html",
+    "reference/config/networks.html",
+    "reference/config/data.html",
+    "reference/run-directory.html",
+    "reference/ablation-yaml.html",
+    "reference/python-api.html",
+    "explanation/exact-resume.html",
+    "explanation/claim-statistics.html",
+    "explanation/numerics.html",
+    "explanation/test-conditions.html",
+    "explanation/camvid-splits.html",
+    "papers/fcn.html",
+    "papers/parsenet.html",
+    "papers/drn.html",
+    "papers/gald.html",
+    "papers/dupsampling.html",
+    "results/claims.html",
+    "results/fcn.html",
+)
+
+VERDICT = re.compile(r"\| \*\*(reproduced|contradicted|inconclusive|not run)\*\*")
+
+
+def _missing_docs_tools() -> list[str]:
+    missing = []
+    for name in DOCS_TOOLS:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    missing = _missing_docs_tools()
+    if missing:
+        pytest.skip(
+            f"the docs tools are not installed ({', '.join(missing)}): "
+            "pip install -e '.[docs]' (make venv installs them)"
+        )
+    out = tmp_path_factory.mktemp("site")
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path, NO_MKDOCS_2_WARNING="1")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--site-dir",
+            str(out),
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stderr[-6000:]}"
+    return out
+
+
+def test_the_site_builds_strictly_with_every_key_page(site: Path) -> None:
+    missing = [page for page in KEY_PAGES if not (site / page).is_file()]
+    assert not missing, f"pages missing from the built site: {missing}"
+
+
+def test_every_command_has_a_generated_page(site: Path) -> None:
+    from segbench.cli import TOOLS
+
+    for name in ("fit", "validate", "test", "predict", *TOOLS):
+        page = site / "reference" / "commands" / f"{name}.html"
+        assert page.is_file(), f"no page for segbench {name}"
+        assert "usage: segbench" in page.read_text(), f"no --help captured for segbench {name}"
+
+
+def test_the_config_reference_lists_every_architecture_and_data_module(site: Path) -> None:
+    import segbench.data
+    from segbench.data.base import SegmentationDataModule
+    from segbench.models import architectures
+
+    networks = (site / "reference/config/networks.html").read_text()
+    for name in architectures():
+        assert f"segbench.models.{name}" in networks, name
+    data = (site / "reference/config/data.html").read_text()
+    assert "data.init_args.batch_size" in data
+    for name in segbench.data.__all__:
+        cls = getattr(segbench.data, name)
+        if (
+            isinstance(cls, type)
+            and issubclass(cls, SegmentationDataModule)
+            and cls is not SegmentationDataModule
+        ):
+            assert f"segbench.data.{name}" in data, name
+
+
+def test_the_claims_page_carries_the_table(site: Path) -> None:
+    source = (ROOT / "docs/results/claims.md").read_text()
+    assert "<!-- sweep:claims" in source
+    assert "<!-- /sweep:claims -->" in source
+    html = (site / "results/claims.html").read_text()
+    assert "reproduced" in html
+    assert "Test conditions" in html
+
+
+def _readme() -> str:
+    return (ROOT / "README.md").read_text()
+
+
+def test_the_readme_is_short_and_starts_with_the_two_commands() -> None:
+    lines = _readme().splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines; the docs hold the rest"
+    block = _readme().split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert [line.split()[:2] for line in block] == [["make", "demo"], ["make", "test"]]
+
+
+def test_the_readme_links_only_inside_the_repository() -> None:
+    for target in re.findall(r"\]\(([^)\s]+)\)", _readme()):
+        assert not re.match(r"^[a-z]+:", target), f"README links off the repository: {target}"
+        assert not target.startswith("/"), f"README links by an absolute path: {target}"
+        path = (ROOT / target.split("#")[0]).resolve()
+        assert ROOT in path.parents, f"README links outside the repository: {target}"
+        assert path.exists(), f"README links to a missing file: {target}"
+
+
+def test_nothing_in_the_docs_points_outside_the_repository() -> None:
+    for path in [ROOT / "README.md", ROOT / "mkdocs.yml", *(ROOT / "docs").rglob("*.md")]:
+        text = path.read_text()
+        assert "../shared" not in text, path
+        assert "/work/" not in text, path
+
+
+def test_the_readme_counts_are_the_claims_tables() -> None:
+    source = (ROOT / "docs/results/claims.md").read_text()
+    block = source[source.index("<!-- sweep:claims") : source.index("<!-- /sweep:claims -->")]
+    counts = {v: 0 for v in ("reproduced", "contradicted", "inconclusive", "not run")}
+    for verdict in VERDICT.findall(block):
+        counts[verdict] += 1
+    said = ", ".join(f"{n} {v}" for v, n in counts.items())
+    assert said in _readme(), f"README.md should say '{said}' (the claims table's counts)"
+    assert f"test {sum(counts.values())} of the papers' claims" in _readme()
