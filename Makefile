@@ -36,20 +36,20 @@ demo: venv  ## train FCN-8s on the embedded synthetic scenes (CPU, ~3 min) and p
 	$(SEGBENCH) fit --config experiments/quickstart.yaml --run.overwrite true
 
 test: venv  ## lint, format check and the test suite (no slow tests)
-	$(BIN)/ruff check segbench tests benchmarks
-	$(BIN)/ruff format --check segbench tests benchmarks
+	$(BIN)/ruff check segbench tests benchmarks docs/hooks
+	$(BIN)/ruff format --check segbench tests benchmarks docs/hooks
 	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 test-slow: venv  ## the slow tests: real data (SEGBENCH_CAMVID), training to a target
 	$(BIN)/python -m pytest -q -m slow
 
 lint: venv  ## ruff lint and format check
-	$(BIN)/ruff check segbench tests benchmarks
-	$(BIN)/ruff format --check segbench tests benchmarks
+	$(BIN)/ruff check segbench tests benchmarks docs/hooks
+	$(BIN)/ruff format --check segbench tests benchmarks docs/hooks
 
 format: venv  ## ruff format + fix
-	$(BIN)/ruff format segbench tests benchmarks
-	$(BIN)/ruff check --fix segbench tests benchmarks
+	$(BIN)/ruff format segbench tests benchmarks docs/hooks
+	$(BIN)/ruff check --fix segbench tests benchmarks docs/hooks
 
 # The site reads this tree's code (PYTHONPATH), not an installed copy; a warning fails the build.
 docs: venv  ## build the documentation site into site/ (mkdocs build --strict; open site/index.html)

@@ -111,9 +111,9 @@ def test_the_site_builds_strictly_with_every_key_page(site: Path) -> None:
 
 
 def test_every_command_has_a_generated_page(site: Path) -> None:
-    from segbench.cli import TOOLS
+    from segbench.cli import COMMANDS
 
-    for name in ("fit", "validate", "test", "predict", *TOOLS):
+    for name in ("fit", "validate", "test", "predict", *COMMANDS):
         page = site / "reference" / "commands" / f"{name}.html"
         assert page.is_file(), f"no page for segbench {name}"
         assert "usage: segbench" in page.read_text(), f"no --help captured for segbench {name}"

@@ -354,12 +354,7 @@ def command_table() -> list[str]:
 
     import segbench.cli as cli
 
-    names = list(LightningCLI.subcommands())
-    for attr in ("COMMANDS", "TOOLS"):
-        table = getattr(cli, attr, None)
-        if table:
-            names += [n for n in table if n not in names]
-    return names
+    return [*LightningCLI.subcommands(), *cli.COMMANDS]
 
 
 def capture_help(argv: list[str]) -> str:

@@ -40,8 +40,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--into",
         help="also put the table between the <!-- sweep:claims --> marks of this markdown file "
-        "(the README's five-paper table); a claim with no finished runs under --root keeps the "
-        "row the file already has (runs stay on the machine that made them, tables do not)",
+        "(docs/results/claims.md: the five papers' table); a claim with no finished runs under "
+        "--root keeps the row the file already has (runs stay on the machine that made them, "
+        "tables do not)",
     )
     parser.add_argument(
         "--fresh", action="store_true", help="with --into: replace every row, also kept ones"

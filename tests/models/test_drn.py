@@ -37,7 +37,7 @@ NAMED = {
 # in a throwaway script outside this repository: the classifier's parameter count, and the first
 # 16 hex digits of the SHA-256 of the sorted "key:shape" lines of its state dict without fc.*
 # (so fyu/drn's checkpoints load key for key). The counts round to fyu/drn README's table
-# (PAPERS.md section 3): 11.7M, 21.8M, 25.6M, 21.1M, 31.2M, 41.6M, 16.4M, 26.5M, 35.8M, 54.8M.
+# (docs/papers/drn.md): 11.7M, 21.8M, 25.6M, 21.1M, 31.2M, 41.6M, 16.4M, 26.5M, 35.8M, 54.8M.
 OFFICIAL = {
     "drn_a_18": (11_689_512, "8c978ff63e1cde5f"),
     "drn_a_34": (21_797_672, "389ab3ea5d5f2bfa"),

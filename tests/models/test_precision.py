@@ -3,7 +3,7 @@
 The fast setting of CPU recipes (``trainer.precision: bf16-mixed``, ``model.channels_last:
 true``) must train every architecture: a training step gives a finite loss and gradients, its
 loss close to float32's, and the logits stay close to float32's. (That accuracy holds after
-training is an experiment, not a test: see the README's precision section.)
+training is an experiment, not a test: see docs/results/speed.md and docs/explanation/numerics.md.)
 """
 
 from __future__ import annotations
