@@ -566,3 +566,21 @@ def test_a_resume_with_changes_applies_them_for_real_and_records_them(tiny, caps
     assert record["config"]["model.optimizer.init_args.lr"] == 0.1
     assert "lr: 0.1" in run.config.read_text()
     assert section(run.path)["finished"] is True
+
+
+def test_a_batch_size_changes_on_a_resume_only_at_an_epoch_end(tiny, capsys):
+    """Lightning counts an epoch's progress in batches: a resume with another batch size in the
+    middle of an epoch would skip or repeat samples, so it is refused, naming why; from the
+    checkpoint of an epoch's end the change applies (2 batches of 8 an epoch from then on)."""
+    extra = ["--run.checkpoint_every_n_steps", "1", "--model.lr_schedule", "constant"]
+    args = tiny(epochs=3, extra=extra)
+    kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=6"]
+    assert run_process([*args, *kill]) == -9
+    changes = ["--ckpt_path", "last", "--run.resume_with_changes", "true"]
+    err = fails(["fit", *args, *changes, "--data.init_args.batch_size", "8"], capsys)
+    assert "data.init_args.batch_size 4 -> 8 in the middle of an epoch" in err
+    fit([*tiny(epochs=2, extra=extra), "--ckpt_path", "last"])  # on to the end of epoch 1
+    fit([*args, *changes, "--data.init_args.batch_size", "8"])
+    done = section(tiny.root / "test" / "tiny")
+    assert done["finished"] is True
+    assert done["global_step"] == 4 + 4 + 2  # epoch 2 in batches of 8

@@ -142,6 +142,7 @@ class SegbenchCLI(LightningCLI):
         self._skip_fit = ""
         self._test_after_skip = False
         self._ckpt_progress: tuple[int, int] | None = None
+        self._ckpt_mid_epoch = False
         self._resume_changes: dict[str, list[Any]] = {}
         try:
             try:
@@ -212,10 +213,13 @@ class SegbenchCLI(LightningCLI):
                 raise CheckpointError(f"--ckpt_path {ckpt}: no such file")
             if self.config[sub].get("ckpt_path"):
                 checkpoint = RunCheckpointIO().load_checkpoint(self.config[sub].ckpt_path)
+                fit_loop = checkpoint["loops"]["fit_loop"]
                 self._ckpt_progress = (
-                    checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"],
+                    fit_loop["epoch_progress"]["current"]["processed"],
                     checkpoint.get("global_step", 0),
                 )
+                loaders = fit_loop.get("state_dict", {}).get("combined_loader") or [{}]
+                self._ckpt_mid_epoch = not loaders[0].get("epoch_finished", True)
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
@@ -275,6 +279,17 @@ class SegbenchCLI(LightningCLI):
                     "even with run.resume_with_changes (the checkpoint's weights, optimiser state "
                     "and random generators are made for them). Start a new run from its weights: "
                     f"--model.init_from {self.run.checkpoint('last')} --run.name NEW"
+                )
+            batch = "data.init_args.batch_size"
+            if self._ckpt_mid_epoch and batch in recorded and recorded[batch] != new.get(batch):
+                raise ConfigError(
+                    f"resuming {self.run.path}: {batch} {recorded[batch]} -> {new.get(batch)} "
+                    "in the middle of an epoch: the checkpoint counts that epoch's progress in "
+                    f"batches of {recorded[batch]}, so the rest of the epoch would be skipped "
+                    "or drawn twice. Resume with the batch size it was trained with until the "
+                    "epoch ends (the checkpoint written at each epoch's end takes the change), "
+                    f"or start a new run from its weights: --model.init_from "
+                    f"{self.run.checkpoint('last')} --run.name NEW"
                 )
             self._resume_changes = {
                 key: [recorded[key], new[key]]
