@@ -30,8 +30,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segbench.deploy.export import TOOL, ExportOptions, Options, exportable  # noqa: E402
 from segbench.analysis.loading import load_model  # noqa: E402
+from segbench.deploy.export import TOOL, ExportOptions, Options, exportable  # noqa: E402
 
 
 def images_per_s(run: Callable[[], object], batch: int, repeats: int) -> float:

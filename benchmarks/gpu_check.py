@@ -29,8 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segbench.benchmark import bare_step, peak_memory, timed_repeats  # noqa: E402
 from segbench.analysis.summary import count_flops  # noqa: E402
+from segbench.benchmark import bare_step, peak_memory, timed_repeats  # noqa: E402
 from segbench.cli.lightning import build  # noqa: E402
 from segbench.inference import EvalProtocol, predict_log_probs  # noqa: E402
 from segbench.models import architectures  # noqa: E402
