@@ -4,7 +4,8 @@ Reads the ``metrics.json`` of each run (a run directory, a directory of runs, or
 prints a markdown table: one row per configuration, the config keys that differ between runs as
 columns, then the metrics. Runs whose configs differ only by the seed form one row with
 ``mean ± std`` (sample standard deviation) and the number of seeds ``n``. ``--out PREFIX`` also
-writes ``PREFIX.md``, ``PREFIX.csv`` (means, stds and n in separate columns), ``PREFIX.png``
+writes ``PREFIX.md``, ``PREFIX.csv`` (means, stds and n in separate columns), ``PREFIX.json``
+(the same rows as data, with every run's metrics), ``PREFIX.png``
 (a bar chart of the first metric with ±std error bars) and ``PREFIX_curves.png`` (validation mIoU
 and training loss per epoch, mean ± std over the seeds of each row, from each run's
 ``metrics.csv``: is a variant still climbing when training stops?).
@@ -33,6 +34,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from segbench.rundir import atomic_write_json
 from segbench.study.ablation import Claim
 from segbench.study.render import (
     bars_size,
@@ -51,6 +53,7 @@ from segbench.study.runs import (
     group_runs,
     load_paper,
     load_run,
+    rows_as_data,
 )
 from segbench.study.verdicts import judge_claims
 from segbench.tables import markdown_table
@@ -109,6 +112,10 @@ def report(
         heading = f"# {title}\n\n" if title else ""
         prefix.with_suffix(".md").write_text(heading + text)
         write_csv(prefix.with_suffix(".csv"), rows, differing, metrics)
+        atomic_write_json(
+            prefix.with_suffix(".json"),
+            {"title": title, "metrics": metrics, "rows": rows_as_data(rows, differing, metrics)},
+        )
         if metrics:
             save_figure(lambda fig: draw_bars(fig, rows, metrics[0], title or prefix.name),
                         prefix.with_suffix(".png"), bars_size(rows))  # fmt: skip
@@ -132,7 +139,9 @@ def main(argv: list[str]) -> None:
         "); any logged key, e.g. test/IoU/boat, params, train_images_per_s",
     )
     parser.add_argument(
-        "--out", help="write PREFIX.md, PREFIX.csv, PREFIX.png and PREFIX_curves.png"
+        "--out",
+        help="write PREFIX.md, PREFIX.csv, PREFIX.json (the rows as data), PREFIX.png and "
+        "PREFIX_curves.png",
     )
     parser.add_argument("--paper", help="YAML file of published numbers to show alongside")
     parser.add_argument("--title", help="title of the written report and plot")

@@ -176,3 +176,31 @@ def load_paper(path: str | None) -> dict[str, Any] | None:
             f"{path}: expected a mapping with 'key' and 'rows' (see segbench report --help)"
         )
     return data
+
+
+def rows_as_data(
+    rows: Sequence[Row], differing: Sequence[str], metrics: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The rows as plain data (a report's JSON): each row's label, its config keys that differ
+    between rows, ``mean``/``std``/``n`` of each metric over its seeds, and each run's name,
+    seed, metrics (all it logged) and whether it finished."""
+    return [
+        {
+            "label": row.label,
+            "config": {k: row.config.get(k) for k in differing},
+            "metrics": {
+                m: dict(zip(("mean", "std", "n"), row.mean_std(m), strict=True)) for m in metrics
+            },
+            "runs": [
+                {
+                    "name": run.name,
+                    "path": str(run.path),
+                    "seed": run.seed,
+                    "unfinished": run.unfinished,
+                    "metrics": run.metrics,
+                }
+                for run in row.runs
+            ],
+        }
+        for row in rows
+    ]

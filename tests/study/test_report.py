@@ -80,6 +80,17 @@ def test_files_and_paper_columns(runs, tmp_path):
     assert rows[1]["test/mIoU_n"] == "2"
     assert out.with_suffix(".png").stat().st_size > 1000
     assert out.with_suffix(".md").read_text().startswith("# FCN skips")
+    data = json.loads(out.with_suffix(".json").read_text())  # the same rows as data
+    assert data["title"] == "FCN skips"
+    assert [r["label"] for r in data["rows"]] == ["fcn32s", "fcn8s"]
+    eight = data["rows"][1]
+    assert eight["config"] == {"model.net.init_args.variant": "8s"}
+    assert eight["metrics"]["test/mIoU"]["mean"] == pytest.approx(0.605)
+    assert eight["metrics"]["test/mIoU"]["n"] == 2
+    assert len(eight["runs"]) == 2
+    assert all(
+        r["name"].startswith("fcn8s-") and "test/mIoU" in r["metrics"] for r in eight["runs"]
+    )
 
 
 def test_paper_rows_by_variant_name(runs, tmp_path):
