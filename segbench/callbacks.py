@@ -32,7 +32,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Checkpoint
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
@@ -263,8 +263,12 @@ class RunFiles(Callback):
         self._write_fit(trainer)
 
 
-class LastCheckpoint(Callback):
+class LastCheckpoint(Checkpoint):
     """``checkpoints/last.ckpt``: the latest training state, for ``--ckpt_path last``.
+
+    A :class:`~lightning.pytorch.callbacks.Checkpoint`, so Lightning runs it after the other
+    callbacks and after the best checkpoint (``ModelCheckpoint``, listed before it): at an
+    epoch's end ``best.ckpt`` is written first and ``last.ckpt`` holds its state as it is then.
 
     Written at the end of every training epoch (after that epoch's validation), and within an
     epoch every ``every_n_steps`` optimiser steps and/or every ``every_minutes`` minutes. The

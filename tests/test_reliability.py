@@ -176,6 +176,21 @@ def test_sigkill_at_20_random_moments_every_resume_finishes_exactly(tmp_path):
     record = json.loads((tmp_path / "test" / "killed" / "metrics.json").read_text())
     attempts = record["provenance"]["attempts"]
     assert len(attempts) == 21
+    checkpoints = tmp_path / "test" / "killed" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+
+
+def test_the_last_checkpoint_of_an_epoch_knows_the_best_one_written_then(tmp_path):
+    """At an epoch's end best.ckpt is written before last.ckpt, and last.ckpt holds the best
+    checkpoint's state as it is after that epoch: a resume from it neither overwrites a better
+    best.ckpt with a worse one nor writes best-v1.ckpt beside a best.ckpt it does not know."""
+    args = tiny_args(tmp_path, name="run", epochs=1, extra=RANDOM)
+    assert run_process(args) == 0
+    run = tmp_path / "test" / "run"
+    last = load(run / "checkpoints" / "last.ckpt")
+    (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert state["best_model_path"] == str(run / "checkpoints" / "best.ckpt")
+    assert float(state["best_model_score"]) == section(run)["best_val"]["val/mIoU"]
 
 
 @pytest.mark.slow

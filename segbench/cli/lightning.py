@@ -469,6 +469,11 @@ class SegbenchCLI(LightningCLI):
                     save_top_k=1,
                     save_last=False,
                     auto_insert_metric_name=False,
+                    # best.ckpt is the run's one best file: a resumed run whose checkpoint
+                    # predates a killed process's best.ckpt replaces it (with the same weights,
+                    # the resume being exact) instead of writing best-v1.ckpt beside it, which
+                    # left best.ckpt stale for the test stage and the tools.
+                    enable_version_counter=False,
                 )
             )
             callbacks.append(
