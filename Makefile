@@ -9,6 +9,8 @@ SEEDS ?= 0 1 2
 # beside the ablation's base.yaml: `long` (the CPU recipe trained 3x longer, to check that a
 # reading is not about convergence speed), `paper` (GPU, paper-size models).
 SCALE ?= cpu
+# Processes of make test (pytest-xdist): `auto` is one per core; 0 runs the tests in this process.
+TEST_WORKERS ?= auto
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
@@ -21,7 +23,7 @@ help:  ## list the targets and the ablations found (experiments/*/*/ablation.yam
 	  n=$$(sed -n 's/^name: *//p' $$f); d=$$(sed -n 's/^description: *//p' $$f | tr -d '"'); \
 	  m=$$(sed -n 's/^minutes_per_seed: *//p' $$f); \
 	  printf "  \033[36m%-26s\033[0m %s%s\n" "ablation-$$n" "$$d" "$${m:+ (CPU ~$$m min/seed)}"; done
-	@echo "  variables: SEEDS='$(SEEDS)' SCALE=$(SCALE) (cpu|long|paper) VENV=$(VENV)"
+	@echo "  variables: SEEDS='$(SEEDS)' SCALE=$(SCALE) (cpu|long|paper) VENV=$(VENV) TEST_WORKERS=$(TEST_WORKERS)"
 	@echo "  an ablation is also found by its paper's folder: make ablation-drn"
 
 $(BIN)/.installed: pyproject.toml
@@ -35,10 +37,11 @@ venv: $(BIN)/.installed  ## create .venv and install segbench with its dev tools
 demo: venv  ## train FCN-8s on the embedded synthetic scenes (CPU, ~3 min) and print the results
 	$(SEGBENCH) fit --config experiments/quickstart.yaml --run.overwrite true
 
-test: venv  ## lint, format check and the test suite (no slow tests)
+test: venv  ## lint, format check, type check and the test suite in parallel (no slow tests)
 	$(BIN)/ruff check segbench tests benchmarks docs/hooks
 	$(BIN)/ruff format --check segbench tests benchmarks docs/hooks
-	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider -n $(TEST_WORKERS)
 
 test-slow: venv  ## the slow tests: real data (SEGBENCH_CAMVID), training to a target
 	$(BIN)/python -m pytest -q -m slow

@@ -32,16 +32,27 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Checkpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from segbench.data.base import SegmentationDataModule
 from segbench.loggers import ResumableCSVLogger
 from segbench.provenance import provenance
 from segbench.rundir import RunDir, atomic_write_text
 from segbench.visualize import colourise, confusion_figure, denormalise, overlay, to_uint8
 
 log = logging.getLogger("segbench")
+
+
+def datamodule_of(trainer: L.Trainer) -> SegmentationDataModule:
+    """The trainer's data module (Lightning sets ``trainer.datamodule`` for each stage without
+    declaring it on ``Trainer``); these callbacks draw and name with a segbench one."""
+    dm = getattr(trainer, "datamodule", None)
+    if not isinstance(dm, SegmentationDataModule):
+        raise TypeError(f"segbench's callbacks need a SegmentationDataModule, got {dm!r}")
+    return dm
 
 
 def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float | None]:
@@ -246,7 +257,7 @@ class RunFiles(Callback):
             time.perf_counter() - self._fit_start
         )
         ckpt = trainer.checkpoint_callback
-        if ckpt is not None and getattr(ckpt, "best_model_path", ""):
+        if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path:
             self.fit["best_checkpoint"] = ckpt.best_model_path
         self.fit["completed_epochs"] = trainer.current_epoch
         self.fit["global_step"] = trainer.global_step
@@ -326,7 +337,8 @@ class LastCheckpoint(Checkpoint):
             writer.write_ahead(row, step)
 
     def _due(self, trainer: L.Trainer) -> bool:
-        due = bool(self.every_n_steps) and trainer.global_step % self.every_n_steps == 0
+        n = self.every_n_steps
+        due = n is not None and n > 0 and trainer.global_step % n == 0
         if self.every_minutes is not None:
             due |= time.monotonic() - self._last_save >= 60 * self.every_minutes
         # Every process must save together (the dump is collective): rank 0 decides.
@@ -420,7 +432,9 @@ class ExactResume(Callback):
 
     @staticmethod
     def _capture() -> dict[str, Any]:
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state = np.random.get_state(legacy=True)
+        assert isinstance(state, tuple)  # the legacy form: (kind, keys, pos, has_gauss, cached)
+        kind, keys, pos, has_gauss, cached = state
         return {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -462,6 +476,7 @@ class ExactResume(Callback):
         fit_loop = trainer.fit_loop
         if fit_loop.restarting and fit_loop._combined_loader_states_to_load:
             fit_loop._load_combined_loader_states()
+            assert fit_loop._data_fetcher is not None  # set up before on_train_start
             iter(fit_loop._data_fetcher)  # the iterator, from the restored position
         if self._to_restore is not None:
             self._sums = self._to_restore.get("epoch_sums")
@@ -511,12 +526,15 @@ class ResumeWithChanges(Callback):
             for group, fresh in zip(optimizer.param_groups, groups, strict=True):
                 group.update(copy.deepcopy(fresh))
         for config, fresh in zip(trainer.lr_scheduler_configs, self._schedules, strict=True):
-            steps = config.scheduler.last_epoch - fresh["last_epoch"]
-            config.scheduler.load_state_dict(copy.deepcopy(fresh))
+            scheduler = config.scheduler
+            # segbench's schedules step by optimiser step; a metric-driven one cannot be replayed
+            assert not isinstance(scheduler, ReduceLROnPlateau), "cannot replay ReduceLROnPlateau"
+            steps = scheduler.last_epoch - fresh["last_epoch"]
+            scheduler.load_state_dict(copy.deepcopy(fresh))
             with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
                 warnings.simplefilter("ignore", UserWarning)
                 for _ in range(steps):
-                    config.scheduler.step()
+                    scheduler.step()
         after = [g["lr"] for o in trainer.optimizers for g in o.param_groups]
         log.info(
             "learning rate at step %d: %s (the checkpoint's: %s)",
@@ -584,7 +602,7 @@ class SegmentationVisualizer(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._examples is None or not trainer.is_global_zero:
             return
-        dm = trainer.datamodule
+        dm = datamodule_of(trainer)
         ex, self._examples = self._examples, None
         images = to_uint8(denormalise(ex["image"], dm)).permute(0, 2, 3, 1).numpy()
         palette = dm.colours()
@@ -607,7 +625,8 @@ class SegmentationVisualizer(Callback):
         scale = max(1, 512 // grid.shape[1])
         img = Image.fromarray(grid)
         if scale > 1:
-            img = img.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+            size = (grid.shape[1] * scale, grid.shape[0] * scale)
+            img = img.resize(size, Image.Resampling.NEAREST)
         img.save(RunDir(self.run_dir).file(RunDir.VAL_EXAMPLES))
 
     def _log_wandb(
@@ -698,7 +717,7 @@ class PredictionWriter(BasePredictionWriter):
         if prediction["pred"] is None:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        dm = trainer.datamodule
+        dm = datamodule_of(trainer)
         palette = dm.colours()
         flat_palette = [c for rgb in palette for c in rgb]
         names = prediction.get("name") or [
@@ -734,7 +753,10 @@ class PredictionWriter(BasePredictionWriter):
             per_image,
             self.out_dir,
         )
-        skipped = [*getattr(trainer.datamodule, "skipped_images", []), *self.skipped]
+        skipped = [
+            *getattr(getattr(trainer, "datamodule", None), "skipped_images", []),
+            *self.skipped,
+        ]
         if skipped:
             log.warning(
                 "skipped %d image(s), each named above with why (unreadable, or over "

@@ -111,10 +111,11 @@ class ResumableCSVLogger(CSVLogger):
         self._mode: CSVMode = mode
 
     @property
-    def experiment(self) -> ExperimentWriter:
+    def experiment(self) -> _ResumableWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ResumableWriter(log_dir=self.log_dir, mode=self._mode)
+        assert isinstance(self._experiment, _ResumableWriter)
         return self._experiment
 
 

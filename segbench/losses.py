@@ -50,6 +50,8 @@ class SegmentationLoss(nn.Module):
         ohem_min_kept: at least this many pixels per batch are kept by OHEM (GALD: 100000).
     """
 
+    weight: Tensor | None  # a buffer: the class weights, or None
+
     def __init__(
         self,
         *,

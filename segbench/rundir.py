@@ -63,7 +63,7 @@ log = logging.getLogger("segbench")
 
 
 # -- atomic files ------------------------------------------------------------------------------
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Write ``path`` through ``write(file)`` into a temporary file beside it, fsync, rename.
 
     On a full disk the temporary file is removed, the previous ``path`` is left as it was, and

@@ -16,12 +16,13 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import (
     ConstantLR,
@@ -169,13 +170,19 @@ class SegmentationTask(L.LightningModule):
         if channels_last:
             to_channels_last(self.net)
         self.protocols: dict[Stage, EvalProtocol] = {"val": val_protocol, "test": test_protocol}
-        self.metrics = nn.ModuleDict(
-            {
-                s: SegmentationMetrics(num_classes, ignore_index, self.class_names)
-                for s in ("val", "test")
-            }
+        # ModuleDicts, so that Lightning moves them with the model; typed per stage for readers.
+        self.metrics = cast(
+            dict[Stage, SegmentationMetrics],
+            nn.ModuleDict(
+                {
+                    s: SegmentationMetrics(num_classes, ignore_index, self.class_names)
+                    for s in ("val", "test")
+                }
+            ),
         )
-        self.losses = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        self.losses = cast(
+            dict[Stage, MeanMetric], nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        )
 
     # -- set-up ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -184,16 +191,18 @@ class SegmentationTask(L.LightningModule):
         # Runs before Lightning restores a --ckpt_path, so a resumed run keeps its own weights.
         if self.init_from:
             self.load_matching(self.init_from)
-        if self.class_weights_mode == "median_frequency" and self.trainer.datamodule is not None:
-            weights = torch.tensor(self.trainer.datamodule.median_frequency_weights())
+        # Lightning sets trainer.datamodule for each stage without declaring it on Trainer.
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.class_weights_mode == "median_frequency" and datamodule is not None:
+            weights = torch.tensor(datamodule.median_frequency_weights())
             log.info(
                 "median-frequency class weights: %s",
                 dict(zip(self.class_names, [round(w, 3) for w in weights.tolist()], strict=True)),
             )
             self.criterion.weight = weights
             self.aux_criterion.weight = weights
-        if isinstance(self.net, SegmentationModel) and self.trainer.datamodule is not None:
-            self.net.setup_from_data(self.trainer.datamodule)
+        if isinstance(self.net, SegmentationModel) and datamodule is not None:
+            self.net.setup_from_data(datamodule)
 
     def load_matching(self, path: str) -> None:
         """Copy the tensors of ``path`` whose names and shapes match the net's."""
@@ -237,7 +246,7 @@ class SegmentationTask(L.LightningModule):
                 f"width?): {details}"
             ) from None
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         params = [p for p in self.parameters() if p.requires_grad]
         try:
             optimizer = self.optimizer_factory(params)
@@ -339,7 +348,9 @@ class SegmentationTask(L.LightningModule):
 
     def _eval_step(self, stage: Stage, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         target = batch["mask"]
-        log_probs = self.predict_log_probs(batch["image"], stage, tuple(target.shape[-2:]))
+        log_probs = self.predict_log_probs(
+            batch["image"], stage, (target.shape[-2], target.shape[-1])
+        )
         valid = (target != self.ignore_index).sum()
         loss_sum = F.nll_loss(log_probs, target, ignore_index=self.ignore_index, reduction="sum")
         # Weighted by the number of valid pixels: the epoch value is the mean over every valid
@@ -389,12 +400,13 @@ class SegmentationTask(L.LightningModule):
             return {"pred": None, "log_probs": None, "name": []}
         original = batch.get("original")
         image = batch["image"]
-        size = tuple(original.shape[-2:]) if original is not None else tuple(image.shape[-2:])
+        height, width = (original if original is not None else image).shape[-2:]
+        size = (int(height), int(width))
         tile = getattr(self, "_tile", None)
         if tile and size[0] * size[1] > self._tile_above:
-            pred, probs = self.predict_tiled(image, size, tile)  # type: ignore[arg-type]
+            pred, probs = self.predict_tiled(image, size, tile)
             return {"pred": pred, "probs": probs, "name": batch.get("name")}
-        log_probs = self.predict_log_probs(image, "test", size)  # type: ignore[arg-type]
+        log_probs = self.predict_log_probs(image, "test", size)
         return {"pred": log_probs.argmax(1), "log_probs": log_probs, "name": batch.get("name")}
 
     def predict_tiled(

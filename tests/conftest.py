@@ -14,7 +14,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 # Scene and basis caches of the tests' tiny data sets stay out of the user's cache.
 os.environ.setdefault("SEGBENCH_CACHE", tempfile.mkdtemp(prefix="segbench-test-cache-"))
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (make test) each worker takes its share of the cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 from segbench.cli import main  # noqa: E402
 from tests.helpers import fresh_args, tiny_args  # noqa: E402

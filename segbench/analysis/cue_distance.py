@@ -190,7 +190,6 @@ class Options:
 
 class CueDistanceTool(Tool[Options, CueDistance]):
     name = "cue-distance"
-    Options = Options
     uses_network = False
     test_options = ("--max_images", "3", "--num_workers", "0")
 
@@ -241,7 +240,7 @@ class CueDistanceTool(Tool[Options, CueDistance]):
                     sample=[float(x) for x in sample],
                 )
             )
-        size = tuple(masks[0].shape[-2:]) if masks else (0, 0)
+        size = (masks[0].shape[-2], masks[0].shape[-1]) if masks else (0, 0)
         return CueDistance(classes, size, len(masks), common.split, list(options.radii))
 
 

@@ -477,7 +477,6 @@ class Options:
 
 class Erf(Tool[Options, ReceptiveField]):
     name = "erf"
-    Options = Options
     test_options = ("--images", "1", "--patch", "16", "--stride", "16", "--canvas", "0")
     figsize = (8.5, 4.0)
 

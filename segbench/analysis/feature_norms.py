@@ -213,7 +213,6 @@ class Options:
 
 class FeatureNormsTool(Tool[Options, FeatureNorms]):
     name = "feature-norms"
-    Options = Options
     test_options = ("--images", "2")
 
     def measure(self, model: LoadedModel, options: Options, common: Common) -> FeatureNorms:

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from segbench.analysis.loading import LoadedModel, sample_images
 from segbench.analysis.tool import Common, Tool
+from segbench.models.backbones.base import Backbone
 from segbench.tables import markdown_table
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def lattice_coherence(response: Tensor, period: int) -> Tensor:
     """Mean ``|R^(g)| / R^(0)`` over the non-zero lattice frequencies ``g`` of period ``period``,
     in percent, for non-negative maps ``R`` (``... x h x w``)."""
     spectrum = torch.fft.fft2(response.double()).abs()
-    mask = lattice_mask(tuple(response.shape[-2:]), period).to(response.device)
+    mask = lattice_mask((response.shape[-2], response.shape[-1]), period).to(response.device)
     if not mask.any():
         return torch.zeros(response.shape[:-2], dtype=torch.float64)
     dc = spectrum[..., 0, 0].clamp_min(torch.finfo(torch.float64).tiny)
@@ -83,19 +84,23 @@ def spectral_share(features: Tensor, period: int) -> Tensor:
     x = features.double()
     x = x - x.mean(dim=(-2, -1), keepdim=True)
     power = torch.fft.fft2(x).abs().square().sum(1)  # N x h x w
-    mask = lattice_mask(tuple(x.shape[-2:]), period).to(x.device)
+    mask = lattice_mask((x.shape[-2], x.shape[-1]), period).to(x.device)
     total = power.sum(dim=(-2, -1)).clamp_min(torch.finfo(torch.float64).tiny)
     return 100.0 * power[..., mask].sum(-1) / total
 
 
-def find_backbone(net: nn.Module) -> nn.Module:
+def find_backbone(net: nn.Module) -> Backbone:
     """The module whose ``forward`` returns the feature list described by ``feature_names`` and
-    ``strides``: ``net.backbone`` by convention, else the first such submodule."""
+    ``strides`` (a :class:`~segbench.models.backbones.base.Backbone`): ``net.backbone`` by
+    convention, else the first such submodule."""
     candidates = [getattr(net, "backbone", None), *net.modules()]
     for m in candidates:
-        if isinstance(m, nn.Module) and hasattr(m, "feature_names") and hasattr(m, "strides"):
+        if isinstance(m, Backbone):
             return m
-    raise ValueError(f"{type(net).__name__} has no backbone with feature_names and strides")
+    raise ValueError(
+        f"{type(net).__name__} has no backbone: no submodule is a "
+        "segbench.models.backbones.base.Backbone (which says its levels' names and strides)"
+    )
 
 
 def impulse_positions(size: tuple[int, int], stride: int) -> list[tuple[int, int]]:
@@ -351,7 +356,6 @@ class Options:
 
 class Gridding(Tool[Options, GriddingResult]):
     name = "gridding"
-    Options = Options
     test_options = ("--input_size", "[32,32]", "--images", "1")
 
     def measure(self, model: LoadedModel, options: Options, common: Common) -> GriddingResult:

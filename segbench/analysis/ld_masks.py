@@ -151,7 +151,7 @@ def mask_ablation(
         handle.remove()
     constant = torch.stack(sums).sum(0) / len(images)
     for how in ("spatial_mean", "constant"):
-        with replaced_mask(module, how, constant):  # type: ignore[arg-type]
+        with replaced_mask(module, how, constant):
             results[how] = evaluate()
     net.train(was_training)
     return results
@@ -311,7 +311,6 @@ class Options:
 
 class LDMasksTool(Tool[Options, LDMasks]):
     name = "ld-masks"
-    Options = Options
     test_options = (
         "--images",
         "1",

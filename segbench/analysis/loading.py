@@ -89,8 +89,7 @@ def load_model(args: list[str], *, ckpt: str = "best", network: bool = True) -> 
             task.net.load_state_dict(net_state)
         except RuntimeError as err:
             raise CheckpointError(
-                f"{checkpoint} does not fit the network of {run_dir / 'config.yaml'}: "
-                f"{str(err).splitlines()[0]}"
+                f"{checkpoint} does not fit the network of {args[1]}: {str(err).splitlines()[0]}"
             ) from None
     task.net.eval()
     return LoadedModel(task, dm, cfg, run_dir, checkpoint)

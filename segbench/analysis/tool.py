@@ -115,7 +115,8 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
 
     #: The ``segbench`` sub-command, e.g. ``"ld-masks"``; also the stem of its output files.
     name: ClassVar[str]
-    #: The tool's own options: a dataclass whose docstring's ``Args:`` section is the help.
+    #: The tool's own options: a dataclass whose docstring's ``Args:`` section is the help; the
+    #: first type argument of ``Tool[...]`` in the class statement (set by ``__init_subclass__``).
     Options: ClassVar[type]
     #: ``False`` for a tool that only reads the data (the network is built on the meta device).
     uses_network: ClassVar[bool] = True
@@ -128,6 +129,12 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
     common_options: ClassVar[type[Common]] = Common
     #: At most this many models per command (``None``: any number).
     max_models: ClassVar[int | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            if get_origin(base) is Tool:
+                cls.Options = get_args(base)[0]
 
     def __init__(self, description: str | None = None) -> None:
         self.description = description or (type(self).__doc__ or "")

@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +136,7 @@ def read_masks(
     return [m.to(torch.uint8) if small else m for m in loader]
 
 
-def _mask_of(sample: dict[str, Tensor]) -> Tensor:
+def _mask_of(sample: Any) -> Tensor:  # batch_size=None: one sample, not a list
     return sample["mask"]
 
 
@@ -207,10 +207,10 @@ def evaluate_stride(
             pred = pred.view(bsz, hp // r, wp // r, r, r).permute(0, 1, 3, 2, 4)
             metrics[f"dupsample k={k}"].update(pred.reshape(bsz, hp, wp)[:, :h, :w], target)
     out = []
-    for n in names:
-        values = {k: float(v) for k, v in metrics[n].compute().items()}
-        dim = int(n.split("=")[1]) if n.startswith("dupsample") else None
-        out.append(Result(n.split(" ")[0], r, dim, values))
+    for name in names:
+        values = {k: float(v) for k, v in metrics[name].compute().items()}
+        dim = int(name.split("=")[1]) if name.startswith("dupsample") else None
+        out.append(Result(name.split(" ")[0], r, dim, values))
     return out
 
 
@@ -323,7 +323,6 @@ class Options:
 
 class UpperBoundTool(Tool[Options, UpperBound]):
     name = "upper-bound"
-    Options = Options
     uses_network = False
     test_options = ("--strides", "[4]", "--max_images", "2", "--num_workers", "0")
 

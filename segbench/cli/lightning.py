@@ -56,12 +56,17 @@ from segbench.config import (
 )
 from segbench.data.base import SegmentationDataModule
 from segbench.errors import CheckpointError, ConfigError, SegbenchError
-from segbench.loggers import ResumableCSVLogger, choose_wandb_mode
+from segbench.loggers import CSVMode, ResumableCSVLogger, choose_wandb_mode
 from segbench.numerics import SegbenchTrainer
 from segbench.rundir import RunCheckpointIO, RunDir, WriterLock, atomic_write_text
 from segbench.task import DEFAULT_OPTIMIZER, SegmentationTask
 
 log = logging.getLogger("segbench")
+
+
+def is_rank_zero() -> bool:
+    """Whether this is the first process (Lightning keeps the rank on ``rank_zero_only``)."""
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -354,7 +359,7 @@ class SegbenchCLI(LightningCLI):
         trainer = getattr(self, "trainer", None)
         if self.subcommand != "fit" or not getattr(trainer, "received_sigterm", False):
             return
-        if rank_zero_only.rank == 0:  # this attempt's record (fit.finished is already false)
+        if is_rank_zero():  # this attempt's record (fit.finished is already false)
             self.run.update(_mark_attempt("interrupted", "SIGTERM"))
         log.error(
             "%s: stopped by SIGTERM before the end of training (its last checkpoint is kept): "
@@ -401,11 +406,11 @@ class SegbenchCLI(LightningCLI):
     def _loggers(self) -> list[Logger]:
         run = self.run
         resume = bool(self.cfg.get("ckpt_path")) or self.subcommand != "fit"
-        mode = "append" if self.subcommand != "fit" else "resume" if resume else "new"
+        mode: CSVMode = "append" if self.subcommand != "fit" else "resume" if resume else "new"
         loggers: list[Logger] = []
         if self.cfg.run.wandb != "disabled":
             cfg = self.cfg.run
-            run_id = run.wandb_id(resume=resume) if rank_zero_only.rank == 0 else None
+            run_id = run.wandb_id(resume=resume) if is_rank_zero() else None
             loggers.append(
                 WandbLogger(
                     project=cfg.project,
@@ -517,7 +522,7 @@ class SegbenchCLI(LightningCLI):
         # command returns (also when segbench is driven from Python, one run after another),
         # and W&B's own summary comes before segbench's.
         for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
+            if isinstance(logger, WandbLogger) and is_rank_zero():
                 logger.experiment.finish()
         self._report()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from segbench.data.base import SegmentationDataModule, Split
 from segbench.data.files import ImageMaskPairs, check_pairs, resolve_root
@@ -153,7 +154,7 @@ class ADE20K(SegmentationDataModule):
         self.root = root
         self.scale = scale
 
-    def build_dataset(self, split: Split, transform: object) -> Dataset:
+    def build_dataset(self, split: Split, transform: v2.Transform) -> Dataset:
         root = ade20k_dir(resolve_root(self.root, ENV_VAR, "ADE20K"))
         return ImageMaskPairs(
             ade20k_pairs(root, FOLDERS[split]),

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torchvision.transforms import v2
 
 from segbench.cache import cache_root
 from segbench.data.files import ImageFiles, batches_by_size, collate_images, find_images, image_size
@@ -82,8 +83,8 @@ def collate(samples: list[dict[str, object]]) -> dict[str, object]:
         ) from err
 
 
-def _mask_of(sample: dict[str, Any]) -> torch.Tensor:
-    return sample["mask"]  # type: ignore[return-value]
+def _mask_of(sample: Any) -> torch.Tensor:  # batch_size=None: one sample, not a list
+    return sample["mask"]
 
 
 def global_seed() -> int:
@@ -104,7 +105,7 @@ class EpochSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.skip = 0
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         indices = list(super().__iter__())
         skip, self.skip = self.skip, 0
         epoch = self.epoch
@@ -296,12 +297,12 @@ class SegmentationDataModule(L.LightningDataModule):
         for pair in getattr(dataset, "pairs", ()):
             h.update(Path(pair[-1]).name.encode())
         for i in sorted({0, n // 2, max(0, n - 1)}):
-            mask = dataset[i]["mask"]  # type: ignore[index]
+            mask = dataset[i]["mask"]
             h.update(repr(tuple(mask.shape)).encode())
             h.update(mask.cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def build_dataset(self, split: Split, transform: object) -> Dataset:
+    def build_dataset(self, split: Split, transform: v2.Transform) -> Dataset:
         """Return the data set of ``split`` whose samples go through ``transform``."""
         raise NotImplementedError
 
@@ -337,31 +338,17 @@ class SegmentationDataModule(L.LightningDataModule):
         """The files of ``patterns`` as batches of one size each; files whose header cannot be
         read, or whose size is over the limit, are reported and skipped (all of them skipped is
         an error)."""
-        paths, sizes = [], []
+        paths: list[Path] = []
+        sizes: list[tuple[int, int]] = []
         for path in find_images(patterns):
             size = image_size(path)
-            limit = self.predict_max_pixels
-            over = not isinstance(size, str) and limit is not None and size[0] * size[1] > limit
-            if over and self.predict_tile:
-                log.info(
-                    "%s: %d x %d = %.3g MP, over --max_megapixels %g: predicted in tiles of %d",
-                    path, size[1], size[0], size[0] * size[1] / 1e6, limit / 1e6,
-                    self.predict_tile,
-                )  # fmt: skip
-            elif over:
-                size = (
-                    f"{size[1]} x {size[0]} = {size[0] * size[1] / 1e6:.3g} MP is over "
-                    f"--max_megapixels {limit / 1e6:g}: predicting it whole would hold ~"
-                    f"{size[0] * size[1] * 170 / 2**30:.0f} GB; predict it in tiles (--tile "
-                    "1024: ~40 bytes a pixel), or raise --max_megapixels where the memory is "
-                    "there"
-                )
-            if isinstance(size, str):
-                log.warning("skipped %s: %s", path, size)
-                self.skipped_images.append((str(path), size))
-                continue
-            paths.append(path)
-            sizes.append(size)
+            why_not = size if isinstance(size, str) else self._too_large(path, *size)
+            if why_not is not None:
+                log.warning("skipped %s: %s", path, why_not)
+                self.skipped_images.append((str(path), why_not))
+            elif not isinstance(size, str):
+                paths.append(path)
+                sizes.append(size)
         if not paths:
             raise SegbenchError(
                 f"--images {' '.join(patterns)}: nothing to predict: every image was skipped, "
@@ -371,6 +358,25 @@ class SegmentationDataModule(L.LightningDataModule):
             paths, transform=eval_transform(mean=self.mean, std=self.std, scale=self.scale)
         )
         return ImageBatches(files, batches_by_size(sizes, self.val_batch_size))
+
+    def _too_large(self, path: Path, height: int, width: int) -> str | None:
+        """Why an image of this size is not predicted (over ``--max_megapixels`` without
+        ``--tile``), or ``None``: it is (in tiles when over the limit, said in the log)."""
+        limit, pixels = self.predict_max_pixels, height * width
+        if limit is None or pixels <= limit:
+            return None
+        if self.predict_tile:
+            log.info(
+                "%s: %d x %d = %.3g MP, over --max_megapixels %g: predicted in tiles of %d",
+                path, width, height, pixels / 1e6, limit / 1e6, self.predict_tile,
+            )  # fmt: skip
+            return None
+        return (
+            f"{width} x {height} = {pixels / 1e6:.3g} MP is over --max_megapixels "
+            f"{limit / 1e6:g}: predicting it whole would hold ~{pixels * 170 / 2**30:.0f} GB; "
+            "predict it in tiles (--tile 1024: ~40 bytes a pixel), or raise --max_megapixels "
+            "where the memory is there"
+        )
 
     def _loader(self, split: Split, *, train: bool) -> DataLoader:
         dataset = self.datasets[split]
@@ -408,7 +414,8 @@ class SegmentationDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return 0, 0, False
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        # A _ProcessedTracker at run time; Lightning annotates the field as its base class.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
         return trainer.current_epoch, done, done >= trainer.num_training_batches
 
     def train_dataloader(self) -> DataLoader:

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from segbench.data.base import SegmentationDataModule, Split
 from segbench.data.files import ImageMaskPairs
@@ -158,7 +159,7 @@ class CamVid(SegmentationDataModule):
         self.val_sequences = list(val_sequences) if val_sequences is not None else None
         self.train_on_val = train_on_val
 
-    def build_dataset(self, split: Split, transform: object) -> Dataset:
+    def build_dataset(self, split: Split, transform: v2.Transform) -> Dataset:
         # The root is resolved here, not in __init__, so configs print and models build
         # (``--print_config``, ``segbench summary``) on machines without the data.
         root = self.root or os.environ.get(ENV_VAR)

@@ -25,6 +25,7 @@ from typing import Literal
 
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
+from torchvision.transforms import v2
 
 from segbench.data.base import SegmentationDataModule, Split
 from segbench.data.files import ImageMaskPairs, check_pairs, resolve_root
@@ -119,7 +120,7 @@ class Cityscapes(SegmentationDataModule):
         self.root, self.labels, self.test_split = root, labels, test_split
         self.scale = scale
 
-    def build_dataset(self, split: Split, transform: object) -> Dataset:
+    def build_dataset(self, split: Split, transform: v2.Transform) -> Dataset:
         root = resolve_root(self.root, ENV_VAR, "Cityscapes")
         name = self.test_split if split == "test" else split
         return ImageMaskPairs(

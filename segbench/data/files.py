@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 log = logging.getLogger("segbench")
 
@@ -85,8 +86,8 @@ def read_mask(path: Path, palette: Sequence[Sequence[int]] | None = None) -> np.
     error naming the file and the colour.
     """
     try:
-        with Image.open(path) as im:
-            im = _as_displayed(im, path)  # the same turn as its image's
+        with Image.open(path) as opened:
+            im = _as_displayed(opened, path)  # the same turn as its image's
             im.load()
             mode = im.mode
             arr = np.asarray(im.convert("RGB") if mode in ("RGB", "RGBA") else im)
@@ -188,7 +189,7 @@ class ImageMaskPairs(Dataset):
         *,
         num_classes: int,
         ignore_index: int,
-        transform: object,
+        transform: v2.Transform,
         label_map: dict[int, int] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
         cache_dir: Path | None = None,
@@ -413,7 +414,7 @@ class ImageFiles(Dataset):
     whole prediction (:func:`collate_images` sets it aside).
     """
 
-    def __init__(self, paths: Sequence[Path], *, transform: object) -> None:
+    def __init__(self, paths: Sequence[Path], *, transform: v2.Transform) -> None:
         self.paths = list(paths)
         self.names = output_names(self.paths)
         self.transform = transform

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from segbench.data.base import (
     IMAGENET_MEAN,
@@ -94,11 +95,11 @@ class FolderSegmentation(SegmentationDataModule):
             raise ValueError(
                 f"FolderSegmentation: {len(palette)} palette colours for num_classes={num_classes}"
             )
-        self.palette = tuple(tuple(c) for c in palette) if palette else ()
+        self.palette = tuple((r, g, b) for r, g, b in palette) if palette else ()
         self.ignore_index = ignore_index
         self.image_dir, self.mask_dir, self.split_dir = image_dir, mask_dir, split_dir
         self.image_suffix, self.mask_suffix = image_suffix, mask_suffix
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std = (mean[0], mean[1], mean[2]), (std[0], std[1], std[2])
 
     def pairs(self, split: Split) -> list[tuple[Path, Path]]:
         """The ``(image, mask)`` paths listed in ``<split_dir>/<split>.txt``, checked to exist."""
@@ -122,7 +123,7 @@ class FolderSegmentation(SegmentationDataModule):
             raise ValueError(f"{listing} lists no images")
         return pairs
 
-    def build_dataset(self, split: Split, transform: object) -> Dataset:
+    def build_dataset(self, split: Split, transform: v2.Transform) -> Dataset:
         return ImageMaskPairs(
             self.pairs(split),
             num_classes=self.num_classes,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from segbench.data.base import SegmentationDataModule, Split, default_palette
 from segbench.data.files import ImageMaskPairs, check_pairs, read_names, resolve_root
@@ -177,7 +178,7 @@ class PascalContext(SegmentationDataModule):
         ]
         return check_pairs(pairs, f"PASCAL-Context {split}")
 
-    def build_dataset(self, split: Split, transform: object) -> Dataset:
+    def build_dataset(self, split: Split, transform: v2.Transform) -> Dataset:
         label_map = None
         if self.background == "void":
             label_map = {0: 255, **{v: v - 1 for v in range(1, len(PASCAL_CONTEXT_CLASSES))}}

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from segbench.cache import cache_root, written_once
 from segbench.data.base import SegmentationDataModule, Split
@@ -390,7 +391,7 @@ class SyntheticScenes(Dataset):
         num_images: int,
         image_size: tuple[int, int],
         seed: int,
-        transform: object,
+        transform: v2.Transform,
         cache: Path | None = None,
         detail_scale: float = 1.0,
         cue_gap: float = 0.0,
@@ -478,9 +479,10 @@ class SyntheticSegmentation(SegmentationDataModule):
     #: The classes only the scene tells apart, and the classes of their scene (``segbench
     #: cue-distance`` measures how far apart they lie).
     context_cues: ClassVar[dict[str, tuple[str, ...]]] = {
-        CLASS_NAMES[SCENE_VEHICLE[s]]: tuple(CLASS_NAMES[c] for c in SCENE_STUFF[s])
+        CLASS_NAMES[vehicle]: tuple(CLASS_NAMES[c] for c in SCENE_STUFF[s])
         for s in SCENES
-        if SCENE_VEHICLE[s] is not None
+        for vehicle in [SCENE_VEHICLE[s]]
+        if vehicle is not None
     }
     # Measured over the first 2000 training images at 128 x 128, seed 0 (a test re-measures).
     mean = (0.457, 0.585, 0.542)
@@ -534,7 +536,7 @@ class SyntheticSegmentation(SegmentationDataModule):
         self.detail_scale = float(detail_scale)
         self.cue_gap = float(cue_gap)
 
-    def build_dataset(self, split: Split, transform: object) -> Dataset:
+    def build_dataset(self, split: Split, transform: v2.Transform) -> Dataset:
         return SyntheticScenes(
             split,
             num_images=self.sizes[split],

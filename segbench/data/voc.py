@@ -48,6 +48,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
+from torchvision.transforms import v2
 
 from segbench.data.base import SegmentationDataModule, Split, default_palette
 from segbench.data.files import ImageMaskPairs, check_pairs, read_names, resolve_root
@@ -247,7 +248,7 @@ class PascalVOC(SegmentationDataModule):
             return check_pairs(pairs, f"SBD {name}", self._sbd_hint(sbd))
         return check_pairs(self.voc_pairs(name), f"PASCAL VOC {name}")
 
-    def build_dataset(self, split: Split, transform: object) -> Dataset:
+    def build_dataset(self, split: Split, transform: v2.Transform) -> Dataset:
         return ImageMaskPairs(
             self.pairs(self.splits[split]),
             num_classes=self.num_classes,

@@ -406,7 +406,6 @@ def metadata(model: LoadedModel, fmt: Format, size: tuple[int, int], dynamic: bo
 
 class ExportTool(Tool[Options, Export]):
     name = "export"
-    Options = Options
     common_options = ExportOptions
     max_models = 1
     test_options = ("--format", "torchscript", "--dynamic")
@@ -423,7 +422,7 @@ class ExportTool(Tool[Options, Export]):
         assert common.out is not None  # validate()
         out = Path(common.out)
         fmt = export_format(options, out)
-        image = model.datamodule.unaugmented(common.split)[0]["image"]  # type: ignore[index]
+        image = model.datamodule.unaugmented(common.split)[0]["image"]
         size = tuple(options.input_size or image.shape[-2:])
         if min(size) < 1 or len(size) != 2:
             raise ConfigError(f"--input_size must be two positive numbers, got {list(size)}")

@@ -47,7 +47,7 @@ requires multiples of 8).
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from torch import Tensor, nn
 
@@ -56,7 +56,7 @@ from segbench.models.base import SegmentationModel, pad_to_multiple, resize_to
 from segbench.models.layers import BilinearConvTranspose2d
 
 #: DRN's output stride: levels 5-8 are dilated instead of strided.
-OUTPUT_STRIDE = 8
+OUTPUT_STRIDE: Final = 8
 
 
 class DRN(SegmentationModel):
@@ -126,6 +126,7 @@ class DRN(SegmentationModel):
         """The 1x1 classifier on the last level and the x8 upsampling (fyu/drn's ``DRNSeg``)."""
         self.seg = nn.Conv2d(self.backbone.out_channels[-1], num_classes, 1, bias=True)
         nn.init.normal_(self.seg.weight, 0.0, math.sqrt(2.0 / num_classes))
+        assert self.seg.bias is not None
         nn.init.zeros_(self.seg.bias)
         self.up = (
             BilinearConvTranspose2d(num_classes, OUTPUT_STRIDE, learnable=False, padding=4)
@@ -154,6 +155,7 @@ class DRNClassifier(DRN, register=False):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Conv2d(self.backbone.out_channels[-1], num_classes, 1, bias=True)
         nn.init.normal_(self.fc.weight, 0.0, math.sqrt(2.0 / num_classes))
+        assert self.fc.bias is not None
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]

@@ -51,19 +51,18 @@ ImageNet weights exist only for the 7x7 stem (``stem: resnet``), which the paper
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segbench.errors import ConfigError
 from segbench.models.backbones.resnet import ResNet
 from segbench.models.base import SegmentationModel, pad_to_multiple, resize_to
 from segbench.models.layers.conv import conv_bn_relu
-from segbench.models.layers.dupsample import BasisFit, DUpsample, VoidHandling
-
-if TYPE_CHECKING:
-    from segbench.data.base import SegmentationDataModule
+from segbench.models.layers.dupsample import BasisFit, DUpsample, LabelSource, VoidHandling
 
 
 class LowLevelFusion(nn.Module):
@@ -207,10 +206,17 @@ class DUpsampling(SegmentationModel):
         """The learned softmax temperature T, or ``None`` when the switch is off."""
         return self.log_temperature.exp() if hasattr(self, "log_temperature") else None
 
-    def setup_from_data(self, datamodule: SegmentationDataModule) -> None:
+    def setup_from_data(self, datamodule: L.LightningDataModule) -> None:
         """Fit DUpsample's W on the training labels (cached on disk, shared across DDP ranks)."""
-        if self.upsampler_type == "dupsample":
-            self.upsample.fit_from_datamodule(datamodule)
+        if self.upsampler_type != "dupsample":
+            return
+        if not isinstance(datamodule, LabelSource):
+            raise ConfigError(
+                f"DUpsampling fits its upsampling basis W on the training labels, which "
+                f"{type(datamodule).__name__} does not give (label_maps, label_fingerprint): "
+                "use a segbench data module, or model.net.init_args.upsampler bilinear"
+            )
+        self.upsample.fit_from_datamodule(datamodule)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = x.shape[-2:]

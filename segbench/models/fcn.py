@@ -57,6 +57,7 @@ def _crop(x: Tensor, offset: int, size: tuple[int, ...]) -> Tensor:
 def _score(channels: int, num_classes: int) -> nn.Conv2d:
     conv = nn.Conv2d(channels, num_classes, 1)
     nn.init.zeros_(conv.weight)
+    assert conv.bias is not None
     nn.init.zeros_(conv.bias)
     return conv
 

@@ -81,6 +81,7 @@ def _classifier(channels: int, num_classes: int) -> nn.Conv2d:
     """A zero-initialised 1x1 classifier, as FCN's score layers."""
     conv = nn.Conv2d(channels, num_classes, 1)
     nn.init.zeros_(conv.weight)
+    assert conv.bias is not None
     nn.init.zeros_(conv.bias)
     return conv
 

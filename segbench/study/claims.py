@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
         label = f"[{ablation.name}]({(ablation.folder.parent / 'RESULTS.md').as_posix()})"
         text += claims_table([j for a, j in judged if a is ablation], group=label)
     text = merge_tables(text)
-    verdicts = {j.claim.id: j.verdict for _, j in judged}
+    verdicts: dict[str, str] = {j.claim.id: j.verdict for _, j in judged}
     if args.into and not args.fresh and Path(args.into).is_file():
         text, kept = keep_decided_rows(text, verdicts, Path(args.into).read_text())
         verdicts.update(kept)

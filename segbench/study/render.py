@@ -187,7 +187,7 @@ def _interval(j: Judgement) -> str:
 def _flat(j: Judgement) -> str:
     if j.flat is None:
         return "–"
-    gains = " / ".join(f"{g:+.1f}" for g in j.gains)  # type: ignore[str-format]
+    gains = " / ".join(f"{g:+.1f}" for g in j.gains)
     return ("yes" if j.flat else "**no**") + f" ({gains} in the last quarter)"
 
 

@@ -95,8 +95,10 @@ def find_runs(paths: Iterable[str]) -> list[Path]:
                 found.append(m / METRICS_FILE)
             elif m.is_dir():
                 found.extend(sorted(m.rglob(METRICS_FILE)))
-    seen: set[Path] = set()
-    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+    unique: dict[Path, Path] = {}  # each file once, as first named
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
 
 
 def load_run(path: Path) -> Run:

@@ -19,6 +19,7 @@ from segbench.analysis.gridding import (
 )
 from segbench.cli import main
 from segbench.models import DRN, FCN
+from segbench.models.backbones.base import Backbone
 from tests.helpers import REPO
 
 
@@ -64,7 +65,7 @@ def test_spectral_share_sees_a_lattice_pattern_in_features():
     assert spectral_share(gridded, 2).shape == (2,)
 
 
-class ConvStack(nn.Module):
+class ConvStack(Backbone):
     """Three 3x3 convolutions with non-negative weights and ReLU: a toy backbone."""
 
     def __init__(self, dilation: int) -> None:
@@ -76,8 +77,7 @@ class ConvStack(nn.Module):
         with torch.no_grad():
             for conv in self.convs:
                 conv.weight.abs_()
-        self.feature_names = ("conv1", "conv2", "conv3")
-        self.strides = (1, 1, 1)
+        self.describe(["conv1", "conv2", "conv3"], [4, 4, 4], [1, 1, 1])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []

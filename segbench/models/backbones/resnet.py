@@ -256,7 +256,7 @@ class ResNet(Backbone):
             x = self.relu(self.bn3(self.conv3(x)))
         feats = [x]
         x = self.maxpool(x)
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = layer(x)
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            x = getattr(self, name)(x)
             feats.append(x)
         return feats

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -41,15 +41,16 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
+@runtime_checkable
 class LabelSource(Protocol):
     """What the fit needs of a data module (:class:`segbench.data.base.SegmentationDataModule`)."""
 
     num_classes: int
     ignore_index: int
 
-    def label_maps(self, split: str = "train") -> Any: ...
+    def label_maps(self, split: Literal["train"] = "train") -> Any: ...
 
-    def label_fingerprint(self, split: str = "train") -> str: ...
+    def label_fingerprint(self, split: Literal["train"] = "train") -> str: ...
 
 
 # -- layout ---------------------------------------------------------------------------------------
@@ -79,6 +80,10 @@ class DUpsample(nn.Module):
         cache_dir: where fitted bases are cached (``None``: ``$SEGBENCH_CACHE`` or
             ``~/.cache/segbench``), under ``dupsample/``.
     """
+
+    weight: Tensor  # N x k, a buffer or (trainable) a parameter
+    bias: Tensor  # N
+    fitted: Tensor  # a bool buffer
 
     def __init__(
         self,

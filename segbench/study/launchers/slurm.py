@@ -210,7 +210,7 @@ class SubmititLauncher:
         slot_of: dict[str, int] = {}
         try:
             while queue or pending:
-                batch = []
+                batch: list[tuple[PlannedRun, FitJob]] = []
                 while (
                     queue
                     and len(pending) + len(batch) < limit
