@@ -6,16 +6,16 @@ traceback (``SEGBENCH_DEBUG=1`` shows it); anything else is a bug and keeps its 
 
 What counts as a user error:
 
-* a :class:`SegbenchError` (raised by segbench where it checks an input);
-* a ``FileNotFoundError``, ``ValueError`` or ``OSError`` raised by segbench's own code (the frame
-  that raised it is in the ``segbench`` package): segbench raises these only for bad inputs, with
-  a message that names the input. The same types raised inside torch or another library are not
-  user errors: they keep their traceback;
+* a :class:`SegbenchError`, raised by segbench where it detects the bad input. Each subclass also
+  derives from the built-in type a caller would catch (:class:`ConfigError` is a ``ValueError``,
+  :class:`MissingFileError` a ``FileNotFoundError``, ...);
 * Lightning's ``MisconfigurationException`` (e.g. ``trainer.devices`` beyond the machine's);
 * a full disk (``ENOSPC``), wherever it happens.
 
-Errors raised in a data loader worker reach the main process re-raised by torch with the worker's
-traceback in the message; the frame and the message are read from that text.
+Everything else is a bug, whatever its type and wherever it was raised: a ``ValueError`` from
+segbench's own code keeps its traceback. Errors raised in a data loader worker reach the main
+process re-raised by torch as the same type, with the worker's traceback in the message; the
+message shown is read from that text.
 """
 
 from __future__ import annotations
@@ -24,10 +24,7 @@ import errno
 import os
 import re
 import shutil
-import traceback
 from pathlib import Path
-
-_SEGBENCH_DIR = str(Path(__file__).resolve().parent)
 
 
 class SegbenchError(Exception):
@@ -40,6 +37,24 @@ class ConfigError(SegbenchError, ValueError):
 
 class CheckpointError(SegbenchError, ValueError):
     """A checkpoint, state dict or cache that cannot be loaded (the message names the file)."""
+
+
+class DataError(SegbenchError, ValueError):
+    """A data file or split whose content cannot work: a mask value outside the classes, an
+    image and mask of different sizes, an empty split list (the message names the file)."""
+
+
+class MissingFileError(SegbenchError, FileNotFoundError):
+    """A file or folder that the config, a split list or an option names and that is not there."""
+
+
+class UnreadableFileError(SegbenchError, OSError):
+    """A file that is there but cannot be decoded (not an image, truncated, too large)."""
+
+
+class UnavailableError(SegbenchError, RuntimeError):
+    """Something this machine does not have: an optional package, or a download when offline
+    (the message says how to provide it)."""
 
 
 class DivergenceError(SegbenchError, FloatingPointError):
@@ -77,16 +92,6 @@ def _chain(err: BaseException) -> list[BaseException]:
 
 
 _WORKER = re.compile(r"Original Traceback \(most recent call last\):\n(.*)", re.S)
-_FRAME = re.compile(r'File "([^"]+)", line \d+')
-
-
-def _raised_in_segbench(err: BaseException) -> bool:
-    match = _WORKER.search(str(err))
-    if match:  # re-raised from a loader worker: the frames are text
-        frames = _FRAME.findall(match.group(1))
-        return bool(frames) and frames[-1].startswith(_SEGBENCH_DIR)
-    tb = traceback.extract_tb(err.__traceback__)
-    return bool(tb) and str(Path(tb[-1].filename).resolve()).startswith(_SEGBENCH_DIR)
 
 
 def _is_misconfiguration(err: BaseException) -> bool:
@@ -101,8 +106,6 @@ def user_error(err: BaseException) -> BaseException | None:
     for e in _chain(err):
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return e
-    if isinstance(err, FileNotFoundError | ValueError | OSError) and _raised_in_segbench(err):
-        return err
     return None
 
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from segbench.errors import ConfigError
 from segbench.models.base import resize_to
 
 Net = Callable[[Tensor], dict[str, Tensor]]
@@ -61,12 +62,12 @@ class EvalProtocol:
 
     def __post_init__(self) -> None:
         if self.mode == "slide" and (self.crop_size is None or self.stride is None):
-            raise ValueError("EvalProtocol: mode 'slide' needs crop_size and stride")
+            raise ConfigError("EvalProtocol: mode 'slide' needs crop_size and stride")
         for name, pair in (("crop_size", self.crop_size), ("stride", self.stride)):
             if pair is not None and (len(pair) != 2 or min(pair) < 1):
-                raise ValueError(f"EvalProtocol: {name} must be two positive sizes, got {pair}")
+                raise ConfigError(f"EvalProtocol: {name} must be two positive sizes, got {pair}")
         if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"EvalProtocol: scales must be positive, got {list(self.scales)}")
+            raise ConfigError(f"EvalProtocol: scales must be positive, got {list(self.scales)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (lists, not tuples): checkpoints stay loadable with ``weights_only``."""

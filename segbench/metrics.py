@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from segbench.errors import ConfigError
+
 
 class SegmentationMetrics(MulticlassJaccardIndex):
     """Confusion-matrix metrics for one stage (``val`` or ``test``).
@@ -50,7 +52,7 @@ class SegmentationMetrics(MulticlassJaccardIndex):
             list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         )
         if len(names) != num_classes:
-            raise ValueError(f"{len(names)} class names for {num_classes} classes")
+            raise ConfigError(f"{len(names)} class names for {num_classes} classes")
         self.class_names = names
 
     def update(self, preds: Tensor, target: Tensor) -> None:

@@ -55,6 +55,7 @@ from segbench.errors import (
     ConfigError,
     DiskFullError,
     DivergenceError,
+    MissingFileError,
     SegbenchError,
     disk_full_message,
 )
@@ -375,7 +376,7 @@ class RunDir:
         for a tool that reads only the run's data). ``segbench report --metrics NAME`` shows them
         as columns; a tool's earlier record is replaced, other tools' kept."""
         if not self.metrics_file.is_file():
-            raise FileNotFoundError(f"no {self.METRICS} in {self.path}")
+            raise MissingFileError(f"no {self.METRICS} in {self.path}")
 
         def change(d: dict[str, Any]) -> None:
             ckpt = Path(checkpoint) if checkpoint is not None else None

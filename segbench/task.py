@@ -35,7 +35,7 @@ from torch.optim.lr_scheduler import (
 )
 from torchmetrics import MeanMetric
 
-from segbench.errors import CheckpointError, ConfigError, DivergenceError
+from segbench.errors import CheckpointError, ConfigError, DivergenceError, MissingFileError
 from segbench.inference import WHOLE_IMAGE, EvalProtocol, predict_log_probs
 from segbench.losses import SegmentationLoss
 from segbench.metrics import SegmentationMetrics
@@ -207,7 +207,7 @@ class SegmentationTask(L.LightningModule):
     def load_matching(self, path: str) -> None:
         """Copy the tensors of ``path`` whose names and shapes match the net's."""
         if not Path(path).is_file():
-            raise FileNotFoundError(f"model.init_from: no checkpoint at {path}")
+            raise MissingFileError(f"model.init_from: no checkpoint at {path}")
         try:
             state = safe_load(path)
         except CheckpointError as err:
@@ -219,7 +219,9 @@ class SegmentationTask(L.LightningModule):
         own = self.net.state_dict()
         taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         if not taken:
-            raise ValueError(f"model.init_from: no tensor of {path} fits {type(self.net).__name__}")
+            raise CheckpointError(
+                f"model.init_from: no tensor of {path} fits {type(self.net).__name__}"
+            )
         self.net.load_state_dict(taken, strict=False)
         left = sorted(set(own) - set(taken))
         log.info(

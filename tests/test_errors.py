@@ -405,6 +405,22 @@ def test_an_unexpected_error_keeps_its_traceback(world, monkeypatch):
         main(["fit", *world.args(name="bug")])
 
 
+def test_a_value_error_raised_inside_segbench_by_a_bug_keeps_its_traceback(world, monkeypatch):
+    # A plain ValueError from segbench's own code is a bug (a layer wired to the wrong width),
+    # not a bad input: only SegbenchError subclasses are shown without a traceback.
+    import torch
+
+    from segbench.models.layers.l2norm import L2Norm
+    from segbench.task import SegmentationTask
+
+    def miswired(self, batch, batch_idx):
+        return L2Norm(4)(torch.zeros(1, 3, 2, 2)).sum()  # raises inside segbench/
+
+    monkeypatch.setattr(SegmentationTask, "training_step", miswired)
+    with pytest.raises(ValueError, match=r"L2Norm\(4\) got 3 channels"):
+        main(["fit", *world.args(name="miswired")])
+
+
 def test_errors_are_json_safe(world):
     # metrics.json of the trained run is strict JSON (no NaN) after all of the above.
     json.loads((world.run / "metrics.json").read_text(), parse_constant=pytest.fail)

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from segbench.analysis.loading import LoadedModel, denormalise, sample_images
 from segbench.analysis.tool import Common, Tool
+from segbench.errors import ConfigError
 from segbench.tables import markdown_table
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def unit_reader(net: nn.Module, layer: str = "out") -> Callable[[Tensor, tuple[i
         return read_out
     modules = dict(net.named_modules())
     if layer not in modules:
-        raise ValueError(f"no module {layer!r} in {type(net).__name__}")
+        raise ConfigError(f"no module {layer!r} in {type(net).__name__}")
 
     def read_layer(x: Tensor, unit: tuple[int, int]) -> Tensor:
         captured: list[Tensor] = []
@@ -80,7 +81,7 @@ def unit_reader(net: nn.Module, layer: str = "out") -> Callable[[Tensor, tuple[i
         finally:
             hook.remove()
         if not captured or not isinstance(captured[0], Tensor) or captured[0].dim() != 4:
-            raise ValueError(f"module {layer!r} does not output an N x C x h x w tensor")
+            raise ConfigError(f"module {layer!r} does not output an N x C x h x w tensor")
         fmap = captured[0]
         h, w = fmap.shape[-2:]
         cy = min(h - 1, unit[0] * h // x.shape[-2])
@@ -383,11 +384,11 @@ def receptive_field(
 ) -> ReceptiveField:
     """Empirical and theoretical receptive field of one unit (default: the image centre)."""
     if measure == "prediction" and layer != "out":
-        raise ValueError("--measure prediction needs the logits (--layer out)")
+        raise ConfigError("--measure prediction needs the logits (--layer out)")
     H, W = images.shape[-2:]
     unit = unit or (H // 2, W // 2)
     if not (0 <= unit[0] < H and 0 <= unit[1] < W):
-        raise ValueError(f"unit {unit} is outside the {H}x{W} image")
+        raise ConfigError(f"unit {unit} is outside the {H}x{W} image")
     was_training = net.training
     net.eval()
     try:
@@ -409,12 +410,12 @@ def receptive_field(
     finally:
         net.train(was_training)
     if not heat.max() > 0 and measure == "prediction":
-        raise ValueError(
+        raise ConfigError(
             "no noise window flipped the unit's predicted class: the empirical field is empty "
             "at this unit. Try --measure score, more --images or a larger --noise."
         )
     if not heat.max() > 0:
-        raise ValueError(
+        raise ConfigError(
             f"the unit's {layer!r} output never changes: the network ignores its input there "
             "(a fresh network's zero-initialised classifier?). Use a trained run, or --layer "
             "with a module of the trunk (e.g. backbone.fc7)."

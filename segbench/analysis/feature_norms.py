@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from segbench.analysis.loading import LoadedModel, sample_images
 from segbench.analysis.tool import Common, Tool
+from segbench.errors import ConfigError
 from segbench.tables import markdown_table
 
 if TYPE_CHECKING:
@@ -111,10 +112,10 @@ def feature_norms(
     named = dict(net.named_modules())
     for name in modules:
         if name not in named:
-            raise ValueError(f"no module {name!r} in {type(net).__name__}")
+            raise ConfigError(f"no module {name!r} in {type(net).__name__}")
         hooks.append(named[name].register_forward_hook(lambda _m, _i, out, n=name: record(n, out)))
     if not hooks:
-        raise ValueError(f"{type(net).__name__} has no named backbone features: give --modules")
+        raise ConfigError(f"{type(net).__name__} has no named backbone features: give --modules")
     try:
         with batch_norm_mode(net, bn), torch.no_grad():
             for start in range(0, len(images), batch_size):

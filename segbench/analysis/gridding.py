@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from segbench.analysis.loading import LoadedModel, sample_images
 from segbench.analysis.tool import Common, Tool
+from segbench.errors import ConfigError
 from segbench.models.backbones.base import Backbone
 from segbench.tables import markdown_table
 
@@ -97,7 +98,7 @@ def find_backbone(net: nn.Module) -> Backbone:
     for m in candidates:
         if isinstance(m, Backbone):
             return m
-    raise ValueError(
+    raise ConfigError(
         f"{type(net).__name__} has no backbone: no submodule is a "
         "segbench.models.backbones.base.Backbone (which says its levels' names and strides)"
     )

@@ -65,7 +65,7 @@ def ld_module(net: torch.nn.Module) -> LocalDistribution:
     """The (first) LD module of ``net``."""
     modules = [m for m in net.modules() if isinstance(m, LocalDistribution)]
     if not modules:
-        raise ValueError(
+        raise ConfigError(
             f"{type(net).__name__} has no local distribution module (GALD with ld: true has one)"
         )
     return modules[0]

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from segbench.cli.lightning import build
 from segbench.data.base import SegmentationDataModule, Split
-from segbench.errors import CheckpointError
+from segbench.errors import CheckpointError, ConfigError, DataError, MissingFileError
 from segbench.rundir import RunDir, safe_load
 from segbench.task import SegmentationTask
 from segbench.visualize import denormalise
@@ -65,11 +65,11 @@ def load_model(args: list[str], *, ckpt: str = "best", network: bool = True) -> 
     built on the meta device and no checkpoint is read.
     """
     if not args:
-        raise ValueError("give a run directory or --config FILE.yaml")
+        raise ConfigError("give a run directory or --config FILE.yaml")
     run_dir: Path | None = None
     checkpoint: Path | None = None
     if not args[0].startswith("-") and not is_run_dir(args[0]):
-        raise FileNotFoundError(f"{args[0]}: not a run directory (no config.yaml in it)")
+        raise MissingFileError(f"{args[0]}: not a run directory (no config.yaml in it)")
     if is_run_dir(args[0]):
         run = RunDir(args[0])
         run_dir = run.path
@@ -78,7 +78,7 @@ def load_model(args: list[str], *, ckpt: str = "best", network: bool = True) -> 
             as_path = Path(ckpt).suffix == ".ckpt"
             checkpoint = Path(ckpt) if as_path else run.require_checkpoint(ckpt)
             if not checkpoint.is_file():
-                raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+                raise MissingFileError(f"no checkpoint at {checkpoint}")
     with contextlib.nullcontext() if network else torch.device("meta"):
         task, dm, cfg = build(args)
     if checkpoint is not None:
@@ -104,5 +104,5 @@ def sample_images(dm: SegmentationDataModule, num: int, split: Split = "val") ->
     images = [dataset[i]["image"] for i in range(min(num, len(dataset)))]  # type: ignore[arg-type]
     sizes = {tuple(im.shape[-2:]) for im in images}
     if len(sizes) > 1:
-        raise ValueError(f"the {split} images differ in size ({sorted(sizes)}): crop them first")
+        raise DataError(f"the {split} images differ in size ({sorted(sizes)}): crop them first")
     return torch.stack(images)

@@ -55,7 +55,7 @@ from typing import (
 from segbench.analysis.loading import LoadedModel, is_run_dir, load_model
 from segbench.config import config_files
 from segbench.data.base import Split
-from segbench.errors import ConfigError
+from segbench.errors import ConfigError, MissingFileError
 from segbench.rundir import RunDir, atomic_write_json
 from segbench.visualize import save_figure
 
@@ -265,7 +265,7 @@ def split_argv(
     while argv and not argv[0].startswith("-"):
         word = argv.pop(0)
         if not is_run_dir(word):
-            raise FileNotFoundError(f"{word}: not a run directory (no config.yaml in it)")
+            raise MissingFileError(f"{word}: not a run directory (no config.yaml in it)")
         runs.append(word)
     tool: list[str] = []
     fit: list[str] = []

@@ -28,6 +28,7 @@ from torchvision.transforms import v2
 from segbench.data.base import SegmentationDataModule, Split
 from segbench.data.files import ImageMaskPairs, check_pairs, resolve_root
 from segbench.data.transforms import Augment
+from segbench.errors import DataError, MissingFileError
 
 ENV_VAR = "SEGBENCH_ADE20K"
 FOLDERS = {"train": "training", "val": "validation", "test": "validation"}
@@ -102,13 +103,13 @@ def ade20k_pairs(root: Path, folder: str) -> list[tuple[Path, Path]]:
     images, labels = root / "images" / folder, root / "annotations" / folder
     missing = [str(p) for p in (images, labels) if not p.is_dir()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"ADE20K: expected {images} (JPEG images) and {labels} (PNG label maps), the layout "
             f"of ADEChallengeData2016.zip; missing: {', '.join(missing)}"
         )
     pairs = [(p, labels / f"{p.stem}.png") for p in sorted(images.glob("*.jpg"))]
     if not pairs:
-        raise ValueError(f"ADE20K: no .jpg images in {images}")
+        raise DataError(f"ADE20K: no .jpg images in {images}")
     return check_pairs(pairs, f"ADE20K {folder}")
 
 

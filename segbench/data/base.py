@@ -456,5 +456,5 @@ class ImageBatches(Dataset):
 def check_class_names(names: Sequence[str], num_classes: int, where: str) -> tuple[str, ...]:
     """Validate user-given class names against the number of classes."""
     if len(names) != num_classes:
-        raise ValueError(f"{where}: {len(names)} class names for num_classes={num_classes}")
+        raise ConfigError(f"{where}: {len(names)} class names for num_classes={num_classes}")
     return tuple(names)

@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from segbench.data.base import SegmentationDataModule, Split
 from segbench.data.files import ImageMaskPairs
 from segbench.data.transforms import Augment
-from segbench.errors import ConfigError
+from segbench.errors import ConfigError, DataError, MissingFileError
 
 ENV_VAR = "SEGBENCH_CAMVID"
 _SEGNET_PREFIX = "/SegNet/CamVid/"
@@ -40,26 +40,26 @@ def sequence(path: Path) -> str:
 def read_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     """The ``(image, label)`` paths of one split list, checked to exist."""
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"CamVid root {root} is not a directory (set data.init_args.root or ${ENV_VAR})"
         )
     listing = root / f"{split}.txt"
     if not listing.is_file():
-        raise FileNotFoundError(f"CamVid split list not found: {listing}")
+        raise MissingFileError(f"CamVid split list not found: {listing}")
     pairs = []
     for n, line in enumerate(listing.read_text().splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
         if len(parts) != 2:
-            raise ValueError(f"{listing}:{n}: expected 'image_path label_path', got {line!r}")
+            raise DataError(f"{listing}:{n}: expected 'image_path label_path', got {line!r}")
         img, lab = (root / p.removeprefix(_SEGNET_PREFIX).lstrip("/") for p in parts)
         for path in (img, lab):
             if not path.is_file():
-                raise FileNotFoundError(f"{listing}:{n}: no such file {path}")
+                raise MissingFileError(f"{listing}:{n}: no such file {path}")
         pairs.append((img, lab))
     if not pairs:
-        raise ValueError(f"{listing} lists no images")
+        raise DataError(f"{listing} lists no images")
     return pairs
 
 
@@ -164,7 +164,7 @@ class CamVid(SegmentationDataModule):
         # (``--print_config``, ``segbench summary``) on machines without the data.
         root = self.root or os.environ.get(ENV_VAR)
         if not root:
-            raise ValueError(f"CamVid: no root given; set data.init_args.root or ${ENV_VAR}")
+            raise ConfigError(f"CamVid: no root given; set data.init_args.root or ${ENV_VAR}")
         return ImageMaskPairs(
             self.pairs(Path(root).expanduser(), split),
             num_classes=self.num_classes,

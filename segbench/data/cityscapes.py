@@ -30,6 +30,7 @@ from torchvision.transforms import v2
 from segbench.data.base import SegmentationDataModule, Split
 from segbench.data.files import ImageMaskPairs, check_pairs, resolve_root
 from segbench.data.transforms import Augment
+from segbench.errors import MissingFileError
 
 ENV_VAR = "SEGBENCH_CITYSCAPES"
 
@@ -55,7 +56,7 @@ def cityscapes_pairs(
     expected = [root / "leftImg8bit" / split, root / "gtFine" / split]
     missing = [str(p) for p in expected if not p.is_dir()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Cityscapes: expected the folders {expected[0]} and {expected[1]} (unpack "
             f"leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into {root}); missing: "
             f"{', '.join(missing)}"

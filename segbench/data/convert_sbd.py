@@ -24,6 +24,7 @@ from torchvision import datasets as tvd
 
 from segbench.data.base import default_palette
 from segbench.data.voc import SBD_PNG_DIR, sbd_dataset_dir
+from segbench.errors import DataError, UnavailableError
 
 #: SBD's classes: background + the 20 VOC classes.
 SBD_NUM_CLASSES = 21
@@ -34,7 +35,7 @@ def require_scipy() -> None:
     try:
         import scipy.io  # noqa: F401
     except ImportError:
-        raise RuntimeError(
+        raise UnavailableError(
             "segbench convert-sbd reads SBD's .mat labels with scipy (through torchvision's "
             "SBDataset), and scipy is not installed: `pip install scipy`, then run it again. "
             "Only this one-off conversion needs scipy."
@@ -65,7 +66,7 @@ def convert_sbd(root: Path, out_dir: Path | None = None, *, overwrite: bool = Fa
                 continue
             label = np.asarray(sbd[i][1])
             if label.ndim != 2 or label.max(initial=0) >= SBD_NUM_CLASSES:
-                raise ValueError(
+                raise DataError(
                     f"{mat}: GTcls.Segmentation should be a 2-D map of values 0..20, got shape "
                     f"{label.shape} with values up to {label.max(initial=0)}"
                 )

@@ -25,6 +25,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from segbench.errors import ConfigError, DataError, MissingFileError, UnreadableFileError
+
 log = logging.getLogger("segbench")
 
 
@@ -71,11 +73,11 @@ def read_image(path: Path) -> torch.Tensor:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             arr = _to_rgb(_as_displayed(im, path))
     except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
+        raise MissingFileError(f"image not found: {path}") from None
     except Image.DecompressionBombError as err:
-        raise OSError(f"cannot read image {path}: {err}") from None
+        raise UnreadableFileError(f"cannot read image {path}: {err}") from None
     except OSError as err:  # PIL.UnidentifiedImageError is an OSError
-        raise OSError(f"cannot read image {path}: {err}") from err
+        raise UnreadableFileError(f"cannot read image {path}: {err}") from err
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
@@ -92,15 +94,15 @@ def read_mask(path: Path, palette: Sequence[Sequence[int]] | None = None) -> np.
             mode = im.mode
             arr = np.asarray(im.convert("RGB") if mode in ("RGB", "RGBA") else im)
     except FileNotFoundError:
-        raise FileNotFoundError(f"mask not found: {path}") from None
+        raise MissingFileError(f"mask not found: {path}") from None
     except Image.DecompressionBombError as err:
-        raise OSError(f"cannot read mask {path}: {err}") from None
+        raise UnreadableFileError(f"cannot read mask {path}: {err}") from None
     except OSError as err:
-        raise OSError(f"cannot read mask {path}: {err}") from err
+        raise UnreadableFileError(f"cannot read mask {path}: {err}") from err
     if arr.ndim == 2:
         return arr.astype(np.int64)
     if palette is None:
-        raise ValueError(
+        raise DataError(
             f"{path} is an {mode} mask, but masks here hold class indices: store them in a "
             "single-channel or palette PNG (CamVid's SegNet layout and VOC do); only "
             "FolderSegmentation reads colour-coded masks, given its colours in "
@@ -114,7 +116,7 @@ def read_mask(path: Path, palette: Sequence[Sequence[int]] | None = None) -> np.
     if not found.all():
         bad = np.unique(code[~found])[:5]
         colours = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in bad.tolist()]
-        raise ValueError(f"{path}: colours {colours} are not in the palette")
+        raise DataError(f"{path}: colours {colours} are not in the palette")
     return order[pos]
 
 
@@ -126,10 +128,10 @@ def resolve_root(root: str | None, env_var: str, dataset: str) -> Path:
     """
     value = root or os.environ.get(env_var)
     if not value:
-        raise ValueError(f"{dataset}: no root given; set data.init_args.root or ${env_var}")
+        raise ConfigError(f"{dataset}: no root given; set data.init_args.root or ${env_var}")
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{dataset} root {path} is not a directory (set data.init_args.root or ${env_var})"
         )
     return path
@@ -138,10 +140,10 @@ def resolve_root(root: str | None, env_var: str, dataset: str) -> Path:
 def read_names(listing: Path, dataset: str) -> list[str]:
     """The names of a split list (one per line, blank lines skipped); errors name the file."""
     if not listing.is_file():
-        raise FileNotFoundError(f"{dataset}: split list not found: {listing}")
+        raise MissingFileError(f"{dataset}: split list not found: {listing}")
     names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"{dataset}: {listing} lists no images")
+        raise DataError(f"{dataset}: {listing} lists no images")
     return names
 
 
@@ -157,12 +159,12 @@ def check_pairs(
     if missing:
         shown = "\n  ".join(str(p) for p in missing[:5])
         more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{dataset}: {len(missing)} listed file(s) missing:\n  {shown}{more}"
             + (f"\n{hint}" if hint else "")
         )
     if not pairs:
-        raise ValueError(f"{dataset}: the split has no images")
+        raise DataError(f"{dataset}: the split has no images")
     return pairs
 
 
@@ -251,18 +253,18 @@ class ImageMaskPairs(Dataset):
         image = read_image(img_path)
         mask = read_mask(mask_path, self.palette)
         if tuple(image.shape[-2:]) != mask.shape:
-            raise ValueError(
+            raise DataError(
                 f"{img_path} is {tuple(image.shape[-2:])} (H, W) but its mask "
                 f"{mask_path} is {mask.shape}"
             )
         if self.lut is not None:
             if mask.max() >= len(self.lut):
-                raise ValueError(f"{mask_path}: value {mask.max()} beyond the label map")
+                raise DataError(f"{mask_path}: value {mask.max()} beyond the label map")
             mask = self.lut[mask]
         bad = (mask >= self.num_classes) & (mask != self.ignore_index) | (mask < 0)
         if bad.any():
             values = np.unique(mask[bad])[:8].tolist()
-            raise ValueError(
+            raise DataError(
                 f"{mask_path}: label values {values} are outside [0, "
                 f"{self.num_classes}) and are not ignore_index={self.ignore_index}"
             )
@@ -298,27 +300,27 @@ def find_images(patterns: Sequence[str]) -> list[Path]:
             files = [p for p in _walk(_static_root(path)) if _glob_regex(path).fullmatch(str(p))]
             files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
             if not files:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"--images {pattern}: no image file matches ({', '.join(IMAGE_SUFFIXES)})"
                 )
         elif glob.has_magic(pattern):  # one level per component: no recursion, no loop
             matches = [Path(p) for p in sorted(glob.glob(str(path)))]
             files = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
             if not files:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"--images {pattern}: no image file matches ({', '.join(IMAGE_SUFFIXES)})"
                 )
         elif path.is_dir():
             files = [p for p in _walk(path) if p.suffix.lower() in IMAGE_SUFFIXES]
             if not files:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"--images {pattern}: the folder holds no image file "
                     f"({', '.join(IMAGE_SUFFIXES)})"
                 )
         elif path.is_file():
             files = [path]
         else:
-            raise FileNotFoundError(f"--images {pattern}: no such file or folder")
+            raise MissingFileError(f"--images {pattern}: no such file or folder")
         found += files
     unique: dict[Path, Path] = {}  # the same file named twice (a link, ./x, x) is read once
     for p in found:

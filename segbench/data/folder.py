@@ -28,7 +28,7 @@ from segbench.data.base import (
 )
 from segbench.data.files import ImageMaskPairs
 from segbench.data.transforms import Augment
-from segbench.errors import ConfigError
+from segbench.errors import ConfigError, DataError, MissingFileError
 
 
 class FolderSegmentation(SegmentationDataModule):
@@ -92,7 +92,7 @@ class FolderSegmentation(SegmentationDataModule):
             class_names or [str(i) for i in range(num_classes)], num_classes, "FolderSegmentation"
         )
         if palette is not None and len(palette) != num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"FolderSegmentation: {len(palette)} palette colours for num_classes={num_classes}"
             )
         self.palette = tuple((r, g, b) for r, g, b in palette) if palette else ()
@@ -104,10 +104,10 @@ class FolderSegmentation(SegmentationDataModule):
     def pairs(self, split: Split) -> list[tuple[Path, Path]]:
         """The ``(image, mask)`` paths listed in ``<split_dir>/<split>.txt``, checked to exist."""
         if not self.root.is_dir():
-            raise FileNotFoundError(f"data root {self.root} is not a directory")
+            raise MissingFileError(f"data root {self.root} is not a directory")
         listing = self.root / self.split_dir / f"{split}.txt"
         if not listing.is_file():
-            raise FileNotFoundError(f"split list not found: {listing}")
+            raise MissingFileError(f"split list not found: {listing}")
         pairs = []
         for n, line in enumerate(listing.read_text().splitlines(), 1):
             name = line.strip()
@@ -117,10 +117,10 @@ class FolderSegmentation(SegmentationDataModule):
             mask = self.root / self.mask_dir / f"{name}{self.mask_suffix}"
             for path in (img, mask):
                 if not path.is_file():
-                    raise FileNotFoundError(f"{listing}:{n}: no such file {path}")
+                    raise MissingFileError(f"{listing}:{n}: no such file {path}")
             pairs.append((img, mask))
         if not pairs:
-            raise ValueError(f"{listing} lists no images")
+            raise DataError(f"{listing} lists no images")
         return pairs
 
     def build_dataset(self, split: Split, transform: v2.Transform) -> Dataset:

@@ -37,6 +37,7 @@ from torchvision.transforms import v2
 from segbench.data.base import SegmentationDataModule, Split, default_palette
 from segbench.data.files import ImageMaskPairs, check_pairs, read_names, resolve_root
 from segbench.data.transforms import Augment
+from segbench.errors import MissingFileError
 
 ENV_VAR = "SEGBENCH_PASCAL_CONTEXT"
 
@@ -112,7 +113,7 @@ def voc2010_dir(root: Path) -> Path:
     for candidate in (root, root / "VOC2010", root / "VOCdevkit" / "VOC2010"):
         if (candidate / "JPEGImages").is_dir():
             return candidate
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"PASCAL-Context: expected {root} (or its VOC2010/ or VOCdevkit/VOC2010/) to hold "
         "JPEGImages/, SegmentationClassContext/ and ImageSets/SegmentationContext/"
     )

@@ -18,6 +18,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from segbench.errors import ConfigError
+
 
 @dataclass
 class Augment:
@@ -66,7 +68,7 @@ class RandomScale(v2.Transform):
         super().__init__()
         self.low, self.high = float(scale_range[0]), float(scale_range[1])
         if not 0 < self.low <= self.high:
-            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+            raise ConfigError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = v2.query_size(flat_inputs)

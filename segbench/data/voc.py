@@ -53,6 +53,7 @@ from torchvision.transforms import v2
 from segbench.data.base import SegmentationDataModule, Split, default_palette
 from segbench.data.files import ImageMaskPairs, check_pairs, read_names, resolve_root
 from segbench.data.transforms import Augment
+from segbench.errors import MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def voc_devkit_parent(root: Path) -> Path:
     expected = ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation")
     missing = [d for d in expected if not (voc / d).is_dir()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"PASCAL VOC: expected {voc} with {', '.join(expected)} (the layout of "
             f"VOCtrainval_11-May-2012.tar); missing: {', '.join(missing)}"
         )
@@ -115,7 +116,7 @@ def sbd_dataset_dir(root: Path) -> Path:
         root = root / "dataset"
     missing = [d for d in ("img", "cls", "train.txt", "val.txt") if not (root / d).exists()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"SBD: expected {root} to hold img/, cls/, train.txt and val.txt (the "
             f"benchmark_RELEASE/dataset folder of benchmark.tgz); missing: {', '.join(missing)}"
         )
@@ -199,7 +200,7 @@ class PascalVOC(SegmentationDataModule):
         parent = self._voc()
         listing = parent / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / f"{name}.txt"
         if not listing.is_file():
-            raise FileNotFoundError(f"PASCAL VOC: split list not found: {listing}")
+            raise MissingFileError(f"PASCAL VOC: split list not found: {listing}")
         if name in VOC_SPLITS:
             voc = tvd.VOCSegmentation(str(parent), year="2012", image_set=name)
             return [(Path(i), Path(m)) for i, m in zip(voc.images, voc.masks, strict=True)]

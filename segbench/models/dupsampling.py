@@ -172,7 +172,7 @@ class DUpsampling(SegmentationModel):
         self.fuse_layers = tuple(fuse_layers) if fusion else ()
         bad = [n for n in self.fuse_layers if n not in names[:-1]]
         if bad or (fusion and not self.fuse_layers):
-            raise ValueError(f"fuse_layers must name some of {names[:-1]}, got {fuse_layers}")
+            raise ConfigError(f"fuse_layers must name some of {names[:-1]}, got {fuse_layers}")
         in_head = channels[names[-1]]
         if fusion:
             self.fusion = LowLevelFusion(sum(channels[n] for n in self.fuse_layers), reduced)

@@ -34,6 +34,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from segbench.errors import MissingFileError
 from segbench.rundir import atomic_write_json
 from segbench.study.ablation import Claim
 from segbench.study.render import (
@@ -77,7 +78,7 @@ def report(
     ``claims`` (an ablation's, see :mod:`segbench.study.verdicts`) add a table of verdicts."""
     files = find_runs(paths)
     if not files:
-        raise FileNotFoundError(f"no {METRICS_FILE} under {list(paths)}")
+        raise MissingFileError(f"no {METRICS_FILE} under {list(paths)}")
     runs = [load_run(f) for f in files]
     rows, differing = group_runs(runs)
     available = {m for r in runs for m in r.metrics}

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from segbench.config import LINKS, flatten
+from segbench.errors import DataError
 from segbench.rundir import RunDir
 from segbench.study.stats import mean_std
 
@@ -175,7 +176,7 @@ def load_paper(path: str | None) -> dict[str, Any] | None:
         return None
     data = yaml.safe_load(Path(path).read_text())
     if not isinstance(data, dict) or "key" not in data or "rows" not in data:
-        raise ValueError(
+        raise DataError(
             f"{path}: expected a mapping with 'key' and 'rows' (see segbench report --help)"
         )
     return data

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs, make_layers
 
+from segbench.errors import ConfigError
 from segbench.models.backbones.base import Backbone
 from segbench.models.backbones.weights import assign_state_dict, load_state_dict, on_meta_device
 
@@ -64,7 +65,7 @@ class VGG16(Backbone):
     ) -> None:
         super().__init__()
         if caffe_padding and output_stride != 32:
-            raise ValueError("caffe_padding reproduces the stride-32 reference only")
+            raise ConfigError("caffe_padding reproduces the stride-32 reference only")
         cfg = [c if c == "M" else _scale(c, width) for c in cfgs["D"]]
         self.features = make_layers(cfg, batch_norm=batch_norm)
         self.caffe_padding = caffe_padding

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torchvision.models import get_weight
 
+from segbench.errors import CheckpointError, ConfigError, MissingFileError, UnavailableError
+
 log = logging.getLogger(__name__)
 
 
@@ -30,13 +32,13 @@ def load_state_dict(weights: str, enum_name: str) -> dict[str, Tensor]:
     path = Path(weights).expanduser()
     if path.suffix in {".pth", ".pt", ".ckpt"} or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(f"backbone weights file not found: {path}")
+            raise MissingFileError(f"backbone weights file not found: {path}")
         state = torch.load(path, map_location="cpu", weights_only=True)
         return state.get("state_dict", state) if isinstance(state, dict) else state
     try:
         entry = get_weight(f"{enum_name}.{weights}")
     except (ValueError, KeyError) as err:
-        raise ValueError(
+        raise ConfigError(
             f"unknown backbone weights {weights!r}: expected a file path or a member of "
             f"torchvision's {enum_name}"
         ) from err
@@ -44,7 +46,7 @@ def load_state_dict(weights: str, enum_name: str) -> dict[str, Tensor]:
         return entry.get_state_dict(progress=True)
     except OSError as err:  # URLError is an OSError: no network, proxy, DNS, ...
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
-        raise RuntimeError(
+        raise UnavailableError(
             f"could not download {enum_name}.{weights} from {entry.url} ({err}). Offline, put the "
             f"file at {cache}, or pass its path as the weights, or set weights to null to start "
             "from random initialisation."
@@ -73,7 +75,7 @@ def assign_state_dict(module: torch.nn.Module, state: dict[str, Tensor], source:
             )
             if keys
         )
-        raise ValueError(
+        raise CheckpointError(
             f"weights {source} do not fit {type(module).__name__} ({detail}). Pretrained weights "
             "exist for the full-width model only (width=1.0)."
         )

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segbench.cache import cache_root, rank_zero_cached
+from segbench.errors import ConfigError
 from segbench.models.layers.label_basis import (
     Basis,
     BasisFit,
@@ -100,7 +101,7 @@ class DUpsample(nn.Module):
         super().__init__()
         n = num_classes * factor * factor
         if not 0 < in_channels <= n:
-            raise ValueError(f"compressed dimension {in_channels} must be in [1, K r^2 = {n}]")
+            raise ConfigError(f"compressed dimension {in_channels} must be in [1, K r^2 = {n}]")
         self.in_channels, self.num_classes, self.factor = in_channels, num_classes, factor
         self.trainable, self.fit, self.void = trainable, fit, void
         self.sgd_steps, self.cache_dir = sgd_steps, cache_dir
@@ -154,7 +155,7 @@ class DUpsample(nn.Module):
 
         def path() -> Path:
             if datamodule.num_classes != self.num_classes:
-                raise ValueError(
+                raise ConfigError(
                     f"DUpsample built for {self.num_classes} classes, the data have "
                     f"{datamodule.num_classes}"
                 )

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segbench.errors import ConfigError
 from segbench.models.layers.conv import Float32Conv2d
 
 #: The GA module of a GALD head (``"none"``: the dilated-FCN baseline).
@@ -82,7 +83,7 @@ class CompactGeneralizedNonLocal(nn.Module):
     def __init__(self, channels: int, planes: int, groups: int = 8) -> None:
         super().__init__()
         if channels % groups or planes % groups:
-            raise ValueError(f"groups={groups} must divide channels={channels} and {planes=}")
+            raise ConfigError(f"groups={groups} must divide channels={channels} and {planes=}")
         self.groups = groups
         self.t = nn.Conv2d(channels, planes, 1, bias=False)
         self.p = nn.Conv2d(channels, planes, 1, bias=False)
@@ -205,7 +206,7 @@ def global_aggregation(kind: GlobalAggregation, channels: int, groups: int = 8) 
         return PyramidPooling(channels, (1,))
     if kind == "none":
         return None
-    raise ValueError(f"unknown global aggregation {kind!r}")
+    raise ConfigError(f"unknown global aggregation {kind!r}")
 
 
 class LocalDistribution(nn.Module):
@@ -228,7 +229,7 @@ class LocalDistribution(nn.Module):
     def __init__(self, channels: int, strided: int = 3) -> None:
         super().__init__()
         if not 0 <= strided <= 3:
-            raise ValueError(f"LocalDistribution: strided is 0 to 3, got {strided}")
+            raise ConfigError(f"LocalDistribution: strided is 0 to 3, got {strided}")
         self.dconv1 = _depthwise_down(channels, 2 if strided >= 1 else 1)
         self.dconv2 = _depthwise_down(channels, 2 if strided >= 2 else 1)
         self.dconv3 = _depthwise_down(channels, 2 if strided >= 3 else 1)

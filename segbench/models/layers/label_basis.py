@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segbench.errors import ConfigError, DataError
+
 VoidHandling = Literal["zero", "drop_patch"]
 BasisFit = Literal["pca", "sgd"]
 
@@ -158,7 +160,7 @@ def label_patches(mask: Tensor, factor: int, num_classes: int, ignore_index: int
     if not small:
         bad |= mask < 0
     if bad.any():
-        raise ValueError(
+        raise DataError(
             f"label values {torch.unique(mask[bad])[:8].tolist()} outside [0, {num_classes}) "
             f"that are not ignore_index={ignore_index}"
         )
@@ -267,7 +269,7 @@ def collect_patches(
     if pending:
         merge()
     if len(rows_u) == 0:
-        raise ValueError("no labelled patch to fit the DUpsample basis on")
+        raise DataError("no labelled patch to fit the DUpsample basis on")
     return PatchSet(rows_u, counts_u, factor, num_classes)
 
 
@@ -325,7 +327,7 @@ def fit_pca(
     """
     n = patches.dim
     if not 0 < dim <= n:
-        raise ValueError(f"compressed dimension {dim} must be in [1, N = K r^2 = {n}]")
+        raise ConfigError(f"compressed dimension {dim} must be in [1, N = K r^2 = {n}]")
     mean = patches.mean()
     width = min(n, dim + oversample)
     # Forming the covariance costs U N^2 (dense); the randomised products 2 (iters + 1) U r^2 width
@@ -370,7 +372,7 @@ def fit_sgd(
     loss ``||v - (W P (v - mu) + mu)||^2``, patches drawn in proportion to their counts."""
     n = patches.dim
     if not 0 < dim <= n:
-        raise ValueError(f"compressed dimension {dim} must be in [1, N = K r^2 = {n}]")
+        raise ConfigError(f"compressed dimension {dim} must be in [1, N = K r^2 = {n}]")
     gen = torch.Generator().manual_seed(seed)
     mean = patches.mean().float()
     encoder = nn.Parameter(torch.randn(dim, n, generator=gen) / n**0.5)
