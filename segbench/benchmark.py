@@ -23,7 +23,6 @@ Benchmarks are for idle machines: anything else running on the cores distorts th
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import resource
@@ -34,12 +33,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
 
 from segbench.cli.lightning import SegbenchCLI, build
 from segbench.numerics import resolve_precision, to_channels_last
+from segbench.options import command_parser, option_keys, options_of, split_argv
 from segbench.tables import markdown_table
 from segbench.visualize import save_figure
 
@@ -185,29 +186,51 @@ def loop_times(args: list[str], steps: int) -> tuple[list[float], int]:
     return timer.times, timer.batch_size
 
 
+Measurement = Literal["step", "baseline", "loop", "loader", "forward", "sizes"]
+
+
+@dataclass
+class Options:
+    """Options of ``segbench benchmark``; the other arguments are those of ``segbench fit``.
+
+    Args:
+        what: the measurements (``--what step loop``).
+        input_size: input height and width of the bare steps (default: the training crop).
+        batch_size: default: the data module's.
+        repeats: timed steps of a bare step.
+        warmup: untimed steps first.
+        loop_steps: steps of the timed fit.
+        loader_batches: batches the loader is timed over.
+        sizes: input sizes of ``--what sizes``.
+        device: ``cuda`` or ``cpu`` (default: ``cuda`` where there is one).
+        out: write ``benchmark.{md,json}`` (and the sizes plot) into this folder.
+        json: print JSON instead of a table.
+    """
+
+    what: list[Measurement] = field(
+        default_factory=lambda: ["step", "baseline", "loop", "loader", "forward"]
+    )
+    input_size: tuple[int, int] | None = None
+    batch_size: int | None = None
+    repeats: int = 20
+    warmup: int = 3
+    loop_steps: int = 60
+    loader_batches: int = 30
+    sizes: list[int] = field(default_factory=lambda: [128, 256, 384, 512])
+    device: str | None = None
+    out: Path | None = None
+    json: bool = False
+
+
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="segbench benchmark",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser(
+        "segbench benchmark",
+        __doc__ or "",
+        usage="segbench benchmark --config FILE.yaml [segbench fit overrides] [options]",
     )
-    parser.add_argument(
-        "--what",
-        nargs="+",
-        default=["step", "baseline", "loop", "loader", "forward"],
-        choices=["step", "baseline", "loop", "loader", "forward", "sizes"],
-    )
-    parser.add_argument("--input_size", type=int, nargs=2, metavar=("H", "W"))
-    parser.add_argument("--batch_size", type=int, help="default: the data module's")
-    parser.add_argument("--repeats", type=int, default=20, help="timed steps of a bare step")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--loop_steps", type=int, default=60, help="steps of the timed fit")
-    parser.add_argument("--loader_batches", type=int, default=30)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 384, 512])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, help="write benchmark.{md,json} (+ sizes plot) here")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    known, rest = parser.parse_known_args(argv)
+    parser.add_class_arguments(Options, nested_key=None, as_group=True)
+    _, own, rest = split_argv(argv, option_keys(Options), runs=False)
+    known = options_of(Options, parser.parse_args(own))
     if not rest:
         parser.error("give a config: --config FILE.yaml")
     results = run(rest, known)
@@ -235,9 +258,9 @@ def training_input_size(dm: L.LightningDataModule) -> tuple[int, int]:
     return int(image.shape[-2]), int(image.shape[-1])
 
 
-def run(args: list[str], known: argparse.Namespace) -> list[Timing]:
+def run(args: list[str], known: Options) -> list[Timing]:
     _, dm, cfg = build(args)
-    device = torch.device(known.device)
+    device = torch.device(known.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = str(resolve_precision(cfg.trainer.get("precision") or "32-true", device.type))
     channels_last = bool(cfg.model.get("channels_last", False))
     setting = f"{precision}{', channels_last' if channels_last else ''}"

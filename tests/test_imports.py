@@ -3,7 +3,8 @@ hidden inside a function, and no module importing a layer above its own.
 
 Layers, lowest first (a module may import its own layer and those below):
 
-1. foundation: errors, provenance, numerics, rundir, cache, config, metrics, losses, tables
+1. foundation: errors, provenance, numerics, rundir, cache, config, metrics, losses, tables,
+   options (how the commands parse their options)
 2. data: the data modules and their files and transforms
 3. models and what draws or evaluates their outputs: models, inference, visualize
 4. training: task, loggers, callbacks
@@ -33,6 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
         "metrics",
         "losses",
         "tables",
+        "options",
     ),
     ("data",),
     ("models", "inference", "visualize"),

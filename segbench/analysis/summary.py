@@ -10,7 +10,6 @@ network with a ``backbone`` submodule the FLOPs are also split into the backbone
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from segbench.cli.lightning import build
+from segbench.options import command_parser, option_keys, options_of, split_argv
 from segbench.tables import markdown_table
 
 
@@ -91,24 +91,30 @@ def summarise(net: nn.Module, input_size: tuple[int, int]) -> ModelSummary:
     )
 
 
+@dataclass
+class Options:
+    """Options of ``segbench summary``; the other arguments are those of ``segbench fit``
+    (``--config``, ``--model.net.init_args.*``).
+
+    Args:
+        input_size: input height and width (``--input_size 512 512``).
+    """
+
+    input_size: tuple[int, int] = (512, 512)
+
+
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="segbench summary",
-        description="Parameters, output stride and FLOPs of the network a config builds. Other "
-        "arguments are those of `segbench fit` (--config, --model.net.init_args.*).",
+    parser = command_parser(
+        "segbench summary",
+        "Parameters, output stride and FLOPs of the network a config builds.",
+        usage="segbench summary --config FILE.yaml [segbench fit overrides] [--input_size H W]",
     )
-    parser.add_argument(
-        "--input_size",
-        type=int,
-        nargs=2,
-        default=(512, 512),
-        metavar=("H", "W"),
-        help="input height and width (default 512 512)",
-    )
-    known, rest = parser.parse_known_args(argv)
-    if not rest:
+    parser.add_class_arguments(Options, nested_key=None, as_group=True)
+    _, own, fit = split_argv(argv, option_keys(Options), runs=False)
+    options = options_of(Options, parser.parse_args(own))
+    if not fit:
         parser.error("give a config: --config FILE.yaml")
     with torch.device("meta"):
-        task, _, _ = build(rest)
-    summary = summarise(task.net, tuple(known.input_size))
+        task, _, _ = build(fit)
+    summary = summarise(task.net, options.input_size)
     sys.stdout.write(summary.markdown())

@@ -35,27 +35,31 @@ import re
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from types import UnionType
 from typing import (
     TYPE_CHECKING,
     Any,
     ClassVar,
     Generic,
-    Literal,
     Protocol,
     TypeVar,
-    Union,
     get_args,
     get_origin,
-    get_type_hints,
 )
 
-from segbench.analysis.loading import LoadedModel, is_run_dir, load_model
+from segbench.analysis.loading import LoadedModel, load_model
 from segbench.config import config_files
 from segbench.data.base import Split
-from segbench.errors import ConfigError, MissingFileError
+from segbench.errors import ConfigError
+from segbench.options import (
+    CommandParser,
+    OptionKind,
+    command_parser,
+    option_keys,
+    options_of,
+    split_argv,
+)
 from segbench.rundir import RunDir, atomic_write_json
 from segbench.visualize import save_figure
 
@@ -163,15 +167,12 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
         return "\n".join(f"### {name}\n\n{result.markdown()}" for name, result in results)
 
     # -- the command ------------------------------------------------------------------------
-    def parser(self):  # -> jsonargparse.ArgumentParser
-        from jsonargparse import ArgumentParser
-
-        parser = ArgumentParser(
-            prog=f"segbench {self.name}",
-            description=(
-                f"usage: segbench {self.name} [RUN_DIR ...] [--config FILE.yaml [segbench fit "
-                f"overrides]] [options]\n\n{self.description}"
-            ),
+    def parser(self) -> CommandParser:
+        parser = command_parser(
+            f"segbench {self.name}",
+            self.description,
+            usage=f"segbench {self.name} [RUN_DIR ...] [--config FILE.yaml [segbench fit "
+            "overrides]] [options]",
         )
         parser.add_class_arguments(self.common_options, nested_key=None, as_group=True)
         parser.add_class_arguments(self.Options, nested_key=None, as_group=True)
@@ -179,16 +180,15 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
 
     def keys(self) -> dict[str, OptionKind]:
         """The tool's option names, each with its kind: a flag (a bool), a list or a value."""
-        hints = {**get_type_hints(self.common_options), **get_type_hints(self.Options)}
-        return {name: option_kind(hint) for name, hint in hints.items()}
+        return option_keys(self.common_options, self.Options)
 
     def main(self, argv: list[str]) -> list[tuple[str, ResultT]]:
         """``segbench TOOL ...``: parse, load each model, measure, print, write, record."""
         runs, tool_args, fit_args = split_argv(argv, self.keys())
         parser = self.parser()
         ns = parser.parse_args(tool_args)
-        common = self.common_options(**{f.name: ns[f.name] for f in fields(self.common_options)})
-        options = self.Options(**{f.name: ns[f.name] for f in fields(self.Options)})
+        common = options_of(self.common_options, ns)
+        options: OptionsT = options_of(self.Options, ns)
         if not runs and not fit_args:
             parser.error("give run directories or a config: --config FILE.yaml")
         if common.record and not runs:
@@ -233,70 +233,6 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
                 lambda fig: self.plot_together(results, fig), out / f"{self.name}.png", self.figsize
             )
         log.info("%s: wrote %s/%s.{md,json,png}", self.name, out, self.name)
-
-
-OptionKind = Literal["flag", "list", "value"]
-
-
-def option_kind(hint: Any) -> OptionKind:
-    """``flag`` for a bool, ``list`` for a list or tuple of any length (``X | None`` too),
-    ``value`` otherwise."""
-    if hint is bool:
-        return "flag"
-    kinds = [hint, *get_args(hint)] if get_origin(hint) in (Union, UnionType) else [hint]
-    for kind in kinds:
-        if get_origin(kind) is list or (get_origin(kind) is tuple and Ellipsis in get_args(kind)):
-            return "list"
-    return "value"
-
-
-def split_argv(
-    argv: Sequence[str], keys: dict[str, OptionKind]
-) -> tuple[list[str], list[str], list[str]]:
-    """``argv`` as (run directories, the tool's options, ``segbench fit`` arguments).
-
-    Leading positional words are run directories; an option whose key is one of ``keys`` goes
-    to the tool with the words after it (the words of a list option, or several words, become
-    one list value: ``--dims 11`` and ``--dims 16 32``; a flag alone means ``true``), any other
-    option (``--config``, ``--model...``, ``--data...``) to ``segbench fit`` with its value.
-    """
-    argv = list(argv)
-    runs: list[str] = []
-    while argv and not argv[0].startswith("-"):
-        word = argv.pop(0)
-        if not is_run_dir(word):
-            raise MissingFileError(f"{word}: not a run directory (no config.yaml in it)")
-        runs.append(word)
-    tool: list[str] = []
-    fit: list[str] = []
-    while argv:
-        word = argv.pop(0)
-        if not word.startswith("-"):
-            raise ConfigError(
-                f"{word!r}: run directories come first (segbench TOOL RUN_DIR ... [options])"
-            )
-        key, has_value, _ = word.lstrip("-").partition("=")
-        values: list[str] = []
-        while not has_value and argv and not re.match(r"--?[A-Za-z]", argv[0]):
-            values.append(argv.pop(0))
-        if key.rstrip("+") in keys or key in ("h", "help"):
-            tool.append(word)
-            kind = keys.get(key.rstrip("+"), "value")
-            listed = len(values) == 1 and values[0].lstrip().startswith("[")
-            if len(values) > 1 or (kind == "list" and values and not listed):
-                values = ["[" + ",".join(values) + "]"]
-            elif not values and not has_value and kind == "flag":
-                values = ["true"]
-            tool += values
-        elif key in ("run", "runs"):
-            raise ConfigError(
-                f"--{key} is gone: run directories are given first, positionally "
-                "(segbench TOOL RUN_DIR [RUN_DIR ...] [options])"
-            )
-        else:
-            fit.append(word)
-            fit += values
-    return runs, tool, fit
 
 
 def model_name(model: LoadedModel, args: Sequence[str]) -> str:

@@ -14,7 +14,6 @@ segbench for this one-off conversion (``pip install 'segbench[sbd]'`` or ``pip i
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from torchvision import datasets as tvd
 from segbench.data.base import default_palette
 from segbench.data.voc import SBD_PNG_DIR, sbd_dataset_dir
 from segbench.errors import DataError, UnavailableError
+from segbench.options import command_parser
 
 #: SBD's classes: background + the 20 VOC classes.
 SBD_NUM_CLASSES = 21
@@ -76,10 +76,7 @@ def convert_sbd(root: Path, out_dir: Path | None = None, *, overwrite: bool = Fa
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="segbench convert-sbd",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
-    )
+    parser = command_parser("segbench convert-sbd", __doc__.split("\n\n")[1] if __doc__ else "")
     parser.add_argument(
         "sbd_root", type=Path, help="SBD's benchmark_RELEASE/dataset folder (or benchmark_RELEASE)"
     )

@@ -15,11 +15,11 @@ ablation's claims.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
+from segbench.options import command_parser
 from segbench.study.publish import keep_decided_rows, write_results
 from segbench.study.render import claims_table, merge_tables
 from segbench.study.verdicts import judge_ablations
@@ -28,17 +28,20 @@ log = logging.getLogger("segbench")
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="segbench claims",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser("segbench claims", __doc__ or "")
+    parser.add_argument(
+        "--experiments", type=str, default="experiments", help="where ablations are"
     )
-    parser.add_argument("--experiments", default="experiments", help="where ablations are")
-    parser.add_argument("--root", default="runs", help="the sweeps' runs: ROOT/<group>/...")
-    parser.add_argument("--scale", default="cpu", help="cpu, or NAME for the -NAME groups")
-    parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.add_argument(
+        "--root", type=str, default="runs", help="the sweeps' runs: ROOT/<group>/..."
+    )
+    parser.add_argument(
+        "--scale", type=str, default="cpu", help="cpu, or NAME for the -NAME groups"
+    )
+    parser.add_argument("--out", type=str, help="also write the table to this markdown file")
     parser.add_argument(
         "--into",
+        type=str,
         help="also put the table between the <!-- sweep:claims --> marks of this markdown file "
         "(docs/results/claims.md: the five papers' table); a claim with no finished runs under "
         "--root keeps the row the file already has (runs stay on the machine that made them, "

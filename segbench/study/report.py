@@ -27,7 +27,6 @@ sweep's variant file name), for ablations whose variants differ in several keys 
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import logging
 import sys
@@ -35,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segbench.errors import MissingFileError
+from segbench.options import command_parser
 from segbench.rundir import atomic_write_json
 from segbench.study.ablation import Claim
 from segbench.study.render import (
@@ -127,28 +127,31 @@ def report(
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="segbench report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser("segbench report", __doc__ or "")
+    parser.add_argument(
+        "runs", nargs="+", type=str, help="run directories, parents of runs, or globs"
     )
-    parser.add_argument("runs", nargs="+", help="run directories, parents of runs, or globs")
     parser.add_argument(
         "--metrics",
         nargs="+",
+        type=str,
         help=f"columns (default: {' '.join(DEFAULT_METRICS)}"
         "); any logged key, e.g. test/IoU/boat, params, train_images_per_s",
     )
     parser.add_argument(
         "--out",
+        type=str,
         help="write PREFIX.md, PREFIX.csv, PREFIX.json (the rows as data), PREFIX.png and "
         "PREFIX_curves.png",
     )
-    parser.add_argument("--paper", help="YAML file of published numbers to show alongside")
-    parser.add_argument("--title", help="title of the written report and plot")
+    parser.add_argument(
+        "--paper", type=str, help="YAML file of published numbers to show alongside"
+    )
+    parser.add_argument("--title", type=str, help="title of the written report and plot")
     parser.add_argument(
         "--provenance",
         nargs="+",
+        type=str,
         default=[],
         help="provenance columns: the values of each row's runs, e.g. effective_batch "
         "world_size precision versions.torch commit dirty (see metrics.json 'provenance')",

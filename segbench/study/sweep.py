@@ -39,7 +39,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
+
 from segbench.errors import ConfigError
+from segbench.options import CommandParser, command_parser
 from segbench.rundir import RunDir, WriterLock
 from segbench.study.ablation import EXPERIMENTS, Ablation, find_ablation, find_ablations
 from segbench.study.launchers.base import LAUNCHERS, Launcher, device_fit_args, slot_envs
@@ -70,7 +73,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _add_launcher_options(parser: argparse.ArgumentParser) -> None:
+def _add_launcher_options(parser: CommandParser) -> None:
     run = parser.add_argument_group("how the runs are launched (segbench.study.launchers)")
     run.add_argument(
         "--launcher",
@@ -78,6 +81,7 @@ def _add_launcher_options(parser: argparse.ArgumentParser) -> None:
         default="subprocess",
         help="subprocess: child processes here (default); slurm: SLURM jobs via submitit; "
         "local/debug: submitit's local executor / in-process debug executor (rehearsals)",
+        type=str,
     )
     run.add_argument(
         "--jobs",
@@ -96,6 +100,7 @@ def _add_launcher_options(parser: argparse.ArgumentParser) -> None:
         "--devices",
         nargs="+",
         help="the GPU ids shared out (default: CUDA_VISIBLE_DEVICES, else all)",
+        type=str,
     )
     run.add_argument(
         "--no_wait",
@@ -104,7 +109,7 @@ def _add_launcher_options(parser: argparse.ArgumentParser) -> None:
         "does not resubmit queued ones, and writes the report once all are done",
     )
     slurm = parser.add_argument_group("SLURM (--launcher slurm; pip install 'segbench[slurm]')")
-    slurm.add_argument("--slurm_partition")
+    slurm.add_argument("--slurm_partition", type=str)
     slurm.add_argument(
         "--slurm_time", type=_positive, default=60, help="minutes per job (local too)"
     )
@@ -125,16 +130,17 @@ def _add_launcher_options(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument(
         "--slurm_no_array", action="store_true", help="one sbatch job per run, not an array"
     )
-    slurm.add_argument("--slurm_account")
-    slurm.add_argument("--slurm_qos")
+    slurm.add_argument("--slurm_account", type=str)
+    slurm.add_argument("--slurm_qos", type=str)
     slurm.add_argument(
         "--slurm_setup",
         nargs="+",
         help="shell lines run before each job (e.g. 'module load cuda/12.1')",
+        type=str,
     )
 
 
-def make_launcher(args: argparse.Namespace, group: str) -> Launcher:
+def make_launcher(args: Namespace, group: str) -> Launcher:
     """The launcher the options ask for (checked before anything runs)."""
     group_dir = Path(args.root) / group
     if args.no_wait and args.launcher != "slurm":
@@ -203,34 +209,46 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1 :]
-    parser = argparse.ArgumentParser(
-        prog="segbench sweep",
-        # Short: an error prints it above its one line (argparse's own would list every option
+    parser = command_parser(
+        "segbench sweep",
+        __doc__ or "",
+        # Short: an error prints it above its one line (the full one would list every option
         # over 19 lines); --help gives them all.
         usage="%(prog)s (--ablation NAME | --group G --variants V.yaml ...) [--seeds S ...] "
         "[--scale NAME] [--jobs N] [options] [-- FIT ARGUMENTS]   (--help: every option)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--ablation", help="an ablation's name, its paper, or its ablation.yaml")
+    parser.add_argument(
+        "--ablation", help="an ablation's name, its paper, or its ablation.yaml", type=str
+    )
     parser.add_argument("--list", action="store_true", help="list the ablations and stop")
-    parser.add_argument("--scale", default="cpu", help="cpu, or NAME for _scale_NAME.yaml")
-    parser.add_argument("--group", help="the ablation's name (W&B group, directory)")
+    parser.add_argument(
+        "--scale", default="cpu", help="cpu, or NAME for _scale_NAME.yaml", type=str
+    )
+    parser.add_argument("--group", help="the ablation's name (W&B group, directory)", type=str)
     parser.add_argument(
         "--variants",
         nargs="+",
         help="one YAML file per variant; with --ablation, the names of the variants to run "
         "(default: all; the report shows every variant that has finished runs)",
+        type=str,
     )
     parser.add_argument(
-        "--base", nargs="*", default=[], help="YAML files every variant starts from"
+        "--base", nargs="*", default=[], help="YAML files every variant starts from", type=str
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--root", default="runs", help="runs go to ROOT/GROUP/<variant>-s<seed>")
-    parser.add_argument("--out", help="report prefix (default results/GROUP)")
-    parser.add_argument("--metrics", nargs="+", help="report columns (see segbench report)")
-    parser.add_argument("--paper", help="published numbers for the report (see segbench report)")
-    parser.add_argument("--experiments", default=str(EXPERIMENTS), help="where ablations are")
+    parser.add_argument(
+        "--root", default="runs", help="runs go to ROOT/GROUP/<variant>-s<seed>", type=str
+    )
+    parser.add_argument("--out", help="report prefix (default results/GROUP)", type=str)
+    parser.add_argument(
+        "--metrics", nargs="+", help="report columns (see segbench report)", type=str
+    )
+    parser.add_argument(
+        "--paper", help="published numbers for the report (see segbench report)", type=str
+    )
+    parser.add_argument(
+        "--experiments", default=str(EXPERIMENTS), help="where ablations are", type=str
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the commands (and sbatch file) only"
     )

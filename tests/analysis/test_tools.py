@@ -18,9 +18,10 @@ import re
 import pytest
 
 from segbench.analysis.loading import load_model
-from segbench.analysis.tool import Common, NotApplicableError, Tool, split_argv
+from segbench.analysis.tool import Common, NotApplicableError, Tool
 from segbench.cli import COMMANDS, main
 from segbench.models import architectures
+from segbench.options import split_argv
 
 
 def analysis_tools() -> dict[str, Tool]:
@@ -102,7 +103,7 @@ def test_split_argv_routes_runs_tool_options_and_fit_arguments(tmp_path):
 
 
 def test_option_kinds_come_from_the_type_hints():
-    from segbench.analysis.tool import option_kind
+    from segbench.options import option_kind
 
     assert option_kind(bool) == "flag"
     assert option_kind(list[int] | None) == "list"

@@ -1,0 +1,134 @@
+"""How segbench's own commands read their options: with jsonargparse, as ``segbench fit`` does.
+
+Every command that is not one of Lightning's (``fit``, ``validate``, ``test``, ``predict``) builds
+its parser with :func:`command_parser`: typed values checked as they are parsed, the same
+``--help`` layout, and an error in two lines (the usage, then the error naming the option). A
+command whose options are a dataclass (the analysis tools, ``benchmark``, ``summary``) adds it with
+``parser.add_class_arguments`` and reads it back with :func:`options_of`; its docstring's
+``Args:`` section is the help. A command that passes ``segbench fit`` arguments on splits them
+off first with :func:`split_argv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from types import UnionType
+from typing import Any, Literal, NoReturn, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
+
+from segbench.errors import ConfigError, MissingFileError
+from segbench.rundir import RunDir
+
+__all__ = [
+    "CommandParser",
+    "OptionKind",
+    "command_parser",
+    "option_keys",
+    "option_kind",
+    "options_of",
+    "split_argv",
+]
+
+T = TypeVar("T")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the description (a module docstring) as written."""
+
+
+class CommandParser(ArgumentParser):
+    """jsonargparse's parser whose errors are two lines: the usage, then the error."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {' '.join(message.split())}\n")
+        raise SystemExit(2)
+
+
+def command_parser(prog: str, description: str, *, usage: str | None = None) -> CommandParser:
+    """The parser of the command ``prog`` (``"segbench report"``); ``usage`` replaces the one
+    listing every option (a short one is printed above each error)."""
+    return CommandParser(
+        prog=prog, description=description, usage=usage, formatter_class=_Formatter
+    )
+
+
+def options_of(cls: type[T], ns: Namespace) -> T:
+    """The dataclass ``cls`` from the values parsed for it."""
+    return cls(**{f.name: ns[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+
+
+OptionKind = Literal["flag", "list", "value"]
+
+
+def option_kind(hint: Any) -> OptionKind:
+    """``flag`` for a bool, ``list`` for a list or tuple of any length (``X | None`` too),
+    ``value`` otherwise."""
+    if hint is bool:
+        return "flag"
+    kinds = [hint, *get_args(hint)] if get_origin(hint) in (Union, UnionType) else [hint]
+    for kind in kinds:
+        if get_origin(kind) is list or (get_origin(kind) is tuple and Ellipsis in get_args(kind)):
+            return "list"
+    return "value"
+
+
+def option_keys(*classes: type) -> dict[str, OptionKind]:
+    """The option names of the dataclasses ``classes``, each with its kind."""
+    return {
+        name: option_kind(hint) for cls in classes for name, hint in get_type_hints(cls).items()
+    }
+
+
+def split_argv(
+    argv: Sequence[str], keys: dict[str, OptionKind], *, runs: bool = True
+) -> tuple[list[str], list[str], list[str]]:
+    """``argv`` as (run directories, the command's options, ``segbench fit`` arguments).
+
+    With ``runs``, leading positional words are run directories; an option whose key is one of
+    ``keys`` goes to the command with the words after it (the words of a list option, or several
+    words, become one list value: ``--dims 11`` and ``--dims 16 32``; a flag alone means
+    ``true``), any other option (``--config``, ``--model...``, ``--data...``) to ``segbench fit``
+    with its value.
+    """
+    argv = list(argv)
+    run_dirs: list[str] = []
+    while runs and argv and not argv[0].startswith("-"):
+        word = argv.pop(0)
+        if not RunDir(word).is_run():
+            raise MissingFileError(f"{word}: not a run directory (no config.yaml in it)")
+        run_dirs.append(word)
+    own: list[str] = []
+    fit: list[str] = []
+    while argv:
+        word = argv.pop(0)
+        if not word.startswith("-"):
+            where = "run directories come first (segbench TOOL RUN_DIR ... [options])"
+            raise ConfigError(f"{word!r}: {where if runs else 'not an option'}")
+        key, has_value, _ = word.lstrip("-").partition("=")
+        values: list[str] = []
+        while not has_value and argv and not re.match(r"--?[A-Za-z]", argv[0]):
+            values.append(argv.pop(0))
+        if key.rstrip("+") in keys or key in ("h", "help"):
+            own.append(word)
+            kind = keys.get(key.rstrip("+"), "value")
+            listed = len(values) == 1 and values[0].lstrip().startswith("[")
+            if len(values) > 1 or (kind == "list" and values and not listed):
+                values = ["[" + ",".join(values) + "]"]
+            elif not values and not has_value and kind == "flag":
+                values = ["true"]
+            own += values
+        elif runs and key in ("run", "runs"):
+            raise ConfigError(
+                f"--{key} is gone: run directories are given first, positionally "
+                "(segbench TOOL RUN_DIR [RUN_DIR ...] [options])"
+            )
+        else:
+            fit.append(word)
+            fit += values
+    return run_dirs, own, fit
