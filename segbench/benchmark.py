@@ -41,6 +41,7 @@ import torch
 from segbench.cli.lightning import SegbenchCLI, build
 from segbench.numerics import resolve_precision, to_channels_last
 from segbench.options import command_parser, option_keys, options_of, split_argv
+from segbench.rundir import atomic_write_json, atomic_write_text
 from segbench.tables import markdown_table
 from segbench.visualize import save_figure
 
@@ -237,10 +238,8 @@ def main(argv: list[str]) -> None:
     text = markdown(results)
     if known.out:
         known.out.mkdir(parents=True, exist_ok=True)
-        (known.out / "benchmark.md").write_text(text)
-        (known.out / "benchmark.json").write_text(
-            json.dumps([asdict(r) for r in results], indent=2) + "\n"
-        )
+        atomic_write_text(known.out / "benchmark.md", text)
+        atomic_write_json(known.out / "benchmark.json", [asdict(r) for r in results])
         sizes = [r for r in results if r.what.startswith("size ")]
         if sizes:
             save_figure(lambda fig: plot_sizes(sizes, fig), known.out / "benchmark_sizes.png",

@@ -41,7 +41,14 @@ from segbench.data.base import SegmentationDataModule
 from segbench.loggers import ResumableCSVLogger
 from segbench.provenance import provenance
 from segbench.rundir import RunDir, atomic_write_text
-from segbench.visualize import colourise, confusion_figure, denormalise, overlay, to_uint8
+from segbench.visualize import (
+    colourise,
+    confusion_figure,
+    denormalise,
+    overlay,
+    to_uint8,
+    write_figure,
+)
 
 log = logging.getLogger("segbench")
 
@@ -563,7 +570,7 @@ def write_confusion(run: RunDir, stage: str, confusion: Tensor, names: list[str]
     ]
     atomic_write_text(run.file(f"confusion_{stage}.csv"), "\n".join(lines) + "\n")
     fig = confusion_figure(counts, names, f"{stage}: share of each true class's pixels")
-    fig.savefig(run.file(f"confusion_{stage}.png"), dpi=120, bbox_inches="tight")
+    write_figure(fig, run.file(f"confusion_{stage}.png"))
 
 
 class SegmentationVisualizer(Callback):

@@ -17,6 +17,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from segbench.rundir import atomic_write
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -123,4 +125,11 @@ def save_figure(draw: Callable[[Figure], None], path: Path, figsize: tuple[float
 
     fig = Figure(figsize=figsize)
     draw(fig)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    write_figure(fig, path)
+
+
+def write_figure(fig: Figure, path: Path) -> None:
+    """Save ``fig`` to ``path`` (its format from the suffix) atomically, like every file segbench
+    writes (:func:`segbench.rundir.atomic_write`)."""
+    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip("."), dpi=120,
+                                             bbox_inches="tight"))  # fmt: skip

@@ -60,7 +60,7 @@ from segbench.options import (
     options_of,
     split_argv,
 )
-from segbench.rundir import RunDir, atomic_write_json
+from segbench.rundir import RunDir, atomic_write_json, atomic_write_text
 from segbench.visualize import save_figure
 
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
 
     def write(self, results: Sequence[tuple[str, ResultT]], text: str, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{self.name}.md").write_text(text)
+        atomic_write_text(out / f"{self.name}.md", text)
         atomic_write_json(out / f"{self.name}.json", {n: r.to_json() for n, r in results})
         for name, result in results:
             stem = self.name if len(results) == 1 else f"{self.name}_{safe_name(name)}"
