@@ -177,11 +177,14 @@ def test_nothing_in_the_docs_points_outside_the_repository() -> None:
 
 
 def test_the_readme_counts_are_the_claims_tables() -> None:
+    from segbench.study.publish import read_claims
+    from segbench.study.verdicts import verdict_counts
+
     source = (ROOT / "docs/results/claims.md").read_text()
     block = source[source.index("<!-- sweep:claims") : source.index("<!-- /sweep:claims -->")]
-    counts = {v: 0 for v in ("reproduced", "contradicted", "inconclusive", "not run")}
-    for verdict in VERDICT.findall(block):
-        counts[verdict] += 1
+    counts = verdict_counts(VERDICT.findall(block))
+    data = read_claims(ROOT / "docs/results/claims.json")
+    assert counts == verdict_counts(e["verdict"] for e in data), "claims.md and claims.json"
     said = ", ".join(f"{n} {v}" for v, n in counts.items())
     assert said in _readme(), f"README.md should say '{said}' (the claims table's counts)"
     assert f"test {sum(counts.values())} of the papers' claims" in _readme()

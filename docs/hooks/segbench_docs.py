@@ -29,6 +29,9 @@ from typing import Any
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 
+from segbench.study.publish import read_claims
+from segbench.study.verdicts import verdict_counts
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 COMMANDS_INDEX = "reference/commands/index.md"
@@ -108,31 +111,22 @@ def _command(c: dict[str, str]) -> str:
     return "---\nhide:\n  - toc\n---\n\n" + page  # the help's lines need the width
 
 
-CLAIMS_PAGE = DOCS / "results" / "claims.md"
-VERDICTS = ("reproduced", "contradicted", "inconclusive", "not run")
+CLAIMS_DATA = DOCS / "results" / "claims.json"  # written by segbench claims --into claims.md
 
 
-def claim_counts(text: str) -> dict[str, int]:
-    """Claims by verdict, counted from the rows between the ``sweep:claims`` marks of ``text``."""
-    begin, end = text.find("<!-- sweep:claims"), text.find("<!-- /sweep:claims -->")
-    if begin < 0 or end < 0:
-        raise PluginError(f"{CLAIMS_PAGE}: no <!-- sweep:claims --> marks")
-    counts = dict.fromkeys(VERDICTS, 0)
-    for row in text[begin:end].splitlines():
-        m = re.search(r"\| \*\*(reproduced|contradicted|inconclusive|not run)\*\*", row)
-        if m:
-            counts[m.group(1)] += 1
-    return counts
+def claim_counts() -> dict[str, int]:
+    """Claims by verdict, from the verdicts as data beside the claims page."""
+    return verdict_counts(e["verdict"] for e in read_claims(CLAIMS_DATA))
 
 
 def _claims_summary() -> str:
-    counts = claim_counts(CLAIMS_PAGE.read_text())
+    counts = claim_counts()
     rows = "\n".join(f"| **{v}** | {n} |" for v, n in counts.items())
     return f"| verdict | claims |\n|---|---|\n{rows}\n| all | {sum(counts.values())} |\n"
 
 
 def _claims_sentence() -> str:
-    c = claim_counts(CLAIMS_PAGE.read_text())
+    c = claim_counts()
     sentence = (
         f"Of the {sum(c.values())} declared claims, **{c['reproduced']} are reproduced, "
         f"{c['contradicted']} contradicted at this budget and {c['inconclusive']} inconclusive**"

@@ -20,9 +20,17 @@ import sys
 from pathlib import Path
 
 from segbench.options import command_parser
-from segbench.study.publish import keep_decided_rows, write_results
+from segbench.rundir import atomic_write_json, atomic_write_text
+from segbench.study.ablation import Ablation
+from segbench.study.publish import keep_decided, read_claims, write_results
 from segbench.study.render import claims_table, merge_tables
-from segbench.study.verdicts import judge_ablations
+from segbench.study.verdicts import (
+    Judgement,
+    judge_ablations,
+    judgement_data,
+    judgement_of_data,
+    verdict_counts,
+)
 
 log = logging.getLogger("segbench")
 
@@ -43,34 +51,42 @@ def main(argv: list[str]) -> None:
         "--into",
         type=str,
         help="also put the table between the <!-- sweep:claims --> marks of this markdown file "
-        "(docs/results/claims.md: the five papers' table); a claim with no finished runs under "
-        "--root keeps the row the file already has (runs stay on the machine that made them, "
-        "tables do not)",
+        "(docs/results/claims.md: the five papers' table) and the verdicts, as data, beside it "
+        "(FILE.json); a claim with no finished runs under --root keeps the verdict FILE.json "
+        "already has (runs stay on the machine that made them, their verdicts travel as data)",
     )
     parser.add_argument(
-        "--fresh", action="store_true", help="with --into: replace every row, also kept ones"
+        "--fresh", action="store_true", help="with --into: replace every verdict, also kept ones"
     )
     args = parser.parse_args(argv)
     judged = judge_ablations(Path(args.experiments), Path(args.root), args.scale)
+    entries = [judgement_data(j, a.name) for a, j in judged]
+    data_file = Path(args.into).with_suffix(".json") if args.into else None
+    if data_file and not args.fresh and data_file.is_file():
+        entries, kept = keep_decided(entries, read_claims(data_file))
+        if kept:
+            log.info("claims without runs here, verdicts kept from %s: %s", data_file,
+                     ", ".join(kept))  # fmt: skip
+    judged = [(a, judgement_of_data(j.claim, e)) for (a, j), e in zip(judged, entries, strict=True)]
+    text = render_claims(judged)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, text)
+    if args.into and data_file:
+        atomic_write_json(data_file, {"claims": entries})
+        write_results(Path(args.into), "claims", text)
+    sys.stdout.write(text)
+
+
+def render_claims(judged: list[tuple[Ablation, Judgement]]) -> str:
+    """The five papers' table: a row per claim, its ablation linked to its paper's results
+    page; then the counts by verdict."""
     text = ""
     ablations = {a.path: a for a, _ in judged}  # in order, once each
     for ablation in ablations.values():
         # The ablation's name, linked to its paper's results (relative to where tables go).
         label = f"[{ablation.name}]({(ablation.folder.parent / 'RESULTS.md').as_posix()})"
         text += claims_table([j for a, j in judged if a is ablation], group=label)
-    text = merge_tables(text)
-    verdicts: dict[str, str] = {j.claim.id: j.verdict for _, j in judged}
-    if args.into and not args.fresh and Path(args.into).is_file():
-        text, kept = keep_decided_rows(text, verdicts, Path(args.into).read_text())
-        verdicts.update(kept)
-        if kept:
-            log.info("claims without runs here, rows kept from %s: %s", args.into, ", ".join(kept))
-    counts = {v: sum(x == v for x in verdicts.values()) for v in ("reproduced", "contradicted",
-              "inconclusive", "not run")}  # fmt: skip
-    text += "\n" + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(judged)} claims\n"
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    if args.into:
-        write_results(Path(args.into), "claims", text)
-    sys.stdout.write(text)
+    counts = verdict_counts(j.verdict for _, j in judged)
+    said = ", ".join(f"{n} {v}" for v, n in counts.items())
+    return merge_tables(text) + f"\n{said} of {len(judged)} claims\n"

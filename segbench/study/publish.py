@@ -1,91 +1,108 @@
 """Tables put where people read them: between ``<!-- sweep:NAME -->`` marks of a markdown file
-(a paper's RESULTS.md, the five-paper claims table), keeping rows decided elsewhere."""
+(a paper's RESULTS.md, the five-papers claims page), rendered from data kept beside the page
+(``RESULTS.json``: each sweep group's report; ``claims.json``: each claim's verdict), so that
+results made elsewhere are kept, and compared, without reading markdown back."""
 
 from __future__ import annotations
 
+import json
 import logging
-import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from segbench.rundir import atomic_write_text
+from segbench.errors import DataError
+from segbench.rundir import atomic_write_json, atomic_write_text
+from segbench.study.ablation import Claim
+from segbench.study.render import render_report
+from segbench.study.runs import count_runs
 
 log = logging.getLogger("segbench")
 
 
-def write_results(path: Path, group: str, table: str, *, runs: int | None = None) -> bool:
-    """Put ``table`` (the sweep's report) between the ``<!-- sweep:GROUP ... -->`` and
-    ``<!-- /sweep:GROUP -->`` marks of a paper's ``RESULTS.md`` (a new section at its end if it
-    has none); the rest of the file, the reading of the numbers, is left as written.
-
-    ``runs``: how many runs the table reports, kept in the opening mark (``runs=N``). A table
-    of more runs is not replaced by one of fewer (a one-seed sweep on a new machine does not
-    overwrite a three-seed table): ``False`` then, and the file is left alone."""
+def write_results(path: Path, group: str, table: str) -> None:
+    """Put ``table`` between the ``<!-- sweep:GROUP ... -->`` and ``<!-- /sweep:GROUP -->`` marks
+    of a markdown page (a new section at its end if it has none); the rest of the page, the
+    reading of the numbers, is left as written."""
     text = path.read_text() if path.is_file() else "# Results\n"
     begin = f"<!-- sweep:{group}"
     end = f"<!-- /sweep:{group} -->"
-    count = f" runs={runs}" if runs is not None else ""
     if begin in text and end in text:
-        start = text.index(begin)
-        eol = text.index("\n", start)
-        mark = text[start:eol]
-        held = re.search(r" runs=(\d+)", mark)
-        if held and runs is not None and int(held.group(1)) > runs:
-            log.warning(
-                "%s: its %s table reports %s runs, this one %d: not replaced (a sweep with at "
-                "least as many finished runs replaces it)", path, group, held.group(1), runs,
-            )  # fmt: skip
-            return False
-        rest = re.sub(r" runs=\d+", "", mark[len(begin) :])
-        text = (
-            text[:start]
-            + begin
-            + count
-            + rest
-            + "\n"
-            + table.strip()
-            + "\n"
-            + text[text.index(end) :]
-        )
+        eol = text.index("\n", text.index(begin))
+        text = text[: eol + 1] + table.strip() + "\n" + text[text.index(end) :]
     else:
         text = (
             text.rstrip()
-            + f"\n\n## {group}\n\n{begin}{count} (written by segbench sweep) -->\n"
+            + f"\n\n## {group}\n\n{begin} (rendered from {path.stem}.json by segbench sweep) -->\n"
             + table.strip()
             + f"\n{end}\n"
         )
     atomic_write_text(path, text)
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """The reports stored beside a paper's ``RESULTS.md`` (``RESULTS.json``), by sweep group
+    (empty if there is none); errors name the file."""
+    if not path.is_file():
+        return {}
+    try:
+        groups = json.loads(path.read_text())["groups"]
+        if not all(isinstance(g, dict) and "rows" in g for g in groups.values()):
+            raise TypeError("each group needs its rows")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DataError(f"{path}: not a results data file ({err})") from err
+    return dict(groups)
+
+
+def publish_results(
+    page: Path, group: str, data: dict[str, Any], claims: Sequence[Claim] = ()
+) -> bool:
+    """Store a sweep's report ``data`` under ``group`` in the data beside ``page`` (a paper's
+    ``RESULTS.md`` -> ``RESULTS.json``) and render its table between the group's marks of the
+    page. A report of more runs is not replaced by one of fewer (a one-seed sweep on a new
+    machine does not overwrite a three-seed table): ``False`` then, and both files are left
+    alone."""
+    store = page.with_suffix(".json")
+    groups = read_results(store)
+    held = count_runs(groups[group]) if group in groups else 0
+    if held > count_runs(data):
+        log.warning(
+            "%s: its %s report holds %d runs, this one %d: not replaced (a sweep with at least "
+            "as many runs replaces it)", store, group, held, count_runs(data),
+        )  # fmt: skip
+        return False
+    groups[group] = data
+    atomic_write_json(store, {"groups": groups})
+    write_results(page, group, render_report(data, claims))
     return True
 
 
-_VERDICT = re.compile(r"\*\*(reproduced|contradicted|inconclusive|not run)\*\*")
+def read_claims(path: Path) -> list[dict[str, Any]]:
+    """The judgements stored in a claims data file (``claims.json``, written by ``segbench claims
+    --into``); errors name the file."""
+    try:
+        data = json.loads(path.read_text())
+        entries = data["claims"]
+        if not all(isinstance(e, dict) and "id" in e and "verdict" in e for e in entries):
+            raise TypeError("each claim needs an id and a verdict")
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: not a claims data file ({err}); regenerate it with segbench "
+                        "claims --into ... --fresh") from err  # fmt: skip
+    return list(entries)
 
 
-def _claim_id(row: str) -> str | None:
-    """The id of a claims-table row: the parenthesised name ending its claim cell."""
-    cells = row.split(" | ")
-    found = re.search(r"\(([\w.-]+)\)$", cells[1]) if len(cells) > 2 else None
-    return found.group(1) if found else None
-
-
-def keep_decided_rows(
-    text: str, verdicts: dict[str, str], previous: str
-) -> tuple[str, dict[str, str]]:
-    """``text`` with the row of each claim that has no runs (``not run``) replaced by its row in
-    the ``previous`` file's claims table, where that row was decided; and those claims' verdicts.
-    """
-    begin, end = "<!-- sweep:claims", "<!-- /sweep:claims -->"
-    if begin not in previous or end not in previous:
-        return text, {}
-    block = previous[previous.index(begin) : previous.index(end)]
-    old = {}
-    for row in block.splitlines():
-        claim, verdict = _claim_id(row), _VERDICT.search(row)
-        if claim and verdict and verdict.group(1) != "not run":
-            old[claim] = (row, verdict.group(1))
-    kept: dict[str, str] = {}
-    lines = text.splitlines()
-    for i, row in enumerate(lines):
-        claim = _claim_id(row)
-        if claim in old and verdicts.get(claim) == "not run":
-            lines[i], kept[claim] = old[claim]
-    return "\n".join(lines) + "\n", kept
+def keep_decided(
+    entries: list[dict[str, Any]], previous: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """``entries`` (this machine's judgements, as data) with each claim that has no runs here
+    (``not run``) replaced by its ``previous`` entry where that one was decided; and the ids kept.
+    Runs stay on the machine that made them; their verdicts travel as data."""
+    decided = {e["id"]: e for e in previous if e["verdict"] != "not run"}
+    out, kept = [], []
+    for entry in entries:
+        if entry["verdict"] == "not run" and entry["id"] in decided:
+            out.append(decided[entry["id"]])
+            kept.append(entry["id"])
+        else:
+            out.append(entry)
+    return out, kept

@@ -4,14 +4,17 @@ figure they are given (:func:`segbench.visualize.save_figure` saves them)."""
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from segbench.study.runs import CURVE_KEYS, Row, learning_curve, report_scale
-from segbench.study.verdicts import Judgement
+from segbench.rundir import atomic_write_text
+from segbench.study.ablation import Claim
+from segbench.study.runs import CURVE_KEYS, Row, count_runs, learning_curve, report_scale
+from segbench.study.verdicts import Judgement, judgement_of_data
 from segbench.tables import markdown_table
 
 if TYPE_CHECKING:
@@ -32,16 +35,11 @@ def _fmt(mean: float | None, std: float | None, n: int, scale: float) -> str:
     return f"{mean * scale:.2f}"
 
 
-def build_table(
-    rows: Sequence[Row],
-    differing: Sequence[str],
-    metrics: Sequence[str],
-    paper: dict[str, Any] | None = None,
-    provenance: Sequence[str] = (),
-) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the markdown table (``provenance``: keys shown as the set of values
-    of each row's runs)."""
-    paper_metrics = sorted({m for r in (paper or {}).get("rows", {}).values() for m in r})
+def build_table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the runs table of a report's data
+    (:func:`segbench.study.runs.report_data`)."""
+    differing, provenance, metrics = data["differing"], data["provenance"], data["metrics"]
+    paper_metrics = data["paper"]["metrics"] if data["paper"] else []
     header = [
         "run",
         *(_short(k) for k in differing),
@@ -51,48 +49,51 @@ def build_table(
         *(f"paper {m}" for m in paper_metrics),
     ]
     cells = []
-    for row in rows:
-        n = len(row.runs)
-        line = [row.label, *(str(row.config.get(k)) for k in differing)]
-        line += [_distinct(row, k) for k in provenance]
-        line.append(str(n))
-        line += [_fmt(*row.mean_std(m), report_scale(m)) for m in metrics]
-        if paper:
-            key = paper["key"]
-            value = row.label if key == "variant" else row.runs[0].config.get(key)
-            ref = paper["rows"].get(value) or paper["rows"].get(str(value)) or {}
-            line += [str(ref.get(m, "–")) for m in paper_metrics]
+    for row in data["rows"]:
+        line = [row["label"], *(str(row["config"].get(k)) for k in differing)]
+        line += [row["provenance"][k] for k in provenance]
+        line.append(str(row["n"]))
+        for m in metrics:
+            stat = row["metrics"][m]
+            line.append(_fmt(stat["mean"], stat["std"], stat["n"], report_scale(m)))
+        line += [str(row["paper"].get(m, "–")) for m in paper_metrics]
         cells.append(line)
     return header, cells
 
 
-def _distinct(row: Row, key: str) -> str:
-    key = key if key.startswith("provenance.") else f"provenance.{key}"
-    values = sorted({str(r.provenance.get(key, "–")) for r in row.runs})
-    return ", ".join(values)
+def render_report(data: dict[str, Any], claims: Sequence[Claim] = ()) -> str:
+    """A report's markdown, from its data: the runs table, the runs that did not finish, the
+    paper's source, and the verdicts on ``claims`` (those the data judged)."""
+    text = markdown_table(*build_table(data))
+    stopped = data["unfinished"]
+    if stopped:  # their numbers are in the table: say which are not final
+        text += f"\n**Not finished: {len(stopped)} of {count_runs(data)} runs** (their numbers "
+        text += "above are from where they stopped): "
+        text += "; ".join(f"{r['name']} {r['state']}" for r in stopped) + ".\n"
+    if data["paper"] and data["paper"]["source"]:
+        text += f"\nPaper numbers: {data['paper']['source']}.\n"
+    by_id = {c.id: c for c in claims}
+    judged = [judgement_of_data(by_id[e["id"]], e) for e in data.get("claims", [])
+              if e["id"] in by_id]  # fmt: skip
+    if judged:
+        text += "\n## Claims\n\n" + claims_table(judged)
+    return text
 
 
-def write_csv(
-    path: Path, rows: Sequence[Row], differing: Sequence[str], metrics: Sequence[str]
-) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            ["run", *differing, "n", *(f"{m}{s}" for m in metrics for s in ("_mean", "_std", "_n"))]
+def write_csv(path: Path, data: dict[str, Any]) -> None:
+    """The runs table of a report's data as CSV: mean, std and n of each metric in columns of
+    their own (values as logged)."""
+    stats = [f"{m}_{s}" for m in data["metrics"] for s in ("mean", "std", "n")]
+    lines = [["run", *data["differing"], "n", *stats]]
+    for row in data["rows"]:
+        values = [row["metrics"][m][s] for m in data["metrics"] for s in ("mean", "std", "n")]
+        lines.append(
+            [row["label"], *(row["config"].get(k) for k in data["differing"]), row["n"]]
+            + ["" if v is None else v for v in values]
         )
-        for row in rows:
-            vals = []
-            for m in metrics:
-                mean, std, n = row.mean_std(m)
-                vals += [mean, std, n]
-            w.writerow(
-                [
-                    row.label,
-                    *(row.config.get(k) for k in differing),
-                    len(row.runs),
-                    *("" if v is None else v for v in vals),
-                ]
-            )
+    text = io.StringIO()
+    csv.writer(text).writerows(lines)
+    atomic_write_text(path, text.getvalue())
 
 
 def bars_size(rows: Sequence[Row]) -> tuple[float, float]:

@@ -4,8 +4,8 @@ Reads the ``metrics.json`` of each run (a run directory, a directory of runs, or
 prints a markdown table: one row per configuration, the config keys that differ between runs as
 columns, then the metrics. Runs whose configs differ only by the seed form one row with
 ``mean ± std`` (sample standard deviation) and the number of seeds ``n``. ``--out PREFIX`` also
-writes ``PREFIX.md``, ``PREFIX.csv`` (means, stds and n in separate columns), ``PREFIX.json``
-(the same rows as data, with every run's metrics), ``PREFIX.png``
+writes ``PREFIX.json`` (the report as data, with every run's metrics: the markdown is rendered
+from it), ``PREFIX.md``, ``PREFIX.csv`` (means, stds and n in separate columns), ``PREFIX.png``
 (a bar chart of the first metric with ±std error bars) and ``PREFIX_curves.png`` (validation mIoU
 and training loss per epoch, mean ± std over the seeds of each row, from each run's
 ``metrics.csv``: is a variant still climbing when training stops?).
@@ -32,19 +32,19 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from segbench.errors import MissingFileError
 from segbench.options import command_parser
-from segbench.rundir import atomic_write_json
+from segbench.rundir import atomic_write_json, atomic_write_text
 from segbench.study.ablation import Claim
 from segbench.study.render import (
     bars_size,
-    build_table,
-    claims_table,
     curves_size,
     draw_bars,
     draw_curves,
     has_curves,
+    render_report,
     write_csv,
 )
 from segbench.study.runs import (
@@ -54,10 +54,9 @@ from segbench.study.runs import (
     group_runs,
     load_paper,
     load_run,
-    rows_as_data,
+    report_data,
 )
-from segbench.study.verdicts import judge_claims
-from segbench.tables import markdown_table
+from segbench.study.verdicts import judge_claims, judgement_data
 from segbench.visualize import save_figure
 
 log = logging.getLogger("segbench")
@@ -73,9 +72,26 @@ def report(
     provenance: Sequence[str] = (),
     claims: Sequence[Claim] = (),
 ) -> str:
-    """Build the report; write the files if ``out`` is given; return the markdown.
+    """The markdown report of the runs under ``paths`` (what ``segbench report`` prints),
+    rendered from its data (:func:`build_report`, whose arguments it takes)."""
+    data = build_report(paths, metrics=metrics, out=out, paper=paper, title=title,
+                        provenance=provenance, claims=claims)  # fmt: skip
+    return render_report(data, claims)
 
-    ``claims`` (an ablation's, see :mod:`segbench.study.verdicts`) add a table of verdicts."""
+
+def build_report(
+    paths: Sequence[str],
+    *,
+    metrics: Sequence[str] | None = None,
+    out: str | None = None,
+    paper: str | None = None,
+    title: str | None = None,
+    provenance: Sequence[str] = (),
+    claims: Sequence[Claim] = (),
+) -> dict[str, Any]:
+    """The report of the runs under ``paths`` as data (:func:`segbench.study.runs.report_data`,
+    with the verdicts on ``claims``, see :mod:`segbench.study.verdicts`); its files written if
+    ``out`` is given. :func:`segbench.study.render.render_report` gives its markdown."""
     files = find_runs(paths)
     if not files:
         raise MissingFileError(f"no {METRICS_FILE} under {list(paths)}")
@@ -92,38 +108,25 @@ def report(
                 f" (did you mean {' or '.join(near)}?)" if near else "",
             )
     metrics = list(metrics) if metrics else [m for m in DEFAULT_METRICS if m in available]
-    ref = load_paper(paper)
-    header, cells = build_table(rows, differing, metrics, ref, provenance)
-    text = markdown_table(header, cells)
-    stopped = [r for r in runs if r.unfinished]
-    if stopped:  # their numbers are in the table: say which are not final
-        text += f"\n**Not finished: {len(stopped)} of {len(runs)} runs** (their numbers above are "
-        text += "from where they stopped): " + "; ".join(
-            f"{r.name} {r.unfinished}" for r in stopped
-        )
-        text += ".\n"
-        log.warning("%d of %d runs did not finish training", len(stopped), len(runs))
-    if ref and ref.get("source"):
-        text += f"\nPaper numbers: {ref['source']}.\n"
-    if claims:
-        text += "\n## Claims\n\n" + claims_table(judge_claims(claims, rows))
+    data = report_data(rows, differing, metrics, paper=load_paper(paper),
+                       provenance=provenance, title=title)  # fmt: skip
+    data["claims"] = [judgement_data(j) for j in judge_claims(claims, rows)]
+    if data["unfinished"]:
+        log.warning("%d of %d runs did not finish training", len(data["unfinished"]), len(runs))
     if out:
         prefix = Path(out)
         prefix.parent.mkdir(parents=True, exist_ok=True)
         heading = f"# {title}\n\n" if title else ""
-        prefix.with_suffix(".md").write_text(heading + text)
-        write_csv(prefix.with_suffix(".csv"), rows, differing, metrics)
-        atomic_write_json(
-            prefix.with_suffix(".json"),
-            {"title": title, "metrics": metrics, "rows": rows_as_data(rows, differing, metrics)},
-        )
+        atomic_write_json(prefix.with_suffix(".json"), data)
+        atomic_write_text(prefix.with_suffix(".md"), heading + render_report(data, claims))
+        write_csv(prefix.with_suffix(".csv"), data)
         if metrics:
             save_figure(lambda fig: draw_bars(fig, rows, metrics[0], title or prefix.name),
                         prefix.with_suffix(".png"), bars_size(rows))  # fmt: skip
         if has_curves(rows):
             save_figure(lambda fig: draw_curves(fig, rows, title=title or prefix.name),
                         prefix.with_name(prefix.name + "_curves.png"), curves_size())  # fmt: skip
-    return text
+    return data
 
 
 def main(argv: list[str]) -> None:
@@ -141,7 +144,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--out",
         type=str,
-        help="write PREFIX.md, PREFIX.csv, PREFIX.json (the rows as data), PREFIX.png and "
+        help="write PREFIX.json (the report as data), PREFIX.md, PREFIX.csv, PREFIX.png and "
         "PREFIX_curves.png",
     )
     parser.add_argument(
@@ -157,13 +160,6 @@ def main(argv: list[str]) -> None:
         "world_size precision versions.torch commit dirty (see metrics.json 'provenance')",
     )
     args = parser.parse_args(argv)
-    sys.stdout.write(
-        report(
-            args.runs,
-            metrics=args.metrics,
-            out=args.out,
-            paper=args.paper,
-            title=args.title,
-            provenance=args.provenance,
-        )
-    )
+    text = report(args.runs, metrics=args.metrics, out=args.out, paper=args.paper,
+                  title=args.title, provenance=args.provenance)  # fmt: skip
+    sys.stdout.write(text)

@@ -182,29 +182,83 @@ def load_paper(path: str | None) -> dict[str, Any] | None:
     return data
 
 
-def rows_as_data(
-    rows: Sequence[Row], differing: Sequence[str], metrics: Sequence[str]
-) -> list[dict[str, Any]]:
-    """The rows as plain data (a report's JSON): each row's label, its config keys that differ
-    between rows, ``mean``/``std``/``n`` of each metric over its seeds, and each run's name,
-    seed, metrics (all it logged) and whether it finished."""
-    return [
-        {
-            "label": row.label,
-            "config": {k: row.config.get(k) for k in differing},
-            "metrics": {
-                m: dict(zip(("mean", "std", "n"), row.mean_std(m), strict=True)) for m in metrics
-            },
-            "runs": [
-                {
-                    "name": run.name,
-                    "path": str(run.path),
-                    "seed": run.seed,
-                    "unfinished": run.unfinished,
-                    "metrics": run.metrics,
-                }
-                for run in row.runs
-            ],
-        }
-        for row in rows
-    ]
+def report_data(
+    rows: Sequence[Row],
+    differing: Sequence[str],
+    metrics: Sequence[str],
+    *,
+    paper: dict[str, Any] | None = None,
+    provenance: Sequence[str] = (),
+    title: str | None = None,
+) -> dict[str, Any]:
+    """A report as data (``segbench report``'s PREFIX.json, a paper's ``RESULTS.json``): what its
+    page is rendered from (:func:`segbench.study.render.render_report`), with every run's metrics.
+
+    Keys: ``title``; ``metrics`` (the columns); ``differing`` (the config keys that tell rows
+    apart); ``provenance`` (keys shown as the set of each row's values); ``paper`` (``source``
+    and ``metrics`` of the published numbers, or ``None``); ``rows``: each row's ``label``,
+    ``config`` (its differing keys), ``n`` (runs), ``metrics`` (``mean``/``std``/``n`` over its
+    seeds, values as logged: fractions for IoU and accuracies), ``paper`` (the published numbers
+    of its configuration), ``provenance`` and ``runs`` (name, path, seed, whether it finished,
+    every logged metric); ``unfinished``: the runs that did not finish, and what became of them.
+    ``claims`` (their judgements, :func:`segbench.study.verdicts.judgement_data`) is added by
+    the report. The data has been through JSON, so that it renders alike in memory and read
+    back."""
+    paper_metrics = sorted({m for r in (paper or {}).get("rows", {}).values() for m in r})
+    data = {
+        "title": title,
+        "metrics": list(metrics),
+        "differing": list(differing),
+        "provenance": list(provenance),
+        "paper": {"source": paper.get("source"), "metrics": paper_metrics} if paper else None,
+        "rows": [
+            {
+                "label": row.label,
+                "config": {k: row.config.get(k) for k in differing},
+                "n": len(row.runs),
+                "metrics": {
+                    m: dict(zip(("mean", "std", "n"), row.mean_std(m), strict=True))
+                    for m in metrics
+                },
+                "paper": _paper_numbers(row, paper),
+                "provenance": {k: _distinct(row, k) for k in provenance},
+                "runs": [
+                    {
+                        "name": run.name,
+                        "path": str(run.path),
+                        "seed": run.seed,
+                        "unfinished": run.unfinished,
+                        "metrics": run.metrics,
+                    }
+                    for run in row.runs
+                ],
+            }
+            for row in rows
+        ],
+        "unfinished": [
+            {"name": r.name, "state": r.unfinished}
+            for row in rows
+            for r in row.runs
+            if r.unfinished
+        ],
+    }
+    return json.loads(json.dumps(data, default=str))
+
+
+def _paper_numbers(row: Row, paper: dict[str, Any] | None) -> dict[str, Any]:
+    """The published numbers of ``row``'s configuration (``paper``: see ``segbench report``)."""
+    if not paper:
+        return {}
+    value = row.label if paper["key"] == "variant" else row.runs[0].config.get(paper["key"])
+    return dict(paper["rows"].get(value) or paper["rows"].get(str(value)) or {})
+
+
+def _distinct(row: Row, key: str) -> str:
+    """The values of a provenance key over ``row``'s runs, as one cell."""
+    key = key if key.startswith("provenance.") else f"provenance.{key}"
+    return ", ".join(sorted({str(r.provenance.get(key, "–")) for r in row.runs}))
+
+
+def count_runs(data: dict[str, Any]) -> int:
+    """How many runs a report's data reports."""
+    return sum(int(row["n"]) for row in data["rows"])

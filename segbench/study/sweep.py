@@ -55,8 +55,9 @@ from segbench.study.launchers.slurm import (
     still_queued,
 )
 from segbench.study.plan import expand_step, plan_runs, recorded_for_current_checkpoint, run_state
-from segbench.study.publish import write_results
-from segbench.study.report import report
+from segbench.study.publish import publish_results
+from segbench.study.render import render_report
+from segbench.study.report import build_report
 
 log = logging.getLogger("segbench")
 
@@ -370,16 +371,11 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
             if _tool(expand_step(step, {**values, "runs": done})) != 0:
                 failures.append(f"after: {step.command[0]}")
     reported = [str(d) for d in report_dirs if RunDir(d).metrics_file.is_file()]
-    text = report(
-        reported,
-        metrics=metrics,
-        out=out,
-        paper=paper,
-        title=group,
-        claims=ablation.claims if ablation is not None else (),
-    )
-    sys.stdout.write(text)
-    log.info("report: %s.md / .csv / .png", out)
+    tested = ablation.claims if ablation is not None else []
+    data = build_report(reported, metrics=metrics, out=out, paper=paper, title=group,
+                        claims=tested)  # fmt: skip
+    sys.stdout.write(render_report(data, tested))
+    log.info("report: %s.md / .json / .csv / .png", out)
     if ablation is not None and not args.out and extra:
         # Fit arguments after -- (FIT_ARGS) make these runs other than the recipe's: their
         # table must not replace the recipe's in the paper's RESULTS.md.
@@ -392,8 +388,8 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
         )
     elif ablation is not None and not args.out:  # every scale: its group names it (-long, ...)
         results = ablation.folder.parent / "RESULTS.md"
-        if write_results(results, group, text, runs=len(reported)):
-            log.info("report table: %s", results)
+        if publish_results(results, group, data, tested):
+            log.info("report table: %s (its data: %s)", results, results.with_suffix(".json"))
     if failures:
         log.error("failed: %s", ", ".join(failures))
         sys.exit(1)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +42,15 @@ FLAT_POINTS = 1.0
 
 
 Verdict = Literal["reproduced", "contradicted", "inconclusive", "not run"]
+VERDICTS: tuple[Verdict, ...] = ("reproduced", "contradicted", "inconclusive", "not run")
+
+
+def verdict_counts(verdicts: Iterable[str]) -> dict[str, int]:
+    """How many claims have each verdict, in the order of :data:`VERDICTS`."""
+    counts: dict[str, int] = dict.fromkeys(VERDICTS, 0)
+    for v in verdicts:
+        counts[v] += 1
+    return counts
 
 
 @dataclass(frozen=True)
@@ -160,3 +169,40 @@ def judge_ablations(
                       for j in judged]  # fmt: skip
         out += [(ablation, j) for j in judged]
     return out
+
+
+def judgement_data(j: Judgement, ablation: str | None = None) -> dict[str, Any]:
+    """One judgement as data (``claims.json``, a report's ``claims``): the claim's id (and
+    ``ablation``'s name, where given), the verdict and the numbers behind it. The claim's text,
+    variants and condition stay in its ``ablation.yaml``."""
+
+    def stat(s: tuple[float | None, float | None, int]) -> dict[str, Any]:
+        return {"mean": s[0], "std": s[1], "n": s[2]}
+
+    return {
+        "id": j.claim.id,
+        **({"ablation": ablation} if ablation is not None else {}),
+        "verdict": j.verdict,
+        "a": stat(j.a),
+        "b": stat(j.b),
+        "difference": j.difference,
+        "low": j.low,
+        "high": j.high,
+        "test": j.test,
+        "detectable": j.detectable,
+        "note": j.note,
+        "gains": list(j.gains),
+    }
+
+
+def judgement_of_data(claim: Claim, data: dict[str, Any]) -> Judgement:
+    """The judgement ``data`` (from :func:`judgement_data`) holds on ``claim``."""
+
+    def stat(s: dict[str, Any]) -> tuple[float | None, float | None, int]:
+        return s["mean"], s["std"], int(s["n"])
+
+    gains = data.get("gains") or (None, None)
+    return Judgement(claim, data["verdict"], stat(data["a"]), stat(data["b"]),
+                     data.get("difference"), data.get("low"), data.get("high"),
+                     data.get("test", ""), data.get("detectable"), data.get("note", ""),
+                     (gains[0], gains[1]))  # fmt: skip

@@ -11,6 +11,7 @@ import pytest
 
 from segbench.rundir import RunDir
 from segbench.rundir import atomic_write_json as write_json
+from segbench.study.render import render_report
 from segbench.study.report import report
 
 
@@ -79,8 +80,8 @@ def test_files_and_paper_columns(runs, tmp_path):
     assert float(rows[1]["test/mIoU_mean"]) == pytest.approx(0.605)
     assert rows[1]["test/mIoU_n"] == "2"
     assert out.with_suffix(".png").stat().st_size > 1000
-    assert out.with_suffix(".md").read_text().startswith("# FCN skips")
-    data = json.loads(out.with_suffix(".json").read_text())  # the same rows as data
+    data = json.loads(out.with_suffix(".json").read_text())  # the report as data
+    assert out.with_suffix(".md").read_text() == "# FCN skips\n\n" + render_report(data)
     assert data["title"] == "FCN skips"
     assert [r["label"] for r in data["rows"]] == ["fcn32s", "fcn8s"]
     eight = data["rows"][1]

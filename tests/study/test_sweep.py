@@ -192,7 +192,7 @@ def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monk
     results = tmp_path / "experiments" / "probe" / "RESULTS.md"
     results.write_text("<!-- sweep:probe -->\n| the recipe's table |\n<!-- /sweep:probe -->\n")
     monkeypatch.setattr(sweep.ProcessLauncher, "launch", lambda self, planned: [])
-    monkeypatch.setattr(sweep, "report", lambda *a, **k: "| a 1-epoch table |\n")
+    monkeypatch.setattr(sweep, "build_report", lambda *a, **k: _report(1, "one-epoch"))
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "runs" / "probe" / "a-s0"
     run.mkdir(parents=True)
@@ -202,7 +202,7 @@ def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monk
     assert "| the recipe's table |" in results.read_text()
     sweep.main(["--ablation", "probe", "--experiments", str(tmp_path / "experiments"),
                 "--seeds", "0"])  # fmt: skip
-    assert "| a 1-epoch table |" in results.read_text()
+    assert "| one-epoch | 1 |" in results.read_text()
 
 
 def test_a_bad_sweep_option_is_one_line_under_a_short_usage(capsys):
@@ -218,17 +218,58 @@ def test_a_bad_sweep_option_is_one_line_under_a_short_usage(capsys):
         assert says in err[1]
 
 
+def _report(runs: int, label: str) -> dict:
+    """A report's data (segbench.study.runs.report_data) of one row of ``runs`` runs."""
+    stat = {"mean": 0.5, "std": 0.01, "n": runs}
+    row = {"label": label, "config": {}, "n": runs, "metrics": {"test/mIoU": stat}, "paper": {},
+           "provenance": {}, "runs": []}  # fmt: skip
+    return {"title": "g", "metrics": ["test/mIoU"], "differing": [], "provenance": [],
+            "paper": None, "rows": [row], "unfinished": [], "claims": []}  # fmt: skip
+
+
 def test_a_results_table_of_more_runs_is_not_replaced_by_one_of_fewer(tmp_path, caplog):
-    from segbench.study.publish import write_results
+    from segbench.study.publish import publish_results, read_results
 
     path = tmp_path / "RESULTS.md"
-    assert write_results(path, "g", "| three seeds |\n", runs=6)
-    assert "<!-- sweep:g runs=6 (written by segbench sweep) -->" in path.read_text()
-    assert not write_results(path, "g", "| one seed |\n", runs=2)
-    assert "| three seeds |" in path.read_text()
-    assert "reports 6 runs, this one 2: not replaced" in caplog.text
-    assert write_results(path, "g", "| more |\n", runs=8)
-    text = path.read_text()
-    assert "| more |" in text
-    assert "runs=8" in text
-    assert "runs=6" not in text
+    assert publish_results(path, "g", _report(6, "three-seeds"))
+    assert "| three-seeds | 6 | 50.00 ± 1.00 |" in path.read_text()
+    assert read_results(tmp_path / "RESULTS.json")["g"]["rows"][0]["label"] == "three-seeds"
+    path.write_text(path.read_text().replace("three-seeds", "edited"))  # the page is not read
+    assert not publish_results(path, "g", _report(2, "one-seed"))
+    assert "| edited |" in path.read_text()
+    assert "report holds 6 runs, this one 2: not replaced" in caplog.text
+    assert read_results(tmp_path / "RESULTS.json")["g"]["rows"][0]["label"] == "three-seeds"
+    assert publish_results(path, "g", _report(8, "more"))
+    assert "| more | 8 |" in path.read_text()
+    assert "edited" not in path.read_text()
+
+
+def test_the_repositorys_results_pages_are_their_data_rendered(monkeypatch):
+    """Each sweep table of experiments/*/RESULTS.md is its RESULTS.json rendered, and the five
+    papers' claims table is claims.json rendered: the data is what a page says."""
+    from segbench.study.ablation import find_ablations
+    from segbench.study.claims import render_claims
+    from segbench.study.publish import read_claims, read_results
+    from segbench.study.render import render_report
+    from segbench.study.verdicts import judgement_of_data
+
+    monkeypatch.chdir(REPO)  # the claims table links each paper's page as segbench claims does
+    ablations = find_ablations(Path("experiments"))
+    claims = {c.id: (a, c) for a in ablations.values() for c in a.claims}
+    pages = sorted((REPO / "experiments").glob("*/RESULTS.json"))
+    assert pages
+    for data_file in pages:
+        page = data_file.with_suffix(".md").read_text()
+        for group, data in read_results(data_file).items():
+            begin = page.index("\n", page.index(f"<!-- sweep:{group} ")) + 1
+            block = page[begin : page.index(f"<!-- /sweep:{group} -->")]
+            rendered = render_report(data, [c for _, c in claims.values()])
+            assert block == rendered.strip() + "\n", group
+    docs = REPO / "docs" / "results" / "claims.md"
+    page = docs.read_text()
+    begin = page.index("\n", page.index("<!-- sweep:claims")) + 1
+    block = page[begin : page.index("<!-- /sweep:claims -->")]
+    entries = read_claims(docs.with_suffix(".json"))
+    assert [e["id"] for e in entries] == [c for c in claims], "one verdict per claim, in order"
+    judged = [(claims[e["id"]][0], judgement_of_data(claims[e["id"]][1], e)) for e in entries]
+    assert block == render_claims(judged).strip() + "\n"

@@ -206,6 +206,13 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     assert next(line for line in again.splitlines() if "(fcn-8s-over-16s)" in line) == fcn8
     assert "1 reproduced, 0 contradicted, 1 inconclusive, 21 not run of 23 claims" in again
     assert again.strip() in readme.read_text()
+    # The kept verdicts come from the data beside the page, not from its markdown.
+    data = json.loads((tmp_path / "README.json").read_text())["claims"]
+    assert [e["id"] for e in data if e["verdict"] != "not run"] == ["fcn-16s-over-32s",
+                                                                     "fcn-8s-over-16s"]  # fmt: skip
+    readme.write_text("# x\n\n<!-- sweep:claims -->\nEDITED\n<!-- /sweep:claims -->\n")
+    main(empty)
+    assert capsys.readouterr().out == again
     main([*empty, "--fresh"])
     fresh = capsys.readouterr().out
     assert "0 reproduced, 0 contradicted, 0 inconclusive, 23 not run of 23 claims" in fresh
@@ -228,3 +235,15 @@ def test_last_quarter_gain_is_of_the_mean_curve():
     curves = [{e: 0.1 * e for e in range(8)}, {e: 0.1 * e + 0.02 for e in range(8)}]
     assert last_quarter_gain(curves) == pytest.approx(20.0)  # 2 of 8 epochs, 0.1 each
     assert last_quarter_gain([{0: 0.5}]) is None
+
+
+def test_a_claims_data_file_that_is_not_one_is_named(tmp_path):
+    from segbench.errors import DataError
+    from segbench.study.claims import main
+    from tests.helpers import REPO
+
+    page = tmp_path / "claims.md"
+    (tmp_path / "claims.json").write_text('{"rows": []}')
+    with pytest.raises(DataError, match=r"claims.json: not a claims data file"):
+        main(["--experiments", str(REPO / "experiments"), "--root", str(tmp_path / "none"),
+              "--into", str(page)])  # fmt: skip
