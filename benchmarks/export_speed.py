@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from segbench.analysis.loading import load_model  # noqa: E402
-from segbench.deploy.export import TOOL, ExportOptions, Options, exportable  # noqa: E402
+from segbench.deploy.export import Options, export, exportable  # noqa: E402
 
 
 def images_per_s(run: Callable[[], object], batch: int, repeats: int) -> float:
@@ -58,9 +58,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model.onnx"
         options = Options(format="onnx", input_size=tuple(args.size), dynamic=True)
-        common = ExportOptions(out=out)
-        TOOL.validate(options, common)
-        sys.stdout.write(TOOL.measure(model, options, common).markdown())
+        sys.stdout.write(export(model, options, out).markdown())
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         session = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])

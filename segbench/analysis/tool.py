@@ -17,9 +17,7 @@ here, the same for every tool::
 * **The output.** The markdown table on stdout; ``--out DIR`` also writes ``DIR/TOOL.md``,
   ``DIR/TOOL.json`` and the figure ``DIR/TOOL.png`` (``DIR/TOOL_<model>.png`` per model when
   there are several). Figures are drawn by :meth:`Result.plot` on a figure it is given, so a
-  notebook draws the same figure inline: ``fig = plt.figure(); result.plot(fig)``. A tool whose
-  output is something else says so in its :attr:`Tool.common_options` (``segbench export``:
-  ``--out FILE`` is the exported model).
+  notebook draws the same figure inline: ``fig = plt.figure(); result.plot(fig)``.
 * **The record.** ``--record`` stores :meth:`Result.summary` in each run's ``metrics.json``
   (``records`` section, with the checkpoint measured), where ``segbench report --metrics``
   reads it as a column.
@@ -128,11 +126,6 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
     test_options: ClassVar[tuple[str, ...]] = ()
     #: Figure size (inches) of one model's figure.
     figsize: ClassVar[tuple[float, float]] = (8.0, 4.0)
-    #: The options every tool takes: :class:`Common`, or a subclass of it that says what they
-    #: mean for this tool (``segbench export``: ``--out`` is the exported file).
-    common_options: ClassVar[type[Common]] = Common
-    #: At most this many models per command (``None``: any number).
-    max_models: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -174,30 +167,25 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
             usage=f"segbench {self.name} [RUN_DIR ...] [--config FILE.yaml [segbench fit "
             "overrides]] [options]",
         )
-        parser.add_class_arguments(self.common_options, nested_key=None, as_group=True)
+        parser.add_class_arguments(Common, nested_key=None, as_group=True)
         parser.add_class_arguments(self.Options, nested_key=None, as_group=True)
         return parser
 
     def keys(self) -> dict[str, OptionKind]:
         """The tool's option names, each with its kind: a flag (a bool), a list or a value."""
-        return option_keys(self.common_options, self.Options)
+        return option_keys(Common, self.Options)
 
     def main(self, argv: list[str]) -> list[tuple[str, ResultT]]:
         """``segbench TOOL ...``: parse, load each model, measure, print, write, record."""
         runs, tool_args, fit_args = split_argv(argv, self.keys())
         parser = self.parser()
         ns = parser.parse_args(tool_args)
-        common = options_of(self.common_options, ns)
+        common = options_of(Common, ns)
         options: OptionsT = options_of(self.Options, ns)
         if not runs and not fit_args:
             parser.error("give run directories or a config: --config FILE.yaml")
         if common.record and not runs:
             parser.error("--record stores into run directories: give one or more")
-        if self.max_models is not None and len(runs) > self.max_models:
-            parser.error(
-                f"segbench {self.name} takes {self.max_models} model(s) at a time, got "
-                f"{len(runs)} run directories"
-            )
         self.validate(options, common)
         sources = [[run, *fit_args] for run in runs] if runs else [fit_args]
         results: list[tuple[str, ResultT]] = []

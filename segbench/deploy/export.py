@@ -5,7 +5,8 @@ Writes the network alone, for deployment without segbench: input the normalised 
 auxiliary head), in eval mode, float32 and contiguous (NCHW) memory format on the CPU, whatever
 the run trained with (``model.channels_last``, ``trainer.precision: bf16-mixed``). The model comes
 from a run directory and its checkpoint ``--ckpt`` (or ``--config FILE.yaml`` for a freshly
-initialised one), as in every analysis tool (:mod:`segbench.analysis.tool`).
+initialised one), as the analysis tools take theirs (:mod:`segbench.analysis.tool`). It is a
+command of its own: its ``--out`` is the file it writes.
 
 * ``--format onnx`` (``FILE.onnx``): torch's TorchScript-based ONNX exporter
   (``torch.onnx.export(..., dynamo=False)``, opset 17). Needs the ``export`` extra
@@ -49,6 +50,7 @@ import contextlib
 import copy
 import logging
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -61,10 +63,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import segbench
-from segbench.analysis.loading import LoadedModel
-from segbench.analysis.tool import Common, Tool
+from segbench.analysis.loading import LoadedModel, load_model
+from segbench.data.base import Split
 from segbench.errors import ConfigError, SegbenchError
-from segbench.rundir import atomic_write_json
+from segbench.options import CommandParser, command_parser, option_keys, options_of, split_argv
+from segbench.rundir import RunDir, atomic_write_json
 from segbench.tables import markdown_table
 
 if TYPE_CHECKING:
@@ -317,18 +320,21 @@ class Options:
 
 
 @dataclass
-class ExportOptions(Common):
-    """Options every analysis tool takes, as ``segbench export`` reads them.
+class ExportOptions:
+    """Which model ``segbench export`` writes, and where.
 
     Args:
+        out: the file to write (FILE.onnx or FILE.pt), with FILE.json beside it
         ckpt: checkpoint of the run directory: best, last or a path to a .ckpt file (a missing
             one is an error, never a fallback)
         split: the split whose first image sets the default input size and is the check's input
-        out: the file to write (FILE.onnx or FILE.pt), with FILE.json beside it
         record: store the check's summary in the run's metrics.json (needs a run directory)
     """
 
     out: Path | None = None
+    ckpt: str = "best"
+    split: Split = "val"
+    record: bool = False
 
 
 def export_format(options: Options, out: Path) -> Format:
@@ -404,75 +410,101 @@ def metadata(model: LoadedModel, fmt: Format, size: tuple[int, int], dynamic: bo
     }
 
 
-class ExportTool(Tool[Options, Export]):
-    name = "export"
-    common_options = ExportOptions
-    max_models = 1
-    test_options = ("--format", "torchscript", "--dynamic")
+def validate(options: Options, out: Path) -> None:
+    """Reject option values that cannot work, before the model is loaded."""
+    if export_format(options, out) == "onnx":
+        require_onnx()
+    if options.rtol <= 0:
+        raise ConfigError(f"--rtol must be positive, got {options.rtol}")
+    if options.input_size is not None and (
+        len(options.input_size) != 2 or min(options.input_size) < 1
+    ):
+        raise ConfigError(
+            f"--input_size must be two positive numbers, got {list(options.input_size)}"
+        )
 
-    def validate(self, options: Options, common: Common) -> None:
-        if common.out is None:
-            raise ConfigError("segbench export: give the file to write: --out FILE.onnx")
-        if export_format(options, Path(common.out)) == "onnx":
-            require_onnx()
-        if options.rtol <= 0:
-            raise ConfigError(f"--rtol must be positive, got {options.rtol}")
 
-    def measure(self, model: LoadedModel, options: Options, common: Common) -> Export:
-        assert common.out is not None  # validate()
-        out = Path(common.out)
-        fmt = export_format(options, out)
-        image = model.datamodule.unaugmented(common.split)[0]["image"]
-        size = tuple(options.input_size or image.shape[-2:])
-        if min(size) < 1 or len(size) != 2:
-            raise ConfigError(f"--input_size must be two positive numbers, got {list(size)}")
-        size = (int(size[0]), int(size[1]))
-        module = exportable(model.net)
-        batches = check_inputs(image.float(), size, options.dynamic)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        seconds: dict[str, float] = {}
-        with torch.no_grad():  # before the export, which may leave the module in train mode
-            references = [module(x) for x in batches]
-        try:
-            t0 = time.perf_counter()
-            write_model(module, tmp, fmt, batches[0], options.dynamic)
-            seconds["export"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            run = load_exported(tmp, fmt)
-            checks = [
-                compare(r, run(x), options.rtol) for r, x in zip(references, batches, strict=True)
-            ]
-            seconds["check"] = time.perf_counter() - t0
-            failed = [c for c in checks if not c.passed]
-            if failed:
-                raise ExportCheckError(
-                    f"segbench export: the {fmt} export of {model.name} does not compute its "
-                    "logits: "
-                    + "; ".join(
-                        f"at {c.batch} x 3 x {c.size[0]} x {c.size[1]} max |difference| "
-                        f"{c.max_abs_diff:.3g} (tolerance {c.tolerance:.3g}), labels agree at "
-                        f"{100 * c.label_agreement:.2f} % of pixels"
-                        for c in failed
-                    )
-                    + f". Nothing was written to {out}."
+def export(model: LoadedModel, options: Options, out: Path, split: Split = "val") -> Export:
+    """Write ``model``'s network to ``out`` and ``out.json`` once the written file computes its
+    logits (:class:`ExportCheckError` otherwise, and nothing is written)."""
+    validate(options, out)
+    fmt = export_format(options, out)
+    image = model.datamodule.unaugmented(split)[0]["image"]
+    h, w = options.input_size or image.shape[-2:]
+    size = (int(h), int(w))
+    module = exportable(model.net)
+    batches = check_inputs(image.float(), size, options.dynamic)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    seconds: dict[str, float] = {}
+    with torch.no_grad():  # before the export, which may leave the module in train mode
+        references = [module(x) for x in batches]
+    try:
+        t0 = time.perf_counter()
+        write_model(module, tmp, fmt, batches[0], options.dynamic)
+        seconds["export"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        run = load_exported(tmp, fmt)
+        checks = [
+            compare(r, run(x), options.rtol) for r, x in zip(references, batches, strict=True)
+        ]
+        seconds["check"] = time.perf_counter() - t0
+        failed = [c for c in checks if not c.passed]
+        if failed:
+            raise ExportCheckError(
+                f"segbench export: the {fmt} export of {model.name} does not compute its "
+                "logits: "
+                + "; ".join(
+                    f"at {c.batch} x 3 x {c.size[0]} x {c.size[1]} max |difference| "
+                    f"{c.max_abs_diff:.3g} (tolerance {c.tolerance:.3g}), labels agree at "
+                    f"{100 * c.label_agreement:.2f} % of pixels"
+                    for c in failed
                 )
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
-        result = Export(str(out), fmt, out.stat().st_size, checks, seconds=seconds)
-        result.metadata = metadata(model, fmt, size, options.dynamic)
-        result.metadata["check"] = result.to_json()["checks"]
-        atomic_write_json(f"{out}.json", result.metadata)
-        log.info("export: wrote %s and %s.json", out, out)
-        return result
-
-    def write(self, results: Any, text: str, out: Path) -> None:
-        """Nothing more: :meth:`measure` wrote ``--out`` (the model) and its side-car."""
-
-
-TOOL = ExportTool(__doc__)
+                + f". Nothing was written to {out}."
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    result = Export(str(out), fmt, out.stat().st_size, checks, seconds=seconds)
+    result.metadata = metadata(model, fmt, size, options.dynamic)
+    result.metadata["check"] = result.to_json()["checks"]
+    atomic_write_json(f"{out}.json", result.metadata)
+    log.info("export: wrote %s and %s.json", out, out)
+    return result
 
 
-def main(argv: list[str]) -> None:
-    TOOL.main(argv)
+def parser() -> CommandParser:
+    parser = command_parser(
+        "segbench export",
+        __doc__ or "",
+        usage="segbench export RUN_DIR --out FILE [options] "
+        "(or: segbench export --config FILE.yaml [segbench fit overrides] --out FILE)",
+    )
+    parser.add_class_arguments(ExportOptions, nested_key=None, as_group=True)
+    parser.add_class_arguments(Options, nested_key=None, as_group=True)
+    return parser
+
+
+def main(argv: list[str]) -> Export:
+    """``segbench export``: parse, load the model, export and check, print, record."""
+    runs, own_args, fit_args = split_argv(argv, option_keys(ExportOptions, Options))
+    cmd = parser()
+    ns = cmd.parse_args(own_args)
+    where, options = options_of(ExportOptions, ns), options_of(Options, ns)
+    if where.out is None:
+        cmd.error("give the file to write: --out FILE.onnx (or FILE.pt)")
+    if len(runs) > 1:
+        cmd.error(f"segbench export takes one model at a time, got {len(runs)} run directories")
+    if not runs and not fit_args:
+        cmd.error("give a run directory or a config: --config FILE.yaml")
+    if where.record and not runs:
+        cmd.error("--record stores into a run directory: give one")
+    out = Path(where.out)
+    validate(options, out)
+    model = load_model([*runs, *fit_args], ckpt=where.ckpt)
+    result = export(model, options, out, where.split)
+    if where.record and model.run_dir is not None:
+        RunDir(model.run_dir).record("export", result.summary(), checkpoint=model.checkpoint)
+        log.info("export: recorded in %s", model.run_dir / "metrics.json")
+    sys.stdout.write(result.markdown())
+    return result

@@ -4,8 +4,8 @@ Each architecture is trained for one tiny epoch (with the small arguments it dec
 tool measures that run directory with the small options it declares, writes ``--out`` and
 ``--record``s into the run. A tool that measures a part the architecture lacks (``ld-masks``
 without GALD's LD module) must refuse with :class:`NotApplicable`, naming what is missing. Nothing
-here lists tools or architectures. (``segbench export``, whose ``--out`` is the exported model, is
-run on every architecture in ``test_export.py``.)
+here lists tools or architectures. (``segbench export`` is a command of its own, run on every
+architecture in ``tests/deploy/test_export.py``.)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import re
 import pytest
 
 from segbench.analysis.loading import load_model
-from segbench.analysis.tool import Common, NotApplicableError, Tool
+from segbench.analysis.tool import NotApplicableError, Tool
 from segbench.cli import COMMANDS, main
 from segbench.models import architectures
 from segbench.options import split_argv
@@ -34,9 +34,6 @@ def analysis_tools() -> dict[str, Tool]:
 
 
 TOOLS = analysis_tools()
-#: The tools whose ``--out`` is a directory of TOOL.md, TOOL.json and TOOL.png (``export``'s is
-#: the exported model, tested with every architecture in ``test_export.py``).
-DIRECTORY_TOOLS = {n: t for n, t in TOOLS.items() if t.common_options is Common}
 
 
 def test_the_five_tools_share_the_skeleton():
@@ -49,7 +46,7 @@ def test_the_five_tools_share_the_skeleton():
 
 
 @pytest.mark.parametrize("arch", sorted(architectures()))
-@pytest.mark.parametrize("tool_name", sorted(DIRECTORY_TOOLS))
+@pytest.mark.parametrize("tool_name", sorted(TOOLS))
 def test_every_tool_on_every_architecture(tool_name, arch, trained_run, tmp_path, capsys):
     tool = TOOLS[tool_name]
     run = trained_run(arch)

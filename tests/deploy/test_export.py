@@ -15,11 +15,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from segbench.analysis import tool
 from segbench.cli import main as segbench
 from segbench.data.synthetic import CLASS_NAMES, PALETTE
 from segbench.deploy import export
-from segbench.deploy.export import TOOL, compare, run_model
+from segbench.deploy.export import compare, run_model
 from segbench.models import architectures
 from tests.helpers import fresh_args
 
@@ -28,8 +27,8 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
 @pytest.fixture
 def nudged(monkeypatch):
-    """The tools' models with every parameter moved by seeded noise (0.05 standard deviation)."""
-    load = tool.load_model
+    """The exported models with every parameter moved by seeded noise (0.05 standard deviation)."""
+    load = export.load_model
 
     def load_nudged(*args, **kwargs):
         model = load(*args, **kwargs)
@@ -39,7 +38,7 @@ def nudged(monkeypatch):
                 p.add_(0.05 * torch.randn(p.shape, generator=gen))
         return model
 
-    monkeypatch.setattr(tool, "load_model", load_nudged)
+    monkeypatch.setattr(export, "load_model", load_nudged)
 
 
 def sidecar(path) -> dict:
@@ -50,7 +49,7 @@ def sidecar(path) -> dict:
 @pytest.mark.parametrize("arch", sorted(architectures()))
 def test_every_architecture_exports_both_ways(arch, fmt, nudged, tmp_path, capsys):
     out = tmp_path / f"model{FORMATS[fmt]}"
-    ((_name, result),) = TOOL.main([*fresh_args(tmp_path, arch), "--dynamic", "--out", str(out)])
+    result = export.main([*fresh_args(tmp_path, arch), "--dynamic", "--out", str(out)])
     assert result.format == fmt  # from the suffix
     assert [c.size for c in result.checks] == [(64, 64), (83, 109)]  # no multiple of a stride
     assert [c.batch for c in result.checks] == [1, 2]
@@ -87,7 +86,7 @@ def test_every_architecture_exports_both_ways(arch, fmt, nudged, tmp_path, capsy
 def test_a_static_export_takes_its_size_only(nudged, tmp_path):
     out = tmp_path / "fcn.onnx"
     args = [*fresh_args(tmp_path, "FCN"), "--input_size", "64", "96", "--out", str(out)]
-    ((_, result),) = TOOL.main(args)
+    result = export.main(args)
     assert [(c.batch, c.size) for c in result.checks] == [(1, (64, 96))]
     meta = sidecar(out)
     assert meta["input"]["shape"] == [1, 3, 64, 96]
@@ -176,8 +175,7 @@ def test_bad_values_are_named(args, named, tmp_path, capsys, monkeypatch):
 def test_a_run_directory_exports_its_checkpoint_and_records_the_check(trained_run, tmp_path):
     run = trained_run("FCN")
     out = tmp_path / "fcn.pt"
-    ((name, result),) = TOOL.main([str(run), "--ckpt", "last", "--record", "--out", str(out)])
-    assert name == run.name
+    result = export.main([str(run), "--ckpt", "last", "--record", "--out", str(out)])
     assert result.checks[0].passed
     meta = sidecar(out)
     assert meta["source"]["run_dir"] == str(run)
