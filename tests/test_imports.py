@@ -10,7 +10,8 @@ Layers, lowest first (a module may import its own layer and those below):
 4. training: task, loggers, callbacks
 5. parsing a run: cli.lightning (LightningCLI, ``build``), cli.commands (the command table)
 6. what uses runs and models: analysis (measurement tools), deploy (export), study (ablations,
-   sweeps, verdicts), benchmark; side by side, and only deploy may use analysis's skeleton
+   sweeps, verdicts), benchmark; side by side, and only deploy may use analysis's model
+   loading (:mod:`segbench.analysis.loading`)
 7. the command front end: the ``segbench.cli`` package itself
 """
 
