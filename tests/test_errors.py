@@ -200,6 +200,12 @@ CASES: list[tuple[str, Args, int, str]] = [
     ("class weights", fit("--model.class_weights", "[1, 2]"), 1, "model.class_weights has 2"),
     ("net classes", fit("--model.net.init_args.num_classes", "5"), 1, "init_args.num_classes"),
     ("task classes", fit("--model.num_classes", "5"), 2, 'must be given via "data.num_classes"'),
+    (
+        "unquoted 0016E5",  # YAML reads it as 16e5
+        fit("--data", "segbench.data.CamVid", "--data.init_args.val_sequences", "[0016E5]"),
+        1,
+        r"val_sequences: 1600000\.0 is a number",
+    ),
     ("OHEM > 1", fit("--model.ohem_thresh", "1.5"), 1, r"model.ohem_thresh is a probability"),
     ("aux < 0", fit("--model.aux_weight", "-1"), 1, "model.aux_weight must be 0 or more"),
     ("lr < 0", fit("--model.optimizer.init_args.lr", "-1"), 1, "model.optimizer: Invalid"),

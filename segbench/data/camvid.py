@@ -88,6 +88,7 @@ class CamVid(SegmentationDataModule):
             sequences (file-name prefixes: ``[0006R0]``): the frames of train.txt and val.txt
             are pooled, those of these drives validate and the rest train; no drive is in both.
             Leaving each of 0001TP, 0006R0, 0016E5 out in turn is a 3-fold cross-validation.
+            Quote ``"0016E5"``: unquoted, YAML reads it as the number 16 x 10^5.
         train_on_val: train on train.txt and val.txt together (the final model once a recipe
             is chosen, as is usual on CamVid); validation then reads val.txt, frames the model
             trained on, so its numbers say nothing about generalisation. Not with
@@ -136,7 +137,7 @@ class CamVid(SegmentationDataModule):
         num_workers: int = 2,
         augment: Augment | None = CAMVID_AUGMENT,
         cache: bool = True,
-        val_sequences: list[str] | None = None,
+        val_sequences: list[str | float] | None = None,
         train_on_val: bool = False,
     ) -> None:
         super().__init__(
@@ -153,10 +154,17 @@ class CamVid(SegmentationDataModule):
             )
         if val_sequences is not None and not val_sequences:
             raise ConfigError("data.init_args.val_sequences: name at least one sequence (or null)")
+        numbers = [v for v in val_sequences or [] if not isinstance(v, str)]
+        if numbers:
+            # Typed str | float so that this message, not jsonargparse's, meets an unquoted 0016E5.
+            raise ConfigError(
+                f"data.init_args.val_sequences: {numbers[0]!r} is a number, not a sequence name: "
+                "YAML reads 0016E5 as 16 x 10^5; quote the names: '[\"0016E5\"]'"
+            )
         self.root = root
         self.test_split = test_split
         self.scale = scale
-        self.val_sequences = list(val_sequences) if val_sequences is not None else None
+        self.val_sequences = [str(v) for v in val_sequences] if val_sequences is not None else None
         self.train_on_val = train_on_val
 
     def build_dataset(self, split: Split, transform: v2.Transform) -> Dataset:

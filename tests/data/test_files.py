@@ -300,6 +300,7 @@ def test_camvid_validates_on_held_out_drives_that_it_never_trains_on(tmp_path):
         ({"val_sequences": ["Seq05VD"]}, "Seq05VD not in"),
         ({"val_sequences": ["0001TP", "0006R0", "0016E5"]}, "is every sequence"),
         ({"val_sequences": []}, "name at least one sequence"),
+        ({"val_sequences": [1600000.0]}, r"1600000\.0 is a number.*quote the names"),
         ({"val_sequences": ["0006R0"], "train_on_val": True}, "use one or the other"),
     ],
 )
