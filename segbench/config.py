@@ -52,6 +52,10 @@ class RunConfig:
             new limits, so training longer trains), the momentum buffers stay the checkpoint's,
             and each resume's changes go into ``metrics.json`` (``provenance.attempts[i].changes``,
             old and new value). The network, the optimiser's class and the seed cannot change.
+        study: the Optuna study file of the ``segbench tune`` this run is a trial of (set by
+            ``segbench tune``, with ``trial``): each validation is reported to the trial, and
+            the run stops early when the study's pruner gives up on it.
+        trial: the trial's number in ``study``.
     """
 
     name: str = "run"
@@ -66,6 +70,8 @@ class RunConfig:
     checkpoint_every_minutes: float | None = 10.0
     effective_batch: int | None = None
     resume_with_changes: bool = False
+    study: str | None = None
+    trial: int | None = None
 
 
 #: (source, target) config keys: the data module declares its classes, the task and the network

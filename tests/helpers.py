@@ -4,7 +4,9 @@ modules import from here (never from each other); fixtures live in ``conftest.py
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +150,15 @@ def sweep_command(
     cmd += ["--variants", *variants, "--seeds", *seeds, "--root", str(tmp / "runs")]
     cmd += ["--out", str(tmp / "results" / group), *options, "--", *keep]
     return [*cmd, "--run.wandb", "disabled"]
+
+
+def wait_at_step(release: Path, process: subprocess.Popen) -> int:
+    """The pid of the fit that ``process`` (a sweep, a tune) started, once it waits at its step
+    (``tests.faults.kill.WaitAtStep``)."""
+    waiting = Path(f"{release}.waiting")
+    deadline = time.monotonic() + 300
+    while not waiting.exists():
+        assert process.poll() is None, "the process ended before its fit reached its step"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return int(waiting.read_text())

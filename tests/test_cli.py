@@ -235,6 +235,8 @@ def parse_pairs() -> list:
             configs = [path.parent / "base.yaml", path]  # `make ablation-* SCALE=<name>`
         elif path.name.startswith("_") or path.name in ("paper.yaml", "ablation.yaml"):
             continue  # fragments that only make sense composed; paper numbers; sweep plans
+        elif path.name.endswith(".tune.yaml"):
+            continue  # search spaces of segbench tune (tests/study/test_tune.py checks them)
         section = dataset_section(path)
         if section is not None:
             configs = [section, *configs]

@@ -7,7 +7,7 @@ Layers, lowest first (a module may import its own layer and those below):
    options (how the commands parse their options)
 2. data: the data modules and their files and transforms
 3. models and what draws or evaluates their outputs: models, inference, visualize
-4. training: task, loggers, callbacks
+4. training: task, loggers, callbacks, trial (a tuning trial's pruning)
 5. parsing a run: cli.lightning (LightningCLI, ``build``), cli.commands (the command table)
 6. what uses runs and models: analysis (measurement tools), deploy (export), study (ablations,
    sweeps, verdicts), benchmark; side by side, and only deploy may use analysis's model
@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
     ),
     ("data",),
     ("models", "inference", "visualize"),
-    ("task", "loggers", "callbacks"),
+    ("task", "loggers", "callbacks", "trial"),
     ("cli.lightning", "cli.commands"),
     ("analysis", "deploy", "study", "benchmark"),
     ("cli", "cli.__main__"),

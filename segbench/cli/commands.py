@@ -9,6 +9,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "segbench.study.sweep",
     "report": "segbench.study.report",
     "claims": "segbench.study.claims",
+    "tune": "segbench.study.tune",
     # measurement tools: a trained model, or a data set's labels
     "erf": "segbench.analysis.erf",
     "gridding": "segbench.analysis.gridding",

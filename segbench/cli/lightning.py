@@ -60,6 +60,7 @@ from segbench.loggers import CSVMode, ResumableCSVLogger, choose_wandb_mode
 from segbench.numerics import SegbenchTrainer
 from segbench.rundir import RunCheckpointIO, RunDir, WriterLock, atomic_write_text
 from segbench.task import DEFAULT_OPTIMIZER, SegmentationTask
+from segbench.trial import TrialPruning
 
 log = logging.getLogger("segbench")
 
@@ -449,6 +450,10 @@ class SegbenchCLI(LightningCLI):
         ]
         if self._resume_changes:
             callbacks.append(ResumeWithChanges(run, self._resume_changes))
+        if self.subcommand == "fit" and (cfg.study is not None or cfg.trial is not None):
+            if cfg.study is None or cfg.trial is None:
+                raise ConfigError("run.study and run.trial are given together (segbench tune)")
+            callbacks.append(TrialPruning(run, cfg.study, cfg.trial))
         if self.subcommand == "predict":
             self.datamodule.predict_images = self.cfg.images
             self.datamodule.predict_max_pixels = self.cfg.max_megapixels * 1e6

@@ -32,7 +32,7 @@ METRICS_FILE = RunDir.METRICS
 #: from the data module (set in a resumed run's config only; the data keys say the same).
 IGNORED_KEYS = re.compile(
     r"^(config|ckpt_path|seed_everything"
-    r"|run\.(name|tags|root|overwrite|test_after_fit|wandb|resume_with_changes|checkpoint_every_\w+)"
+    r"|run\.(name|tags|root|overwrite|test_after_fit|wandb|resume_with_changes|checkpoint_every_\w+|study|trial)"
     r"|trainer\.(logger|callbacks|enable_progress_bar|default_root_dir)|data\.init_args\.root"
     r"|data\.init_args\.num_workers"
     + "".join("|" + re.escape(target) for _, target in LINKS)

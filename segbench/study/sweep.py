@@ -29,7 +29,6 @@ later writes the report). ``--dry-run`` prints what any launcher would run::
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import logging
 import os
@@ -39,21 +38,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import Namespace
-
-from segbench.errors import ConfigError
-from segbench.options import CommandParser, command_parser
+from segbench.options import command_parser
 from segbench.rundir import RunDir, WriterLock
 from segbench.study.ablation import EXPERIMENTS, Ablation, find_ablation, find_ablations
-from segbench.study.launchers.base import LAUNCHERS, Launcher, device_fit_args, slot_envs
-from segbench.study.launchers.local import ProcessLauncher
-from segbench.study.launchers.slurm import (
-    SubmititLauncher,
-    import_submitit,
-    slurm_fit_args,
-    slurm_parameters,
-    still_queued,
-)
+from segbench.study.launchers import add_launcher_options, make_launcher
+from segbench.study.launchers.slurm import still_queued
 from segbench.study.plan import expand_step, plan_runs, recorded_for_current_checkpoint, run_state
 from segbench.study.publish import publish_results
 from segbench.study.render import render_report
@@ -65,134 +54,6 @@ log = logging.getLogger("segbench")
 def _tool(args: list[str]) -> int:
     log.info("segbench %s", " ".join(args))
     return subprocess.call([sys.executable, "-m", "segbench.cli", *args])
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _add_launcher_options(parser: CommandParser) -> None:
-    run = parser.add_argument_group("how the runs are launched (segbench.study.launchers)")
-    run.add_argument(
-        "--launcher",
-        choices=LAUNCHERS,
-        default="subprocess",
-        help="subprocess: child processes here (default); slurm: SLURM jobs via submitit; "
-        "local/debug: submitit's local executor / in-process debug executor (rehearsals)",
-        type=str,
-    )
-    run.add_argument(
-        "--jobs",
-        type=_positive,
-        default=1,
-        help="runs at once on this machine (subprocess, local); each logs to "
-        "ROOT/GROUP/logs/<run>.log and gets cores/JOBS CPU threads",
-    )
-    run.add_argument(
-        "--devices_per_job",
-        type=_positive,
-        help="GPUs per run: each concurrent run gets its own CUDA_VISIBLE_DEVICES and "
-        "--trainer.devices N",
-    )
-    run.add_argument(
-        "--devices",
-        nargs="+",
-        help="the GPU ids shared out (default: CUDA_VISIBLE_DEVICES, else all)",
-        type=str,
-    )
-    run.add_argument(
-        "--no_wait",
-        action="store_true",
-        help="slurm: submit and return; the same command later skips the finished runs, "
-        "does not resubmit queued ones, and writes the report once all are done",
-    )
-    slurm = parser.add_argument_group("SLURM (--launcher slurm; pip install 'segbench[slurm]')")
-    slurm.add_argument("--slurm_partition", type=str)
-    slurm.add_argument(
-        "--slurm_time", type=_positive, default=60, help="minutes per job (local too)"
-    )
-    slurm.add_argument("--slurm_nodes", type=_positive, default=1, help="nodes per run (DDP)")
-    slurm.add_argument(
-        "--slurm_gpus_per_node",
-        type=int,
-        default=0,
-        help="GPUs per node, one DDP task each (0: a CPU job)",
-    )
-    slurm.add_argument("--slurm_cpus_per_task", type=_positive)
-    slurm.add_argument("--slurm_mem_gb", type=float)
-    slurm.add_argument(
-        "--slurm_array_parallelism",
-        type=_positive,
-        help="runs of the job array at once (default: SLURM's limit)",
-    )
-    slurm.add_argument(
-        "--slurm_no_array", action="store_true", help="one sbatch job per run, not an array"
-    )
-    slurm.add_argument("--slurm_account", type=str)
-    slurm.add_argument("--slurm_qos", type=str)
-    slurm.add_argument(
-        "--slurm_setup",
-        nargs="+",
-        help="shell lines run before each job (e.g. 'module load cuda/12.1')",
-        type=str,
-    )
-
-
-def make_launcher(args: Namespace, group: str) -> Launcher:
-    """The launcher the options ask for (checked before anything runs)."""
-    group_dir = Path(args.root) / group
-    if args.no_wait and args.launcher != "slurm":
-        raise ConfigError("--no_wait is for --launcher slurm (other launchers run here)")
-    if args.launcher == "subprocess":
-        return ProcessLauncher(
-            jobs=args.jobs,
-            slots=slot_envs(
-                jobs=args.jobs, devices_per_job=args.devices_per_job, devices=args.devices
-            ),
-            log_dir=group_dir / "logs",
-            fit_args=device_fit_args(args.devices_per_job),
-        )
-    import_submitit()
-    folder = group_dir / "submitit"
-    if args.launcher == "slurm":
-        if args.devices_per_job or args.devices:
-            raise ConfigError(
-                "--devices_per_job/--devices are for runs on this machine; on SLURM give "
-                "--slurm_gpus_per_node (and --slurm_nodes)"
-            )
-        params = slurm_parameters(
-            job_name=f"segbench-{group}",
-            partition=args.slurm_partition,
-            time_min=args.slurm_time,
-            nodes=args.slurm_nodes,
-            gpus_per_node=args.slurm_gpus_per_node,
-            cpus_per_task=args.slurm_cpus_per_task,
-            mem_gb=args.slurm_mem_gb,
-            array_parallelism=args.slurm_array_parallelism,
-            account=args.slurm_account,
-            qos=args.slurm_qos,
-            setup=args.slurm_setup,
-        )
-        return SubmititLauncher(
-            cluster="slurm",
-            folder=folder,
-            slurm=params,
-            array=not args.slurm_no_array,
-            wait=not args.no_wait,
-            fit_args=slurm_fit_args(nodes=args.slurm_nodes, gpus_per_node=args.slurm_gpus_per_node),
-        )
-    jobs = 1 if args.launcher == "debug" else args.jobs
-    return SubmititLauncher(
-        cluster=args.launcher,
-        folder=folder,
-        jobs=jobs,
-        slots=slot_envs(jobs=jobs, devices_per_job=args.devices_per_job, devices=args.devices),
-        time_min=args.slurm_time,
-        fit_args=device_fit_args(args.devices_per_job),
-    )
 
 
 def main(argv: list[str]) -> None:
@@ -253,7 +114,7 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the commands (and sbatch file) only"
     )
-    _add_launcher_options(parser)
+    add_launcher_options(parser)
     args = parser.parse_args(argv)
     seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run, not two
     if seeds != args.seeds:

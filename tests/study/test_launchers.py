@@ -27,7 +27,7 @@ from segbench.study.launchers.slurm import (
     slurm_parameters,
     still_queued,
 )
-from tests.helpers import REPO, sweep_command
+from tests.helpers import REPO, sweep_command, wait_at_step
 
 GROUP = "par"
 RUNS = ["fcn32s-s0", "fcn32s-s1", "fcn8s-s0", "fcn8s-s1"]
@@ -360,7 +360,7 @@ def test_a_sweep_killed_with_sigkill_takes_its_fits_with_it(tmp_path):
 
     cmd, env, release = _waiting_sweep(tmp_path, "orphans")
     sweep = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
-    fit_pid = _wait_at_step(release, sweep)
+    fit_pid = wait_at_step(release, sweep)
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
     release.touch()  # the fit goes on from step 2, sees the SIGTERM and stops
@@ -387,17 +387,6 @@ def _waiting_sweep(tmp_path: Path, group: str) -> tuple[list[str], dict[str, str
     return cmd, {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}, release
 
 
-def _wait_at_step(release: Path, sweep: subprocess.Popen) -> int:
-    """The pid of the sweep's fit once it waits at its step (``tests.faults.kill.WaitAtStep``)."""
-    waiting = Path(f"{release}.waiting")
-    deadline = time.monotonic() + 300
-    while not waiting.exists():
-        assert sweep.poll() is None, "the sweep ended before its fit reached its step"
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    return int(waiting.read_text())
-
-
 def _ends_within(pid: int, seconds: float) -> bool:
     """Whether process ``pid`` has ended (or ends within ``seconds``)."""
     deadline = time.monotonic() + seconds
@@ -416,7 +405,7 @@ def test_the_same_sweep_started_twice_runs_once(tmp_path):
     cmd, env, release = _waiting_sweep(tmp_path, "twice")
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
     try:
-        _wait_at_step(release, first)
+        wait_at_step(release, first)
         second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
         assert second.returncode == 1
         assert f"is being written by pid {first.pid}" in second.stderr

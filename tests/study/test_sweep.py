@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from segbench.study.launchers.local import ProcessLauncher
 from segbench.study.plan import fit_command, run_state
 from tests.helpers import REPO, sweep_command
 
@@ -191,7 +192,7 @@ def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monk
     (folder / "ablation.yaml").write_text("name: probe\ngroup: probe\n")
     results = tmp_path / "experiments" / "probe" / "RESULTS.md"
     results.write_text("<!-- sweep:probe -->\n| the recipe's table |\n<!-- /sweep:probe -->\n")
-    monkeypatch.setattr(sweep.ProcessLauncher, "launch", lambda self, planned: [])
+    monkeypatch.setattr(ProcessLauncher, "launch", lambda self, planned: [])
     monkeypatch.setattr(sweep, "build_report", lambda *a, **k: _report(1, "one-epoch"))
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "runs" / "probe" / "a-s0"

@@ -1,0 +1,584 @@
+"""``segbench tune``: a hyperparameter search with Optuna, each trial an ordinary segbench run.
+
+    segbench tune --config experiments/quickstart.yaml \\
+        --space experiments/quickstart.tune.yaml --trials 16 --jobs 2
+
+The search space is a YAML file beside the experiment (:class:`SearchSpace`): config keys and
+the distribution each is drawn from, and the validation metric to optimise::
+
+    metric: val/mIoU        # a validation metric the runs log
+    mode: best              # its best epoch's value, or the last epoch's (last)
+    direction: maximize
+    space:
+      model.optimizer.init_args.lr: {low: 0.005, high: 0.2, log: true}
+      model.optimizer.init_args.weight_decay: {low: 1.0e-5, high: 1.0e-3, log: true}
+      model.net.init_args.width: {choices: [0.25, 0.5]}
+      data.init_args.batch_size: {low: 8, high: 32, step: 8, type: int}
+
+Each trial is ``segbench fit --config BASE... --KEY VALUE...`` in ``ROOT/GROUP/trial-NNN``
+(its config, checkpoints and metrics, exact resume), launched as the sweep launches its fits
+(``--jobs N`` here, ``--launcher slurm`` through submitit). The study lives in
+``ROOT/GROUP/study.journal`` (Optuna's journal file, which several ``segbench tune`` processes
+can share: start the same command on two machines and they split the trials); a killed ``tune``
+is continued by the same command, which resumes the trials it left running. The sampler (TPE by
+default, seeded) proposes; the pruner (median by default) stops trials that fall behind, from
+the metric each validation reports. Trial 0 is the base config itself (its values of the space's
+keys), so the untuned recipe is measured under the same budget.
+
+At the end, in ``ROOT/GROUP/``: ``best.yaml`` (the best trial's values, a config that composes
+after the base: ``segbench fit --config BASE --config ROOT/GROUP/best.yaml``), ``trials.csv``,
+``tune.md`` (every trial), and Optuna's figures: ``history.png`` (the metric per trial and the
+best so far), ``importances.png`` (how much each key mattered, fANOVA) and ``parallel.png`` (each
+trial as a line through its values). Tuning reads the validation split only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import shlex
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from jsonargparse import Namespace
+from tqdm import tqdm  # type: ignore[import-untyped]
+
+from segbench.cli.lightning import build
+from segbench.errors import BusyError, ConfigError, MissingFileError
+from segbench.options import command_parser
+from segbench.rundir import RunDir, WriterLock, atomic_write_text
+from segbench.study.launchers import add_launcher_options, make_launcher
+from segbench.study.launchers.base import PlannedRun
+from segbench.tables import markdown_table
+from segbench.trial import METRIC_ATTR, PRUNER_ATTR, import_optuna, journal, make_pruner
+from segbench.visualize import write_figure
+
+log = logging.getLogger("segbench")
+
+STUDY_FILE = "study.journal"
+#: The validation metrics every run logs, besides ``val/IoU/<class>``.
+VAL_METRICS = ("val/mIoU", "val/pixel_acc", "val/mean_acc", "val/fwIoU", "val/loss")
+#: A trial's user attribute: the lock file of the ``segbench tune`` process running it.
+WORKER_ATTR = "worker"
+
+
+# -- the search space ---------------------------------------------------------------------------
+@dataclass
+class SearchSpace:
+    """A search space file: the metric, how it is read, and each key's distribution.
+
+    Args:
+        path: the file.
+        metric: the validation metric to optimise (``val/mIoU``, ``val/IoU/<class>``, ...).
+        mode: ``best``: the best validation of the run; ``last``: its last.
+        direction: ``maximize`` or ``minimize``.
+        params: config key -> an Optuna distribution.
+    """
+
+    path: Path
+    metric: str
+    mode: Literal["best", "last"]
+    direction: Literal["maximize", "minimize"]
+    params: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | Path) -> SearchSpace:
+        path = Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"--space {path}: no such file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a mapping of metric, mode, direction and space")
+        unknown = sorted(set(data) - {"metric", "mode", "direction", "space"})
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown keys {', '.join(unknown)} (known: metric, mode, direction, space)"
+            )
+        metric = str(data.get("metric", "val/mIoU"))
+        if not metric.startswith("val/"):
+            raise ConfigError(
+                f"{path}: metric {metric}: tuning reads validation metrics only (val/...): the "
+                "test split is read once, after the recipe is chosen"
+            )
+        mode = data.get("mode", "best")
+        if mode not in ("best", "last"):
+            raise ConfigError(f"{path}: mode {mode!r}: best or last")
+        direction = data.get("direction", "minimize" if metric == "val/loss" else "maximize")
+        if direction not in ("maximize", "minimize"):
+            raise ConfigError(f"{path}: direction {direction!r}: maximize or minimize")
+        space = data.get("space")
+        if not isinstance(space, dict) or not space:
+            raise ConfigError(f"{path}: space: give at least one config key and its distribution")
+        params = {str(k): distribution(path, str(k), v) for k, v in space.items()}
+        return cls(path, metric, mode, direction, params)
+
+    def describe(self) -> dict[str, Any]:
+        """What must not change between two ``tune`` processes of one study."""
+        optuna = import_optuna()
+        dist = optuna.distributions.distribution_to_json
+        return {
+            "metric": self.metric,
+            "mode": self.mode,
+            "direction": self.direction,
+            "space": {k: dist(d) for k, d in self.params.items()},
+        }
+
+
+def distribution(path: Path, key: str, spec: Any) -> Any:
+    """The Optuna distribution of ``key``'s ``spec``: ``{low, high[, log][, step][, type]}`` or
+    ``{choices: [...]}``; errors name the file and the key."""
+    optuna = import_optuna()
+    where = f"{path}: {key}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: give {{low, high}} or {{choices: [...]}}, got {spec!r}")
+    if "choices" in spec:
+        if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise ConfigError(f"{where}: choices is a non-empty list, alone")
+        return optuna.distributions.CategoricalDistribution(spec["choices"])
+    unknown = sorted(set(spec) - {"low", "high", "log", "step", "type"})
+    if unknown or "low" not in spec or "high" not in spec:
+        raise ConfigError(
+            f"{where}: give low and high (and log, step, type: float or int)"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+        )
+    kind = spec.get("type", "float")
+    if kind not in ("float", "int"):
+        raise ConfigError(f"{where}: type {kind!r}: float or int")
+    try:
+        low, high = (float(spec["low"]), float(spec["high"]))
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}: low and high are numbers, got {spec['low']!r}, {spec['high']!r}"
+        ) from None
+    if not low < high:
+        raise ConfigError(
+            f"{where}: an empty range: low {spec['low']} is not below high {spec['high']}"
+        )
+    log_scale = bool(spec.get("log", False))
+    if log_scale and low <= 0:
+        raise ConfigError(f"{where}: a log scale needs low > 0, got {spec['low']}")
+    step = spec.get("step")
+    if step is not None and log_scale:
+        raise ConfigError(f"{where}: step and log together: choose one")
+    if kind == "int":
+        if low != int(low) or high != int(high):
+            raise ConfigError(f"{where}: type int needs whole low and high")
+        return optuna.distributions.IntDistribution(
+            int(low), int(high), log=log_scale, step=int(step or 1)
+        )
+    return optuna.distributions.FloatDistribution(
+        low, high, log=log_scale, step=None if step is None else float(step)
+    )
+
+
+def nested(params: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b.c": 1}`` -> ``{"a": {"b": {"c": 1}}}``: a config that composes after the base."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def fit_overrides(params: dict[str, Any]) -> list[str]:
+    """``--KEY VALUE`` per parameter, values as YAML reads them back."""
+    out: list[str] = []
+    for key, value in params.items():
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        out += [f"--{key}", text]
+    return out
+
+
+# -- checks before the first trial ----------------------------------------------------------------
+def check_space(space: SearchSpace, fit_args: list[str]) -> dict[str, Any]:
+    """Build the base config with each key set to a value of its range (an unknown key or a
+    value the config refuses fails here, named), check that the runs log the metric, and return
+    the base config's own values of the keys."""
+    optuna = import_optuna()
+    probe = {k: _a_value(d, optuna) for k, d in space.params.items()}
+    log.info("checking the search space %s against the config", space.path)
+    try:
+        _, datamodule, _ = build([*fit_args, *fit_overrides(probe)])
+    except SystemExit as exit_:  # jsonargparse printed the key at fault
+        raise ConfigError(
+            f"{space.path}: a trial's config does not parse (the error above names the key)"
+        ) from exit_
+    classes = [f"val/IoU/{c}" for c in getattr(datamodule, "class_names", ()) or ()]
+    if space.metric not in (*VAL_METRICS, *classes):
+        raise ConfigError(
+            f"{space.path}: metric {space.metric} is not logged by these runs (they log "
+            f"{', '.join(VAL_METRICS)} and val/IoU/<class>: {', '.join(classes) or 'none'})"
+        )
+    _, _, base = build(fit_args)
+    return {k: _get(base, k) for k in space.params}
+
+
+def _a_value(dist: Any, optuna: Any) -> Any:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return dist.choices[0]
+    return dist.low
+
+
+def _inside(dist: Any, value: Any) -> bool:
+    if hasattr(dist, "choices"):
+        return value in dist.choices
+    return isinstance(value, int | float) and dist.low <= value <= dist.high
+
+
+def _get(cfg: Namespace, key: str) -> Any:
+    try:
+        return cfg[key]
+    except KeyError:
+        return None
+
+
+# -- the study ----------------------------------------------------------------------------------
+def make_sampler(name: str, seed: int) -> Any:
+    optuna = import_optuna()
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def open_study(
+    group_dir: Path, group: str, space: SearchSpace, *, sampler: Any, pruner: dict[str, Any]
+) -> Any:
+    """The group's study: created with the space and the pruner recorded (the trials' fits
+    read them), or loaded and checked against them."""
+    optuna = import_optuna()
+    study = optuna.create_study(
+        study_name=group,
+        storage=journal(group_dir / STUDY_FILE),
+        sampler=sampler,
+        direction=space.direction,
+        load_if_exists=True,
+    )
+    described = {**space.describe(), "pruner": pruner}
+    recorded = study.user_attrs.get("search")
+    if recorded is None:
+        make_pruner(pruner)  # its options checked before anything is recorded
+        study.set_user_attr("search", described)
+        study.set_user_attr(METRIC_ATTR, space.metric)
+        study.set_user_attr(PRUNER_ATTR, pruner)
+    elif recorded != described:
+        changed = [k for k in described if recorded.get(k) != described[k]]
+        raise ConfigError(
+            f"{group_dir / STUDY_FILE} was made with another search ({', '.join(changed)} "
+            f"differ from {space.path}): continue it with the same space, or tune into another "
+            "--group"
+        )
+    return study
+
+
+def objective(run: RunDir, space: SearchSpace) -> tuple[str, float | None, int | None]:
+    """``(state, value, pruned_at_epoch)`` of a trial's run from its ``metrics.json``."""
+    if not run.metrics_file.is_file():
+        return "fail", None, None
+    fit = run.section("fit")
+    pruned = run.read().get("trial", {}).get("pruned_at_epoch")
+    section = fit.get("best_val" if space.mode == "best" else "val") or {}
+    value = section.get(space.metric)
+    if pruned is not None:
+        return "pruned", value, pruned
+    if not fit.get("finished") or value is None or not math.isfinite(value):
+        return "fail", value, None
+    return "complete", float(value), None
+
+
+@dataclass
+class Tuner:
+    """One ``segbench tune`` process: asks the study for trials, runs them, tells the results."""
+
+    study: Any
+    space: SearchSpace
+    group: str
+    root: Path
+    fit_args: list[str]
+    launcher: Any
+    jobs: int
+    worker: WriterLock
+
+    @property
+    def group_dir(self) -> Path:
+        return self.root / self.group
+
+    def run_dir(self, number: int) -> RunDir:
+        return RunDir(self.group_dir / f"trial-{number:03d}")
+
+    def command(self, trial: Any, params: dict[str, Any], resume: bool) -> list[str]:
+        run = self.run_dir(trial.number)
+        cmd = [sys.executable, "-m", "segbench.cli", "fit", *self.fit_args, *fit_overrides(params)]
+        cmd += ["--run.group", self.group, "--run.name", run.path.name]
+        cmd += ["--run.root", str(self.root), "--run.study", str(self.group_dir / STUDY_FILE)]
+        cmd += ["--run.trial", str(trial.number), "--run.test_after_fit", "false"]
+        cmd += ["--ckpt_path", "last"] if resume else ["--run.overwrite", "true"]
+        return [*cmd, *self.launcher.fit_args]
+
+    def orphans(self) -> list[Any]:
+        """Running trials whose ``tune`` process is gone (killed): this one takes them over."""
+        optuna = import_optuna()
+        found = []
+        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            lock = t.user_attrs.get(WORKER_ATTR)
+            if lock == str(self.worker.path):
+                found.append(t)
+                continue
+            if lock:
+                try:
+                    WriterLock(Path(lock), "tune worker").acquire().release()
+                except BusyError:
+                    continue  # another tune process runs it
+            found.append(t)
+        return found
+
+    def counted(self) -> int:
+        optuna = import_optuna()
+        s = optuna.trial.TrialState
+        states = (s.COMPLETE, s.PRUNED, s.FAIL, s.RUNNING)
+        return len(self.study.get_trials(deepcopy=False, states=states))
+
+    def round(self, n_trials: int, progress: Any) -> bool:
+        """Run one round of at most ``jobs`` trials; False when the budget is spent."""
+        optuna = import_optuna()
+        batch: list[tuple[Any, dict[str, Any], bool]] = []
+        for frozen in self.orphans()[: self.jobs]:
+            trial = optuna.trial.Trial(self.study, frozen._trial_id)
+            trial.set_user_attr(WORKER_ATTR, str(self.worker.path))
+            state = self.run_dir(frozen.number).state()
+            log.info("trial %d: left running by a stopped tune, resumed", frozen.number)
+            batch.append((trial, dict(frozen.params), state == "partial"))
+        while len(batch) < self.jobs and self.counted() < n_trials:
+            trial = self.study.ask(self.space.params)
+            trial.set_user_attr(WORKER_ATTR, str(self.worker.path))
+            batch.append((trial, dict(trial.params), False))
+        if not batch:
+            return False
+        planned = [
+            PlannedRun(
+                self.run_dir(t.number).path.name,
+                self.run_dir(t.number).path,
+                self.command(t, params, resume),
+                resume,
+                t.number + 1,
+                n_trials,
+                self.group,
+            )
+            for t, params, resume in batch
+        ]
+        self.launcher.launch(planned)
+        for trial, _, _ in batch:
+            self.tell(trial)
+            progress.update(1)
+        return True
+
+    def tell(self, trial: Any) -> None:
+        optuna = import_optuna()
+        state, value, pruned = objective(self.run_dir(trial.number), self.space)
+        s = optuna.trial.TrialState
+        if state == "complete":
+            self.study.tell(trial, value)
+            log.info("trial %d: %s %.4f", trial.number, self.space.metric, value)
+        elif state == "pruned":
+            self.study.tell(trial, state=s.PRUNED)
+            log.info("trial %d: pruned at epoch %d", trial.number, pruned)
+        else:
+            self.study.tell(trial, state=s.FAIL)
+            log.warning(
+                "trial %d failed (no finished run with %s): see %s",
+                trial.number,
+                self.space.metric,
+                self.run_dir(trial.number).path,
+            )
+
+
+# -- what the study found -------------------------------------------------------------------------
+def write_results(study: Any, space: SearchSpace, group_dir: Path, fit_args: list[str]) -> None:
+    """best.yaml, trials.csv, tune.md and the three figures into ``group_dir``."""
+    optuna = import_optuna()
+    s = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    keys = list(space.params)
+    rows = []
+    for t in trials:
+        pruned = t.last_step if t.state == s.PRUNED else None
+        values = [t.params.get(k) for k in keys]
+        rows.append([t.number, t.state.name.lower(), t.value, *values, pruned])
+    header = ["trial", "state", f"{space.metric} ({space.mode})", *keys, "pruned at epoch"]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+    atomic_write_text(group_dir / "trials.csv", buffer.getvalue())
+    complete = [t for t in trials if t.state == s.COMPLETE]
+    counts = {
+        state: sum(t.state == state for t in trials) for state in (s.COMPLETE, s.PRUNED, s.FAIL)
+    }
+    lines = [
+        f"# segbench tune: {group_dir.name}",
+        "",
+        f"{len(trials)} trials: {counts[s.COMPLETE]} complete, {counts[s.PRUNED]} pruned, "
+        f"{counts[s.FAIL]} failed. Objective: {space.direction} {space.metric} ({space.mode} "
+        f"epoch), on the validation split. Search space: `{space.path}`.",
+        "",
+    ]
+    if complete:
+        best = study.best_trial
+        text = yaml.safe_dump(nested(best.params), sort_keys=False)
+        header_text = (
+            f"# The best trial of {group_dir.name} (trial {best.number}: {space.metric} "
+            f"{best.value:.4f}, {space.mode} epoch). Compose it after the base config:\n"
+            f"#   segbench fit {shlex.join(fit_args)} --config {group_dir / 'best.yaml'}\n"
+        )
+        atomic_write_text(group_dir / "best.yaml", header_text + text)
+        lines += [
+            f"Best: trial {best.number}, {space.metric} **{best.value:.4f}**: "
+            + ", ".join(f"`{k}` = {_show(best.params[k])}" for k in keys)
+            + " (`best.yaml`). Trial 0 is the base config's own values.",
+            "",
+        ]
+    shown = [["–" if v is None else _show(v) for v in row] for row in rows]
+    lines += [markdown_table(header, shown), ""]
+    atomic_write_text(group_dir / "tune.md", "\n".join(lines))
+    _figures(study, group_dir, len(complete), len(keys))
+
+
+def _show(value: Any) -> str:
+    return (
+        f"{value:.4g}" if isinstance(value, float) and not float(value).is_integer() else str(value)
+    )
+
+
+def _figures(study: Any, group_dir: Path, complete: int, n_keys: int) -> None:
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    optuna = import_optuna()
+    vis = optuna.visualization.matplotlib
+    plots = {"history.png": vis.plot_optimization_history}
+    if complete >= 2:
+        plots["parallel.png"] = vis.plot_parallel_coordinate
+        if n_keys >= 2:
+            plots["importances.png"] = vis.plot_param_importances
+    for name, plot in plots.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "experimental" warnings of optuna's matplotlib API
+            try:
+                ax = plot(study)
+            except (ValueError, RuntimeError) as err:  # e.g. importances of constant values
+                log.warning("%s: not drawn (%s)", name, err)
+                continue
+        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        fig.set_size_inches(8, 5)
+        write_figure(fig, group_dir / name)
+        plt.close(fig)
+
+
+# -- the command ----------------------------------------------------------------------------------
+def parser() -> Any:
+    p = command_parser(
+        "segbench tune",
+        __doc__ or "",
+        usage="%(prog)s --config BASE.yaml [...] --space SPACE.yaml [--trials N] [--jobs N] "
+        "[options] [-- FIT ARGUMENTS]   (--help: every option)",
+    )
+    p.add_argument("--config", nargs="+", required=True, help="the base config(s)", type=str)
+    p.add_argument("--space", required=True, help="the search space file (YAML)", type=str)
+    p.add_argument(
+        "--group", help="the study's name and folder (default: <space file stem>)", type=str
+    )
+    p.add_argument("--trials", type=int, default=16, help="trials in the study, all processes")
+    p.add_argument("--root", default="runs", help="trials go to ROOT/GROUP/trial-NNN", type=str)
+    p.add_argument("--sampler", choices=("tpe", "random"), default="tpe", type=str)
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    p.add_argument(
+        "--pruner",
+        choices=("median", "hyperband", "threshold", "none"),
+        default="median",
+        type=str,
+        help="median: stop a trial below the median of the others at the same epoch; "
+        "hyperband; threshold: below --threshold; none",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=1, help="epochs every trial trains before it may be pruned"
+    )
+    p.add_argument("--threshold", type=float, help="--pruner threshold: the worst value kept")
+    p.add_argument(
+        "--base_trial",
+        type=bool,
+        default=True,
+        help="trial 0 is the base config's own values (the untuned recipe)",
+    )
+    add_launcher_options(p)
+    return p
+
+
+def main(argv: list[str]) -> None:
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    args = parser().parse_args(argv)
+    if args.trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {args.trials}")
+    if args.no_wait:
+        raise ConfigError("--no_wait: segbench tune waits for each round (it asks for the next)")
+    space = SearchSpace.load(args.space)
+    for path in args.config:
+        if not Path(path).is_file():
+            raise MissingFileError(f"--config {path}: no such file")
+    group = args.group or Path(args.space).name.split(".")[0] + "-tune"
+    fit_args = [a for c in args.config for a in ("--config", c)] + extra
+    base_values = check_space(space, fit_args)
+    root = Path(args.root)
+    group_dir = root / group
+    launcher = make_launcher(args, group)
+    optuna = import_optuna()
+    study = open_study(
+        group_dir,
+        group,
+        space,
+        sampler=make_sampler(args.sampler, args.seed),
+        pruner={
+            "name": args.pruner,
+            "warmup": args.warmup,
+            "threshold": args.threshold,
+            "direction": space.direction,
+        },
+    )
+    if args.base_trial and not study.trials:
+        inside = {k: v for k, v in base_values.items() if _inside(space.params[k], v)}
+        if len(inside) == len(base_values):
+            study.enqueue_trial(inside)
+        else:
+            log.warning(
+                "the base config's values %s are not all inside the space: no base trial",
+                base_values,
+            )
+    worker = WriterLock(
+        group_dir / f".tune-{socket.gethostname()}-{os.getpid()}.worker", "tune worker"
+    ).acquire()
+    s = optuna.trial.TrialState
+    done = len(study.get_trials(deepcopy=False, states=(s.COMPLETE, s.PRUNED, s.FAIL)))
+    tuner = Tuner(study, space, group, root, fit_args, launcher, args.jobs, worker)
+    try:
+        with tqdm(total=args.trials, initial=min(done, args.trials), desc="trials") as progress:
+            while tuner.round(args.trials, progress):
+                pass
+    finally:
+        worker.release()
+        worker.path.unlink(missing_ok=True)
+    write_results(study, space, group_dir, fit_args)
+    sys.stdout.write((group_dir / "tune.md").read_text())
+    sys.stdout.write(f"\nstudy: {group_dir / STUDY_FILE}; files: {group_dir}\n")

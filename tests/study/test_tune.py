@@ -1,0 +1,243 @@
+"""segbench tune: the search space and its errors, a tiny study (pruning, results), a killed study
+continued, and two processes sharing one study file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segbench.errors import ConfigError, MissingFileError
+from segbench.study import tune
+from tests.helpers import REPO, tiny_args, wait_at_step
+
+optuna = pytest.importorskip("optuna")
+
+SPACE = {
+    "metric": "val/mIoU",
+    "space": {
+        "model.optimizer.init_args.lr": {"low": 0.01, "high": 0.1, "log": True},
+        "model.optimizer.init_args.weight_decay": {"low": 1.0e-5, "high": 1.0e-3, "log": True},
+    },
+}
+
+
+def space_file(tmp: Path, data: object = None, name: str = "space.yaml") -> Path:
+    path = tmp / name
+    path.write_text(yaml.safe_dump(SPACE if data is None else data))
+    return path
+
+
+def fit_args(tmp: Path, epochs: int = 2) -> list[str]:
+    """The tiny run's ``segbench fit`` arguments without its ``run.*`` keys (tune names runs)."""
+    args = tiny_args(tmp, epochs=epochs)
+    return [
+        a
+        for i, a in enumerate(args)
+        if not (a.startswith("--run.") or (i and args[i - 1].startswith("--run.")))
+    ] + ["--run.wandb", "disabled"]
+
+
+def tune_command(tmp: Path, *options: str, epochs: int = 2, extra: tuple[str, ...] = ()):
+    args = fit_args(tmp, epochs)
+    return [
+        sys.executable, "-m", "segbench.cli", "tune", "--config", args[1],
+        "--space", str(space_file(tmp)), "--root", str(tmp / "runs"), *options,
+        "--", *args[2:], *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ({**SPACE, "metrik": "x"}, "unknown keys metrik"),
+        ({**SPACE, "metric": "test/mIoU"}, "validation metrics only"),
+        ({**SPACE, "mode": "median"}, "mode 'median'"),
+        ({"space": {}}, "at least one config key"),
+        ({"space": {"a.b": {"low": 1, "high": 1}}}, r"a\.b: an empty range"),
+        ({"space": {"a.b": {"low": 0, "high": 1, "log": True}}}, r"a\.b: a log scale needs"),
+        ({"space": {"a.b": {"choices": []}}}, r"a\.b: choices is a non-empty list"),
+        ({"space": {"a.b": {"low": 1, "hi": 2}}}, r"a\.b: give low and high.*unknown: hi"),
+        ({"space": {"a.b": {"low": 0.5, "high": 2, "type": "int"}}}, "whole low and high"),
+        ({"space": {"a.b": 3}}, r"a\.b: give \{low, high\}"),
+    ],
+)
+def test_space_errors_name_the_file_and_the_key(tmp_path, data, named):
+    path = space_file(tmp_path, data)
+    with pytest.raises(ConfigError, match=named) as err:
+        tune.SearchSpace.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_space_reads_each_kind_of_distribution(tmp_path):
+    data = {
+        "metric": "val/loss",
+        "space": {
+            "a.lr": {"low": 0.001, "high": 0.1, "log": True},
+            "a.n": {"low": 8, "high": 32, "step": 8, "type": "int"},
+            "a.c": {"choices": ["x", "y"]},
+        },
+    }
+    space = tune.SearchSpace.load(space_file(tmp_path, data))
+    assert space.direction == "minimize"  # a loss, unless told
+    lr, n, c = (space.params[f"a.{k}"] for k in ("lr", "n", "c"))
+    assert (lr.low, lr.high, lr.log) == (0.001, 0.1, True)
+    assert (n.low, n.high, n.step) == (8, 32, 8)
+    assert c.choices == ("x", "y")
+    assert tune.nested({"a.b.c": 1, "a.d": 2}) == {"a": {"b": {"c": 1}, "d": 2}}
+    assert tune.fit_overrides({"a.b": 0.5, "c": "x", "d": [1, 2]}) == [
+        "--a.b", "0.5", "--c", "x", "--d", "[1, 2]",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("space", "named"),
+    [
+        ({"space": {"model.optimizer.init_args.lrr": {"low": 0.1, "high": 1}}}, "does not parse"),
+        ({**SPACE, "metric": "val/IoU/unicorn"}, r"val/IoU/unicorn is not logged.*bird"),
+    ],
+)
+def test_a_bad_key_or_metric_fails_before_any_trial(tmp_path, space, named):
+    cmd = tune_command(tmp_path)
+    args = cmd[cmd.index("tune") + 1 :]
+    args[args.index("--space") + 1] = str(space_file(tmp_path, space, "bad.yaml"))
+    with pytest.raises(ConfigError, match=named):
+        tune.main(args)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "space", sorted((REPO / "experiments").rglob("*.tune.yaml")), ids=lambda p: p.name
+)
+def test_every_search_space_in_experiments_fits_its_base_config(space):
+    """``X.tune.yaml`` searches ``X.yaml``: every key parses there, and the base's own values
+    lie inside the space (trial 0 is the untuned recipe)."""
+    loaded = tune.SearchSpace.load(space)
+    base = space.with_name(space.name.replace(".tune.yaml", ".yaml"))
+    values = tune.check_space(loaded, ["--config", str(base)])
+    assert all(tune._inside(loaded.params[k], v) for k, v in values.items()), values
+
+
+def test_a_missing_space_file_is_named(tmp_path):
+    with pytest.raises(MissingFileError, match=r"nope\.yaml: no such file"):
+        tune.main(["--config", "x.yaml", "--space", str(tmp_path / "nope.yaml")])
+
+
+def run_tune(cmd: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def trials_of(group_dir: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((group_dir / "trials.csv").open()))
+
+
+def test_a_study_runs_its_trials_starts_from_the_base_and_writes_what_it_found(tmp_path):
+    done = run_tune(tune_command(tmp_path, "--trials", "2", "--pruner", "none"), tmp_path)
+    group = tmp_path / "runs" / "space-tune"
+    rows = trials_of(group)
+    assert [r["state"] for r in rows] == ["complete", "complete"]
+    # trial 0 is the base config's own values (quickstart: lr 0.05, weight decay 1e-4)
+    assert float(rows[0]["model.optimizer.init_args.lr"]) == 0.05
+    assert float(rows[0]["model.optimizer.init_args.weight_decay"]) == 1.0e-4
+    for row in rows:  # each trial is an ordinary run with its trial's values
+        run = group / f"trial-{int(row['trial']):03d}"
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["model"]["optimizer"]["init_args"]["lr"] == float(
+            row["model.optimizer.init_args.lr"]
+        )
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert float(row["val/mIoU (best)"]) == metrics["fit"]["best_val"]["val/mIoU"]
+        assert metrics["trial"]["number"] == int(row["trial"])
+    best = max(rows, key=lambda r: float(r["val/mIoU (best)"]))
+    chosen = yaml.safe_load((group / "best.yaml").read_text())
+    assert chosen["model"]["optimizer"]["init_args"]["lr"] == float(
+        best["model.optimizer.init_args.lr"]
+    )
+    for figure in ("history.png", "parallel.png", "importances.png"):
+        assert (group / figure).stat().st_size > 0
+    assert "2 trials: 2 complete, 0 pruned, 0 failed" in done.stdout
+    # the same command again: the study is full, nothing runs
+    again = run_tune(tune_command(tmp_path, "--trials", "2", "--pruner", "none"), tmp_path)
+    assert "starting" not in again.stderr
+    assert len(trials_of(group)) == 2
+
+
+def test_a_pruned_trial_stops_early_and_is_recorded_as_pruned(tmp_path):
+    # Every value is below the threshold: each trial is pruned at its first validation after
+    # the warm-up epoch, one epoch before its schedule's end.
+    cmd = tune_command(
+        tmp_path, "--trials", "2", "--pruner", "threshold", "--threshold", "1.5", "--warmup", "1",
+        epochs=3,
+    )  # fmt: skip
+    done = run_tune(cmd, tmp_path)
+    group = tmp_path / "runs" / "space-tune"
+    assert [(r["state"], r["pruned at epoch"]) for r in trials_of(group)] == [("pruned", "1")] * 2
+    for n in (0, 1):
+        metrics = json.loads((group / f"trial-{n:03d}" / "metrics.json").read_text())
+        assert metrics["trial"]["pruned_at_epoch"] == 1
+        assert metrics["fit"]["completed_epochs"] == 2  # of 3
+    assert not (group / "best.yaml").exists()  # nothing completed
+    assert "2 trials: 0 complete, 2 pruned" in done.stdout
+
+
+def test_a_changed_space_is_refused_on_an_existing_study(tmp_path):
+    run_tune(tune_command(tmp_path, "--trials", "1", "--pruner", "none", epochs=1), tmp_path)
+    cmd = tune_command(tmp_path, "--trials", "2", "--pruner", "none", epochs=1)
+    args = cmd[cmd.index("tune") + 1 :]
+    changed = {**SPACE, "mode": "last"}
+    space_file(tmp_path, changed)
+    with pytest.raises(ConfigError, match=r"study.journal was made with another search \(mode"):
+        tune.main(args)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's prctl")
+def test_a_tune_killed_with_sigkill_is_continued_by_the_same_command(tmp_path):
+    release = tmp_path / "release"
+    # step 5: in epoch 2 (4 steps an epoch), after epoch 1 wrote last.ckpt
+    wait = ("--trainer.callbacks+=tests.faults.kill.WaitAtStep", "--trainer.callbacks.step=5",
+            f"--trainer.callbacks.release={release}")  # fmt: skip
+    cmd = tune_command(tmp_path, "--trials", "2", "--pruner", "none", extra=wait)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    wait_at_step(release, first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    release.touch()  # trial 0's fit goes on, gets the SIGTERM of its parent's death and stops
+    group = tmp_path / "runs" / "space-tune"
+    run_tune(cmd, tmp_path)  # the same command: trial 0 resumed, then trial 1
+    rows = trials_of(group)
+    assert [(r["trial"], r["state"]) for r in rows] == [("0", "complete"), ("1", "complete")]
+    first_trial = json.loads((group / "trial-000" / "metrics.json").read_text())
+    assert len(first_trial["provenance"]["attempts"]) == 2  # killed, then resumed
+    assert first_trial["fit"]["finished"] is True
+
+
+def test_two_processes_share_one_study(tmp_path):
+    cmd = tune_command(tmp_path, "--trials", "3", "--pruner", "none", epochs=1)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    workers = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    errors = [w.communicate(timeout=600)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    group = tmp_path / "runs" / "space-tune"
+    study = optuna.load_study(study_name=None, storage=tune.journal(group / tune.STUDY_FILE))
+    numbers = [t.number for t in study.trials]
+    # Both ask until the study holds 3 trials; asked at the same moment, each may add one more.
+    assert 3 <= len(numbers) <= 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    for n in numbers:  # each trial trained once, by one process
+        metrics = json.loads((group / f"trial-{n:03d}" / "metrics.json").read_text())
+        assert len(metrics["provenance"]["attempts"]) == 1
