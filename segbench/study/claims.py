@@ -26,6 +26,7 @@ from segbench.study.publish import keep_decided, read_claims, write_results
 from segbench.study.render import claims_table, merge_tables
 from segbench.study.verdicts import (
     Judgement,
+    holm_verdicts,
     judge_ablations,
     judgement_data,
     judgement_of_data,
@@ -82,11 +83,22 @@ def render_claims(judged: list[tuple[Ablation, Judgement]]) -> str:
     """The five papers' table: a row per claim, its ablation linked to its paper's results
     page; then the counts by verdict."""
     text = ""
+    corrected = holm_verdicts([j for _, j in judged])
     ablations = {a.path: a for a, _ in judged}  # in order, once each
     for ablation in ablations.values():
         # The ablation's name, linked to its paper's results (relative to where tables go).
         label = f"[{ablation.name}]({(ablation.folder.parent / 'RESULTS.md').as_posix()})"
-        text += claims_table([j for a, j in judged if a is ablation], group=label)
+        mine = [i for i, (a, _) in enumerate(judged) if a is ablation]
+        text += claims_table(
+            [judged[i][1] for i in mine],
+            group=label,
+            holm=(len(judged), [corrected[i] for i in mine]),
+        )
     counts = verdict_counts(j.verdict for _, j in judged)
     said = ", ".join(f"{n} {v}" for v, n in counts.items())
-    return merge_tables(text) + f"\n{said} of {len(judged)} claims\n"
+    held = ", ".join(f"{n} {v}" for v, n in verdict_counts(corrected).items())
+    return (
+        merge_tables(text)
+        + f"\n{said} of {len(judged)} claims; with Holm's correction over the {len(judged)} "
+        f"(familywise error 5%): {held}\n"
+    )

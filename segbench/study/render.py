@@ -192,14 +192,22 @@ def _flat(j: Judgement) -> str:
     return ("yes" if j.flat else "**no**") + f" ({gains} in the last quarter)"
 
 
-def claims_table(judgements: Sequence[Judgement], *, group: str | None = None) -> str:
-    """The markdown table of the verdicts (one row per claim)."""
+def claims_table(
+    judgements: Sequence[Judgement],
+    *,
+    group: str | None = None,
+    holm: tuple[int, Sequence[str]] | None = None,
+) -> str:
+    """The markdown table of the verdicts (one row per claim); ``holm``: the size of the family
+    and each claim's verdict under Holm's correction over it, as a column after the verdict."""
     header = ["claim", "paper", "compared", "a", "b", "a - b", "test", "verdict", "flat",
               "condition"]  # fmt: skip
+    if holm is not None:
+        header.insert(header.index("verdict") + 1, f"Holm ({holm[0]} claims)")
     if group is not None:
         header.insert(0, "ablation")
     rows = []
-    for j in judgements:
+    for n, j in enumerate(judgements):
         c = j.claim
         verdict = f"**{j.verdict}**"
         if j.detectable is not None:
@@ -216,6 +224,7 @@ def claims_table(judgements: Sequence[Judgement], *, group: str | None = None) -
             _interval(j),
             j.test or "–",
             verdict,
+            *([holm[1][n]] if holm is not None else []),
             _flat(j),
             (c.condition.rstrip(". ") + (f". Measured: {c.measured}" if c.measured else "")) or "–",
         ]

@@ -9,7 +9,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from scipy import stats
 
@@ -76,3 +76,47 @@ def difference(a: dict[Any, float], b: dict[Any, float], confidence: float) -> D
         return Difference(statistics.fmean(a.values()) - statistics.fmean(b.values()))
     half = float(stats.t.ppf(0.5 + confidence / 2, df) * se) if se > 0 else 0.0
     return Difference(d, d - half, d + half, test, se, df)
+
+
+def t_interval_p(
+    value: float,
+    low: float,
+    high: float,
+    df: float,
+    confidence: float,
+    test: Literal["difference", "equivalence", "beyond"] = "difference",
+    margin: float = 0.0,
+) -> float:
+    """The p-value of a test on a difference read from its ``confidence`` interval ``[low,
+    high]`` around ``value`` (Student's t, ``df`` degrees of freedom; the standard error is taken
+    back from the width): ``difference``: two-sided, of a difference of 0; ``equivalence``: two
+    one-sided tests of ``|difference| < margin``; ``beyond``: one-sided, of ``|difference| >
+    margin``."""
+    half = (high - low) / 2
+    se = half / float(stats.t.ppf(0.5 + confidence / 2, df)) if half > 0 else 0.0
+    size = abs(value)
+    if se <= 0:  # no spread: the data decide with certainty
+        holds = {"difference": size > 0, "equivalence": size < margin, "beyond": size > margin}
+        return 0.0 if holds[test] else 1.0
+    if test == "difference":
+        return float(2 * stats.t.sf(size / se, df))
+    if test == "equivalence":
+        return float(
+            max(stats.t.sf((value + margin) / se, df), stats.t.sf((margin - value) / se, df))
+        )
+    return float(stats.t.sf((size - margin) / se, df))
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (``None``: not tested, left out of
+    the family): the ``i``-th smallest of ``m`` becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``;
+    a claim is decided at level ``alpha`` when its adjusted p-value is at most ``alpha``, which
+    bounds the chance of any false decision in the family by ``alpha``."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(tested)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any, Literal
 
 from segbench.study.ablation import Ablation, Claim, find_ablations
 from segbench.study.runs import Row, find_runs, group_runs, learning_curve, load_run, report_scale
-from segbench.study.stats import difference, last_quarter_gain, mean_std
+from segbench.study.stats import difference, holm, last_quarter_gain, mean_std, t_interval_p
 
 log = logging.getLogger("segbench")
 
@@ -168,6 +169,42 @@ def judge_ablations(
             judged = [dataclasses.replace(j, test=f"{j.test}, SCALE={scale}") if j.test else j
                       for j in judged]  # fmt: skip
         out += [(ablation, j) for j in judged]
+    return out
+
+
+def p_value(j: Judgement) -> float | None:
+    """The p-value of ``j``'s test, read back from its interval (as the data keeps it: to 0.01):
+    a difference of 0 (two-sided) for ``greater``/``less`` claims, equivalence within the margin
+    for ``equal`` ones, or, for an ``equal`` claim judged contradicted, the one-sided test of a
+    difference beyond the margin. ``None`` without an interval."""
+    if j.difference is None or j.low is None or j.high is None or not j.test:
+        return None
+    found = re.search(r"\((\d+) seeds\)|\(df ([\d.]+)\)", j.test)
+    if not found:
+        return None
+    df = float(found.group(1)) - 1 if found.group(1) else float(found.group(2))
+    if j.claim.direction != "equal":
+        return t_interval_p(j.difference, j.low, j.high, df, 0.95)
+    margin = float(j.claim.margin or 0)
+    if j.verdict == "contradicted":
+        return t_interval_p(j.difference, j.low, j.high, df, 0.90, "beyond", margin)
+    return t_interval_p(j.difference, j.low, j.high, df, 0.90, "equivalence", margin)
+
+
+#: The familywise error rate of :func:`holm_verdicts`.
+ALPHA = 0.05
+
+
+def holm_verdicts(judgements: Sequence[Judgement]) -> list[Verdict]:
+    """Each claim's verdict when the claims are judged together, with Holm's correction over the
+    family (:func:`segbench.study.stats.holm`, at :data:`ALPHA`): a reproduced or contradicted
+    verdict stands only if its test passes the corrected level, otherwise it is inconclusive;
+    inconclusive and not-run claims stay as they are."""
+    adjusted = holm([p_value(j) for j in judgements])
+    out: list[Verdict] = []
+    for j, p in zip(judgements, adjusted, strict=True):
+        decided = j.verdict in ("reproduced", "contradicted")
+        out.append(j.verdict if not decided or (p is not None and p <= ALPHA) else "inconclusive")
     return out
 
 

@@ -11,7 +11,8 @@ from segbench.errors import ConfigError
 from segbench.study.ablation import Claim
 from segbench.study.render import claims_table
 from segbench.study.runs import Row, Run
-from segbench.study.verdicts import judge, judge_claims
+from segbench.study.stats import holm
+from segbench.study.verdicts import holm_verdicts, judge, judge_claims, p_value
 
 
 def claim(**kw) -> Claim:
@@ -247,3 +248,44 @@ def test_a_claims_data_file_that_is_not_one_is_named(tmp_path):
     with pytest.raises(DataError, match=r"claims.json: not a claims data file"):
         main(["--experiments", str(REPO / "experiments"), "--root", str(tmp_path / "none"),
               "--into", str(page)])  # fmt: skip
+
+
+def test_holm_adjusts_as_a_hand_computation():
+    # sorted: 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06 kept: never below the last),
+    # 0.04 (x1 = 0.04 -> 0.06, monotone); None is outside the family
+    assert holm([0.03, None, 0.01, 0.04, 0.02]) == pytest.approx(
+        [0.06, None, 0.04, 0.06, 0.06], abs=1e-12
+    )
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_p_values_read_from_the_interval_are_scipys():
+    j = judge(claim(), A, B, scale=100)
+    want = stats.ttest_rel([100 * A[s] for s in A], [100 * B[s] for s in A]).pvalue
+    assert p_value(j) == pytest.approx(want)
+    b = {10 + s: v for s, v in B.items()}
+    welch = judge(claim(), A, b, scale=100)
+    want = stats.ttest_ind(list(A.values()), list(b.values()), equal_var=False).pvalue
+    assert p_value(welch) == pytest.approx(want, rel=1e-3)  # the df as the test string shows it
+    # equivalence within +-1 point: the larger of the two one-sided p-values
+    near = {s: v + 0.001 * (-1) ** s for s, v in A.items()}
+    eq = judge(claim(direction="equal", margin=1.0), A, near, scale=100)
+    x, y = [100 * v for v in A.values()], [100 * v for v in near.values()]
+    lower = stats.ttest_rel([a + 1.0 for a in x], y, alternative="greater").pvalue
+    upper = stats.ttest_rel([a - 1.0 for a in x], y, alternative="less").pvalue
+    assert p_value(eq) == pytest.approx(max(lower, upper))
+
+
+def test_under_holm_a_decided_claim_stands_only_at_the_corrected_level():
+    weak_a = {0: 0.59, 1: 0.63, 2: 0.61, 3: 0.64}  # B + 1, 1, 2, 3 points: paired p = 0.035
+    weak = judge(claim(id="weak"), weak_a, B, scale=100)
+    assert weak.verdict == "reproduced"
+    assert p_value(weak) == pytest.approx(0.0354, abs=1e-3)
+    assert holm_verdicts([weak]) == ["reproduced"]  # alone: 0.035 <= 0.05
+    # two such claims: the smaller p is doubled (0.07), the larger kept at least as large
+    assert holm_verdicts([weak, weak]) == ["inconclusive", "inconclusive"]
+    strong = judge(claim(id="strong"), {s: v + 0.05 for s, v in B.items()}, B, scale=100)
+    assert holm_verdicts([strong, weak])[0] == "reproduced"  # p ~ 0: stands in any family
+    table = claims_table([weak], holm=(2, ["inconclusive"]))
+    assert "| Holm (2 claims) |" in table.splitlines()[0]
+    assert "| **reproduced** | inconclusive |" in table
