@@ -200,6 +200,7 @@ def test_a_changed_space_is_refused_on_an_existing_study(tmp_path):
         tune.main(args)
 
 
+@pytest.mark.slow  # make test-slow: three tune processes and their fits (about a minute)
 @pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's prctl")
 def test_a_tune_killed_with_sigkill_is_continued_by_the_same_command(tmp_path):
     release = tmp_path / "release"
@@ -222,6 +223,7 @@ def test_a_tune_killed_with_sigkill_is_continued_by_the_same_command(tmp_path):
     assert first_trial["fit"]["finished"] is True
 
 
+@pytest.mark.slow  # make test-slow: two tune processes side by side
 def test_two_processes_share_one_study(tmp_path):
     cmd = tune_command(tmp_path, "--trials", "3", "--pruner", "none", epochs=1)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
