@@ -23,7 +23,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from segbench.errors import ConfigError, UnavailableError
+from segbench.errors import ConfigError, DivergenceError, UnavailableError
 from segbench.rundir import RunDir
 
 log = logging.getLogger("segbench")
@@ -78,7 +78,10 @@ class TrialPruning(Callback):
     """Report each validation's metric to an Optuna trial; stop the run when its pruner says so.
 
     The run then ends as any finished run does (its checkpoints, its ``metrics.json``), with
-    ``trial.pruned_at_epoch`` recorded, and ``segbench tune`` tells the study it was pruned.
+    ``trial.pruned_at_epoch`` recorded, and ``segbench tune`` tells the study it was pruned. A run
+    that diverges records ``trial.diverged_at_step``: ``tune`` tells the study it was pruned too,
+    so that the sampler learns the region is bad (Optuna's samplers ignore failed trials, and
+    would propose the same diverging learning rates again).
     optuna-integration's ``PyTorchLightningPruningCallback`` raises ``TrialPruned`` out of
     ``trainer.fit`` instead (a crashed run, no record) and, under DDP, needs a database storage;
     here rank 0 reports and decides and every process stops with it.
@@ -136,3 +139,10 @@ class TrialPruning(Callback):
         )
         if trainer.is_global_zero:
             self.run.update(lambda d: d.setdefault("trial", {}).update(pruned_at_epoch=epoch))
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, DivergenceError) and trainer.is_global_zero:
+            step = trainer.global_step
+            self.run.update(lambda d: d.setdefault("trial", {}).update(diverged_at_step=step))

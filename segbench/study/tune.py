@@ -67,6 +67,8 @@ STUDY_FILE = "study.journal"
 VAL_METRICS = ("val/mIoU", "val/pixel_acc", "val/mean_acc", "val/fwIoU", "val/loss")
 #: A trial's user attribute: the lock file of the ``segbench tune`` process running it.
 WORKER_ATTR = "worker"
+#: A trial's user attribute: its run diverged (told to the study as pruned).
+DIVERGED_ATTR = "diverged"
 
 
 # -- the search space ---------------------------------------------------------------------------
@@ -284,11 +286,15 @@ def open_study(
 
 
 def objective(run: RunDir, space: SearchSpace) -> tuple[str, float | None, int | None]:
-    """``(state, value, pruned_at_epoch)`` of a trial's run from its ``metrics.json``."""
+    """``(state, value, pruned_at_epoch)`` of a trial's run from its ``metrics.json``: a
+    diverged run counts as pruned (at epoch -1), a run that did not finish as failed."""
     if not run.metrics_file.is_file():
         return "fail", None, None
     fit = run.section("fit")
-    pruned = run.read().get("trial", {}).get("pruned_at_epoch")
+    record = run.read().get("trial", {})
+    if record.get("diverged_at_step") is not None:
+        return "pruned", None, -1
+    pruned = record.get("pruned_at_epoch")
     section = fit.get("best_val" if space.mode == "best" else "val") or {}
     value = section.get(space.metric)
     if pruned is not None:
@@ -392,8 +398,14 @@ class Tuner:
             self.study.tell(trial, value)
             log.info("trial %d: %s %.4f", trial.number, self.space.metric, value)
         elif state == "pruned":
+            if pruned == -1:
+                trial.set_user_attr(DIVERGED_ATTR, True)
             self.study.tell(trial, state=s.PRUNED)
-            log.info("trial %d: pruned at epoch %d", trial.number, pruned)
+            log.info(
+                "trial %d: %s",
+                trial.number,
+                "diverged (told as pruned)" if pruned == -1 else f"pruned at epoch {pruned}",
+            )
         else:
             self.study.tell(trial, state=s.FAIL)
             log.warning(
@@ -413,7 +425,9 @@ def write_results(study: Any, space: SearchSpace, group_dir: Path, fit_args: lis
     keys = list(space.params)
     rows = []
     for t in trials:
-        pruned = t.last_step if t.state == s.PRUNED else None
+        pruned: Any = t.last_step if t.state == s.PRUNED else None
+        if t.user_attrs.get(DIVERGED_ATTR):
+            pruned = "diverged"
         values = [t.params.get(k) for k in keys]
         rows.append([t.number, t.state.name.lower(), t.value, *values, pruned])
     header = ["trial", "state", f"{space.metric} ({space.mode})", *keys, "pruned at epoch"]
@@ -427,7 +441,8 @@ def write_results(study: Any, space: SearchSpace, group_dir: Path, fit_args: lis
     lines = [
         f"# segbench tune: {group_dir.name}",
         "",
-        f"{len(trials)} trials: {counts[s.COMPLETE]} complete, {counts[s.PRUNED]} pruned, "
+        f"{len(trials)} trials: {counts[s.COMPLETE]} complete, {counts[s.PRUNED]} pruned "
+        f"({sum(bool(t.user_attrs.get(DIVERGED_ATTR)) for t in trials)} of them diverged), "
         f"{counts[s.FAIL]} failed. Objective: {space.direction} {space.metric} ({space.mode} "
         f"epoch), on the validation split. Search space: `{space.path}`.",
         "",

@@ -165,7 +165,7 @@ def test_a_study_runs_its_trials_starts_from_the_base_and_writes_what_it_found(t
     )
     for figure in ("history.png", "parallel.png", "importances.png"):
         assert (group / figure).stat().st_size > 0
-    assert "2 trials: 2 complete, 0 pruned, 0 failed" in done.stdout
+    assert "2 trials: 2 complete, 0 pruned (0 of them diverged), 0 failed" in done.stdout
     # the same command again: the study is full, nothing runs
     again = run_tune(tune_command(tmp_path, "--trials", "2", "--pruner", "none"), tmp_path)
     assert "starting" not in again.stderr
@@ -188,6 +188,20 @@ def test_a_pruned_trial_stops_early_and_is_recorded_as_pruned(tmp_path):
         assert metrics["fit"]["completed_epochs"] == 2  # of 3
     assert not (group / "best.yaml").exists()  # nothing completed
     assert "2 trials: 0 complete, 2 pruned" in done.stdout
+
+
+def test_a_diverging_trial_is_told_as_pruned_so_the_sampler_avoids_it(tmp_path):
+    space = {"space": {"model.optimizer.init_args.lr": {"choices": [1.0e6]}}}
+    cmd = tune_command(tmp_path, "--trials", "1", "--pruner", "none", "--base_trial", "false")
+    cmd[cmd.index("--space") + 1] = str(space_file(tmp_path, space, "space.yaml"))
+    done = run_tune(cmd, tmp_path)
+    group = tmp_path / "runs" / "space-tune"
+    assert [(r["state"], r["pruned at epoch"]) for r in trials_of(group)] == [
+        ("pruned", "diverged")
+    ]
+    record = json.loads((group / "trial-000" / "metrics.json").read_text())["trial"]
+    assert record["diverged_at_step"] >= 0
+    assert "1 pruned (1 of them diverged)" in done.stdout
 
 
 def test_a_changed_space_is_refused_on_an_existing_study(tmp_path):
