@@ -96,11 +96,9 @@ class TrialPruning(Callback):
         optuna = import_optuna()
         if not Path(study_file).is_file():
             raise ConfigError(f"run.study {study_file}: no such study file")
-        storage = journal(study_file)
-        attrs = optuna.load_study(study_name=None, storage=storage).user_attrs
-        study = optuna.load_study(
-            study_name=None, storage=storage, pruner=make_pruner(attrs[PRUNER_ATTR])
-        )
+        study = optuna.load_study(study_name=None, storage=journal(study_file))
+        attrs = study.user_attrs
+        study.pruner = make_pruner(attrs[PRUNER_ATTR])  # Optuna stores no pruner: the study's own
         found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
         if not found:
             raise ConfigError(f"run.trial {number}: no such trial in {study_file}")
