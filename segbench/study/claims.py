@@ -30,6 +30,7 @@ from segbench.study.verdicts import (
     judge_ablations,
     judgement_data,
     judgement_of_data,
+    p_value,
     verdict_counts,
 )
 
@@ -84,6 +85,7 @@ def render_claims(judged: list[tuple[Ablation, Judgement]]) -> str:
     page; then the counts by verdict."""
     text = ""
     corrected = holm_verdicts([j for _, j in judged])
+    family = sum(p_value(j) is not None for _, j in judged)  # the claims tested (run) together
     ablations = {a.path: a for a, _ in judged}  # in order, once each
     for ablation in ablations.values():
         # The ablation's name, linked to its paper's results (relative to where tables go).
@@ -92,13 +94,13 @@ def render_claims(judged: list[tuple[Ablation, Judgement]]) -> str:
         text += claims_table(
             [judged[i][1] for i in mine],
             group=label,
-            holm=(len(judged), [corrected[i] for i in mine]),
+            holm=(family, [corrected[i] for i in mine]),
         )
     counts = verdict_counts(j.verdict for _, j in judged)
     said = ", ".join(f"{n} {v}" for v, n in counts.items())
     held = ", ".join(f"{n} {v}" for v, n in verdict_counts(corrected).items())
     return (
         merge_tables(text)
-        + f"\n{said} of {len(judged)} claims; with Holm's correction over the {len(judged)} "
+        + f"\n{said} of {len(judged)} claims; with Holm's correction over the {family} tested "
         f"(familywise error 5%): {held}\n"
     )

@@ -147,7 +147,7 @@ def test_every_declared_claim_loads_and_names_the_ablations_variants_and_metrics
             assert {c.a, c.b} <= labels, (ablation.path, c.id)
             assert set(c.metrics) <= set(ablation.metrics), (ablation.path, c.id)
             ids.append(c.id)
-    assert len(ids) == len(set(ids)) == 23
+    assert len(ids) == len(set(ids)) == 29
 
 
 def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
@@ -196,7 +196,10 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     fcn8 = next(line for line in text.splitlines() if "(fcn-8s-over-16s)" in line)
     assert "**inconclusive**" in fcn8  # +1.0, -0.5, -0.5
     assert "**no** (+0.5 / +3.0 in the last quarter)" in fcn8
-    assert "1 reproduced, 0 contradicted, 1 inconclusive, 21 not run of 23 claims" in text
+    assert "1 reproduced, 0 contradicted, 1 inconclusive, 27 not run of 29 claims" in text
+    # Holm's family is the claims tested, not those declared: the 27 without runs have no p-value.
+    assert "| Holm (2 claims) |" in text
+    assert "Holm's correction over the 2 tested" in text
 
     # On a machine without those runs the README keeps its decided rows; --fresh drops them.
     empty = ["--experiments", str(experiments), "--root", str(tmp_path / "none"),
@@ -205,7 +208,7 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     again = capsys.readouterr().out
     assert next(line for line in again.splitlines() if "(fcn-16s-over-32s)" in line) == fcn16
     assert next(line for line in again.splitlines() if "(fcn-8s-over-16s)" in line) == fcn8
-    assert "1 reproduced, 0 contradicted, 1 inconclusive, 21 not run of 23 claims" in again
+    assert "1 reproduced, 0 contradicted, 1 inconclusive, 27 not run of 29 claims" in again
     assert again.strip() in readme.read_text()
     # The kept verdicts come from the data beside the page, not from its markdown.
     data = json.loads((tmp_path / "README.json").read_text())["claims"]
@@ -216,7 +219,7 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     assert capsys.readouterr().out == again
     main([*empty, "--fresh"])
     fresh = capsys.readouterr().out
-    assert "0 reproduced, 0 contradicted, 0 inconclusive, 23 not run of 23 claims" in fresh
+    assert "0 reproduced, 0 contradicted, 0 inconclusive, 29 not run of 29 claims" in fresh
 
     # The runs of a longer schedule (group fcn-skips-long) are judged with --scale long, and
     # their rows say so: in the README they may sit beside rows decided at the cpu scale.
