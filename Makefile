@@ -9,6 +9,9 @@ SEEDS ?= 0 1 2
 # beside the ablation's base.yaml: `long` (the CPU recipe trained 3x longer, to check that a
 # reading is not about convergence speed), `paper` (GPU, paper-size models).
 SCALE ?= cpu
+# An ablation's variants to run (default: all), and TUNE=1 to tune each on val first (its tune:).
+VARIANTS ?=
+TUNE ?=
 # Processes of make test (pytest-xdist): `auto` is one per core; 0 runs the tests in this process.
 TEST_WORKERS ?= auto
 export PYTHONUNBUFFERED := 1
@@ -23,7 +26,7 @@ help:  ## list the targets and the ablations found (experiments/*/*/ablation.yam
 	  n=$$(sed -n 's/^name: *//p' $$f); d=$$(sed -n 's/^description: *//p' $$f | tr -d '"'); \
 	  m=$$(sed -n 's/^minutes_per_seed: *//p' $$f); \
 	  printf "  \033[36m%-26s\033[0m %s%s\n" "ablation-$$n" "$$d" "$${m:+ (CPU ~$$m min/seed)}"; done
-	@echo "  variables: SEEDS='$(SEEDS)' SCALE=$(SCALE) (cpu|long|paper) VENV=$(VENV) TEST_WORKERS=$(TEST_WORKERS)"
+	@echo "  variables: SEEDS='$(SEEDS)' SCALE=$(SCALE) (cpu|long|paper) VARIANTS='...' TUNE=1 VENV=$(VENV) TEST_WORKERS=$(TEST_WORKERS)"
 	@echo "  an ablation is also found by its paper's folder: make ablation-drn"
 
 $(BIN)/.installed: pyproject.toml
@@ -87,7 +90,8 @@ gpu-evidence:  ## ON THE GPU MACHINE (image's python3, no venv): install .whl/, 
 # steps before and after (e.g. gridding --record), then the report in results/GROUP[-SCALE].
 # FIT_ARGS='--trainer.max_epochs 1' passes extra arguments to every fit.
 ablation-%: venv
-	$(SEGBENCH) sweep --ablation $* --seeds $(SEEDS) --scale $(SCALE) $(if $(FIT_ARGS),-- $(FIT_ARGS))
+	$(SEGBENCH) sweep --ablation $* --seeds $(SEEDS) --scale $(SCALE) \
+	  $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(TUNE),--tune) $(if $(FIT_ARGS),-- $(FIT_ARGS))
 
 clean:  ## remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .ruff_cache **/__pycache__

@@ -130,6 +130,68 @@ class Step:
     when_env: str | None = None
 
 
+@dataclass(frozen=True)
+class TuneSpec:
+    """An ablation's ``tune:`` block: how ``segbench sweep --tune`` tunes each variant on the
+    validation split before the claim seeds are trained at its own best setting::
+
+        tune:
+          space: tune.yaml       # a search space file (segbench tune --space), beside the ablation
+          trials: 8              # per variant, the untuned recipe (trial 0) included
+          seed: 0                # the trials' seed_everything and the sampler's seed
+          pruner: median         # median, hyperband, threshold or none
+          warmup: 1              # epochs before a trial may be pruned
+          fit_args: [--trainer.max_epochs, "10"]   # the trials' own budget, if not the recipe's
+
+    Attributes:
+        space: the search space file, relative to the ablation's folder.
+        trials: trials of each variant's study.
+        seed: the trials' ``seed_everything`` and the sampler's seed; the claims' seeds are the
+            sweep's ``--seeds``.
+        pruner: the study's pruner (see ``segbench tune --pruner``).
+        warmup: epochs every trial trains before it may be pruned.
+        fit_args: ``segbench fit`` arguments of the trials only (a shorter schedule, say); the
+            claim runs train with the recipe as it is.
+    """
+
+    space: str
+    trials: int = 8
+    seed: int = 0
+    pruner: Literal["median", "hyperband", "threshold", "none"] = "median"
+    warmup: int = 1
+    fit_args: tuple[str, ...] = ()
+
+    @classmethod
+    def load(cls, data: Any, path: Path) -> TuneSpec:
+        """From an ``ablation.yaml``'s ``tune:`` entry; errors name the file and the key."""
+        where = f"{path}: tune"
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: a mapping (space, trials, seed, ...), got {data!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        if "space" not in data:
+            raise ConfigError(f"{where}: 'space' (a search space file) is required")
+        space = path.parent / str(data["space"])
+        if not space.is_file():
+            raise ConfigError(f"{where}: space {data['space']}: no such file ({space})")
+        for key in ("trials", "warmup", "seed"):
+            value = data.get(key, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{where}: {key} is a whole number >= 0, got {value!r}")
+        if data.get("trials", 1) < 1:
+            raise ConfigError(f"{where}: trials is at least 1, got {data['trials']}")
+        if data.get("pruner", "median") not in ("median", "hyperband", "threshold", "none"):
+            raise ConfigError(
+                f"{where}: pruner {data['pruner']!r}: median, hyperband, threshold or none"
+            )
+        args = data.get("fit_args", [])
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise ConfigError(f"{where}: fit_args is a list of strings, got {args!r}")
+        return cls(**{**data, "space": str(data["space"]), "fit_args": tuple(args)})
+
+
 @dataclass
 class Ablation:
     """One ``ablation.yaml``: what a sweep over a paper's variants runs and reports.
@@ -149,6 +211,7 @@ class Ablation:
         after: steps run once when every run is done, before the report.
         claims: the claims the ablation tests (:class:`Claim`, checked
             when the file is loaded); the report gives each a verdict.
+        tune: how ``segbench sweep --tune`` tunes each variant first (:class:`TuneSpec`).
     """
 
     path: Path
@@ -164,6 +227,7 @@ class Ablation:
     after_each: list[Step] = field(default_factory=list)
     after: list[Step] = field(default_factory=list)
     claims: list[Claim] = field(default_factory=list)
+    tune: TuneSpec | None = None
 
     @property
     def folder(self) -> Path:
@@ -188,7 +252,14 @@ class Ablation:
                 steps.append(Step(**step))
             data[key] = steps
         data["claims"] = [Claim.load(c, str(path)) for c in data.get("claims") or []]
+        if data.get("tune") is not None:
+            data["tune"] = TuneSpec.load(data["tune"], path)
         return cls(path=path, **data)
+
+    @property
+    def space(self) -> Path | None:
+        """The ``tune:`` block's search space file, if there is one."""
+        return self.folder / self.tune.space if self.tune else None
 
     def configs(self, scale: str) -> tuple[list[str], list[str]]:
         """The base files (with ``_scale_<scale>.yaml`` unless ``cpu``) and the variant files."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,11 @@ def fit_command(
     root: str,
     extra: list[str],
     resume: bool,
+    after: Sequence[str] = (),
 ) -> list[str]:
     stem = Path(variant).stem
     cmd = [sys.executable, "-m", "segbench.cli", "fit"]
-    for cfg in [*base, variant]:
+    for cfg in [*base, variant, *after]:
         cmd += ["--config", cfg]
     cmd += [
         "--seed_everything",
@@ -62,9 +64,11 @@ def plan_runs(
     root: str,
     extra: list[str],
     queued: dict[str, str] | None = None,
+    after: dict[str, list[str]] | None = None,
 ) -> list[PlannedRun]:
     """The fits still to run, in grid order: finished runs skipped, interrupted ones resumed
-    from ``last.ckpt``, and runs a ``--no_wait`` sweep left queued on SLURM not submitted twice."""
+    from ``last.ckpt``, and runs a ``--no_wait`` sweep left queued on SLURM not submitted twice.
+    ``after``: config files composed after a variant's file (its tuned setting), by variant."""
     grid = [(v, s) for v in variants for s in seeds]
     planned = []
     for i, (variant, seed) in enumerate(grid, 1):
@@ -86,6 +90,7 @@ def plan_runs(
             root=root,
             extra=extra,
             resume=state == "partial",
+            after=(after or {}).get(variant, []),
         )
         planned.append(PlannedRun(name, run_dir, cmd, state == "partial", i, len(grid), group))
     return planned

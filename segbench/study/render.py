@@ -72,12 +72,71 @@ def render_report(data: dict[str, Any], claims: Sequence[Claim] = ()) -> str:
         text += "; ".join(f"{r['name']} {r['state']}" for r in stopped) + ".\n"
     if data["paper"] and data["paper"]["source"]:
         text += f"\nPaper numbers: {data['paper']['source']}.\n"
+    tuned = data.get("tuned")
+    if tuned:
+        text += "\n" + tuned_section(tuned)
     by_id = {c.id: c for c in claims}
     judged = [judgement_of_data(by_id[e["id"]], e) for e in data.get("claims", [])
               if e["id"] in by_id]  # fmt: skip
     if judged:
-        text += "\n## Claims\n\n" + claims_table(judged)
+        heading = "Claims, each variant at its own tuned setting" if tuned else "Claims"
+        text += f"\n## {heading}\n\n" + claims_table(judged)
+    if tuned and judged:
+        text += "\n" + before_after_table(judged, tuned)
     return text
+
+
+def tuned_section(tuned: dict[str, Any]) -> str:
+    """A tuned sweep's tuning (:func:`segbench.study.sweep.tuned_data`): how, and the setting
+    each variant got."""
+    variants = tuned["variants"]
+    keys = list(dict.fromkeys(k for v in variants.values() for k in v.get("params", {})))
+    metric = next((v["metric"] for v in variants.values() if v.get("metric")), "val")
+    budget = f" with `{' '.join(tuned['fit_args'])}`" if tuned.get("fit_args") else ""
+    text = (
+        "## Tuned: each variant at its own setting\n\n"
+        f"Each variant was tuned on the validation split before the claim seeds were trained: "
+        f"`segbench tune`, {tuned['trials']} trials per variant{budget} at seed "
+        f"{tuned['seed']} (trial 0 is the recipe's own values), space `{tuned['space']}`; the "
+        "claim runs train the recipe at the best trial's values and read the test split once, "
+        "after.\n\n"
+    )
+    header = ["variant", *(_short(k) for k in keys), f"{metric} (best trial)", "trial", "trials"]
+    rows = [
+        [name, *(_value(v.get("params", {}).get(k)) for k in keys),
+         f"{v['value']:.4f}" if v.get("value") is not None else "–",
+         str(v.get("trial", "–")), str(v.get("trials", "–"))]
+        for name, v in variants.items()
+    ]  # fmt: skip
+    return text + markdown_table(header, rows)
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def before_after_table(judged: Sequence[Judgement], tuned: dict[str, Any]) -> str:
+    """Each claim at the recipe's shared setting (as published for ``tuned['shared_group']``)
+    beside the same claim with each variant tuned."""
+    shared = {e["id"]: e for e in tuned.get("shared_claims", [])}
+    rows = []
+    for j in judged:
+        before = shared.get(j.claim.id)
+        rows.append([
+            j.claim.id,
+            _interval(judgement_of_data(j.claim, before)) if before else "not published",
+            f"**{before['verdict']}**" if before else "–",
+            _interval(j),
+            f"**{j.verdict}**",
+        ])  # fmt: skip
+    header = ["claim", "a - b, shared setting", "verdict", "a - b, tuned", "verdict"]
+    return (
+        f"## Before and after tuning\n\nThe shared setting's verdicts are those of the sweep "
+        f"`{tuned['shared_group']}` as published in this page's data.\n\n"
+        + markdown_table(header, rows)
+    )
 
 
 def write_csv(path: Path, data: dict[str, Any]) -> None:

@@ -88,10 +88,13 @@ def build_report(
     title: str | None = None,
     provenance: Sequence[str] = (),
     claims: Sequence[Claim] = (),
+    tuned: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report of the runs under ``paths`` as data (:func:`segbench.study.runs.report_data`,
     with the verdicts on ``claims``, see :mod:`segbench.study.verdicts`); its files written if
-    ``out`` is given. :func:`segbench.study.render.render_report` gives its markdown."""
+    ``out`` is given. :func:`segbench.study.render.render_report` gives its markdown. ``tuned``:
+    how a tuned sweep tuned each variant (:func:`segbench.study.sweep.tuned_data`), kept in the
+    data and said in the report."""
     files = find_runs(paths)
     if not files:
         raise MissingFileError(f"no {METRICS_FILE} under {list(paths)}")
@@ -111,6 +114,8 @@ def build_report(
     data = report_data(rows, differing, metrics, paper=load_paper(paper),
                        provenance=provenance, title=title)  # fmt: skip
     data["claims"] = [judgement_data(j) for j in judge_claims(claims, rows)]
+    if tuned:
+        data["tuned"] = tuned
     if data["unfinished"]:
         log.warning("%d of %d runs did not finish training", len(data["unfinished"]), len(runs))
     if out:

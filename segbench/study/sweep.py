@@ -25,6 +25,15 @@ later writes the report). ``--dry-run`` prints what any launcher would run::
     segbench sweep --ablation drn --seeds 0 1 2 --jobs 2 --devices_per_job 1
     segbench sweep --ablation drn --seeds 0 1 2 --launcher slurm --slurm_partition gpu \\
         --slurm_gpus_per_node 1 --slurm_time 240
+
+A tuned sweep (``--tune``, for an ablation with a ``tune:`` block, :class:`TuneSpec`) first tunes
+each variant on the validation split (``segbench tune``: one study per variant in
+``ROOT/GROUP-tune-<variant>``, its trials at the tuning seed), then trains the claim seeds of
+each variant at its own best setting (its ``best.yaml`` composed after the variant's file) into
+``ROOT/GROUP-tuned``, tests each once, and judges the claims; the report says which setting each
+variant got, and puts the claims as judged at the recipe's shared setting beside::
+
+    segbench sweep --ablation degridding --variants step0_drn_a step3_drn_c --tune --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -40,11 +49,17 @@ from typing import Any
 
 from segbench.options import command_parser
 from segbench.rundir import RunDir, WriterLock
-from segbench.study.ablation import EXPERIMENTS, Ablation, find_ablation, find_ablations
+from segbench.study.ablation import (
+    EXPERIMENTS,
+    Ablation,
+    TuneSpec,
+    find_ablation,
+    find_ablations,
+)
 from segbench.study.launchers import add_launcher_options, make_launcher
 from segbench.study.launchers.slurm import still_queued
 from segbench.study.plan import expand_step, plan_runs, recorded_for_current_checkpoint, run_state
-from segbench.study.publish import publish_results
+from segbench.study.publish import publish_results, read_results
 from segbench.study.render import render_report
 from segbench.study.report import build_report
 
@@ -114,6 +129,12 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the commands (and sbatch file) only"
     )
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="tune each variant on val first (the ablation's tune: block), then train the "
+        "seeds at each variant's best setting into ROOT/GROUP-tuned",
+    )
     add_launcher_options(parser)
     args = parser.parse_args(argv)
     seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run, not two
@@ -154,6 +175,14 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     for path in [*base, *variants]:
         if not Path(path).is_file():
             parser.error(f"config not found: {path}")
+    shared_group = group  # the group of the same ablation at the recipe's shared setting
+    if args.tune:
+        if ablation is None or ablation.tune is None:
+            parser.error(
+                "--tune: give an ablation with a tune: block (space, trials, seed; "
+                + (f"{ablation.path} has none)" if ablation else "--ablation NAME)")
+            )
+        group += "-tuned"
     launcher = make_launcher(args, group)
     # One sweep of a group at a time (held until this command ends; a dead holder's is taken
     # over): a second would start the same fits again beside the first's.
@@ -182,6 +211,13 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
             continue
         if not args.dry_run and _tool(expand_step(step, values)) != 0:
             failures.append(f"before: {step.command[0]}")
+    tuned: dict[str, dict[str, Any]] = {}
+    if args.tune and ablation is not None and ablation.tune is not None:
+        tuned, failed = tune_variants(
+            ablation, ablation.tune, base, variants, args, extra, shared_group
+        )
+        failures += failed
+        variants = [v for v in variants if Path(v).stem in tuned]
     planned = plan_runs(
         base=base,
         variants=variants,
@@ -190,6 +226,7 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
         root=args.root,
         extra=[*launcher.fit_args, *extra],
         queued=queued,
+        after={v: [tuned[Path(v).stem]["config"]] for v in variants} if args.tune else None,
     )
     if args.dry_run:
         for line in launcher.describe(planned):
@@ -234,7 +271,7 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     reported = [str(d) for d in report_dirs if RunDir(d).metrics_file.is_file()]
     tested = ablation.claims if ablation is not None else []
     data = build_report(reported, metrics=metrics, out=out, paper=paper, title=group,
-                        claims=tested)  # fmt: skip
+                        claims=tested, tuned=tuned_data(ablation, tuned, shared_group))  # fmt: skip
     sys.stdout.write(render_report(data, tested))
     log.info("report: %s.md / .json / .csv / .png", out)
     if ablation is not None and not args.out and extra:
@@ -254,3 +291,82 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     if failures:
         log.error("failed: %s", ", ".join(failures))
         sys.exit(1)
+
+
+def tune_variants(
+    ablation: Ablation,
+    spec: TuneSpec,
+    base: list[str],
+    variants: list[str],
+    args: Any,
+    extra: list[str],
+    shared_group: str,
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Tune each variant (``segbench tune`` into ``ROOT/GROUP-tune-<variant>``, continued where a
+    study stopped) and return its best trial as data (:func:`segbench.study.tune.best_of`), by
+    variant; with ``--dry-run`` only say what would run. A variant whose study has no complete
+    trial is left out of the claim runs, named in the failures."""
+    from segbench.study import tune
+
+    assert ablation.space is not None
+    space = tune.SearchSpace.load(ablation.space)
+    found: dict[str, dict[str, Any]] = {}
+    failures: list[str] = []
+    for variant in variants:
+        stem = Path(variant).stem
+        study = f"{shared_group}-tune-{stem}"
+        fit_args = [a for c in [*base, variant] for a in ("--config", c)]
+        fit_args += ["--seed_everything", str(spec.seed), *spec.fit_args, *extra]
+        if args.dry_run:
+            log.info(
+                "tune %s: %d trials of segbench fit %s %s into %s",
+                stem,
+                spec.trials,
+                " ".join(fit_args),
+                f"over {ablation.space}",
+                Path(args.root) / study,
+            )
+            found[stem] = {"config": str(Path(args.root) / study / "best.yaml")}
+            continue
+        group_dir = tune.run_study(
+            fit_args=fit_args,
+            space=space,
+            group=study,
+            root=Path(args.root),
+            trials=spec.trials,
+            launcher=make_launcher(args, study),
+            jobs=args.jobs,
+            sampler="tpe",
+            seed=spec.seed,
+            pruner=spec.pruner,
+            warmup=spec.warmup,
+            threshold=None,
+        )
+        best = tune.best_of(group_dir)
+        if best is None:
+            failures.append(f"tune {stem}: no trial completed ({group_dir / 'tune.md'})")
+            continue
+        log.info("tune %s: trial %d, %s %.4f: %s", stem, best["trial"], best["metric"],
+                 best["value"], best["params"])  # fmt: skip
+        found[stem] = best
+    return found, failures
+
+
+def tuned_data(
+    ablation: Ablation | None, tuned: dict[str, dict[str, Any]], shared_group: str
+) -> dict[str, Any] | None:
+    """What a tuned report says of its tuning: the space, trials and seed, each variant's best
+    setting, and the claims as judged at the recipe's shared setting (from the paper's
+    ``RESULTS.json``, where that sweep was published)."""
+    if not tuned or ablation is None or ablation.tune is None:
+        return None
+    published = read_results(ablation.folder.parent / "RESULTS.json").get(shared_group) or {}
+    return {
+        "space": str(ablation.space),
+        "trials": ablation.tune.trials,
+        "seed": ablation.tune.seed,
+        "fit_args": list(ablation.tune.fit_args),
+        "variants": tuned,
+        "shared_group": shared_group,
+        "shared_claims": published.get("claims", []),
+    }

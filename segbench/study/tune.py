@@ -468,6 +468,25 @@ def write_results(study: Any, space: SearchSpace, group_dir: Path, fit_args: lis
     _figures(study, group_dir, len(complete), len(keys))
 
 
+def best_of(group_dir: Path) -> dict[str, Any] | None:
+    """The best trial of the study in ``group_dir`` as data (``trial``, ``value``, ``metric``,
+    ``params``, ``trials`` counted, ``config``: its ``best.yaml``), or ``None`` when no trial
+    completed."""
+    optuna = import_optuna()
+    study = optuna.load_study(study_name=group_dir.name, storage=journal(group_dir / STUDY_FILE))
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        return None
+    best = study.best_trial
+    return {
+        "trial": best.number,
+        "value": best.value,
+        "metric": study.user_attrs.get(METRIC_ATTR),
+        "params": dict(best.params),
+        "trials": len(study.trials),
+        "config": str(group_dir / "best.yaml"),
+    }
+
+
 def _show(value: Any) -> str:
     return (
         f"{value:.4g}" if isinstance(value, float) and not float(value).is_integer() else str(value)
@@ -555,24 +574,51 @@ def main(argv: list[str]) -> None:
             raise MissingFileError(f"--config {path}: no such file")
     group = args.group or Path(args.space).name.split(".")[0] + "-tune"
     fit_args = [a for c in args.config for a in ("--config", c)] + extra
-    base_values = check_space(space, fit_args)
-    root = Path(args.root)
-    group_dir = root / group
-    launcher = make_launcher(args, group)
-    optuna = import_optuna()
-    study = open_study(
-        group_dir,
-        group,
-        space,
-        sampler=make_sampler(args.sampler, args.seed),
-        pruner={
-            "name": args.pruner,
-            "warmup": args.warmup,
-            "threshold": args.threshold,
-            "direction": space.direction,
-        },
+    group_dir = run_study(
+        fit_args=fit_args,
+        space=space,
+        group=group,
+        root=Path(args.root),
+        trials=args.trials,
+        launcher=make_launcher(args, group),
+        jobs=args.jobs,
+        sampler=args.sampler,
+        seed=args.seed,
+        pruner=args.pruner,
+        warmup=args.warmup,
+        threshold=args.threshold,
+        base_trial=args.base_trial,
     )
-    if args.base_trial and not study.trials:
+    sys.stdout.write((group_dir / "tune.md").read_text())
+    sys.stdout.write(f"\nstudy: {group_dir / STUDY_FILE}; files: {group_dir}\n")
+
+
+def run_study(
+    *,
+    fit_args: list[str],
+    space: SearchSpace,
+    group: str,
+    root: Path,
+    trials: int,
+    launcher: Any,
+    jobs: int,
+    sampler: str,
+    seed: int,
+    pruner: str,
+    warmup: int,
+    threshold: float | None = None,
+    base_trial: bool = True,
+) -> Path:
+    """Run (or continue) the study ``ROOT/GROUP`` of ``trials`` trials of ``segbench fit
+    FIT_ARGS``, and write what it found (:func:`write_results`); returns its folder. The space is
+    checked against the config before the first trial. ``pruner``, ``warmup``, ``threshold``: as
+    ``segbench tune``'s options."""
+    base_values = check_space(space, fit_args)
+    group_dir = root / group
+    optuna = import_optuna()
+    spec = {"name": pruner, "warmup": warmup, "threshold": threshold, "direction": space.direction}
+    study = open_study(group_dir, group, space, sampler=make_sampler(sampler, seed), pruner=spec)
+    if base_trial and not study.trials:
         inside = {k: v for k, v in base_values.items() if _inside(space.params[k], v)}
         if len(inside) == len(base_values):
             study.enqueue_trial(inside)
@@ -586,14 +632,13 @@ def main(argv: list[str]) -> None:
     ).acquire()
     s = optuna.trial.TrialState
     done = len(study.get_trials(deepcopy=False, states=(s.COMPLETE, s.PRUNED, s.FAIL)))
-    tuner = Tuner(study, space, group, root, fit_args, launcher, args.jobs, worker)
+    tuner = Tuner(study, space, group, root, fit_args, launcher, jobs, worker)
     try:
-        with tqdm(total=args.trials, initial=min(done, args.trials), desc="trials") as progress:
-            while tuner.round(args.trials, progress):
+        with tqdm(total=trials, initial=min(done, trials), desc=f"{group}: trials") as progress:
+            while tuner.round(trials, progress):
                 pass
     finally:
         worker.release()
         worker.path.unlink(missing_ok=True)
     write_results(study, space, group_dir, fit_args)
-    sys.stdout.write((group_dir / "tune.md").read_text())
-    sys.stdout.write(f"\nstudy: {group_dir / STUDY_FILE}; files: {group_dir}\n")
+    return group_dir
