@@ -289,6 +289,7 @@ def ablation_schema() -> str:
     ablation = find_dataclass("Ablation", {"name", "group", "claims"})
     step = find_dataclass("Step", {"command", "only"})
     claim = find_dataclass("Claim", {"id", "claim", "metric", "a", "b", "direction"})
+    tune = find_dataclass("TuneSpec", {"space", "trials", "seed"})
     parts = [
         f"### The file (`{ablation.__module__}.{ablation.__name__}`)\n\n",
         field_table(ablation, skip={"path"}),
@@ -298,6 +299,9 @@ def ablation_schema() -> str:
         field_table(step),
         f"\n### A claim: `claims` (`{claim.__module__}.{claim.__name__}`)\n\n",
         field_table(claim),
+        f"\n### Tuning each variant first: `tune` (`{tune.__module__}.{tune.__name__}`)\n\n",
+        "Read by `segbench sweep --ablation NAME --tune` ([tune](../how-to/tune.md)).\n\n",
+        field_table(tune),
     ]
     return "".join(parts)
 
