@@ -22,7 +22,7 @@ from pathlib import Path
 from segbench.options import command_parser
 from segbench.rundir import atomic_write_json, atomic_write_text
 from segbench.study.ablation import Ablation
-from segbench.study.publish import keep_decided, read_claims, write_results
+from segbench.study.publish import keep_decided, published_claims, read_claims, write_results
 from segbench.study.render import claims_table, merge_tables
 from segbench.study.verdicts import (
     Judgement,
@@ -54,20 +54,27 @@ def main(argv: list[str]) -> None:
         type=str,
         help="also put the table between the <!-- sweep:claims --> marks of this markdown file "
         "(docs/results/claims.md: the five papers' table) and the verdicts, as data, beside it "
-        "(FILE.json); a claim with no finished runs under --root keeps the verdict FILE.json "
-        "already has (runs stay on the machine that made them, their verdicts travel as data)",
+        "(FILE.json)",
     )
     parser.add_argument(
-        "--fresh", action="store_true", help="with --into: replace every verdict, also kept ones"
+        "--fresh",
+        action="store_true",
+        help="judge only from the runs under --root; without it a claim with no finished runs "
+        "there keeps the verdict the --into data has, else the one its sweep published (the "
+        "paper's RESULTS.json): runs stay on the machine that made them, verdicts travel as data",
     )
     args = parser.parse_args(argv)
     judged = judge_ablations(Path(args.experiments), Path(args.root), args.scale)
     entries = [judgement_data(j, a.name) for a, j in judged]
     data_file = Path(args.into).with_suffix(".json") if args.into else None
-    if data_file and not args.fresh and data_file.is_file():
-        entries, kept = keep_decided(entries, read_claims(data_file))
+    if not args.fresh:
+        # A claim with no runs here keeps the verdict the claims data already has (it may be
+        # another scale's), else the one its sweep published (RESULTS.json).
+        previous = read_claims(data_file) if data_file and data_file.is_file() else []
+        ablations = {a.path: a for a, _ in judged}.values()
+        entries, kept = keep_decided(entries, [*published_claims(ablations, args.scale), *previous])
         if kept:
-            log.info("claims without runs here, verdicts kept from %s: %s", data_file,
+            log.info("claims without runs here, verdicts kept from the published results: %s",
                      ", ".join(kept))  # fmt: skip
     judged = [(a, judgement_of_data(j.claim, e)) for (a, j), e in zip(judged, entries, strict=True)]
     text = render_claims(judged)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from segbench.errors import DataError
 from segbench.rundir import atomic_write_json, atomic_write_text
-from segbench.study.ablation import Claim
+from segbench.study.ablation import Ablation, Claim
 from segbench.study.render import render_report
 from segbench.study.runs import count_runs
 
@@ -89,6 +89,18 @@ def read_claims(path: Path) -> list[dict[str, Any]]:
         raise DataError(f"{path}: not a claims data file ({err}); regenerate it with segbench "
                         "claims --into ... --fresh") from err  # fmt: skip
     return list(entries)
+
+
+def published_claims(ablations: Iterable[Ablation], scale: str = "cpu") -> list[dict[str, Any]]:
+    """The claims as each ablation's sweep published them (its paper's ``RESULTS.json``, under
+    the ablation's group, ``-<scale>`` unless ``cpu``), as claims data with the ablation named:
+    the verdicts of runs made on another machine."""
+    out: list[dict[str, Any]] = []
+    for ablation in ablations:
+        group = ablation.group + ("" if scale == "cpu" else f"-{scale}")
+        report = read_results(ablation.folder.parent / "RESULTS.json").get(group) or {}
+        out += [{**e, "ablation": ablation.name} for e in report.get("claims", [])]
+    return out
 
 
 def keep_decided(

@@ -49,6 +49,7 @@ from typing import Any
 
 from segbench.options import command_parser
 from segbench.rundir import RunDir, WriterLock
+from segbench.study import tune
 from segbench.study.ablation import (
     EXPERIMENTS,
     Ablation,
@@ -306,8 +307,6 @@ def tune_variants(
     study stopped) and return its best trial as data (:func:`segbench.study.tune.best_of`), by
     variant; with ``--dry-run`` only say what would run. A variant whose study has no complete
     trial is left out of the claim runs, named in the failures."""
-    from segbench.study import tune
-
     assert ablation.space is not None
     space = tune.SearchSpace.load(ablation.space)
     found: dict[str, dict[str, Any]] = {}

@@ -154,6 +154,7 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     """Three finished FCN runs per variant (metrics.json as a sweep writes them) decide FCN's
     claims; the other ablations' claims are listed as not run."""
     import json
+    import shutil
 
     from segbench.study.claims import main
     from tests.helpers import REPO
@@ -181,7 +182,11 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     out = tmp_path / "claims.md"
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- sweep:claims -->\nSTALE\n<!-- /sweep:claims -->\n\nmore\n")
-    experiments = REPO / "experiments"
+    # The ablations without the verdicts their sweeps published (RESULTS.json): see the end.
+    experiments = tmp_path / "experiments"
+    shutil.copytree(REPO / "experiments", experiments)
+    for published in experiments.glob("*/RESULTS.json"):
+        published.unlink()
     main(["--experiments", str(experiments), "--root", str(tmp_path / "runs"), "--out", str(out),
           "--into", str(readme)])  # fmt: skip
     text = capsys.readouterr().out
@@ -223,14 +228,27 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
 
     # The runs of a longer schedule (group fcn-skips-long) are judged with --scale long, and
     # their rows say so: in the README they may sit beside rows decided at the cpu scale.
-    import shutil
-
     shutil.copytree(tmp_path / "runs" / "fcn-skips", tmp_path / "runs" / "fcn-skips-long")
     main(["--experiments", str(experiments), "--root", str(tmp_path / "runs"), "--scale", "long"])
     long = capsys.readouterr().out
     fcn16_long = next(line for line in long.splitlines() if "(fcn-16s-over-32s)" in line)
     assert "| paired t (3 seeds), SCALE=long |" in fcn16_long
     assert "| paired t (3 seeds) |" in fcn16
+
+    # A claim with no runs here and none in the claims data keeps the verdict its sweep
+    # published beside the paper's page (the CamVid FCN rows, run on another machine).
+    shutil.copy(REPO / "experiments" / "fcn" / "RESULTS.json", experiments / "fcn")
+    published = json.loads((experiments / "fcn" / "RESULTS.json").read_text())["groups"]
+    want = {e["id"]: e["verdict"] for e in published["fcn-skips-camvid"]["claims"]}
+    main(empty)
+    capsys.readouterr()
+    kept = {
+        e["id"]: e["verdict"] for e in json.loads((tmp_path / "README.json").read_text())["claims"]
+    }
+    assert {i: kept[i] for i in want} == want
+    assert kept["fcn-16s-over-32s"] == "reproduced"  # the claims data's own verdict stands
+    main([*empty, "--fresh"])
+    assert "0 reproduced, 0 contradicted, 0 inconclusive, 29 not run" in capsys.readouterr().out
 
 
 def test_last_quarter_gain_is_of_the_mean_curve():
