@@ -261,6 +261,10 @@ class Ablation:
         """The ``tune:`` block's search space file, if there is one."""
         return self.folder / self.tune.space if self.tune else None
 
+    def group_at(self, scale: str) -> str:
+        """The runs' group at ``scale``: ``group``, with ``-<scale>`` unless ``cpu``."""
+        return self.group + ("" if scale == "cpu" else f"-{scale}")
+
     def configs(self, scale: str) -> tuple[list[str], list[str]]:
         """The base files (with ``_scale_<scale>.yaml`` unless ``cpu``) and the variant files."""
         base = [str(self.folder / b) for b in self.base]

@@ -97,7 +97,7 @@ def published_claims(ablations: Iterable[Ablation], scale: str = "cpu") -> list[
     the verdicts of runs made on another machine."""
     out: list[dict[str, Any]] = []
     for ablation in ablations:
-        group = ablation.group + ("" if scale == "cpu" else f"-{scale}")
+        group = ablation.group_at(scale)
         report = read_results(ablation.folder.parent / "RESULTS.json").get(group) or {}
         out += [{**e, "ablation": ablation.name} for e in report.get("claims", [])]
     return out

@@ -161,7 +161,7 @@ def judge_ablations(
         claims = ablation.claims
         if not claims:
             continue
-        group = ablation.group + ("" if scale == "cpu" else f"-{scale}")
+        group = ablation.group_at(scale)
         files = find_runs([str(root / group)]) if (root / group).is_dir() else []
         rows, _ = group_runs([load_run(f) for f in files]) if files else ([], [])
         judged = judge_claims(claims, rows)
