@@ -13,7 +13,11 @@ For the configured network, data, precision (``trainer.precision``) and memory f
 * ``loader``: the training loader alone;
 * ``forward``: inference (eval mode, no autograd);
 * ``sizes``: the bare step and its peak memory at each of ``--sizes`` (square inputs), as a
-  table and, with ``--out DIR``, a plot (``benchmark_sizes.png``).
+  table and, with ``--out DIR``, a plot (``benchmark_sizes.png``);
+* ``compile``: the bare step eager and compiled (``torch.compile``, ``--compile_mode``; what
+  ``model.compile`` does), timed alternately, one step of each in turn, in one process, so a
+  drift of the machine's speed falls on both; the compiled row notes the compilation's seconds
+  (its first ``--warmup`` steps less as many steady steps) and the speed-up.
 
 Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU it is the process's peak
 resident memory so far (``ru_maxrss``: Python, torch and the data included, so an upper bound;
@@ -187,7 +191,7 @@ def loop_times(args: list[str], steps: int) -> tuple[list[float], int]:
     return timer.times, timer.batch_size
 
 
-Measurement = Literal["step", "baseline", "loop", "loader", "forward", "sizes"]
+Measurement = Literal["step", "baseline", "loop", "loader", "forward", "sizes", "compile"]
 
 
 @dataclass
@@ -204,6 +208,7 @@ class Options:
         loader_batches: batches the loader is timed over.
         sizes: input sizes of ``--what sizes``.
         device: ``cuda`` or ``cpu`` (default: ``cuda`` where there is one).
+        compile_mode: ``torch.compile``'s mode of ``--what compile``.
         out: write ``benchmark.{md,json}`` (and the sizes plot) into this folder.
         json: print JSON instead of a table.
     """
@@ -221,6 +226,7 @@ class Options:
     device: str | None = None
     out: Path | None = None
     json: bool = False
+    compile_mode: str = "default"
 
 
 def main(argv: list[str]) -> None:
@@ -305,10 +311,60 @@ def run(args: list[str], known: Options) -> list[Timing]:
                               setting=f"{dm.num_workers} workers"))  # fmt: skip
     if "forward" in known.what:
         results.append(bare("forward", precision, channels_last, train=False))
+    if "compile" in known.what:
+        results += compile_times(args, known, batch_size, input_size, device, precision,
+                                 channels_last)  # fmt: skip
     if "sizes" in known.what:
         for s in sorted(known.sizes):
             results.append(bare(f"size {s}", precision, channels_last, size=(s, s)))
     return results
+
+
+def compile_times(
+    args: list[str],
+    known: Options,
+    batch_size: int,
+    input_size: tuple[int, ...],
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+) -> list[Timing]:
+    """The bare step eager and compiled, alternating (see the module): two rows."""
+    size = (input_size[0], input_size[1])
+    steps = {}
+    for kind in ("eager", "compiled"):
+        task, _, _ = build(args)  # the same seed: the same initial weights
+        steps[kind] = bare_step(task, batch_size=batch_size, input_size=size,
+                                device=device, precision=precision,
+                                channels_last=channels_last)  # fmt: skip
+        if kind == "compiled":
+            task.net.compile(mode=known.compile_mode)
+    first: list[float] = []
+    for _ in range(max(1, known.warmup)):  # compilation happens here (forward and backward)
+        t0 = time.perf_counter()
+        steps["compiled"]()
+        _sync(device)
+        first.append(time.perf_counter() - t0)
+    for _ in range(known.warmup):
+        steps["eager"]()
+    seconds: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(known.repeats):
+        for kind in ("eager", "compiled"):
+            t0 = time.perf_counter()
+            steps[kind]()
+            _sync(device)
+            seconds[kind].append(time.perf_counter() - t0)
+    label = f"{precision}{', channels_last' if channels_last else ''}"
+    rows = [
+        _stats(f"step, {kind}", seconds[kind], batch_size, batch_size=batch_size,
+               input_size=size, setting=label + (f", compile {known.compile_mode}"
+                                                 if kind == "compiled" else ""))
+        for kind in ("eager", "compiled")
+    ]  # fmt: skip
+    steady = statistics.median(seconds["compiled"])
+    rows[1].notes["compile_s"] = sum(first) - len(first) * steady
+    rows[1].notes["compiled_over_eager"] = rows[1].images_per_s / rows[0].images_per_s
+    return rows
 
 
 def markdown(results: list[Timing]) -> str:
@@ -333,7 +389,7 @@ def markdown(results: list[Timing]) -> str:
     lines.append(markdown_table(header, rows).rstrip("\n"))
     notes = [f"{k} = {v:.3f}" for r in results for k, v in r.notes.items()]
     if notes:
-        lines += ["", "Ratios: " + ", ".join(notes) + "."]
+        lines += ["", "Ratios and notes: " + ", ".join(notes) + "."]
     return "\n".join(lines) + "\n"
 
 

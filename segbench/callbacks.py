@@ -11,9 +11,10 @@
   the training loader's position, on resume;
   with the data order and augmentation as pure functions of (seed, epoch, index)
   (:mod:`segbench.data.base`), a resumed run continues exactly as the uninterrupted one.
-* :class:`SegmentationVisualizer` draws a few validation images with their ground truth and
-  prediction into ``<run_dir>/val_examples.png`` and, when a W&B logger is present, logs them as
-  mask overlays together with a per-class IoU table.
+* :class:`SegmentationVisualizer` draws validation images spread over the split, the same at
+  every epoch, with their ground truth, prediction and errors into ``<run_dir>/val_examples.png``
+  and gives the loggers (W&B, TensorBoard, MLflow) that figure, the confusion matrix and the
+  per-class IoU table.
 * :class:`PredictionWriter` saves ``segbench predict``'s label maps as palette PNGs.
 """
 
@@ -33,20 +34,20 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Checkpoint, ModelCheckpoint
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from segbench.data.base import SegmentationDataModule
-from segbench.loggers import ResumableCSVLogger
+from segbench.loggers import ResumableCSVLogger, log_validation_pictures
 from segbench.provenance import provenance
 from segbench.rundir import RunDir, atomic_write_text
 from segbench.visualize import (
-    colourise,
     confusion_figure,
     denormalise,
     overlay,
     to_uint8,
+    val_examples_figure,
     write_figure,
 )
 
@@ -574,106 +575,86 @@ def write_confusion(run: RunDir, stage: str, confusion: Tensor, names: list[str]
 
 
 class SegmentationVisualizer(Callback):
-    """Validation examples: ``val_examples.png`` in the run directory and W&B mask overlays.
+    """After each validation: ``val_examples.png``, and the same pictures in every logger.
+
+    The examples are ``num_images`` images spread evenly over the val split (its first and last
+    image and those between), the same ones at every validation, so the figure shows the
+    model's progress on fixed scenes. Each is predicted again under the val protocol (a few
+    forward passes), drawn in four labelled columns (image, ground truth, prediction, error
+    map) with a class legend (:func:`segbench.visualize.val_examples_figure`), and written to
+    the run directory. Loggers that show pictures (W&B, TensorBoard, MLflow:
+    :func:`segbench.loggers.log_validation_pictures`) get that figure, the confusion matrix and
+    the per-class IoU table at the step.
 
     Args:
         run_dir: the run directory.
-        num_images: how many images of the first validation batch to show.
+        num_images: how many val images to show (0: none).
     """
 
     def __init__(self, run_dir: str | Path, num_images: int = 4) -> None:
         self.run_dir = Path(run_dir)
         self.num_images = num_images
-        self._examples: dict[str, Tensor] | None = None
 
-    def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        if self.num_images <= 0 or not isinstance(outputs, dict) or "pred" not in outputs:
-            return
-        n = self.num_images
-        self._examples = {
-            "image": batch["image"][:n].detach().float().cpu(),
-            "mask": batch["mask"][:n].cpu(),
-            "pred": outputs["pred"][:n].cpu(),
-        }
+    @staticmethod
+    def picks(size: int, num: int) -> list[int]:
+        """``num`` indices spread evenly over ``range(size)``, first and last included."""
+        if size <= 0 or num <= 0:
+            return []
+        return sorted({round(float(i)) for i in np.linspace(0, size - 1, min(num, size))})
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._examples is None or not trainer.is_global_zero:
+        if trainer.sanity_checking or not trainer.is_global_zero or self.num_images <= 0:
+            return
+        loader = trainer.val_dataloaders
+        dataset = getattr(loader, "dataset", None)
+        predict = getattr(pl_module, "predict_log_probs", None)
+        if dataset is None or not callable(predict):
             return
         dm = datamodule_of(trainer)
-        ex, self._examples = self._examples, None
-        images = to_uint8(denormalise(ex["image"], dm)).permute(0, 2, 3, 1).numpy()
-        palette = dm.colours()
-        rows = [
-            np.concatenate(
-                [img, colourise(m.numpy(), palette), colourise(p.numpy(), palette)], axis=1
-            )
-            for img, m, p in zip(images, ex["mask"], ex["pred"], strict=True)
-        ]
-        grid = np.concatenate(rows, axis=0)
-        self._save_png(grid)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                self._log_wandb(logger, images, ex, dm, trainer)
-
-    def _save_png(self, grid: np.ndarray) -> None:
-        from PIL import Image
-
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        scale = max(1, 512 // grid.shape[1])
-        img = Image.fromarray(grid)
-        if scale > 1:
-            size = (grid.shape[1] * scale, grid.shape[0] * scale)
-            img = img.resize(size, Image.Resampling.NEAREST)
-        img.save(RunDir(self.run_dir).file(RunDir.VAL_EXAMPLES))
-
-    def _log_wandb(
-        self,
-        logger: WandbLogger,
-        images: np.ndarray,
-        ex: dict[str, Tensor],
-        dm: Any,
-        trainer: L.Trainer,
-    ) -> None:
-        import wandb
-
-        labels = {i: name for i, name in enumerate(dm.class_names)}
-        labels[dm.ignore_index] = "void"
-        overlays = [
-            wandb.Image(
-                img,
-                masks={
-                    "ground_truth": {
-                        "mask_data": m.numpy().astype(np.int32),
-                        "class_labels": labels,
-                    },
-                    "predictions": {
-                        "mask_data": p.numpy().astype(np.int32),
-                        "class_labels": labels,
-                    },
-                },
-            )
-            for img, m, p in zip(images, ex["mask"], ex["pred"], strict=True)
-        ]
-        metrics = trainer.callback_metrics
-        rows = [
-            [name, float(metrics.get(f"val/IoU/{name}", float("nan")))] for name in dm.class_names
-        ]
-        logger.experiment.log(
-            {
-                "val/examples": overlays,
-                "val/per_class_IoU": wandb.Table(columns=["class", "IoU"], data=rows),
-                "trainer/global_step": trainer.global_step,
-            }
+        picks = self.picks(len(dataset), self.num_images)
+        images, targets, preds = [], [], []
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.inference_mode(), trainer.precision_plugin.forward_context():
+            for i in picks:
+                item = dataset[i]
+                mask = item["mask"]
+                image = item["image"].unsqueeze(0).to(pl_module.device)
+                log_probs = predict(image, "val", tuple(mask.shape[-2:]))
+                preds.append(log_probs.argmax(1)[0].cpu().numpy())
+                targets.append(mask.cpu().numpy())
+                images.append(to_uint8(denormalise(item["image"][None], dm))[0])
+        pl_module.train(was_training)
+        pictures = [im.permute(1, 2, 0).numpy() for im in images]
+        epoch = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        fig = val_examples_figure(
+            pictures,
+            targets,
+            preds,
+            dm.colours(),
+            list(dm.class_names),
+            ignore_index=dm.ignore_index,
+            row_labels=[f"val #{i}" for i in picks],
+            title=f"{self.run_dir.name}: validation examples ({epoch})",
+        )
+        write_figure(fig, RunDir(self.run_dir).file(RunDir.VAL_EXAMPLES))
+        metrics = getattr(pl_module, "metrics", {})
+        confusion = getattr(metrics["val"], "last_confusion", None) if "val" in metrics else None
+        # The step Lightning logs this validation's metrics at: during fit, that of the last
+        # optimiser step, so a resume's purge (from the checkpoint's step on) keeps them.
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        log_validation_pictures(
+            trainer.loggers,
+            step=max(trainer.global_step - 1, 0) if fitting else trainer.global_step,
+            examples=fig,
+            masks=(pictures, targets, preds),
+            confusion=confusion,
+            class_names=list(dm.class_names),
+            ignore_index=dm.ignore_index,
+            iou={
+                name: float(trainer.callback_metrics.get(f"val/IoU/{name}", float("nan")))
+                for name in dm.class_names
+            },
         )
 
 

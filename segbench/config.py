@@ -18,7 +18,7 @@ from segbench.errors import ConfigError
 
 @dataclass
 class RunConfig:
-    """Where a run's files go, and how it appears on Weights & Biases.
+    """Where a run's files go, and how it appears on Weights & Biases, TensorBoard and MLflow.
 
     Attributes:
         name: the run's name: its directory under ``root/group`` and its W&B run name.
@@ -56,6 +56,14 @@ class RunConfig:
             ``segbench tune``, with ``trial``): each validation is reported to the trial, and
             the run stops early when the study's pruner gives up on it.
         trial: the trial's number in ``study``.
+        loggers: where the run's metrics, hyperparameters and validation pictures go, any of
+            ``wandb`` (in the mode of ``wandb``), ``tensorboard`` (event files in
+            ``<run>/tensorboard``), ``mlflow`` (see ``mlflow_uri``) and ``csv``. The CSV run
+            record (``metrics.csv``) is always written: the report and the claims read it.
+            TensorBoard and MLflow need ``pip install 'segbench[loggers]'`` (``make venv``).
+        mlflow_uri: MLflow's tracking URI (a server: ``http://host:5000``); ``null``: the local
+            store shared by the runs under ``root`` (``sqlite:///<root>/mlflow.db``, no server;
+            browse it with ``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``).
     """
 
     name: str = "run"
@@ -72,6 +80,10 @@ class RunConfig:
     resume_with_changes: bool = False
     study: str | None = None
     trial: int | None = None
+    loggers: list[Literal["wandb", "tensorboard", "mlflow", "csv"]] = field(
+        default_factory=lambda: ["wandb", "csv"]
+    )
+    mlflow_uri: str | None = None
 
 
 #: (source, target) config keys: the data module declares its classes, the task and the network

@@ -1,4 +1,17 @@
-"""The loggers' side of a run: a CSV logger that survives resuming, and W&B's mode.
+"""The loggers' side of a run: which loggers (``run.loggers``), a CSV logger that survives
+resuming, MLflow's run kept across resumes, W&B's mode, and the pictures every logger gets.
+
+**Which**: ``run.loggers`` lists any of ``wandb``, ``tensorboard``, ``mlflow``, ``csv``
+(:func:`make_loggers`); the CSV run record is written whatever the list says, since the report's
+learning curves and the claims' "flat" column read it. TensorBoard writes its event files into
+``<run>/tensorboard/``; a resume purges the steps logged after the checkpoint (as the CSV does).
+MLflow logs into a store shared by every run under ``run.root`` (``sqlite:///<root>/mlflow.db``,
+artifacts in ``<root>/mlflow-artifacts``; no server) or into ``run.mlflow_uri``: experiment =
+the run's group, run name = its name, tags = its tags; a resume continues the same MLflow run
+(its id is kept in the run directory, ``mlflow_run_id``).
+
+**Pictures**: :func:`log_validation_pictures` gives every logger that shows images the
+validation examples, the confusion matrix and the per-class IoU table.
 
 **metrics.csv**: one row per step, whatever happened before.
 
@@ -21,7 +34,10 @@ trained and logged again, so the file ends with one row per step, as if never in
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
+import importlib.util
 import io
 import logging
 import os
@@ -29,13 +45,27 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Literal
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from lightning.pytorch.loggers import CSVLogger
+import numpy as np
+from lightning.pytorch.loggers import (
+    CSVLogger,
+    Logger,
+    MLFlowLogger,
+    TensorBoardLogger,
+    WandbLogger,
+)
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from torch import Tensor
 
 from segbench.errors import ConfigError, SegbenchError
-from segbench.rundir import atomic_write_text
+from segbench.rundir import RunDir, atomic_write_text
+from segbench.visualize import confusion_figure, figure_to_array
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("segbench")
 
@@ -203,3 +233,239 @@ def choose_wandb_mode(requested: str) -> str:
         time.monotonic() - t0,
     )
     return "offline"
+
+
+LoggerName = Literal["wandb", "tensorboard", "mlflow", "csv"]
+
+#: The package each optional logger needs, and the extra that installs it.
+_NEEDS = {"tensorboard": ("tensorboard", "loggers"), "mlflow": ("mlflow", "loggers")}
+
+
+def check_loggers(names: Sequence[str]) -> None:
+    """Fail before anything runs if a listed logger's package is not installed, saying how."""
+    for name in names:
+        if name in _NEEDS and importlib.util.find_spec(_NEEDS[name][0]) is None:
+            package, extra = _NEEDS[name]
+            raise ConfigError(
+                f"run.loggers: {name} needs the {package} package: pip install "
+                f"'segbench[{extra}]' (make venv installs it), or leave {name} out"
+            )
+
+
+def mlflow_uri(root: str | Path, uri: str | None) -> str:
+    """The MLflow tracking URI: ``uri`` if given, else the local store under ``root``."""
+    return uri or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created), held for the block: one process at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class RunMLFlowLogger(MLFlowLogger):
+    """Lightning's MLflow logger for one segbench run.
+
+    * A resume continues the run's own MLflow run: its id is written to ``id_file`` when the
+      MLflow run is created and read back when ``resume`` is true.
+    * The local SQLite store is created (its schema migrated, ~20 s once per store) by one
+      process at a time, so runs started together (``segbench sweep --jobs N``) share it.
+    * Hyperparameters are logged once: MLflow refuses to change a parameter's value, so a
+      resume logs only keys new to the run, and a changed value
+      (``run.resume_with_changes``) as the tag ``changed.<key>`` = ``old -> new``.
+    """
+
+    def __init__(self, *, id_file: Path, resume: bool, **kwargs: Any) -> None:
+        run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
+        super().__init__(run_id=run_id, **kwargs)
+        self._id_file = id_file
+        self._id_written = run_id is not None
+
+    @property
+    def experiment(self) -> Any:
+        if not self._initialized:
+            uri = self._tracking_uri or ""
+            lock = (
+                Path(uri.removeprefix("sqlite:///") + ".lock")
+                if uri.startswith("sqlite:///")
+                else None
+            )
+            with _file_lock(lock) if lock else contextlib.nullcontext():
+                client = super().experiment
+        else:
+            client = super().experiment
+        if not self._id_written and self._run_id:
+            atomic_write_text(self._id_file, self._run_id)
+            self._id_written = True
+        return client
+
+    def log_hyperparams(self, params: Any) -> None:
+        from mlflow.entities import Param, RunTag
+
+        logged = self.experiment.get_run(self.run_id).data.params
+        flat = {k: str(v)[:250] for k, v in dict(params).items()}
+        new = [Param(k, v) for k, v in flat.items() if k not in logged]
+        changed = [
+            RunTag(f"changed.{k}", f"{logged[k]} -> {v}")
+            for k, v in flat.items()
+            if k in logged and logged[k] != v
+        ]
+        for i in range(0, max(len(new), len(changed)), 100):  # MLflow's batch limit
+            self.experiment.log_batch(
+                self.run_id, params=new[i : i + 100], tags=changed[i : i + 100]
+            )
+
+
+def make_loggers(
+    names: Sequence[str],
+    *,
+    run: RunDir,
+    run_cfg: Any,
+    csv_mode: CSVMode,
+    resume: bool,
+    purge_step: int | None,
+) -> list[Logger]:
+    """The loggers of ``run.loggers`` (see the module), the CSV run record always among them.
+
+    ``run_cfg`` is the run section (:class:`segbench.config.RunConfig`); ``run_cfg.wandb`` is
+    the W&B mode already chosen (``disabled``: no W&B logger). ``purge_step``: a resume's first
+    step, from which TensorBoard hides what the interrupted attempt logged.
+    """
+    check_loggers(names)
+    loggers: list[Logger] = []
+    if "wandb" in names and run_cfg.wandb != "disabled":
+        loggers.append(
+            WandbLogger(
+                project=run_cfg.project,
+                name=run_cfg.name,
+                group=run_cfg.group,
+                tags=list(run_cfg.tags),
+                save_dir=str(run.path),
+                id=run.wandb_id(resume=resume),
+                resume="allow",
+                log_model=False,
+            )
+        )
+    if "tensorboard" in names:
+        loggers.append(
+            TensorBoardLogger(
+                save_dir=str(run.path),
+                name="",
+                version=RunDir.TENSORBOARD,
+                default_hp_metric=False,
+                purge_step=purge_step if resume else None,
+            )
+        )
+    if "mlflow" in names:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        root = Path(run_cfg.root)
+        tags = {"segbench.group": run_cfg.group, "segbench.run_dir": str(run.path)}
+        tags.update({f"tag.{t}": "true" for t in run_cfg.tags})
+        loggers.append(
+            RunMLFlowLogger(
+                id_file=run.path / RunDir.MLFLOW_ID,
+                resume=resume,
+                experiment_name=run_cfg.group,
+                run_name=run_cfg.name,
+                tracking_uri=mlflow_uri(root, run_cfg.mlflow_uri),
+                artifact_location=None
+                if run_cfg.mlflow_uri
+                else (root.resolve() / "mlflow-artifacts").as_uri(),
+                tags=tags,
+                log_model=False,
+            )
+        )
+    loggers.append(ResumableCSVLogger(save_dir=str(run.path), name="", version="", mode=csv_mode))
+    return loggers
+
+
+def log_validation_pictures(
+    loggers: Sequence[Logger],
+    *,
+    step: int,
+    examples: Figure,
+    masks: tuple[Sequence[np.ndarray], Sequence[np.ndarray], Sequence[np.ndarray]],
+    confusion: Tensor | None,
+    class_names: list[str],
+    ignore_index: int,
+    iou: dict[str, float],
+) -> None:
+    """Give each logger that shows pictures the validation examples figure, the confusion matrix
+    (rows normalised) and the per-class IoU table at ``step``; W&B also gets the examples as
+    interactive mask overlays. Loggers that show none (CSV) are skipped, and nothing is drawn
+    when no logger needs it."""
+    shown = [lg for lg in loggers if isinstance(lg, WandbLogger | TensorBoardLogger | MLFlowLogger)]
+    if not shown:
+        return
+    figure = figure_to_array(examples)
+    matrix = None
+    if confusion is not None:
+        matrix = figure_to_array(confusion_figure(confusion.long().numpy(), class_names, "val"))
+    rows = [[name, iou.get(name, float("nan"))] for name in class_names]
+    for logger in shown:
+        if isinstance(logger, WandbLogger):
+            _log_wandb(logger, step, figure, matrix, rows, masks, class_names, ignore_index)
+        elif isinstance(logger, TensorBoardLogger):
+            writer = logger.experiment
+            writer.add_image("val/examples", figure, step, dataformats="HWC")
+            if matrix is not None:
+                writer.add_image("val/confusion", matrix, step, dataformats="HWC")
+            table = "| class | IoU |\n|---|---|\n" + "\n".join(
+                f"| {name} | {value:.4f} |" for name, value in rows
+            )
+            writer.add_text("val/per_class_IoU", table, step)
+        elif isinstance(logger, MLFlowLogger):
+            client, run_id = logger.experiment, logger.run_id
+            client.log_image(run_id, figure, key="val/examples", step=step)
+            if matrix is not None:
+                client.log_image(run_id, matrix, key="val/confusion", step=step)
+            client.log_table(
+                run_id,
+                data={
+                    "step": [step] * len(rows),
+                    "class": [r[0] for r in rows],
+                    "IoU": [r[1] for r in rows],
+                },
+                artifact_file="val/per_class_IoU.json",
+            )
+
+
+def _log_wandb(
+    logger: WandbLogger,
+    step: int,
+    figure: np.ndarray,
+    matrix: np.ndarray | None,
+    rows: list[list[Any]],
+    masks: tuple[Sequence[np.ndarray], Sequence[np.ndarray], Sequence[np.ndarray]],
+    class_names: list[str],
+    ignore_index: int,
+) -> None:
+    import wandb
+
+    labels = {i: name for i, name in enumerate(class_names)}
+    labels[ignore_index] = "void"
+    overlays = [
+        wandb.Image(
+            image,
+            masks={
+                "ground_truth": {"mask_data": t.astype(np.int32), "class_labels": labels},
+                "predictions": {"mask_data": p.astype(np.int32), "class_labels": labels},
+            },
+        )
+        for image, t, p in zip(*masks, strict=True)
+    ]
+    data: dict[str, Any] = {
+        "val/examples": wandb.Image(figure),
+        "val/overlays": overlays,
+        "val/per_class_IoU": wandb.Table(columns=["class", "IoU"], data=rows),
+        "trainer/global_step": step,
+    }
+    if matrix is not None:
+        data["val/confusion"] = wandb.Image(matrix)
+    logger.experiment.log(data)

@@ -6,9 +6,11 @@ Everything a run writes goes to ``<run.root>/<run.group>/<run.name>/``::
     checkpoints/         best.ckpt (by val/mIoU); last.ckpt (the latest training state)
     metrics.json         one section per stage, the provenance and the flat config (below)
     metrics.csv          every logged value, one row per step (Lightning's CSVLogger)
-    val_examples.png     image | ground truth | prediction for a few validation images
+    val_examples.png     image | ground truth | prediction | errors, fixed val images, a legend
     predictions/         ``segbench predict``'s label maps (palette PNGs)
     wandb/, wandb_id     the W&B run and its id (a resumed run continues it)
+    tensorboard/         TensorBoard's event files (``run.loggers``)
+    mlflow_run_id        the MLflow run's id (a resumed run continues it)
 
 ``metrics.json`` has one section per writer, and no writer replaces another's:
 
@@ -248,6 +250,8 @@ class RunDir:
     CSV = "metrics.csv"
     CHECKPOINTS = "checkpoints"
     WANDB_ID = "wandb_id"
+    MLFLOW_ID = "mlflow_run_id"
+    TENSORBOARD = "tensorboard"
     VAL_EXAMPLES = "val_examples.png"
     PREDICTIONS = "predictions"
 

@@ -6,8 +6,10 @@ One batch through the task: ``{"image": N x 3 x H x W, "mask": N x H x W}`` -> `
 per-iteration learning-rate schedule. Validation and test predict each image under their stage's
 evaluation protocol (:class:`segbench.inference.EvalProtocol`: whole image, sliding window,
 multi-scale + flip), resized to the label's size, and accumulate one confusion matrix each
-(:class:`segbench.metrics.SegmentationMetrics`) and the mean loss over valid pixels, both
-torchmetrics states that are summed exactly across DDP processes.
+(:class:`segbench.metrics.SegmentationMetrics`), boundary IoU's band counts
+(:class:`segbench.metrics.BoundaryIoU`), the calibration bins
+(:class:`segbench.metrics.CalibrationError`) and the mean loss over valid pixels: torchmetrics
+states, summed exactly across DDP processes.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from torchmetrics import MeanMetric
 from segbench.errors import CheckpointError, ConfigError, DivergenceError, MissingFileError
 from segbench.inference import WHOLE_IMAGE, EvalProtocol, predict_log_probs
 from segbench.losses import SegmentationLoss
-from segbench.metrics import SegmentationMetrics
+from segbench.metrics import BoundaryIoU, CalibrationError, SegmentationMetrics
 from segbench.models.base import SegmentationModel
 from segbench.numerics import to_channels_last
 from segbench.rundir import safe_load
@@ -52,6 +54,10 @@ DEFAULT_OPTIMIZER: dict[str, Any] = {
 }
 
 Stage = Literal["val", "test"]
+
+
+#: ``torch.compile``'s modes (``model.compile``).
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -102,6 +108,14 @@ class SegmentationTask(L.LightningModule):
         channels_last: keep the network's weights and its inputs in channels-last memory
             format (NHWC), which the CPU's and GPUs' fastest convolution kernels prefer; the
             numbers are the same up to floating-point rounding.
+        boundary_ratio: the width of boundary IoU's band (``val/bIoU``, ``test/bIoU``) as a
+            fraction of the image's diagonal (Cheng et al. 2021 use 2%).
+        compile: compile the network with ``torch.compile`` when a ``fit`` / ``validate`` /
+            ``test`` / ``predict`` starts (``true``: mode ``default``; or the mode by name).
+            The network is compiled in place (``nn.Module.compile``), so its state-dict keys,
+            checkpoints, exact resume, export and ``segbench.load`` are those of the eager
+            network (no ``_orig_mod.`` prefix). The first steps of each input size pay the
+            compilation; whether it pays on a machine: ``segbench benchmark --what compile``.
     """
 
     def __init__(
@@ -126,6 +140,8 @@ class SegmentationTask(L.LightningModule):
         val_protocol: EvalProtocol = WHOLE_IMAGE,
         test_protocol: EvalProtocol = WHOLE_IMAGE,
         channels_last: bool = False,
+        boundary_ratio: float = 0.02,
+        compile: bool | CompileMode = False,
     ) -> None:
         super().__init__()
         _check_values(
@@ -166,6 +182,9 @@ class SegmentationTask(L.LightningModule):
         self.step_epochs, self.step_gamma = step_epochs, step_gamma
         self.warmup_iters, self.warmup_factor = warmup_iters, warmup_factor
         self.init_from = init_from
+        self.compile_mode: CompileMode | None = (
+            ("default" if compile is True else compile) if compile else None
+        )
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             to_channels_last(self.net)
@@ -180,12 +199,28 @@ class SegmentationTask(L.LightningModule):
                 }
             ),
         )
+        self.boundary = cast(
+            dict[Stage, BoundaryIoU],
+            nn.ModuleDict(
+                {
+                    s: BoundaryIoU(num_classes, ignore_index, self.class_names, boundary_ratio)
+                    for s in ("val", "test")
+                }
+            ),
+        )
+        self.calibration = cast(
+            dict[Stage, CalibrationError],
+            nn.ModuleDict({s: CalibrationError(15, ignore_index) for s in ("val", "test")}),
+        )
         self.losses = cast(
             dict[Stage, MeanMetric], nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
         )
 
     # -- set-up ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if self.compile_mode and getattr(self.net, "_compiled_call_impl", None) is None:
+            self.net.compile(mode=self.compile_mode)  # in place: the state-dict keys stay
+            log.info("model.compile: the network is compiled (mode %s)", self.compile_mode)
         if stage != "fit":
             return
         # Runs before Lightning restores a --ckpt_path, so a resumed run keeps its own weights.
@@ -360,13 +395,17 @@ class SegmentationTask(L.LightningModule):
         self.losses[stage].update(loss_sum / valid.clamp(min=1), weight=valid)
         pred = log_probs.argmax(1)
         self.metrics[stage].update(pred, target)
+        self.boundary[stage].update(pred, target)
+        self.calibration[stage].update(log_probs.exp(), target)
         return {"pred": pred}
 
     def _log_stage(self, stage: Stage) -> dict[str, Tensor]:
         results = {f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}
+        results.update({f"{stage}/{k}": v for k, v in self.boundary[stage].compute().items()})
+        results[f"{stage}/ECE"] = self.calibration[stage].compute()
         results[f"{stage}/loss"] = self.losses[stage].compute()
-        self.metrics[stage].reset()
-        self.losses[stage].reset()
+        for metric in (self.metrics, self.boundary, self.calibration, self.losses):
+            metric[stage].reset()
         # Values are already reduced over processes by torchmetrics: no sync_dist here.
         miou = f"{stage}/mIoU"
         self.log(miou, results[miou], prog_bar=True)

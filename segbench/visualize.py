@@ -133,3 +133,93 @@ def write_figure(fig: Figure, path: Path) -> None:
     writes (:func:`segbench.rundir.atomic_write`)."""
     atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip("."), dpi=120,
                                              bbox_inches="tight"))  # fmt: skip
+
+
+#: The error map's colours: a correct pixel, a wrong one, a void one (not scored).
+ERROR_COLOURS = {"correct": (225, 225, 225), "wrong": (215, 25, 28), "void": (40, 40, 40)}
+
+
+def error_map(pred: np.ndarray, target: np.ndarray, ignore_index: int) -> np.ndarray:
+    """``H x W x 3``: wrong pixels red, correct ones light grey, void ones dark grey."""
+    out = np.empty((*target.shape, 3), np.uint8)
+    out[...] = ERROR_COLOURS["correct"]
+    out[pred != target] = ERROR_COLOURS["wrong"]
+    out[target == ignore_index] = ERROR_COLOURS["void"]
+    return out
+
+
+def val_examples_figure(
+    images: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    preds: Sequence[np.ndarray],
+    palette: Sequence[tuple[int, int, int]],
+    names: Sequence[str],
+    *,
+    ignore_index: int = 255,
+    row_labels: Sequence[str] | None = None,
+    title: str = "",
+) -> Figure:
+    """Validation examples, one per row, in four labelled columns: the image, the ground truth,
+    the prediction and the error map (wrong pixels red), each row named (``row_labels``) with its
+    pixel accuracy, and a legend of every class's colour below.
+
+    ``images`` are ``H x W x 3`` uint8 pictures, ``targets`` and ``preds`` their ``H x W``
+    label maps (sizes may differ between rows; the first row's sets the figure's shape).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    n = len(images)
+    h, w = images[0].shape[:2]
+    panel = 2.2  # inches per panel's width
+    legend_rows = (len(names) + 1 + 5) // 6  # the classes and void, six a row
+    legend = 0.15 + 0.2 * legend_rows  # inches under the panels
+    height = n * (panel * h / w + 0.1) + 0.6 + legend
+    fig = Figure(figsize=(4 * panel, height))
+    axes = fig.subplots(n, 4, squeeze=False)
+    columns = ("image", "ground truth", "prediction", "errors (red: wrong)")
+    for r in range(n):
+        valid = targets[r] != ignore_index
+        acc = float((preds[r] == targets[r])[valid].mean()) if valid.any() else float("nan")
+        pictures = (
+            images[r],
+            colourise(targets[r], palette),
+            colourise(preds[r], palette),
+            error_map(preds[r], targets[r], ignore_index),
+        )
+        for c, picture in enumerate(pictures):
+            ax = axes[r, c]
+            ax.imshow(picture, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=9)
+        label = row_labels[r] if row_labels else f"#{r}"
+        axes[r, 0].set_ylabel(f"{label}\npixel acc {acc:.2f}", fontsize=8)
+    handles = [
+        Patch(facecolor=_rgb(palette[i]), edgecolor="black", label=name)
+        for i, name in enumerate(names)
+    ]
+    void = (VOID_COLOUR,) * 3
+    handles.append(Patch(facecolor=_rgb(void), edgecolor="black", label="void"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7,
+               frameon=False)  # fmt: skip
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, legend / height, 1, 1))
+    return fig
+
+
+def _rgb(colour: Sequence[int]) -> tuple[float, float, float]:
+    r, g, b = colour
+    return r / 255, g / 255, b / 255
+
+
+def figure_to_array(fig: Figure, dpi: int = 100) -> np.ndarray:
+    """The figure rendered to ``H x W x 3`` uint8 (for the loggers' image panels)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

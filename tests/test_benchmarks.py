@@ -67,7 +67,7 @@ def test_segbench_benchmark_measures_every_part_and_writes_its_files(tmp_path, c
     assert ratio == by["loop"]["images_per_s"] / by["step"]["images_per_s"]
     assert by["size 64"]["peak_memory_mb"] >= by["size 32"]["peak_memory_mb"] > 0
     assert (out / "benchmark_sizes.png").stat().st_size > 1000
-    assert "Ratios: loop_over_step" in (out / "benchmark.md").read_text()
+    assert "Ratios and notes: loop_over_step" in (out / "benchmark.md").read_text()
     assert "| loop |" in capsys.readouterr().out
 
 
@@ -103,3 +103,19 @@ def test_gpu_evidence_dry_run_runs_every_stage_on_the_cpu(tmp_path):
     assert any(n.endswith("fcn32s-s0/metrics.json") for n in names)
     assert any(n.endswith("erf/erf.json") for n in names)
     assert not any(n.endswith(".ckpt") for n in names)
+
+
+def test_segbench_benchmark_times_eager_and_compiled_alternately(tmp_path):
+    from segbench.cli import main
+    from tests.helpers import tiny_args
+
+    out = tmp_path / "bench"
+    main(["benchmark", *tiny_args(tmp_path), "--what", "compile", "--repeats", "3",
+          "--warmup", "1", "--out", str(out)])  # fmt: skip
+    rows = json.loads((out / "benchmark.json").read_text())
+    assert [r["what"] for r in rows] == ["step, eager", "step, compiled"]
+    assert rows[1]["setting"].endswith(", compile default")
+    assert all(r["repeats"] == 3 and r["images_per_s"] > 0 for r in rows)
+    notes = rows[1]["notes"]
+    assert notes["compiled_over_eager"] == rows[1]["images_per_s"] / rows[0]["images_per_s"]
+    assert "compile_s" in notes

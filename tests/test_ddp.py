@@ -69,9 +69,12 @@ def test_ddp_fit_and_exact_evaluation(tmp_path):
         results[name] = val_metrics(tmp_path / "test" / f"val-{name}")
 
     one, two = results["one"], results["two"]
-    counted = {k for k in one if k.startswith("val/") and k != "val/loss"}
-    assert counted >= {"val/mIoU", "val/pixel_acc", "val/mean_acc", "val/fwIoU"}
-    for key in counted:  # integer confusion-matrix counts: exactly equal
+    floats = {"val/loss", "val/ECE"}
+    counted = {k for k in one if k.startswith("val/") and k not in floats}
+    assert counted >= {"val/mIoU", "val/pixel_acc", "val/mean_acc", "val/fwIoU", "val/bIoU"}
+    for key in counted:  # integer counts (confusion matrix, boundary bands): exactly equal
         assert one[key] == two[key], key
-    # The loss is a float sum reduced in a different order: equal to rounding.
-    assert two["val/loss"] == pytest.approx(one["val/loss"], rel=1e-6)
+    # The loss and the calibration bins' confidences are float sums reduced in another order
+    # (the bins' pixel counts are integers): equal to rounding.
+    for key in floats:
+        assert two[key] == pytest.approx(one[key], rel=1e-6), key

@@ -1,10 +1,27 @@
-"""metrics.csv keeps every row across resumed runs."""
+"""The loggers: metrics.csv keeps every row across resumed runs; TensorBoard and MLflow get the
+scalars, hyperparameters and pictures W&B gets, and a killed and resumed run stays one run in
+each (read back from the event files and the MLflow store; one test against a real MLflow
+server)."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
 
-from segbench.loggers import ResumableCSVLogger
+import pytest
+
+from segbench.errors import ConfigError
+from segbench.loggers import ResumableCSVLogger, check_loggers
+from tests.helpers import REPO, tiny_args
 
 
 def rows(path) -> list[dict[str, str]]:
@@ -51,3 +68,154 @@ def test_a_fresh_run_starts_a_new_file(tmp_path):
     fresh.save()
     got = rows(tmp_path / "metrics.csv")
     assert got == [{"step": "0", "val/mIoU": "0.5"}]
+
+
+# -- TensorBoard and MLflow -----------------------------------------------------------------------
+needs_tensorboard = pytest.mark.skipif(
+    importlib.util.find_spec("tensorboard") is None,
+    reason="tensorboard is not installed (pip install 'segbench[loggers]')",
+)
+needs_mlflow = pytest.mark.skipif(
+    importlib.util.find_spec("mlflow") is None,
+    reason="mlflow is not installed (pip install 'segbench[loggers]')",
+)
+
+
+def fit(args: list[str]) -> int:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "segbench.cli", "fit", *args], cwd=REPO, env=env
+    ).returncode
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, its schema created once (~20 s) and copied per test."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def tensorboard_events(log_dir: Path) -> Any:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    return events
+
+
+@needs_tensorboard
+@needs_mlflow
+def test_tensorboard_and_mlflow_get_what_wandb_gets_and_a_killed_run_stays_one_run(
+    tmp_path, mlflow_store
+):
+    from mlflow import MlflowClient
+
+    shutil.copy(mlflow_store, tmp_path / "mlflow.db")
+    loggers = ["--run.loggers", "[tensorboard, mlflow, csv]", "--run.tags", "[fcn, probe]"]
+    args = tiny_args(tmp_path, name="logged", epochs=2, extra=loggers)
+    kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=6"]
+    assert fit([*args, *kill]) == -9  # killed in epoch 2 (4 steps an epoch), after a validation
+    assert fit([*args, "--ckpt_path", "last"]) == 0
+    run = tmp_path / "test" / "logged"
+
+    # TensorBoard: one log directory; scalars (the steps after the checkpoint purged, logged
+    # once more), the hyperparameters, the validation pictures and the per-class IoU table.
+    events = tensorboard_events(run / "tensorboard")
+    tags = events.Tags()
+    assert {"val/mIoU", "val/bIoU", "val/ECE", "val/IoU/pole", "train/loss_step"} <= set(
+        tags["scalars"]
+    )
+    assert {"val/examples", "val/confusion"} <= set(tags["images"])
+    assert [e.step for e in events.Scalars("val/mIoU")] == [3, 7]  # each epoch's, once
+    steps = [e.step for e in events.Scalars("train/loss_step")]
+    assert steps == sorted(set(steps)) == list(range(8))  # no step twice across the kill
+    assert [e.step for e in events.Images("val/examples")] == [3, 7]  # with the metrics
+    assert "val/per_class_IoU" in str(events.Tags().get("tensors", []))
+
+    # MLflow: experiment = group, run name = name, tags, params, metrics, the same pictures;
+    # the resumed process continued the same MLflow run.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("test")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    (logged,) = runs
+    assert logged.info.run_id == (run / "mlflow_run_id").read_text().strip()
+    assert logged.info.run_name == "logged"
+    assert logged.info.status == "FINISHED"
+    assert logged.data.tags["tag.fcn"] == logged.data.tags["tag.probe"] == "true"
+    assert logged.data.tags["segbench.group"] == "test"
+    assert logged.data.params["model.net.init_args.width"] == "0.0625"
+    history = client.get_metric_history(logged.info.run_id, "val/mIoU")
+    assert sorted({m.step for m in history}) == [3, 7]
+    assert {"val/bIoU", "val/ECE", "val/IoU/pole"} <= set(logged.data.metrics)
+    images = [a.path for a in client.list_artifacts(logged.info.run_id, "images")]
+    assert any(p.startswith("images/val~examples") for p in images)
+    assert any(p.startswith("images/val~confusion") for p in images)
+    table = [a.path for a in client.list_artifacts(logged.info.run_id, "val")]
+    assert table == ["val/per_class_IoU.json"]
+
+    # The CSV run record is there too, one row per step.
+    with (run / "metrics.csv").open(newline="") as f:
+        logged_steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
+    assert logged_steps == list(range(8))
+
+
+def test_a_logger_whose_package_is_missing_fails_first_saying_how_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"pip install 'segbench\[loggers\]'"):
+        check_loggers(["csv", "mlflow"])
+    check_loggers(["csv", "wandb"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@needs_mlflow
+def test_a_run_logs_to_a_real_mlflow_server(tmp_path, mlflow_store):
+    """``mlflow server`` on 127.0.0.1 (its own store and artifact folder), the run pointed at
+    it by ``run.mlflow_uri``: what the server holds afterwards."""
+    from mlflow import MlflowClient
+
+    shutil.copy(mlflow_store, tmp_path / "server.db")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):  # the server starts in seconds; allow a loaded machine minutes
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow server exited"
+                time.sleep(0.5)
+        args = tiny_args(
+            tmp_path, name="served", extra=["--run.loggers", "[mlflow]", "--run.mlflow_uri", uri]
+        )
+        assert fit(args) == 0
+        client = MlflowClient(uri)
+        (served,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+        assert served.info.run_name == "served"
+        assert "val/mIoU" in served.data.metrics
+        assert any(
+            a.path.startswith("images/val~examples")
+            for a in client.list_artifacts(served.info.run_id, "images")
+        )
+        assert not (tmp_path / "mlflow.db").exists()  # nothing written to the local store
+        assert (tmp_path / "test" / "served" / "metrics.csv").is_file()  # the CSV record anyway
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+import segbench
 from segbench import numerics
 from segbench.cli import main
 from segbench.numerics import SegbenchTrainer, device_of, native_bf16, resolve_precision
+from tests.helpers import REPO, tiny_args
 
 
 def cpu_flags() -> set[str]:
@@ -64,3 +70,26 @@ def test_an_unknown_precision_is_still_refused(tiny, capsys):
         main(["fit", *tiny(), "--trainer.precision", "fastest"])
     assert exit_.value.code == 2
     assert "trainer.precision" in capsys.readouterr().err
+
+
+def test_a_compiled_run_keeps_eager_checkpoints_and_resumes_after_a_kill(tmp_path):
+    """``model.compile``: the network is compiled in place, so the checkpoints hold the eager
+    network's keys (no ``_orig_mod.``), a killed run resumes, and ``segbench.load`` and the
+    export path read it as any run."""
+    args = tiny_args(tmp_path, name="compiled", epochs=2, extra=["--model.compile", "true"])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=6"]
+    fit = [sys.executable, "-m", "segbench.cli", "fit", *args]
+    assert subprocess.run([*fit, *kill], cwd=REPO, env=env).returncode == -9
+    assert subprocess.run([*fit, "--ckpt_path", "last"], cwd=REPO, env=env).returncode == 0
+    run = tmp_path / "test" / "compiled"
+    for name in ("best", "last"):
+        state = torch.load(run / "checkpoints" / f"{name}.ckpt", weights_only=True)["state_dict"]
+        assert state, name
+        assert not [k for k in state if "_orig_mod" in k], name
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["config"]["model.compile"] is True
+    model = segbench.load(run)  # built without a trainer: eager, the same weights
+    assert getattr(model.task.net, "_compiled_call_impl", None) is None
+    assert model.predict(torch.rand(3, 64, 64)).labels.shape == (64, 64)

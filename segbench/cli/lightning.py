@@ -34,7 +34,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import LambdaCallback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -56,7 +56,7 @@ from segbench.config import (
 )
 from segbench.data.base import SegmentationDataModule
 from segbench.errors import CheckpointError, ConfigError, SegbenchError
-from segbench.loggers import CSVMode, ResumableCSVLogger, choose_wandb_mode
+from segbench.loggers import CSVMode, check_loggers, choose_wandb_mode, make_loggers, mlflow_uri
 from segbench.numerics import SegbenchTrainer
 from segbench.rundir import RunCheckpointIO, RunDir, WriterLock, atomic_write_text
 from segbench.task import DEFAULT_OPTIMIZER, SegmentationTask
@@ -101,7 +101,7 @@ _LINKED = tuple(target for _, target in LINKS)
 #: own arguments. Anything else would mix two recipes in one run.
 RESUME_MAY_CHANGE = (
     "ckpt_path", "config", "run.root", "run.group", "run.name",  # the same run, however named
-    "run.overwrite", "run.wandb", "run.tags", "run.project",
+    "run.overwrite", "run.wandb", "run.tags", "run.project", "run.loggers", "run.mlflow_uri",
     "run.test_after_fit", "run.checkpoint_every_", "run.effective_batch",
     "run.resume_with_changes",
     "trainer.callbacks", "trainer.logger", "trainer.enable_", "trainer.log_every_n_steps",
@@ -109,7 +109,7 @@ RESUME_MAY_CHANGE = (
     "trainer.limit_test_batches", "trainer.limit_predict_batches",
     "trainer.check_val_every_n_epoch", "trainer.val_check_interval", "trainer.default_root_dir",
     "data.init_args.num_workers", "data.init_args.val_batch_size", "data.init_args.render_workers",
-    "model.val_protocol.", "model.test_protocol.", *_LINKED,
+    "model.val_protocol.", "model.test_protocol.", "model.compile", *_LINKED,
 )  # fmt: skip
 #: Training limits: a resume may change them where the learning-rate schedule has no end.
 LIMITS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_")
@@ -238,7 +238,8 @@ class SegbenchCLI(LightningCLI):
                         "linked into the task and the network; remove it from the config and "
                         "the command line"
                     )
-        mode = choose_wandb_mode(cfg.run.wandb)
+        check_loggers(cfg.run.loggers)
+        mode = choose_wandb_mode(cfg.run.wandb if "wandb" in cfg.run.loggers else "disabled")
         cfg.run.wandb = mode
         if mode in ("online", "offline"):
             os.environ["WANDB_MODE"] = mode
@@ -405,27 +406,19 @@ class SegbenchCLI(LightningCLI):
             self._aside = None
 
     def _loggers(self) -> list[Logger]:
-        run = self.run
         resume = bool(self.cfg.get("ckpt_path")) or self.subcommand != "fit"
         mode: CSVMode = "append" if self.subcommand != "fit" else "resume" if resume else "new"
-        loggers: list[Logger] = []
-        if self.cfg.run.wandb != "disabled":
-            cfg = self.cfg.run
-            run_id = run.wandb_id(resume=resume) if is_rank_zero() else None
-            loggers.append(
-                WandbLogger(
-                    project=cfg.project,
-                    name=cfg.name,
-                    group=cfg.group,
-                    tags=list(cfg.tags),
-                    save_dir=str(run.path),
-                    id=run_id,
-                    resume="allow",
-                    log_model=False,
-                )
-            )
-        loggers.append(ResumableCSVLogger(save_dir=str(run.path), name="", version="", mode=mode))
-        return loggers
+        names = list(self.cfg.run.loggers)
+        if not is_rank_zero():  # W&B, TensorBoard and MLflow write from the first process only
+            names = [n for n in names if n == "csv"]
+        return make_loggers(
+            names,
+            run=self.run,
+            run_cfg=self.cfg.run,
+            csv_mode=mode,
+            resume=resume,
+            purge_step=self._ckpt_progress[1] if self._ckpt_progress else None,
+        )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else {}
@@ -537,7 +530,7 @@ class SegbenchCLI(LightningCLI):
         shown = {
             k: float(v)
             for k, v in metrics.items()
-            if k.split("/")[-1] in {"mIoU", "pixel_acc", "mean_acc", "fwIoU"}
+            if k.split("/")[-1] in {"mIoU", "pixel_acc", "mean_acc", "fwIoU", "bIoU", "ECE"}
         }
         lines = [f"  {k:<16} {v:.4f}" for k, v in sorted(shown.items())]
         lines.append(f"run directory: {self.run_dir.resolve()}")
@@ -546,6 +539,14 @@ class SegbenchCLI(LightningCLI):
                 lines.append(
                     f"W&B (offline): {self.run_dir.resolve() / 'wandb'}; upload with "
                     f"`wandb sync {self.run_dir / 'wandb'}/offline-run-*`"
+                )
+            elif isinstance(logger, TensorBoardLogger):
+                lines.append(f"TensorBoard: tensorboard --logdir {Path(self.cfg.run.root)}")
+            elif isinstance(logger, MLFlowLogger):
+                uri = mlflow_uri(self.cfg.run.root, self.cfg.run.mlflow_uri)
+                lines.append(
+                    f"MLflow: experiment {self.cfg.run.group!r}, run {logger.run_id} in {uri}"
+                    + ("" if self.cfg.run.mlflow_uri else f" (mlflow ui --backend-store-uri {uri})")
                 )
         log.info("\n".join(lines))
 

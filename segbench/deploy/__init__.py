@@ -1,1 +1,2 @@
-"""Using a trained model outside training: export (:mod:`.export`, ``segbench export``)."""
+"""Using a trained model outside training: the Python API (:mod:`.api`: ``segbench.load``,
+predict, overlays) and export (:mod:`.export`, ``segbench export``)."""

@@ -168,7 +168,7 @@ def group_runs(runs: Sequence[Run]) -> tuple[list[Row], list[str]]:
 
 def report_scale(metric: str) -> float:
     """Ratios are shown in percent, like the papers; counts and seconds as they are."""
-    return 100.0 if re.search(r"(IoU|acc)", metric) else 1.0
+    return 100.0 if re.search(r"(IoU|acc|ECE)", metric) else 1.0
 
 
 def load_paper(path: str | None) -> dict[str, Any] | None:
