@@ -626,7 +626,11 @@ class SegmentationVisualizer(Callback):
                 images.append(to_uint8(denormalise(item["image"][None], dm))[0])
         pl_module.train(was_training)
         pictures = [im.permute(1, 2, 0).numpy() for im in images]
-        epoch = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        if trainer.state.fn == TrainerFn.FITTING:
+            when = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        else:  # segbench validate: which weights
+            when = f"{Path(trainer.ckpt_path).stem} checkpoint" if trainer.ckpt_path else "weights"
+
         fig = val_examples_figure(
             pictures,
             targets,
@@ -635,7 +639,7 @@ class SegmentationVisualizer(Callback):
             list(dm.class_names),
             ignore_index=dm.ignore_index,
             row_labels=[f"val #{i}" for i in picks],
-            title=f"{self.run_dir.name}: validation examples ({epoch})",
+            title=f"{self.run_dir.name}: validation examples ({when})",
         )
         write_figure(fig, RunDir(self.run_dir).file(RunDir.VAL_EXAMPLES))
         metrics = getattr(pl_module, "metrics", {})
