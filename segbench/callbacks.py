@@ -41,7 +41,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from segbench.data.base import SegmentationDataModule
 from segbench.loggers import ResumableCSVLogger, log_validation_pictures
 from segbench.provenance import provenance
-from segbench.rundir import RunDir, atomic_write_text
+from segbench.rundir import RunDir, atomic_write, atomic_write_text
 from segbench.visualize import (
     confusion_figure,
     denormalise,
@@ -631,7 +631,7 @@ class SegmentationVisualizer(Callback):
         else:  # segbench validate: which weights
             when = f"{Path(trainer.ckpt_path).stem} checkpoint" if trainer.ckpt_path else "weights"
 
-        fig = val_examples_figure(
+        picture = val_examples_figure(
             pictures,
             targets,
             preds,
@@ -641,7 +641,8 @@ class SegmentationVisualizer(Callback):
             row_labels=[f"val #{i}" for i in picks],
             title=f"{self.run_dir.name}: validation examples ({when})",
         )
-        write_figure(fig, RunDir(self.run_dir).file(RunDir.VAL_EXAMPLES))
+        path = RunDir(self.run_dir).file(RunDir.VAL_EXAMPLES)
+        atomic_write(path, lambda f: picture.save(f, format="PNG"))
         metrics = getattr(pl_module, "metrics", {})
         confusion = getattr(metrics["val"], "last_confusion", None) if "val" in metrics else None
         # The step Lightning logs this validation's metrics at: during fit, that of the last
@@ -650,7 +651,7 @@ class SegmentationVisualizer(Callback):
         log_validation_pictures(
             trainer.loggers,
             step=max(trainer.global_step - 1, 0) if fitting else trainer.global_step,
-            examples=fig,
+            examples=np.asarray(picture),
             masks=(pictures, targets, preds),
             confusion=confusion,
             class_names=list(dm.class_names),

@@ -65,7 +65,7 @@ from segbench.rundir import RunDir, atomic_write_text
 from segbench.visualize import confusion_figure, figure_to_array
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    pass
 
 log = logging.getLogger("segbench")
 
@@ -389,21 +389,22 @@ def log_validation_pictures(
     loggers: Sequence[Logger],
     *,
     step: int,
-    examples: Figure,
+    examples: np.ndarray,
     masks: tuple[Sequence[np.ndarray], Sequence[np.ndarray], Sequence[np.ndarray]],
     confusion: Tensor | None,
     class_names: list[str],
     ignore_index: int,
     iou: dict[str, float],
 ) -> None:
-    """Give each logger that shows pictures the validation examples figure, the confusion matrix
+    """Give each logger that shows pictures the validation examples figure (``H x W x 3`` uint8),
+    the confusion matrix
     (rows normalised) and the per-class IoU table at ``step``; W&B also gets the examples as
     interactive mask overlays. Loggers that show none (CSV) are skipped, and nothing is drawn
     when no logger needs it."""
     shown = [lg for lg in loggers if isinstance(lg, WandbLogger | TensorBoardLogger | MLFlowLogger)]
     if not shown:
         return
-    figure = figure_to_array(examples)
+    figure = examples
     matrix = None
     if confusion is not None:
         matrix = figure_to_array(confusion_figure(confusion.long().numpy(), class_names, "val"))

@@ -1,12 +1,12 @@
-"""The validation figure: labelled columns, a legend of every class, an error map, and examples
-spread over the split (the same ones at every validation)."""
+"""The validation figure: four panels a row (image, ground truth, prediction, error map), a legend
+of every class, and examples spread over the split (the same ones at every validation)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from segbench.callbacks import SegmentationVisualizer
-from segbench.visualize import ERROR_COLOURS, error_map, figure_to_array, val_examples_figure
+from segbench.visualize import ERROR_COLOURS, error_map, val_examples_figure
 
 
 def test_examples_are_spread_over_the_split_first_and_last_included():
@@ -26,25 +26,32 @@ def test_the_error_map_marks_wrong_correct_and_void_pixels():
     assert tuple(colours[1, 1]) == ERROR_COLOURS["correct"]
 
 
-def test_the_figure_labels_its_columns_rows_and_classes():
+def test_the_figure_lays_out_four_panels_a_row_and_a_legend():
     rng = np.random.default_rng(0)
     names = ["road", "sky", "pole"]
     palette = [(128, 64, 128), (70, 130, 180), (153, 153, 153)]
     images = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(2)]
-    targets = [rng.integers(0, 3, (24, 32)) for _ in range(2)]
+    targets = [np.zeros((24, 32), np.int64), np.ones((24, 32), np.int64)]
     preds = [t.copy() for t in targets]
-    preds[1][:12] = (preds[1][:12] + 1) % 3  # the second row: its top half wrong
-    fig = val_examples_figure(images, targets, preds, palette, names,
-                              row_labels=["val #0", "val #9"], title="run")  # fmt: skip
-    axes = fig.axes
-    assert [ax.get_title() for ax in axes[:4]] == [
-        "image", "ground truth", "prediction", "errors (red: wrong)"
-    ]  # fmt: skip
-    assert axes[0].get_ylabel() == "val #0\npixel acc 1.00"
-    assert axes[4].get_ylabel() == "val #9\npixel acc 0.50"
-    legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend == [*names, "void"]
-    picture = figure_to_array(fig)
-    assert picture.dtype == np.uint8
-    assert picture.ndim == 3
-    assert picture.shape[2] == 3
+    preds[1][:12] = 2  # the second row: its top half wrong
+    picture = val_examples_figure(images, targets, preds, palette, names, panel=64,
+                                  row_labels=["val #0", "val #9"], title="run")  # fmt: skip
+    pixels = np.asarray(picture)
+    left, gap, top = 96, 6, 24 + 22
+    assert picture.width == left + 4 * (64 + gap)
+    panel_h = 48  # 24 x 32 scaled to 64 wide
+    row2 = top + panel_h + gap
+
+    def centre(row_top: int, column: int, dy: int = 0) -> tuple[int, ...]:
+        return tuple(pixels[row_top + panel_h // 2 + dy, left + column * (64 + gap) + 32])
+
+    assert centre(top, 1) == palette[0]  # ground truth of row 1: road
+    assert centre(top, 2) == palette[0]  # prediction: road
+    assert centre(top, 3) == ERROR_COLOURS["correct"]
+    assert centre(row2, 1) == palette[1]
+    assert centre(row2, 2, dy=-12) == palette[2]  # the wrong top half: pole
+    assert centre(row2, 3, dy=-12) == ERROR_COLOURS["wrong"]
+    assert centre(row2, 3, dy=12) == ERROR_COLOURS["correct"]
+    below = pixels[row2 + panel_h + gap :]  # the legend: every class's colour (and void)
+    for colour in [*palette, (40, 40, 40)]:
+        assert (below == colour).all(axis=-1).any(), colour
