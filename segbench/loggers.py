@@ -47,9 +47,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
+from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch.loggers import (
     CSVLogger,
     Logger,
@@ -63,9 +64,6 @@ from torch import Tensor
 from segbench.errors import ConfigError, SegbenchError
 from segbench.rundir import RunDir, atomic_write_text
 from segbench.visualize import confusion_figure, figure_to_array
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("segbench")
 
@@ -309,7 +307,8 @@ class RunMLFlowLogger(MLFlowLogger):
         from mlflow.entities import Param, RunTag
 
         logged = self.experiment.get_run(self.run_id).data.params
-        flat = {k: str(v)[:250] for k, v in dict(params).items()}
+        # Flattened and cut to 250 characters as Lightning's own MLFlowLogger does.
+        flat = {k: str(v)[:250] for k, v in _flatten_dict(_convert_params(params)).items()}
         new = [Param(k, v) for k, v in flat.items() if k not in logged]
         changed = [
             RunTag(f"changed.{k}", f"{logged[k]} -> {v}")

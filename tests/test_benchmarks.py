@@ -8,6 +8,8 @@ import subprocess
 import sys
 import tarfile
 
+import pytest
+
 from tests.helpers import REPO
 
 
@@ -105,6 +107,7 @@ def test_gpu_evidence_dry_run_runs_every_stage_on_the_cpu(tmp_path):
     assert not any(n.endswith(".ckpt") for n in names)
 
 
+@pytest.mark.slow  # ~40 s of Inductor compilation; the compiled run is tested in make test
 def test_segbench_benchmark_times_eager_and_compiled_alternately(tmp_path):
     from segbench.cli import main
     from tests.helpers import tiny_args
