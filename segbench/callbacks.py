@@ -626,7 +626,8 @@ class SegmentationVisualizer(Callback):
                 images.append(to_uint8(denormalise(item["image"][None], dm))[0])
         pl_module.train(was_training)
         pictures = [im.permute(1, 2, 0).numpy() for im in images]
-        if trainer.state.fn == TrainerFn.FITTING:
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if fitting:
             when = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
         else:  # segbench validate: which weights
             when = f"{Path(trainer.ckpt_path).stem} checkpoint" if trainer.ckpt_path else "weights"
@@ -647,7 +648,6 @@ class SegmentationVisualizer(Callback):
         confusion = getattr(metrics["val"], "last_confusion", None) if "val" in metrics else None
         # The step Lightning logs this validation's metrics at: during fit, that of the last
         # optimiser step, so a resume's purge (from the checkpoint's step on) keeps them.
-        fitting = trainer.state.fn == TrainerFn.FITTING
         log_validation_pictures(
             trainer.loggers,
             step=max(trainer.global_step - 1, 0) if fitting else trainer.global_step,

@@ -71,14 +71,26 @@ def read_image(path: Path) -> torch.Tensor:
         with warnings.catch_warnings(), Image.open(path) as im:
             # Pillow's warning over ~89 MP: segbench predict states the sizes it takes itself.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            arr = _to_rgb(_as_displayed(im, path))
+            picture = image_tensor(im, str(path))
     except FileNotFoundError:
         raise MissingFileError(f"image not found: {path}") from None
     except Image.DecompressionBombError as err:
         raise UnreadableFileError(f"cannot read image {path}: {err}") from None
     except OSError as err:  # PIL.UnidentifiedImageError is an OSError
         raise UnreadableFileError(f"cannot read image {path}: {err}") from err
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return picture
+
+
+def image_tensor(im: Image.Image, name: str = "the image") -> torch.Tensor:
+    """A decoded picture as ``uint8 3 x H x W`` RGB, as a viewer shows it: what
+    :func:`read_image` makes of a file, for a picture already open (the Python API)."""
+    return torch.from_numpy(_to_rgb(_as_displayed(im, Path(name))).copy()).permute(2, 0, 1)
+
+
+def prepare_image(original: torch.Tensor, transform: v2.Transform) -> torch.Tensor:
+    """The network's input of an image read as ``uint8 3 x H x W``: the data module's
+    evaluation ``transform`` (scale, normalisation), as a plain tensor."""
+    return transform(tv_tensors.Image(original)).as_subclass(torch.Tensor)
 
 
 def read_mask(path: Path, palette: Sequence[Sequence[int]] | None = None) -> np.ndarray:
@@ -431,9 +443,8 @@ class ImageFiles(Dataset):
                 original = read_image(path)
         except OSError as err:
             return {"name": name, "path": str(path), "error": str(err)}
-        image = self.transform(tv_tensors.Image(original))
         return {
-            "image": image.as_subclass(torch.Tensor),
+            "image": prepare_image(original, self.transform),
             "original": original,
             "name": name,
             "path": str(path),

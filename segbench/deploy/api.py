@@ -34,11 +34,10 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from PIL import Image
 from torch import Tensor
-from torchvision import tv_tensors
 
 from segbench.analysis.loading import load_model
 from segbench.data.base import SegmentationDataModule
-from segbench.data.files import batches_by_size, read_image
+from segbench.data.files import batches_by_size, image_tensor, prepare_image, read_image
 from segbench.data.transforms import eval_transform
 from segbench.errors import DataError
 from segbench.numerics import resolve_precision
@@ -47,7 +46,8 @@ from segbench.visualize import colourise, overlay
 
 __all__ = ["ImageInput", "Prediction", "Segmenter", "load"]
 
-#: What :meth:`Segmenter.predict` accepts as one image: a file path, a PIL image, an
+#: What :meth:`Segmenter.predict` accepts as one image: a file path, a PIL image (read as a file
+#: is: EXIF orientation, 16-bit grey scaled), an
 #: ``H x W x 3`` uint8 array, or a ``3 x H x W`` tensor (uint8, or float in [0, 1]).
 ImageInput = str | Path | Image.Image | np.ndarray | Tensor
 
@@ -94,7 +94,7 @@ def as_uint8_image(image: ImageInput) -> Tensor:
     if isinstance(image, str | Path):
         return read_image(Path(image))
     if isinstance(image, Image.Image):
-        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+        return image_tensor(image)
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DataError(
@@ -206,7 +206,7 @@ class Segmenter:
         results: list[Prediction | None] = [None] * len(originals)
         for batch in batches_by_size(sizes, self.datamodule.val_batch_size):
             original = torch.stack([originals[i] for i in batch])
-            image = torch.stack([self._prepare(originals[i]) for i in batch])
+            image = torch.stack([prepare_image(originals[i], self.transform) for i in batch])
             out = self._predict_batch({"image": image, "original": original})
             for j, i in enumerate(batch):
                 results[i] = Prediction(
@@ -218,9 +218,6 @@ class Segmenter:
                 )
         done = [r for r in results if r is not None]
         return done[0] if single else done
-
-    def _prepare(self, original: Tensor) -> Tensor:
-        return self.transform(tv_tensors.Image(original)).as_subclass(Tensor)
 
     def _predict_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         batch = {k: v.to(self.device) for k, v in batch.items()}
