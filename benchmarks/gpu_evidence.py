@@ -180,7 +180,7 @@ def check_rows(
         verbose=True,
     )
     rows = []
-    for arch in opts.archs:
+    for arch in opts.compiled_archs if compiled else opts.archs:
         if clock.left(until) < (60 if compiled and not opts.dry_run else 5):
             rows.append(gpu_check.Row(arch, "bf16-mixed, channels_last, compile" if compiled
                                       else "bf16-mixed, channels_last", 0, 0,
@@ -353,11 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, help="run directories (default: a folder in /tmp)")
     parser.add_argument("--budget", type=float, default=510, help="seconds for the whole call")
     parser.add_argument("--archs", nargs="+", default=None, help="default: every architecture")
+    parser.add_argument("--compiled_archs", nargs="+", default=None,
+                        help="the compiled rows' architectures (default: --archs)")  # fmt: skip
     opts = parser.parse_args(argv)
     opts.device = "cuda" if torch.cuda.is_available() and not opts.dry_run else "cpu"
     if not opts.dry_run and opts.device != "cuda":
         parser.error("no GPU here: run with --dry-run to check the script on the CPU")
     opts.archs = opts.archs or sorted(architectures())
+    opts.compiled_archs = opts.compiled_archs or opts.archs
     opts.out.mkdir(parents=True, exist_ok=True)
     opts.runs = (opts.runs or Path("/tmp/segbench-gpu-evidence")).resolve()
     logging.basicConfig(

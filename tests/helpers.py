@@ -3,10 +3,13 @@ modules import from here (never from each other); fixtures live in ``conftest.py
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +153,32 @@ def sweep_command(
     cmd += ["--variants", *variants, "--seeds", *seeds, "--root", str(tmp / "runs")]
     cmd += ["--out", str(tmp / "results" / group), *options, "--", *keep]
     return [*cmd, "--run.wandb", "disabled"]
+
+
+@contextlib.contextmanager
+def segbench_log() -> Iterator[list[str]]:
+    """The messages segbench's logger emits (INFO and up) inside the block."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("segbench")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+
+
+def segbench_in_process(cmd: list[str]) -> str:
+    """A ``[python, -m, segbench.cli, ...]`` command run in this process (a sweep's or a tune's
+    fits are processes of their own all the same), saving the ~5 s a Python process takes to
+    import torch and lightning; what segbench logged (INFO and up), a line a message."""
+    with segbench_log() as lines:
+        main(cmd[cmd.index("segbench.cli") + 1 :])
+    return "\n".join(lines)
 
 
 def wait_at_step(release: Path, process: subprocess.Popen) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from segbench.cli import main
 from segbench.errors import ConfigError
 from segbench.loggers import ResumableCSVLogger, check_loggers
 from tests.helpers import REPO, tiny_args
@@ -118,7 +119,7 @@ def test_tensorboard_and_mlflow_get_what_wandb_gets_and_a_killed_run_stays_one_r
     args = tiny_args(tmp_path, name="logged", epochs=2, extra=loggers)
     kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=6"]
     assert fit([*args, *kill]) == -9  # killed in epoch 2 (4 steps an epoch), after a validation
-    assert fit([*args, "--ckpt_path", "last"]) == 0
+    main(["fit", *args, "--ckpt_path", "last"])  # resumed in this process
     run = tmp_path / "test" / "logged"
 
     # TensorBoard: one log directory; scalars (the steps after the checkpoint purged, logged
@@ -205,7 +206,7 @@ def test_a_run_logs_to_a_real_mlflow_server(tmp_path, mlflow_store):
         args = tiny_args(
             tmp_path, name="served", extra=["--run.loggers", "[mlflow]", "--run.mlflow_uri", uri]
         )
-        assert fit(args) == 0
+        main(["fit", *args])
         client = MlflowClient(uri)
         (served,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
         assert served.info.run_name == "served"

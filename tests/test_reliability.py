@@ -185,7 +185,7 @@ def test_the_last_checkpoint_of_an_epoch_knows_the_best_one_written_then(tmp_pat
     checkpoint's state as it is after that epoch: a resume from it neither overwrites a better
     best.ckpt with a worse one nor writes best-v1.ckpt beside a best.ckpt it does not know."""
     args = tiny_args(tmp_path, name="run", epochs=1, extra=RANDOM)
-    assert run_process(args) == 0
+    fit(args)
     run = tmp_path / "test" / "run"
     last = load(run / "checkpoints" / "last.ckpt")
     (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
@@ -448,26 +448,21 @@ def fit_held_at_step_2(args: list[str], release: Path, **popen: object) -> subpr
 
 
 def test_a_second_fit_into_a_run_being_trained_is_refused_and_a_dead_holder_is_taken_over(
-    tmp_path,
+    tmp_path, capsys
 ):
-    """Two processes: while a fit trains, a second fit of the same run (fresh, resumed or
-    overwriting) is refused, naming the holder, and changes nothing; once the holder is killed,
-    its claim is taken over."""
+    """Two processes (the test's and a fit's): while the fit trains, a second fit of the same
+    run (fresh, resumed or overwriting) is refused, naming the holder, and changes nothing; once
+    the holder is killed, its claim is taken over."""
     args = tiny_args(tmp_path, epochs=2, extra=["--run.checkpoint_every_n_steps", "1"])
     run = RunDir(tmp_path / "test" / "tiny")
     release = tmp_path / "release"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     holder = fit_held_at_step_2(args, release)
     try:
         config = run.config.read_text()
         for extra in ([], ["--run.overwrite", "true"], ["--ckpt_path", "last"]):
-            done = subprocess.run(
-                [sys.executable, "-m", "segbench.cli", "fit", *args, *extra],
-                cwd=REPO, env=env, capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            assert done.returncode == 1, (extra, done.stderr[-2000:])
-            assert f"run {run.path} is being written by pid {holder.pid}" in done.stderr, extra
-            assert "Traceback" not in done.stderr
+            err = fails(["fit", *args, *extra], capsys)
+            assert f"run {run.path} is being written by pid {holder.pid}" in err, extra
+            assert "Traceback" not in err
             assert run.config.read_text() == config  # nothing of the holder's run was touched
         holder.kill()
         holder.wait()
@@ -475,7 +470,7 @@ def test_a_second_fit_into_a_run_being_trained_is_refused_and_a_dead_holder_is_t
         release.touch()
         if holder.poll() is None:
             holder.kill()
-    assert run_process([*args, "--run.overwrite", "true", "--trainer.max_epochs", "1"]) == 0
+    fit([*args, "--run.overwrite", "true", "--trainer.max_epochs", "1"])
     assert section(run.path)["completed_epochs"] == 1
 
 
@@ -499,7 +494,7 @@ def test_sigterm_during_fit_exits_143_marks_the_run_and_it_resumes(tmp_path):
     assert "stopped by SIGTERM" in err
     assert section(run.path)["finished"] is False
     assert section(run.path, "provenance")["attempts"][-1]["interrupted"] == "SIGTERM"
-    assert run_process([*args, "--ckpt_path", "last"]) == 0
+    fit([*args, "--ckpt_path", "last"])
     assert section(run.path)["finished"] is True
     attempts = section(run.path, "provenance")["attempts"]
     assert [a.get("interrupted") for a in attempts] == ["SIGTERM", None]
@@ -554,7 +549,7 @@ def test_a_resume_with_changes_applies_them_for_real_and_records_them(tiny, caps
     attempt records them. The seed (the checkpoint's random state) still cannot change."""
     extra = ["--run.checkpoint_every_n_steps", "1"]
     fresh = tiny(name="fresh", epochs=3, extra=[*extra, "--model.optimizer.init_args.lr", "0.1"])
-    assert run_process(fresh) == 0
+    fit(fresh)
     args = tiny(epochs=2, extra=extra)
     kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=5"]
     assert run_process([*args, *kill]) == -9

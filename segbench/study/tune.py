@@ -441,7 +441,8 @@ def write_results(study: Any, space: SearchSpace, group_dir: Path, fit_args: lis
     lines = [
         f"# segbench tune: {group_dir.name}",
         "",
-        f"{len(trials)} trials: {counts[s.COMPLETE]} complete, {counts[s.PRUNED]} pruned "
+        f"{len(trials)} trial{'' if len(trials) == 1 else 's'}: {counts[s.COMPLETE]} complete, "
+        f"{counts[s.PRUNED]} pruned "
         f"({sum(bool(t.user_attrs.get(DIVERGED_ATTR)) for t in trials)} of them diverged), "
         f"{counts[s.FAIL]} failed. Objective: {space.direction} {space.metric} ({space.mode} "
         f"epoch), on the validation split. Search space: `{space.path}`.",

@@ -3,15 +3,12 @@ SLURM path, and the pure parts (device slots, threads, sbatch parameters) on the
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +24,7 @@ from segbench.study.launchers.slurm import (
     slurm_parameters,
     still_queued,
 )
-from tests.helpers import REPO, sweep_command, wait_at_step
+from tests.helpers import REPO, segbench_in_process, segbench_log, sweep_command, wait_at_step
 
 GROUP = "par"
 RUNS = ["fcn32s-s0", "fcn32s-s1", "fcn8s-s0", "fcn8s-s1"]
@@ -173,23 +170,6 @@ def test_bad_launcher_options_are_named(tmp_path):
         sweep.main([*base, "--jobs", "0"])
 
 
-@contextlib.contextmanager
-def segbench_log() -> Iterator[list[str]]:
-    """The messages segbench's logger emits (INFO and up) inside the block."""
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("segbench")
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        yield lines
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
-
-
 def test_dry_run_prints_the_sbatch_file_for_the_slurm_launcher(tmp_path):
     from segbench.study import sweep
 
@@ -270,11 +250,10 @@ def test_two_runs_at_once_all_finish_really_overlap_and_are_skipped_after(parall
         active = [o for o in RUNS if o != name and spans[o][0] <= start < spans[o][1] - 1]
         assert len(active) <= 1, (name, spans)
 
-    again = _sweep(tmp, "--jobs", "2")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("done, skipped") == 4
-    assert "starting" not in again.stderr
-    assert "resuming" not in again.stderr
+    again = segbench_in_process(sweep_command(tmp, GROUP, "--jobs", "2", seeds=("0", "1")))
+    assert again.count("done, skipped") == 4
+    assert "starting" not in again
+    assert "resuming" not in again
 
 
 def test_submitit_local_executor_resumes_a_partial_run_and_starts_a_new_one(parallel_grid):
@@ -290,11 +269,12 @@ def test_submitit_local_executor_resumes_a_partial_run_and_starts_a_new_one(para
     assert partial.state() == "partial"
     shutil.rmtree(runs / "fcn32s-s1")
 
-    result = _sweep(tmp, "--launcher", "local", "--jobs", "2", "--slurm_time", "10")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "[4/4] par/fcn8s-s1: resuming as local job" in result.stderr
-    assert "[2/4] par/fcn32s-s1: submitted as local job" in result.stderr
-    assert result.stderr.count("done, skipped") == 2
+    cmd = sweep_command(tmp, GROUP, "--launcher", "local", "--jobs", "2", "--slurm_time", "10",
+                        seeds=("0", "1"))  # fmt: skip
+    result = segbench_in_process(cmd)
+    assert "[4/4] par/fcn8s-s1: resuming as local job" in result
+    assert "[2/4] par/fcn32s-s1: submitted as local job" in result
+    assert result.count("done, skipped") == 2
     for name in RUNS:
         assert RunDir(runs / name).state() == "done"
     assert (runs / "submitit").is_dir()
@@ -399,17 +379,21 @@ def _ends_within(pid: int, seconds: float) -> bool:
     return False
 
 
-def test_the_same_sweep_started_twice_runs_once(tmp_path):
-    """Two real sweep processes of one group: the second is refused at once, naming the first
-    (its pid), while the first trains; the first finishes its runs alone."""
+def test_the_same_sweep_started_twice_runs_once(tmp_path, capsys, monkeypatch):
+    """Two sweeps of one group (a process, then this one): the second is refused at once,
+    naming the first (its pid), while the first trains; the first finishes its runs alone."""
     cmd, env, release = _waiting_sweep(tmp_path, "twice")
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
     try:
         wait_at_step(release, first)
-        second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
-        assert second.returncode == 1
-        assert f"is being written by pid {first.pid}" in second.stderr
-        assert len(second.stderr.strip().splitlines()) <= 3, second.stderr  # no usage dump
+        monkeypatch.chdir(tmp_path)
+        capsys.readouterr()
+        with segbench_log() as lines, pytest.raises(SystemExit) as second:
+            segbench_in_process(cmd)
+        assert second.value.code == 1
+        assert len(lines) == 1
+        assert f"is being written by pid {first.pid}" in lines[0]
+        assert "usage:" not in capsys.readouterr().err
         release.touch()
         assert first.wait(timeout=600) == 0
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,23 +10,20 @@ import pytest
 
 from segbench.study.launchers.local import ProcessLauncher
 from segbench.study.plan import fit_command, run_state
-from tests.helpers import REPO, sweep_command
+from tests.helpers import REPO, segbench_in_process, sweep_command
 
 
-def test_sweep_runs_reports_and_skips_finished_runs(tmp_path):
+def test_sweep_runs_reports_and_skips_finished_runs(tmp_path, monkeypatch):
     cmd = sweep_command(tmp_path, "skips")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    segbench_in_process(cmd)
     table = (tmp_path / "results" / "skips.md").read_text()
     assert "| fcn32s | 32s | 1 |" in table
     assert "| fcn8s | 8s | 1 |" in table
     for v in ("fcn32s", "fcn8s"):
         assert run_state(tmp_path / "runs" / "skips" / f"{v}-s0") == "done"
 
-    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 0
-    assert again.stderr.count("done, skipped") == 2
+    assert segbench_in_process(cmd).count("done, skipped") == 2
 
 
 def test_interrupted_runs_resume_from_last(tmp_path):
@@ -90,7 +86,7 @@ def test_an_ablation_is_found_by_name_or_paper_and_typos_are_named(tmp_path):
         find_ablation("probing", tmp_path)
 
 
-def test_an_ablation_sweep_runs_its_steps_and_skips_recorded_runs(tmp_path):
+def test_an_ablation_sweep_runs_its_steps_and_skips_recorded_runs(tmp_path, monkeypatch):
     """A probe ablation: one variant x one seed, a step after each run (gridding --record) and
     a step after all; a second call skips the run and the recorded step."""
     folder = tmp_path / "experiments" / "probe" / "synthetic"
@@ -125,19 +121,17 @@ def test_an_ablation_sweep_runs_its_steps_and_skips_recorded_runs(tmp_path):
         "--seeds",
         "0",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    segbench_in_process(cmd)
     table = (tmp_path / "results" / "probe-tiny.md").read_text()
     assert "gridding/impulse" in table
     # ... and beside the experiments, in the paper's RESULTS.md, between the sweep marks.
     results = (tmp_path / "experiments" / "probe" / "RESULTS.md").read_text()
     assert "<!-- sweep:probe-tiny" in results
     assert "gridding/impulse" in results
-    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "done, skipped" in again.stderr
-    assert "recorded for its checkpoint, skipped" in again.stderr
+    again = segbench_in_process(cmd)
+    assert "done, skipped" in again
+    assert "recorded for its checkpoint, skipped" in again
 
 
 def test_results_tables_are_rewritten_between_the_marks_only(tmp_path):

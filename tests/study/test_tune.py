@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from segbench.cli import main
 from segbench.errors import ConfigError, MissingFileError
 from segbench.study import tune
 from tests.helpers import REPO, tiny_args, wait_at_step
@@ -130,19 +131,20 @@ def test_a_missing_space_file_is_named(tmp_path):
         tune.main(["--config", "x.yaml", "--space", str(tmp_path / "nope.yaml")])
 
 
-def run_tune(cmd: list[str], tmp: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+def run_tune(cmd: list[str], capsys) -> str:
+    """``segbench tune`` in this process (its trials' fits are processes of their own, as
+    always); what it printed on stdout."""
+    capsys.readouterr()
+    main(cmd[cmd.index("tune") :])
+    return capsys.readouterr().out
 
 
 def trials_of(group_dir: Path) -> list[dict[str, str]]:
     return list(csv.DictReader((group_dir / "trials.csv").open()))
 
 
-def test_a_study_runs_its_trials_starts_from_the_base_and_writes_what_it_found(tmp_path):
-    done = run_tune(tune_command(tmp_path, "--trials", "2", "--pruner", "none"), tmp_path)
+def test_a_study_runs_its_trials_starts_from_the_base_and_writes_what_it_found(tmp_path, capsys):
+    out = run_tune(tune_command(tmp_path, "--trials", "2", "--pruner", "none"), capsys)
     group = tmp_path / "runs" / "space-tune"
     rows = trials_of(group)
     assert [r["state"] for r in rows] == ["complete", "complete"]
@@ -165,21 +167,22 @@ def test_a_study_runs_its_trials_starts_from_the_base_and_writes_what_it_found(t
     )
     for figure in ("history.png", "parallel.png", "importances.png"):
         assert (group / figure).stat().st_size > 0
-    assert "2 trials: 2 complete, 0 pruned (0 of them diverged), 0 failed" in done.stdout
+    assert "2 trials: 2 complete, 0 pruned (0 of them diverged), 0 failed" in out
     # the same command again: the study is full, nothing runs
-    again = run_tune(tune_command(tmp_path, "--trials", "2", "--pruner", "none"), tmp_path)
-    assert "starting" not in again.stderr
+    records = {p: p.stat().st_mtime_ns for p in group.glob("trial-*/metrics.json")}
+    run_tune(tune_command(tmp_path, "--trials", "2", "--pruner", "none"), capsys)
     assert len(trials_of(group)) == 2
+    assert {p: p.stat().st_mtime_ns for p in group.glob("trial-*/metrics.json")} == records
 
 
-def test_a_pruned_trial_stops_early_and_is_recorded_as_pruned(tmp_path):
+def test_a_pruned_trial_stops_early_and_is_recorded_as_pruned(tmp_path, capsys):
     # Every value is below the threshold: each trial is pruned at its first validation after
     # the warm-up epoch, one epoch before its schedule's end.
     cmd = tune_command(
         tmp_path, "--trials", "2", "--pruner", "threshold", "--threshold", "1.5", "--warmup", "1",
         epochs=3,
     )  # fmt: skip
-    done = run_tune(cmd, tmp_path)
+    out = run_tune(cmd, capsys)
     group = tmp_path / "runs" / "space-tune"
     assert [(r["state"], r["pruned at epoch"]) for r in trials_of(group)] == [("pruned", "1")] * 2
     for n in (0, 1):
@@ -187,25 +190,25 @@ def test_a_pruned_trial_stops_early_and_is_recorded_as_pruned(tmp_path):
         assert metrics["trial"]["pruned_at_epoch"] == 1
         assert metrics["fit"]["completed_epochs"] == 2  # of 3
     assert not (group / "best.yaml").exists()  # nothing completed
-    assert "2 trials: 0 complete, 2 pruned" in done.stdout
+    assert "2 trials: 0 complete, 2 pruned" in out
 
 
-def test_a_diverging_trial_is_told_as_pruned_so_the_sampler_avoids_it(tmp_path):
+def test_a_diverging_trial_is_told_as_pruned_so_the_sampler_avoids_it(tmp_path, capsys):
     space = {"space": {"model.optimizer.init_args.lr": {"choices": [1.0e6]}}}
     cmd = tune_command(tmp_path, "--trials", "1", "--pruner", "none", "--base_trial", "false")
     cmd[cmd.index("--space") + 1] = str(space_file(tmp_path, space, "space.yaml"))
-    done = run_tune(cmd, tmp_path)
+    out = run_tune(cmd, capsys)
     group = tmp_path / "runs" / "space-tune"
     assert [(r["state"], r["pruned at epoch"]) for r in trials_of(group)] == [
         ("pruned", "diverged")
     ]
     record = json.loads((group / "trial-000" / "metrics.json").read_text())["trial"]
     assert record["diverged_at_step"] >= 0
-    assert "1 pruned (1 of them diverged)" in done.stdout
+    assert "1 pruned (1 of them diverged)" in out
 
 
-def test_a_changed_space_is_refused_on_an_existing_study(tmp_path):
-    run_tune(tune_command(tmp_path, "--trials", "1", "--pruner", "none", epochs=1), tmp_path)
+def test_a_changed_space_is_refused_on_an_existing_study(tmp_path, capsys):
+    run_tune(tune_command(tmp_path, "--trials", "1", "--pruner", "none", epochs=1), capsys)
     cmd = tune_command(tmp_path, "--trials", "2", "--pruner", "none", epochs=1)
     args = cmd[cmd.index("tune") + 1 :]
     changed = {**SPACE, "mode": "last"}
@@ -229,7 +232,8 @@ def test_a_tune_killed_with_sigkill_is_continued_by_the_same_command(tmp_path):
     first.wait()
     release.touch()  # trial 0's fit goes on, gets the SIGTERM of its parent's death and stops
     group = tmp_path / "runs" / "space-tune"
-    run_tune(cmd, tmp_path)  # the same command: trial 0 resumed, then trial 1
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]  # the same command: trial 0 resumed, then 1
     rows = trials_of(group)
     assert [(r["trial"], r["state"]) for r in rows] == [("0", "complete"), ("1", "complete")]
     first_trial = json.loads((group / "trial-000" / "metrics.json").read_text())

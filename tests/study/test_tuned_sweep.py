@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from segbench.cli import main
 from segbench.errors import ConfigError
 from segbench.study.ablation import Ablation
 from tests.helpers import REPO
@@ -118,7 +116,9 @@ def test_tune_needs_an_ablation_with_a_tune_block(tmp_path, capsys):
     assert says in capsys.readouterr().err
 
 
-def test_a_tuned_sweep_tunes_on_val_trains_each_variant_at_its_best_and_says_so(tmp_path):
+def test_a_tuned_sweep_tunes_on_val_trains_each_variant_at_its_best_and_says_so(
+    tmp_path, monkeypatch
+):
     """2 variants x 2 trials, then seed 0 of each at its best setting: the trials never read the
     test split, the claim runs read it once, and the report names each variant's setting beside
     the claim as published at the shared setting."""
@@ -129,11 +129,8 @@ def test_a_tuned_sweep_tunes_on_val_trains_each_variant_at_its_best_and_says_so(
               "b": {"mean": 0.49, "std": 0.01, "n": 3}, "test": "paired t (3 seeds)",
               "detectable": None, "note": "", "flat": None}  # fmt: skip
     results.write_text(json.dumps({"groups": {"probe": {"rows": [], "claims": [shared]}}}))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "segbench.cli", "sweep", "--ablation", str(path), "--tune",
-           "--seeds", "0"]  # fmt: skip
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    main(["sweep", "--ablation", str(path), "--tune", "--seeds", "0"])
     runs = tmp_path / "runs"
     for variant in ("fcn8s", "fcn32s"):
         study = runs / f"probe-tune-{variant}"
