@@ -22,8 +22,14 @@ from pathlib import Path
 from segbench.options import command_parser
 from segbench.rundir import atomic_write_json, atomic_write_text
 from segbench.study.ablation import Ablation
-from segbench.study.publish import keep_decided, published_claims, read_claims, write_results
-from segbench.study.render import claims_table, merge_tables
+from segbench.study.publish import (
+    keep_decided,
+    published_claims,
+    read_claims,
+    read_results,
+    write_results,
+)
+from segbench.study.render import BEFORE_AFTER, before_after_rows, claims_table, merge_tables
 from segbench.study.verdicts import (
     Judgement,
     holm_verdicts,
@@ -33,6 +39,7 @@ from segbench.study.verdicts import (
     p_value,
     verdict_counts,
 )
+from segbench.tables import markdown_table
 
 log = logging.getLogger("segbench")
 
@@ -77,7 +84,7 @@ def main(argv: list[str]) -> None:
             log.info("claims without runs here, verdicts kept from the published results: %s",
                      ", ".join(kept))  # fmt: skip
     judged = [(a, judgement_of_data(j.claim, e)) for (a, j), e in zip(judged, entries, strict=True)]
-    text = render_claims(judged)
+    text = render_claims(judged, args.scale)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, text)
@@ -87,20 +94,19 @@ def main(argv: list[str]) -> None:
     sys.stdout.write(text)
 
 
-def render_claims(judged: list[tuple[Ablation, Judgement]]) -> str:
+def render_claims(judged: list[tuple[Ablation, Judgement]], scale: str = "cpu") -> str:
     """The five papers' table: a row per claim, its ablation linked to its paper's results
-    page; then the counts by verdict."""
+    page; then the counts by verdict, and the claims judged again with each variant tuned
+    (:func:`tuned_claims`)."""
     text = ""
     corrected = holm_verdicts([j for _, j in judged])
     family = sum(p_value(j) is not None for _, j in judged)  # the claims tested (run) together
     ablations = {a.path: a for a, _ in judged}  # in order, once each
     for ablation in ablations.values():
-        # The ablation's name, linked to its paper's results (relative to where tables go).
-        label = f"[{ablation.name}]({(ablation.folder.parent / 'RESULTS.md').as_posix()})"
         mine = [i for i, (a, _) in enumerate(judged) if a is ablation]
         text += claims_table(
             [judged[i][1] for i in mine],
-            group=label,
+            group=_label(ablation),
             holm=(family, [corrected[i] for i in mine]),
         )
     counts = verdict_counts(j.verdict for _, j in judged)
@@ -109,5 +115,34 @@ def render_claims(judged: list[tuple[Ablation, Judgement]]) -> str:
     return (
         merge_tables(text)
         + f"\n{said} of {len(judged)} claims; with Holm's correction over the {family} tested "
-        f"(familywise error 5%): {held}\n"
+        f"(familywise error 5%): {held}\n" + tuned_claims(list(ablations.values()), scale)
+    )
+
+
+def _label(ablation: Ablation) -> str:
+    """The ablation's name, linked to its paper's results (relative to where tables go)."""
+    return f"[{ablation.name}]({(ablation.folder.parent / 'RESULTS.md').as_posix()})"
+
+
+def tuned_claims(ablations: list[Ablation], scale: str = "cpu") -> str:
+    """The claims an ablation judged again with each variant at its own tuned setting
+    (``segbench sweep --tune``, published as ``<group>-tuned`` in its paper's RESULTS.json),
+    beside their verdicts at the recipe's shared setting; empty if no ablation has."""
+    rows = []
+    for ablation in ablations:
+        group = f"{ablation.group_at(scale)}-tuned"
+        report = read_results(ablation.folder.parent / "RESULTS.json").get(group) or {}
+        if not report.get("tuned"):
+            continue
+        by_id = {c.id: c for c in ablation.claims}
+        judged = [judgement_of_data(by_id[e["id"]], e) for e in report.get("claims", [])
+                  if e["id"] in by_id]  # fmt: skip
+        rows += [[_label(ablation), *row] for row in before_after_rows(judged, report["tuned"])]
+    if not rows:
+        return ""
+    return (
+        "\nTuned: the same claims with each variant at its own setting, chosen on the "
+        "validation split (`segbench sweep --tune`), beside the verdicts of the shared-setting "
+        "sweep they were tuned against, as published then (a row of the table above may come "
+        "from another scale):\n\n" + markdown_table(["ablation", *BEFORE_AFTER], rows)
     )

@@ -117,9 +117,9 @@ def _value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def before_after_table(judged: Sequence[Judgement], tuned: dict[str, Any]) -> str:
-    """Each claim at the recipe's shared setting (as published for ``tuned['shared_group']``)
-    beside the same claim with each variant tuned."""
+def before_after_rows(judged: Sequence[Judgement], tuned: dict[str, Any]) -> list[list[str]]:
+    """A row per claim of a tuned sweep: its verdict at the recipe's shared setting (as
+    published for ``tuned['shared_group']``), then with each variant tuned."""
     shared = {e["id"]: e for e in tuned.get("shared_claims", [])}
     rows = []
     for j in judged:
@@ -131,11 +131,20 @@ def before_after_table(judged: Sequence[Judgement], tuned: dict[str, Any]) -> st
             _interval(j),
             f"**{j.verdict}**",
         ])  # fmt: skip
-    header = ["claim", "a - b, shared setting", "verdict", "a - b, tuned", "verdict"]
+    return rows
+
+
+#: The columns of :func:`before_after_rows`.
+BEFORE_AFTER = ["claim", "a - b, shared setting", "verdict", "a - b, tuned", "verdict"]
+
+
+def before_after_table(judged: Sequence[Judgement], tuned: dict[str, Any]) -> str:
+    """Each claim at the recipe's shared setting beside the same claim with each variant
+    tuned (:func:`before_after_rows`)."""
     return (
         f"## Before and after tuning\n\nThe shared setting's verdicts are those of the sweep "
         f"`{tuned['shared_group']}` as published in this page's data.\n\n"
-        + markdown_table(header, rows)
+        + markdown_table(BEFORE_AFTER, before_after_rows(judged, tuned))
     )
 
 

@@ -156,3 +156,11 @@ def test_a_tuned_sweep_tunes_on_val_trains_each_variant_at_its_best_and_says_so(
     data = json.loads(results.read_text())["groups"]["probe-tuned"]
     assert set(data["tuned"]["variants"]) == {"fcn8s", "fcn32s"}
     assert data["tuned"]["shared_group"] == "probe"
+    # The five papers' table (segbench claims) shows the tuned verdict beside the shared one.
+    main(["claims", "--experiments", "experiments", "--root", "runs", "--out", "claims.md"])
+    table = (tmp_path / "claims.md").read_text().split("Tuned: ")[1]
+    row = next(line for line in table.splitlines() if "| probe-8s-over-32s |" in line)
+    assert row.startswith("| [probe](experiments/probe/RESULTS.md) | probe-8s-over-32s | "
+                          "+1.00 [-2.00, +4.00] (95%) | **inconclusive** | ")  # fmt: skip
+    tuned_claim = next(c for c in data["claims"] if c["id"] == "probe-8s-over-32s")
+    assert row.endswith(f"| **{tuned_claim['verdict']}** |")
