@@ -29,7 +29,8 @@ Everything comes back in at most 8 files under ``--out`` (``$OUT`` on the GPU ma
 and cue-distance outputs).
 
 ``--dry-run`` runs every stage on the CPU at toy size (64-px scenes, width 1/16, one epoch, one
-seed, compile with the ``eager`` backend): the test suite runs it, since CI has no GPU.
+seed, compile with the ``eager`` backend): the test suite runs it, since CI has no GPU, with
+``--compiled_archs FCN`` (dynamo's tracing alone takes seconds an architecture).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from segbench.cli import main
 from tests.helpers import tiny_args
 
 
@@ -65,7 +66,10 @@ def test_ddp_fit_and_exact_evaluation(tmp_path):
                 str(ckpt),
             ],
         )
-        segbench("validate", *args, cwd=tmp_path)
+        if name == "one":  # in this process: no launcher needed
+            main(["validate", *args])
+        else:
+            segbench("validate", *args, cwd=tmp_path)
         results[name] = val_metrics(tmp_path / "test" / f"val-{name}")
 
     one, two = results["one"], results["two"]
