@@ -139,14 +139,17 @@ def test_fit_then_test_writes_a_complete_run_directory(tiny):
     assert prov["attempts"][0]["command"]
 
 
-def test_resume_continues_from_the_last_checkpoint(tiny):
+def test_resume_continues_from_the_last_checkpoint(tiny, recwarn):
     # A constant learning rate: a poly schedule refuses other limits on resume (test below).
     constant = ["--model.lr_schedule", "constant"]
     run_main(["fit", *tiny(epochs=1, extra=constant)])
     run_dir = tiny.root / "test" / "tiny"
     steps = metrics(run_dir)["global_step"]
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    recwarn.clear()
     run_main(["fit", *tiny(epochs=2, extra=constant), "--ckpt_path", "last"])
+    # A resume finds its own checkpoints: no warning that the directory is not empty.
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
     m = metrics(run_dir)
     assert m["global_step"] == 2 * steps
     assert m["completed_epochs"] == 2

@@ -463,6 +463,9 @@ class SegbenchCLI(LightningCLI):
             )
             callbacks.append(writer)
         if trainer_cfg.get("enable_checkpointing") is not False:
+            # A fit finds checkpoints in the run only when it resumes them (a fresh fit into a
+            # run that has some is refused), so Lightning's warning is noise here.
+            warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
             callbacks.append(
                 ModelCheckpoint(
                     dirpath=run.checkpoints,
@@ -487,6 +490,9 @@ class SegbenchCLI(LightningCLI):
                 )
             )
         kwargs["callbacks"] = callbacks
+        # Lightning's own use of torch's pytree API (lightning/pytorch/utilities/_pytree.py),
+        # deprecated in torch 2.14: printed at every fit, nothing a user can act on.
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         return super().instantiate_trainer(**kwargs)
 
     def _run_subcommand(self, subcommand: str) -> None:
