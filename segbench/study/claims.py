@@ -10,7 +10,9 @@ other way; *inconclusive*: neither (the table gives the smallest difference the 
 detected). ``equal`` claims use the 90% interval against their margin. A variant is *flat* when
 its validation mIoU gained less than 1 point over its last quarter of epochs. The statistics are
 explained in the documentation (explanation: claim statistics); a sweep's report shows its own
-ablation's claims.
+ablation's claims. Under the counts, the claims a tuned sweep (``segbench sweep --tune``, group
+``<group>-tuned`` in the paper's RESULTS.json) judged again with each variant at its own setting,
+beside their verdicts at the shared setting.
 """
 
 from __future__ import annotations
