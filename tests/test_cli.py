@@ -188,6 +188,28 @@ def test_predict_writes_palette_label_maps(tiny):
     assert np.asarray(img).max() < 11
 
 
+def test_a_fit_shows_lightnings_messages_but_not_its_tips(tiny):
+    """Lightning's "💡 Tip: install litlogger" line is left out of a fit's output; its other
+    messages (the accelerator found) still come through the same loggers."""
+    import logging
+
+    from segbench.cli import LIGHTNING_MESSAGES
+
+    seen: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    loggers = [logging.getLogger(name) for name in LIGHTNING_MESSAGES]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        run_main(["fit", *tiny()])
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert any(m.startswith("GPU available:") for m in seen), seen
+    assert not [m for m in seen if "Tip" in m]
+
+
 def test_wandb_offline_run_logs_the_flat_config_without_network(tiny):
     run_main(["fit", *tiny(wandb="offline")])
     run_dir = tiny.root / "test" / "tiny"

@@ -39,14 +39,30 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _NoTips(logging.Filter):
+    """Drops Lightning's "💡 Tip:" lines (install litlogger, litmodels) printed at every fit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip:")
+
+
+#: The loggers Lightning's rank-zero messages go through.
+LIGHTNING_MESSAGES = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
+
+
 def configure_logging() -> None:
-    """segbench's own messages: plain lines on stderr, at INFO."""
+    """segbench's own messages: plain lines on stderr, at INFO; Lightning's tips left out."""
     if not log.handlers:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+        for name in LIGHTNING_MESSAGES:
+            logging.getLogger(name).addFilter(_NoTips())
 
 
 def main(argv: list[str] | None = None) -> None:
