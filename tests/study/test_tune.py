@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segbench.cli import main
 from segbench.errors import ConfigError, MissingFileError
 from segbench.study import tune
-from tests.helpers import REPO, tiny_args, wait_at_step
+from tests.helpers import REPO, segbench_in_process, tiny_args, wait_at_step
 
 optuna = pytest.importorskip("optuna")
 
@@ -131,12 +130,12 @@ def test_a_missing_space_file_is_named(tmp_path):
         tune.main(["--config", "x.yaml", "--space", str(tmp_path / "nope.yaml")])
 
 
-def run_tune(cmd: list[str], capsys) -> str:
+def run_tune(cmd: list[str], capsys) -> tuple[str, str]:
     """``segbench tune`` in this process (its trials' fits are processes of their own, as
-    always); what it printed on stdout."""
+    always): what it printed on stdout, and what it logged."""
     capsys.readouterr()
-    main(cmd[cmd.index("tune") :])
-    return capsys.readouterr().out
+    logged = segbench_in_process(cmd)
+    return capsys.readouterr().out, logged
 
 
 def trials_of(group_dir: Path) -> list[dict[str, str]]:
@@ -144,7 +143,8 @@ def trials_of(group_dir: Path) -> list[dict[str, str]]:
 
 
 def test_a_study_runs_its_trials_starts_from_the_base_and_writes_what_it_found(tmp_path, capsys):
-    out = run_tune(tune_command(tmp_path, "--trials", "2", "--pruner", "none"), capsys)
+    out, logged = run_tune(tune_command(tmp_path, "--trials", "2", "--pruner", "none"), capsys)
+    assert logged.count("starting") == 2  # a line per trial's fit (none in the call below)
     group = tmp_path / "runs" / "space-tune"
     rows = trials_of(group)
     assert [r["state"] for r in rows] == ["complete", "complete"]
@@ -170,7 +170,8 @@ def test_a_study_runs_its_trials_starts_from_the_base_and_writes_what_it_found(t
     assert "2 trials: 2 complete, 0 pruned (0 of them diverged), 0 failed" in out
     # the same command again: the study is full, nothing runs
     records = {p: p.stat().st_mtime_ns for p in group.glob("trial-*/metrics.json")}
-    run_tune(tune_command(tmp_path, "--trials", "2", "--pruner", "none"), capsys)
+    _, again = run_tune(tune_command(tmp_path, "--trials", "2", "--pruner", "none"), capsys)
+    assert "starting" not in again
     assert len(trials_of(group)) == 2
     assert {p: p.stat().st_mtime_ns for p in group.glob("trial-*/metrics.json")} == records
 
@@ -182,7 +183,7 @@ def test_a_pruned_trial_stops_early_and_is_recorded_as_pruned(tmp_path, capsys):
         tmp_path, "--trials", "2", "--pruner", "threshold", "--threshold", "1.5", "--warmup", "1",
         epochs=3,
     )  # fmt: skip
-    out = run_tune(cmd, capsys)
+    out, _ = run_tune(cmd, capsys)
     group = tmp_path / "runs" / "space-tune"
     assert [(r["state"], r["pruned at epoch"]) for r in trials_of(group)] == [("pruned", "1")] * 2
     for n in (0, 1):
@@ -197,7 +198,7 @@ def test_a_diverging_trial_is_told_as_pruned_so_the_sampler_avoids_it(tmp_path, 
     space = {"space": {"model.optimizer.init_args.lr": {"choices": [1.0e6]}}}
     cmd = tune_command(tmp_path, "--trials", "1", "--pruner", "none", "--base_trial", "false")
     cmd[cmd.index("--space") + 1] = str(space_file(tmp_path, space, "space.yaml"))
-    out = run_tune(cmd, capsys)
+    out, _ = run_tune(cmd, capsys)
     group = tmp_path / "runs" / "space-tune"
     assert [(r["state"], r["pruned at epoch"]) for r in trials_of(group)] == [
         ("pruned", "diverged")

@@ -13,7 +13,7 @@ import yaml
 from segbench.cli import main
 from segbench.errors import ConfigError
 from segbench.study.ablation import Ablation
-from tests.helpers import REPO
+from tests.helpers import REPO, segbench_in_process
 
 pytest.importorskip("optuna")
 
@@ -130,7 +130,8 @@ def test_a_tuned_sweep_tunes_on_val_trains_each_variant_at_its_best_and_says_so(
               "detectable": None, "note": "", "flat": None}  # fmt: skip
     results.write_text(json.dumps({"groups": {"probe": {"rows": [], "claims": [shared]}}}))
     monkeypatch.chdir(tmp_path)
-    main(["sweep", "--ablation", str(path), "--tune", "--seeds", "0"])
+    segbench_in_process(["python", "-m", "segbench.cli", "sweep", "--ablation", str(path),
+                         "--tune", "--seeds", "0"])  # fmt: skip
     runs = tmp_path / "runs"
     for variant in ("fcn8s", "fcn32s"):
         study = runs / f"probe-tune-{variant}"
