@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -189,25 +190,35 @@ def test_predict_writes_palette_label_maps(tiny):
 
 
 def test_a_fit_shows_lightnings_messages_but_not_its_tips(tiny):
-    """Lightning's "💡 Tip: install litlogger" line is left out of a fit's output; its other
-    messages (the accelerator found) still come through the same loggers."""
+    """Lightning's "💡 Tip: install litlogger" line is left out of a fit's output, and so is its
+    model summary's FLOPs column and "0 Total Flops" line (no FLOPs are counted without an
+    example input) and its warning that it cannot size bf16-mixed parameters (they are float32);
+    its other messages (the accelerator found, the summary's parameter counts) come through."""
     import logging
-
-    from segbench.cli import LIGHTNING_MESSAGES
 
     seen: list[str] = []
     handler = logging.Handler(logging.DEBUG)
     handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
-    loggers = [logging.getLogger(name) for name in LIGHTNING_MESSAGES]
+    # Every Lightning message reaches these two (its modules' loggers propagate to them).
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     for logger in loggers:
         logger.addHandler(handler)
     try:
-        run_main(["fit", *tiny()])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_main(["fit", *tiny(extra=["--trainer.enable_model_summary", "true"])])
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
     assert any(m.startswith("GPU available:") for m in seen), seen
     assert not [m for m in seen if "Tip" in m]
+    summary = [m for m in seen if "Total params" in m]
+    assert len(summary) == 1, seen
+    assert "Trainable params" in summary[0]
+    assert "Total Flops" not in summary[0], summary[0]
+    assert "FLOPs" not in summary[0], summary[0]
+    # Under bf16-mixed the parameters stay float32, the size the summary gives (in MB).
+    assert not [w for w in caught if "not supported by the model summary" in str(w.message)]
 
 
 def test_wandb_offline_run_logs_the_flat_config_without_network(tiny):

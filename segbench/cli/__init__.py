@@ -39,22 +39,53 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-class _NoTips(logging.Filter):
-    """Drops Lightning's "💡 Tip:" lines (install litlogger, litmodels) printed at every fit."""
+class _LightningTidy(logging.Filter):
+    """Tidies Lightning's messages: drops its "💡 Tip:" lines (install litlogger, litmodels)
+    printed at every fit, and the zeros of its model summary's FLOPs column and "Total Flops"
+    line, which it counts only for a module with an ``example_input_array`` (segbench sets none:
+    that would run a forward, and a compile, at every fit start; ``segbench summary`` counts
+    them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("💡 Tip:")
+        message = record.getMessage()
+        if message.startswith("💡 Tip:"):
+            return False
+        lines = message.split("\n")
+        if any(line.split() == ["0", "Total", "Flops"] for line in lines):
+            record.msg, record.args = "\n".join(_without_flops(lines)), None
+        return True
 
 
-#: The loggers Lightning's rank-zero messages go through.
+def _without_flops(lines: list[str]) -> list[str]:
+    """The model summary's lines without its "0 Total Flops" line and its FLOPs column (the
+    table's last, its columns aligned: each row is cut where the header's last column starts)."""
+    lines = [line for line in lines if line.split() != ["0", "Total", "Flops"]]
+    header = next((line for line in lines if line.rstrip().endswith(" | FLOPs")), None)
+    if header is None:
+        return lines
+    cut = header.rindex(" | FLOPs")
+    width = len(header[:cut].rstrip())
+    return [
+        "-" * width
+        if line and set(line) == {"-"}
+        else line[:cut].rstrip()
+        if " | " in line
+        else line
+        for line in lines
+    ]
+
+
+#: The loggers Lightning's rank-zero messages and its model summary go through.
 LIGHTNING_MESSAGES = (
     "lightning.pytorch.utilities.rank_zero",
     "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.callbacks.model_summary",
 )
 
 
 def configure_logging() -> None:
-    """segbench's own messages: plain lines on stderr, at INFO; Lightning's tips left out."""
+    """segbench's own messages: plain lines on stderr, at INFO; Lightning's tidied (see
+    :class:`_LightningTidy`)."""
     if not log.handlers:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -62,7 +93,7 @@ def configure_logging() -> None:
         log.setLevel(logging.INFO)
         log.propagate = False
         for name in LIGHTNING_MESSAGES:
-            logging.getLogger(name).addFilter(_NoTips())
+            logging.getLogger(name).addFilter(_LightningTidy())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -493,6 +493,9 @@ class SegbenchCLI(LightningCLI):
         # Lightning's own use of torch's pytree API (lightning/pytorch/utilities/_pytree.py),
         # deprecated in torch 2.14: printed at every fit, nothing a user can act on.
         warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        # Mixed precision keeps the parameters in float32, which the summary's size assumes
+        # when it warns that it cannot tell.
+        warnings.filterwarnings("ignore", r"Precision \S+-mixed is not supported by the model summ")
         return super().instantiate_trainer(**kwargs)
 
     def _run_subcommand(self, subcommand: str) -> None:
