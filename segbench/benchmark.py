@@ -141,8 +141,7 @@ def bare_step(
         return infer
     net.train()
     # The configured optimiser (its weight decay, momentum, foreach, ...), as `fit` steps it.
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = task.optimizer_factory(params)
+    opt = task.make_optimizer()
     for group in opt.param_groups:  # the same arithmetic; weights stay put on the random batch
         group["lr"] = 1e-9
     scaler = torch.amp.GradScaler(device.type, enabled=precision.startswith("16"))

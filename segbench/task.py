@@ -84,6 +84,11 @@ class SegmentationTask(L.LightningModule):
         ohem_min_kept: OHEM keeps at least this many pixels per batch (GALD: 100000).
         optimizer: the optimiser (``class_path`` in YAML; default SGD, lr 0.01, momentum 0.9,
             weight decay 1e-4).
+        bias_lr_factor: the biases' learning rate as a multiple of the optimiser's (Caffe's
+            ``lr_mult``; FCN: 2). Biases are the parameters named ``*.bias``: convolutions' and
+            normalisation layers' shifts.
+        bias_weight_decay: the biases' weight decay (FCN's reference code: 0); ``None``: the
+            optimiser's. With both at their defaults the optimiser has one parameter group.
         lr_schedule: ``"poly"``: ``lr * (1 - it / max_it) ** poly_power`` stepped every
             iteration (DeepLab, GALD, DUpsampling; fyu/drn's poly steps every epoch);
             ``"step"``: ``lr * step_gamma ** (epoch // step_epochs)`` (fyu/drn's default, x0.1
@@ -130,6 +135,8 @@ class SegmentationTask(L.LightningModule):
         ohem_thresh: float | None = None,
         ohem_min_kept: int = 100_000,
         optimizer: OptimizerCallable | None = None,
+        bias_lr_factor: float = 1.0,
+        bias_weight_decay: float | None = None,
         lr_schedule: Literal["poly", "step", "cosine", "constant"] = "poly",
         poly_power: float = 0.9,
         step_epochs: int = 100,
@@ -150,6 +157,8 @@ class SegmentationTask(L.LightningModule):
             aux_weight=aux_weight,
             ohem_thresh=ohem_thresh,
             ohem_min_kept=ohem_min_kept,
+            bias_lr_factor=bias_lr_factor,
+            bias_weight_decay=bias_weight_decay,
             poly_power=poly_power,
             step_epochs=step_epochs,
             step_gamma=step_gamma,
@@ -178,6 +187,7 @@ class SegmentationTask(L.LightningModule):
         )
         self.aux_weight = aux_weight
         self.optimizer_factory = optimizer or _default_optimizer
+        self.bias_lr_factor, self.bias_weight_decay = bias_lr_factor, bias_weight_decay
         self.lr_schedule, self.poly_power = lr_schedule, poly_power
         self.step_epochs, self.step_gamma = step_epochs, step_gamma
         self.warmup_iters, self.warmup_factor = warmup_iters, warmup_factor
@@ -283,12 +293,27 @@ class SegmentationTask(L.LightningModule):
                 f"width?): {details}"
             ) from None
 
-    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        params = [p for p in self.parameters() if p.requires_grad]
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimiser over the trainable parameters: one parameter group, or the
+        weights' and the biases' where ``bias_lr_factor`` / ``bias_weight_decay`` set them
+        apart."""
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         try:
-            optimizer = self.optimizer_factory(params)
+            if self.bias_lr_factor == 1.0 and self.bias_weight_decay is None:
+                return self.optimizer_factory([p for _, p in named])
+            weights = [p for n, p in named if not n.endswith(".bias")]
+            biases = [p for n, p in named if n.endswith(".bias")]
+            optimizer = self.optimizer_factory([{"params": weights}, {"params": biases}])
         except ValueError as err:  # torch's own check of lr, momentum, betas, ...
             raise ConfigError(f"model.optimizer: {err}") from None
+        group = optimizer.param_groups[1]
+        group["lr"] *= self.bias_lr_factor
+        if self.bias_weight_decay is not None:
+            group["weight_decay"] = self.bias_weight_decay
+        return optimizer
+
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        optimizer = self.make_optimizer()
         total = max(1, int(self.trainer.estimated_stepping_batches))
         after_warmup = max(1, total - self.warmup_iters)
         main: LRScheduler
@@ -498,6 +523,8 @@ def _check_values(
     aux_weight: float,
     ohem_thresh: float | None,
     ohem_min_kept: int,
+    bias_lr_factor: float,
+    bias_weight_decay: float | None,
     poly_power: float,
     step_epochs: int,
     step_gamma: float,
@@ -524,6 +551,13 @@ def _check_values(
             "is a probability in (0, 1] (or null for plain cross-entropy)",
         ),
         ("model.ohem_min_kept", ohem_min_kept, ohem_min_kept >= 0, "must be 0 or more"),
+        ("model.bias_lr_factor", bias_lr_factor, bias_lr_factor >= 0, "must be 0 or more"),
+        (
+            "model.bias_weight_decay",
+            bias_weight_decay,
+            bias_weight_decay is None or bias_weight_decay >= 0,
+            "must be 0 or more (or null for the optimiser's)",
+        ),
         ("model.poly_power", poly_power, poly_power > 0, "must be positive"),
         ("model.step_epochs", step_epochs, step_epochs >= 1, "must be at least 1"),
         ("model.step_gamma", step_gamma, 0 < step_gamma <= 1, "is a factor in (0, 1]"),

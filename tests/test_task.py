@@ -103,6 +103,39 @@ def test_poly_schedule_per_iteration():
     assert got == pytest.approx(want, rel=1e-5)
 
 
+def test_biases_get_their_own_learning_rate_and_weight_decay_under_the_schedule():
+    """FCN's Caffe recipe: biases at twice the learning rate and without weight decay; the
+    schedule scales both groups alike. At the defaults there is one group, as before."""
+    sgd = lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4)  # noqa: E731
+    plain = SegmentationTask(ToyNet(), num_classes=3, optimizer=sgd).make_optimizer()
+    assert len(plain.param_groups) == 1
+    task = SegmentationTask(
+        ToyNet(), num_classes=3, optimizer=sgd, bias_lr_factor=2.0, bias_weight_decay=0.0
+    )
+    weights, biases = task.make_optimizer().param_groups
+    net = task.net
+    assert {id(p) for p in biases["params"]} == {id(net.out.bias), id(net.aux.bias)}
+    assert {id(p) for p in weights["params"]} == {id(net.out.weight), id(net.aux.weight)}
+    assert (weights["lr"], weights["weight_decay"]) == (0.1, 5e-4)
+    assert (biases["lr"], biases["weight_decay"]) == (0.2, 0.0)
+    assert biases["momentum"] == 0.9
+    task._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    conf = task.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    weights_lr, biases_lr = (g["lr"] for g in opt.param_groups)
+    assert weights_lr == pytest.approx(0.1 * 0.5**0.9, rel=1e-5)
+    assert biases_lr == pytest.approx(2 * weights_lr, rel=1e-6)
+
+
+@pytest.mark.parametrize(("key", "value"), [("bias_lr_factor", -1.0), ("bias_weight_decay", -1e-4)])
+def test_negative_bias_settings_are_refused_by_name(key, value):
+    with pytest.raises(ConfigError, match=f"model.{key}"):
+        SegmentationTask(ToyNet(), num_classes=3, **{key: value})
+
+
 def test_warmup_then_poly():
     task = SegmentationTask(
         ToyNet(),

@@ -115,7 +115,10 @@ RESUME_MAY_CHANGE = (
 LIMITS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_")
 #: Keys no resume can change, even with ``run.resume_with_changes``: the checkpoint's weights,
 #: optimiser state and random generators are made for them.
-RESUME_FIXED = ("model.net.", "model.optimizer.class_path", "seed_everything", "model.init_from")
+RESUME_FIXED = (
+    "model.net.", "model.optimizer.class_path", "seed_everything", "model.init_from",
+    "model.bias_",  # the optimiser's parameter groups
+)  # fmt: skip
 
 
 class _Parser(LightningArgumentParser):

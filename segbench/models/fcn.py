@@ -27,8 +27,11 @@ Switches, each defaulting to the paper:
 Deviations: ``width`` (a channel multiplier for CPU-scale runs) and ``batch_norm`` (torchvision's
 ``vgg16_bn`` trunk, to train from scratch where ImageNet weights cannot be downloaded) are not in
 the paper; both default to the paper's network. The paper uses Caffe's sum-over-pixels loss and a
-fixed learning rate of 1e-4; segbench's task averages over valid pixels (the paper-scale configs
-set the learning rate accordingly).
+fixed learning rate of 1e-4; segbench's task averages over valid pixels, so the same rate is not
+the same step: the paper-scale config (``experiments/fcn/voc_aug``) keeps 1e-4, untried at that
+scale here, and says to re-tune it if training stalls. The paper's biases at twice the learning
+rate (without weight decay in its code) are the task's ``bias_lr_factor`` and
+``bias_weight_decay``, which that config sets.
 """
 
 from __future__ import annotations
