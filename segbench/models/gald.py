@@ -28,9 +28,11 @@ Switches, each defaulting to the paper / code:
 * ``ld``: the local distribution module after GA (the paper's method; off: GA alone, the ablation).
 * ``ld_strides``: how many of LD's three depthwise convolutions have stride 2 (the code: 3).
   A documented deviation for small images: the mask's grid is the map / 2**ld_strides, 13 x 13
-  on the paper's 769 px crops at OS 8 but 2 x 2 on a 128 px image; 0 keeps the 16 x 16 map.
-* ``ld_extra_residual``: paper vs code. The paper's LD outputs ``x + x * M``; the code's
-  ``GALDBlock`` adds the GA output once more, ``2x + x * M``. Default: the paper.
+  on 769 px crops at OS 8 (the code's unpadded convolutions: 11 x 11) but 2 x 2 on a 128 px
+  image; 0 keeps the 16 x 16 map.
+* ``ld_extra_residual``: the code's LD module (``LocalAttenModule``) outputs ``x + x * M``, and
+  its ``GALDBlock`` adds the GA output once more, ``2x + x * M``. Default: ``x + x * M``, LD's
+  own output (which form the paper's equations write is not verified here).
 * ``aux``: build the auxiliary head on layer3 (the code trains with it).
 * ``stem``: ``"deep"`` (the code) or ``"resnet"`` (the plain 7x7 stem, which can start from
   torchvision's ImageNet weights).
@@ -163,10 +165,11 @@ class GALD(SegmentationModel):
             pooling), ``"none"`` (dilated-FCN baseline). The paper's GA ablation.
         ld: the local distribution module after GA (the paper's contribution; its ablation).
         ld_strides: how many of LD's three depthwise convolutions have stride 2 (the code: 3,
-            a 13 x 13 mask grid at 769 px and OS 8); fewer keep a finer grid in small images
+            an 11 x 11 mask grid at 769 px and OS 8, 13 x 13 with segbench's padded
+            convolutions); fewer keep a finer grid in small images
             (0: the map's own size, 16 x 16 at 128 px), the same parameters.
-        ld_extra_residual: the code's ``GALDBlock`` returns ``LD(x) + x = 2x + x * M``; the
-            paper ``x + x * M`` (default).
+        ld_extra_residual: return the code's ``GALDBlock`` output ``LD(x) + x = 2x + x * M``
+            instead of LD's own ``x + x * M`` (default).
         aux: build the auxiliary head on layer3 (its loss weight is the task's ``aux_weight``,
             GALD: 0.4).
         stem: ``"deep"`` (three 3x3 convolutions, the code) or ``"resnet"`` (7x7).

@@ -23,10 +23,14 @@ per channel and position. To ablate that claim the GA module is a switch
 convolutions + BN + ReLU, bilinear upsampling back, a sigmoid: the mask ``M``; the output is
 ``x + x * M``. Because ReLU comes before the sigmoid, ``M`` lies in ``[0.5, 1)``.
 
-Deviations from the reference code, none of which changes what a module computes on the maps the
-paper uses: the depthwise convolutions are padded by 1 (the code uses no padding, which turns the
-LD mask of a 16 x 16 map into a single value per channel and fails on maps smaller than 15 x 15);
-the convolutions directly followed by BatchNorm have no bias (BN cancels it). The PSP and GAP
+Deviations from the reference code: the depthwise convolutions are padded by 1. The code's are
+unpadded: on the 97 x 97 map of a 769 px crop at output stride 8 they give GA a 48 x 48 map (here
+49 x 49) and LD an 11 x 11 mask grid (97 -> 48 -> 23 -> 11; here 49 -> 25 -> 13). Upsampled with
+``align_corners=True``, the padded grid's cells sit on the map's positions 0, 8, ..., 96 exactly,
+while the unpadded grid's centres (7, 15, ..., 87) are stretched over 0 ... 96, up to about one
+cell off at the borders. The unpadded layers also turn the LD mask of a 16 x 16 map into a single
+value per channel and fail on maps smaller than 15 x 15. The convolutions directly followed by
+BatchNorm have no bias (BN cancels it: the same function). The PSP and GAP
 modules fuse ``[x, pooled]`` with a 1x1 convolution (PSPNet uses 3x3) because, inside the GALD
 head, a 3x3 convolution follows the GA module anyway.
 """
@@ -221,9 +225,9 @@ class LocalDistribution(nn.Module):
         channels: input and output channels.
         strided: how many of the three depthwise convolutions have stride 2 (the rest stride
             1; the parameters are the same): the mask's grid is the map's size / 2**strided.
-            The code: 3, a 13 x 13 grid on the 97 x 97 map of a 769 px crop at output stride 8;
-            on the 16 x 16 map of a 128 px image 3 leaves 2 x 2, 0 keeps 16 x 16 (the nearest
-            to the paper's 13 x 13).
+            The code: 3, an 11 x 11 grid on the 97 x 97 map of a 769 px crop at output stride
+            8 (13 x 13 with the padding here); on the 16 x 16 map of a 128 px image 3 leaves
+            2 x 2, 0 keeps 16 x 16 (the nearest to the code's grid).
     """
 
     def __init__(self, channels: int, strided: int = 3) -> None:
