@@ -12,8 +12,9 @@ Architecture (paper sections 3.1-3.3):
 * **Encoder**: a dilated ResNet (:class:`segbench.models.backbones.ResNet`, ResNet-50 by default)
   at output stride r = 8, 16 or 32.
 * **Fusion** (sec. 3.3, "flexible aggregation"): instead of upsampling the last feature map to meet
-  the low-level features, the low-level features (``fuse_layers``, default the stem and layer3:
-  the paper's conv1_3 and b3u6) are *downsampled* (bilinear) to the last feature's resolution,
+  the low-level features, the low-level features (``fuse_layers``, default the stem and layer3,
+  as the unofficial code fuses conv1 with layer3; the paper's names conv1_3 and b3u6 are not
+  verified here) are *downsampled* (bilinear) to the last feature's resolution,
   concatenated, reduced by a 1x1 convolution and concatenated with the last feature.
 * **Head**: two 3x3 conv-BN-ReLU, then a 1x1 convolution to the upsampler's input.
 * **DUpsample** (sec. 3.1): the head predicts ``compressed_dim`` = k channels at stride r and
@@ -112,7 +113,8 @@ class DUpsampling(SegmentationModel):
         fusion: downsample ``fuse_layers`` to the last feature's resolution and concatenate
             (sec. 3.3); off: the head sees the last feature alone.
         fuse_layers: backbone features to fuse (names of ``ResNet.feature_names``: stem,
-            layer1, layer2, layer3); default the paper's conv1_3 + b3u6.
+            layer1, layer2, layer3); default the stem and layer3 (the unofficial code's
+            conv1 + layer3).
         output_stride: stride of the last feature map and of the upsampling (8, 16, 32).
         compressed_dim: k, the channels the head predicts for DUpsample (unofficial code: 64).
         basis_fit: how W is fitted on the training labels: ``"pca"`` (the paper's closed form)
