@@ -24,6 +24,8 @@ import copy
 import logging
 import math
 import random
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -295,6 +297,14 @@ class LastCheckpoint(Checkpoint):
     written leaves the previous one. The ``metrics.csv`` row of the state saved is on disk before
     the checkpoint, so the resumed run continues the file without gaps or repeats.
 
+    An interrupted fit (SIGTERM from ``kill``, ``timeout`` or a scheduler; SIGINT from Ctrl-C)
+    stops at the next state that resumes exactly and saves it there: the end of the optimiser
+    step under way (after its accumulated batches) or, when the signal comes during an epoch's
+    last batch or its validation, the end of the epoch (a run whose last epoch it was finishes).
+    Lightning stops the loop (its SIGTERM flag, which SIGINT here raises too); the decision is
+    every process's (any of them asked). A second Ctrl-C stops at once, losing the steps since
+    the last checkpoint. :attr:`interrupted_by` names the signal.
+
     Args:
         path: the checkpoint file.
         every_n_steps: also save every N optimiser steps (``None``: not by steps).
@@ -315,6 +325,12 @@ class LastCheckpoint(Checkpoint):
         self.every_n_steps = every_n_steps
         self.every_minutes = every_minutes
         self._last_save = time.monotonic()
+        #: ``"SIGTERM"`` or ``"SIGINT"`` once a signal asked the fit to stop; ``None`` before.
+        self.interrupted_by: str | None = None
+        #: A second Ctrl-C stopped the fit at once (no checkpoint of where it was).
+        self.stopped_at_once = False
+        self._pending = False  # asked to stop where the state could not be saved
+        self._sigint_before: Any = None
 
     def _save(self, trainer: L.Trainer, *, epoch_end: bool = False) -> None:
         self._write_ahead(trainer, epoch_end=epoch_end)
@@ -352,8 +368,51 @@ class LastCheckpoint(Checkpoint):
         # Every process must save together (the dump is collective): rank 0 decides.
         return bool(trainer.strategy.broadcast(due))
 
+    # -- interrupts ---------------------------------------------------------------------------
+    def _on_sigint(self, trainer: L.Trainer) -> None:
+        if self.interrupted_by is not None:  # the second Ctrl-C
+            self.stopped_at_once = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.interrupted_by = "SIGINT"
+        trainer._signal_connector.received_sigterm = True
+        log.warning(
+            "Ctrl-C: the fit stops at the end of this step and saves it there (Ctrl-C again stops "
+            "at once, losing the steps since the last checkpoint)"
+        )
+
+    def _stop_asked(self, trainer: L.Trainer) -> bool:
+        """Whether any process was asked to stop (a collective: every process calls it)."""
+        asked = bool(trainer.received_sigterm) or self._pending
+        stop = bool(trainer.strategy.reduce_boolean_decision(asked, all=False))
+        if stop and self.interrupted_by is None:
+            self.interrupted_by = "SIGTERM"
+        return stop
+
+    @staticmethod
+    def _set_stop(trainer: L.Trainer, stop: bool) -> None:
+        """Lightning's flag, which ends the loop at its next check (after this batch or epoch)."""
+        trainer._signal_connector.received_sigterm = stop
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_save = time.monotonic()
+        if threading.current_thread() is threading.main_thread():
+            self._sigint_before = signal.signal(
+                signal.SIGINT, lambda signum, frame: self._on_sigint(trainer)
+            )
+
+    def _restore_sigint(self) -> None:
+        if self._sigint_before is not None:
+            signal.signal(signal.SIGINT, self._sigint_before)
+            self._sigint_before = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore_sigint()
 
     def on_train_batch_end(
         self,
@@ -365,11 +424,31 @@ class LastCheckpoint(Checkpoint):
     ) -> None:
         # The epoch's last batch is followed by validation and the end-of-epoch save.
         last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
-        if not last_of_epoch and not trainer.fit_loop._should_accumulate() and self._due(trainer):
+        can_save = not last_of_epoch and not trainer.fit_loop._should_accumulate()
+        if self._stop_asked(trainer):
+            if can_save:
+                self._save(trainer)
+            # Stop after this batch where it was saved; else hold the stop until it can be.
+            self._pending = not can_save
+            self._set_stop(trainer, can_save)
+        elif can_save and self._due(trainer):
             self._save(trainer)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        # A stop asked during a fit's validation waits for the epoch's end, which is saved.
+        if trainer.state.fn == TrainerFn.FITTING and trainer.received_sigterm:
+            self._pending = True
+            self._set_stop(trainer, False)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer, epoch_end=True)
+        if self._stop_asked(trainer):
+            epochs = trainer.current_epoch + 1  # counting the one ending (not yet completed)
+            finished = 0 < (trainer.max_epochs or 0) <= epochs or (
+                0 < trainer.max_steps <= trainer.global_step
+            )
+            self._pending = False
+            self._set_stop(trainer, not finished)  # the last epoch is saved and done: it ends
 
 
 class ExactResume(Callback):

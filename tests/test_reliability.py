@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -482,22 +483,75 @@ def test_a_run_name_is_one_directory_inside_the_root(tiny, name, capsys):
     assert not (tiny.root.parent / "escaped").exists()
 
 
-def test_sigterm_during_fit_exits_143_marks_the_run_and_it_resumes(tmp_path):
-    args = tiny_args(tmp_path, epochs=2, extra=["--run.checkpoint_every_n_steps", "1"])
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_an_interrupted_fit_saves_the_step_it_stopped_at_and_resumes_exactly(
+    tmp_path, signum, code
+):
+    """SIGTERM (kill, timeout, a scheduler) and Ctrl-C stop a fit after the step under way and
+    save it there (no periodic checkpoints here); the run is marked interrupted, exits 128 + the
+    signal, and its resume ends where an uninterrupted run does, to the last bit."""
+    whole = tiny_args(tmp_path, name="whole", epochs=2, extra=RANDOM)
+    args = tiny_args(tmp_path, epochs=2, extra=RANDOM)
     run = RunDir(tmp_path / "test" / "tiny")
     release = tmp_path / "release"
     fit_ = fit_held_at_step_2(args, release, stderr=subprocess.PIPE, text=True)
-    fit_.terminate()  # SIGTERM, handled once the step returns
+    fit_.send_signal(signum)  # handled once the step returns
     release.touch()
     _, err = fit_.communicate(timeout=120)
-    assert fit_.returncode == 143, err[-2000:]
-    assert "stopped by SIGTERM" in err
+    name = signal.Signals(signum).name
+    assert fit_.returncode == code, err[-2000:]
+    assert f"stopped by {name} at step 2, saved there" in err
+    assert "resume it with the same command and --ckpt_path last" in err
+    assert load(run.checkpoint("last"))["global_step"] == 2
     assert section(run.path)["finished"] is False
-    assert section(run.path, "provenance")["attempts"][-1]["interrupted"] == "SIGTERM"
-    fit([*args, "--ckpt_path", "last"])
+    assert section(run.path, "provenance")["attempts"][-1]["interrupted"] == name
+    assert run_process([*args, "--ckpt_path", "last"]) == 0
     assert section(run.path)["finished"] is True
     attempts = section(run.path, "provenance")["attempts"]
-    assert [a.get("interrupted") for a in attempts] == ["SIGTERM", None]
+    assert [a.get("interrupted") for a in attempts] == [name, None]
+    assert run_process(whole) == 0
+    assert_identical_runs(tmp_path / "test" / "whole", run.path)
+
+
+@pytest.mark.parametrize(
+    ("where", "saved_at"),
+    [
+        # 16 images in batches of 4, 2 accumulated: 2 optimiser steps an epoch; the signal after
+        # batch 0 (half a step) waits for the step's end.
+        (["--trainer.callbacks.batch=0"], 1),
+        # during epoch 0's validation (after its batch 1 of 3): the epoch's end, after 2 steps.
+        (["--trainer.callbacks.val_batch=1"], 2),
+    ],
+    ids=["mid-accumulation", "during-validation"],
+)
+def test_a_stop_asked_where_the_state_cannot_be_saved_waits_for_the_next_one(
+    tmp_path, where, saved_at
+):
+    """An interrupt half-way through an accumulated step, or during validation, stops at the end
+    of that step or epoch, saved there, and the resume ends as an uninterrupted run does."""
+    accumulate = ["--trainer.accumulate_grad_batches", "2", "--data.init_args.val_batch_size", "4"]
+    whole = tiny_args(tmp_path, name="whole", epochs=2, extra=accumulate)
+    args = tiny_args(tmp_path, epochs=2, extra=accumulate)
+    signal_ = [
+        "--trainer.callbacks+=tests.faults.kill.SignalAt",
+        f"--trainer.callbacks.signum={int(signal.SIGTERM)}",
+        *where,
+    ]
+    with pytest.raises(SystemExit) as exit_:
+        fit([*args, *signal_])
+    assert exit_.value.code == 143
+    run = RunDir(tmp_path / "test" / "tiny")
+    assert load(run.checkpoint("last"))["global_step"] == saved_at
+    fit([*args, "--ckpt_path", "last"])
+    fit(whole)
+    for key in ("val", "best_val", "global_step", "completed_epochs"):
+        assert section(run.path)[key] == section(tmp_path / "test" / "whole")[key], key
+    a, b = (
+        load(run.checkpoint("last")),
+        load(tmp_path / "test" / "whole" / "checkpoints" / "last.ckpt"),
+    )
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
 
 
 def test_a_refused_resume_leaves_the_run_record_as_it_was(tiny, capsys):

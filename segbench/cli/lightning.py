@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import warnings
@@ -157,6 +158,9 @@ class SegbenchCLI(LightningCLI):
             try:
                 super().__init__(args=args, run=run, **kwargs)
             except SIGTERMException:  # a SystemExit with code 0: Lightning's clean stop
+                self._exit_if_terminated()
+                raise
+            except SystemExit:  # exit code 1 after a KeyboardInterrupt (a second Ctrl-C), ...
                 self._exit_if_terminated()
                 raise
             self._exit_if_terminated()
@@ -357,21 +361,35 @@ class SegbenchCLI(LightningCLI):
             self._skip_fit += "; testing the best checkpoint, which had not been tested"
 
     def _exit_if_terminated(self) -> None:
-        """A fit stopped by SIGTERM (``kill``, ``timeout``, a scheduler) is not a success:
-        Lightning stops it cleanly (exit code 0), so say so in ``metrics.json`` (this attempt's
-        ``provenance.attempts[-1].interrupted``) and exit 143 (128 + SIGTERM), which a sweep
-        reports as failed."""
-        trainer = getattr(self, "trainer", None)
-        if self.subcommand != "fit" or not getattr(trainer, "received_sigterm", False):
+        """A fit stopped by a signal (SIGTERM from ``kill``, ``timeout`` or a scheduler; SIGINT
+        from Ctrl-C) is not a success: Lightning stops it cleanly (exit code 0), so say so in
+        ``metrics.json`` (this attempt's ``provenance.attempts[-1].interrupted``), say where it
+        stopped and whether it can resume, and exit 128 + the signal's number (143, 130), which a
+        sweep reports as failed. :class:`segbench.callbacks.LastCheckpoint` saved the step it
+        stopped at, unless a second Ctrl-C stopped it at once."""
+        trainer = getattr(self, "trainer", None)  # neither is set before the config parses
+        if getattr(self, "subcommand", None) != "fit" or trainer is None:
             return
+        last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+        at_once = last is not None and last.stopped_at_once
+        if not (trainer.received_sigterm or at_once):
+            return
+        name = (last.interrupted_by if last is not None else None) or "SIGTERM"
         if is_rank_zero():  # this attempt's record (fit.finished is already false)
-            self.run.update(_mark_attempt("interrupted", "SIGTERM"))
-        log.error(
-            "%s: stopped by SIGTERM before the end of training (its last checkpoint is kept): "
-            "resume it with the same command and --ckpt_path last",
-            self.run.path,
+            self.run.update(_mark_attempt("interrupted", name))
+        if at_once:
+            where = "at once, by a second Ctrl-C: the steps since its last checkpoint are lost"
+        elif last is not None:
+            where = f"at step {trainer.global_step}, saved there"
+        else:
+            where = f"at step {trainer.global_step} (checkpointing is off: not saved)"
+        advice = (
+            "resume it with the same command and --ckpt_path last"
+            if self.run.checkpoint("last").is_file()
+            else "it has no checkpoint to resume: the same command starts it again"
         )
-        raise SystemExit(143)
+        log.error("%s: stopped by %s %s; %s", self.run.path, name, where, advice)
+        raise SystemExit(128 + signal.Signals[name].value)
 
     @rank_zero_only
     def _claim_run_dir(self) -> None:

@@ -66,3 +66,37 @@ class KillDuringStep(Callback):
             timer = threading.Timer(self.delay, os.kill, (os.getpid(), signal.SIGKILL))
             timer.daemon = True
             timer.start()
+
+
+class SignalAt(Callback):
+    """Send this process ``signum`` at the end of training batch ``batch`` (its index in epoch
+    0) or of validation batch ``val_batch`` of epoch 0's validation, once.
+
+    Args:
+        signum: the signal (``signal.SIGTERM``, ``signal.SIGINT``).
+        batch: the training batch after which to send it.
+        val_batch: the validation batch after which to send it.
+    """
+
+    def __init__(self, signum: int, batch: int | None = None, val_batch: int | None = None):
+        self.signum, self.batch, self.val_batch = signum, batch, val_batch
+        self._sent = False
+
+    def _send(self) -> None:
+        if not self._sent:
+            self._sent = True
+            os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        if trainer.current_epoch == 0 and batch_idx == self.batch:
+            self._send()
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+        if (
+            trainer.current_epoch == 0
+            and not trainer.sanity_checking
+            and batch_idx == self.val_batch
+        ):
+            self._send()
