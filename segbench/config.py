@@ -127,10 +127,22 @@ def config_files(args: list[str]) -> list[str]:
     return files
 
 
-def locate_keys(message: str, files: tuple[str, ...]) -> str:
-    """``file:line`` of the quoted or dotted keys of an error message in the config files."""
+def locate_keys(message: str, files: tuple[str, ...], argv: tuple[str, ...] = ()) -> str:
+    """Where the keys an error message names were given: the command-line arguments that set
+    them (``--trainer.max_epochs abc``; they win over the files), else the ``file:line`` of the
+    quoted or dotted keys in the config files."""
     quoted = re.findall(r"[\"']([A-Za-z_][\w.]*)[\"']", message)
-    names = {m.split(".")[-1] for m in [*quoted, *re.findall(r"--([\w.]+)", message)]}
+    keys = [*quoted, *re.findall(r"--([\w.]+)", message)]
+    by_name: dict[str, str] = {}  # the last argument of a key is the one that counts
+    for i, arg in enumerate(argv):
+        name = arg[2:].split("=", 1)[0]
+        if arg.startswith("--") and any(name == k or name.startswith(k + ".") for k in keys):
+            value = argv[i + 1] if "=" not in arg and i + 1 < len(argv) else ""
+            by_name[name] = f"{arg} {value}" if value and not value.startswith("--") else arg
+    given = list(by_name.values())
+    if given:  # (not repeated where the message quotes them: "unrecognized arguments: ...")
+        return "" if all(g in message for g in given) else "the command line: " + " ".join(given)
+    names = {k.split(".")[-1] for k in keys}
     hits = []
     for path in files:
         try:

@@ -370,6 +370,29 @@ def test_bad_input(world, capsys, args, code, message):
     assert not (world.root / "test" / "new" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["--model.optimizer.init_args.lrr", "0.1"], "--model.optimizer.init_args.lrr 0.1"),
+        (["--trainer.max_epochs=abc"], "--trainer.max_epochs=abc"),
+    ],
+)
+def test_a_bad_key_or_value_on_the_command_line_is_found_there_not_in_a_file(
+    world, capsys, args, where
+):
+    """The config file sets the same section (or key) correctly: the error points at the
+    argument, under a one-line usage instead of every key's."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *world.args(), *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert f"found in: the command line: {where}" in err, err
+    assert ".yaml:" not in err, err
+    assert err.splitlines()[0].startswith("usage: "), err
+    assert len(err.splitlines()) < 20, err
+
+
 @pytest.mark.parametrize("case", ["sweep --jobs 0", "sweep of a missing variants file"])
 def test_a_bad_sweep_option_is_a_short_usage_and_one_line(world, capsys, case):
     args = next(c[1] for c in CASES if c[0] == case)

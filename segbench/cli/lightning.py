@@ -123,13 +123,19 @@ RESUME_FIXED = (
 
 
 class _Parser(LightningArgumentParser):
-    """jsonargparse's errors, plus the file and line of a key that a config file misspells."""
+    """jsonargparse's errors, plus where the key at fault was given (the command-line argument,
+    or the file and line of a config file's key), under a one-line usage."""
 
     config_files: tuple[str, ...] = ()
+    argv: tuple[str, ...] = ()
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        where = locate_keys(message, type(self).config_files)
+        where = locate_keys(message, type(self).config_files, type(self).argv)
         super().error(message + (f"\n  found in: {where}" if where else ""), ex)
+
+    def print_usage(self, file: Any = None) -> None:
+        # An error's usage: argparse's lists every key (about 90 lines) above the error itself.
+        (file or sys.stdout).write(f"usage: {self.prog} [--config FILE.yaml] [--KEY VALUE ...]\n")
 
 
 class SegbenchCLI(LightningCLI):
@@ -145,7 +151,8 @@ class SegbenchCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("parser_kwargs", {"description": _DESCRIPTION, "allow_abbrev": False})
         kwargs.setdefault("parser_class", _Parser)
-        _Parser.config_files = tuple(config_files(list(args or sys.argv[1:])))
+        _Parser.argv = tuple(str(a) for a in (args or sys.argv[1:]))
+        _Parser.config_files = tuple(config_files(list(_Parser.argv)))
         self._aside: Path | None = None
         self._writer: WriterLock | None = None
         self._smoke_dir: Path | None = None
