@@ -43,7 +43,7 @@ import lightning as L
 import torch
 
 from segbench.cli.lightning import SegbenchCLI, build
-from segbench.numerics import resolve_precision, to_channels_last
+from segbench.numerics import resolve_precision, to_channels_last, usable_device
 from segbench.options import command_parser, option_keys, options_of, split_argv
 from segbench.rundir import atomic_write_json, atomic_write_text
 from segbench.tables import markdown_table
@@ -264,7 +264,7 @@ def training_input_size(dm: L.LightningDataModule) -> tuple[int, int]:
 
 def run(args: list[str], known: Options) -> list[Timing]:
     _, dm, cfg = build(args)
-    device = torch.device(known.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = usable_device(known.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = str(resolve_precision(cfg.trainer.get("precision") or "32-true", device.type))
     channels_last = bool(cfg.model.get("channels_last", False))
     setting = f"{precision}{', channels_last' if channels_last else ''}"

@@ -19,6 +19,8 @@ import torch
 from lightning.pytorch import Trainer
 from torch import Tensor, nn
 
+from segbench.errors import ConfigError
+
 log = logging.getLogger("segbench")
 
 #: The precision value that resolves to the machine's fastest accurate numerics.
@@ -28,6 +30,21 @@ FAST = "fast"
 Precision = Literal["fast", "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
                     "transformer-engine", "transformer-engine-float16",
                     64, 32, 16, "64", "32", "16", "bf16"]  # fmt: skip
+
+
+def usable_device(name: str, option: str = "--device") -> torch.device:
+    """``name`` (``cpu``, ``cuda``, ``cuda:1``, ...) as a device this machine has, else a
+    ConfigError naming ``option``."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{option} {name}: not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"{option} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            + ("" if torch.cuda.is_available() else " (torch.cuda.is_available() is False)")
+        )
+    return device
 
 
 def native_bf16(device: str | torch.device) -> bool:

@@ -208,6 +208,15 @@ CASES: list[tuple[str, Args, int, str]] = [
     ),
     ("OHEM > 1", fit("--model.ohem_thresh", "1.5"), 1, r"model.ohem_thresh is a probability"),
     ("aux < 0", fit("--model.aux_weight", "-1"), 1, "model.aux_weight must be 0 or more"),
+    ("width 0", fit("--model.net.init_args.width", "0"), 1, "init_args.width must be positive"),
+    (
+        "negative crop",
+        fit("--data.init_args.augment.crop_size", "[-16, 32]"),
+        1,
+        r"augment.crop_size is \[height, width\] > 0, got \(-16, 32\)",
+    ),
+    ("negative rotation", fit("--data.init_args.augment.rotation", "-3"), 1, "rotation, blur"),
+    ("bias lr < 0", fit("--model.bias_lr_factor", "-1"), 1, "model.bias_lr_factor must be 0"),
     ("lr < 0", fit("--model.optimizer.init_args.lr", "-1"), 1, "model.optimizer: Invalid"),
     ("no GPU", fit("--trainer.accelerator", "gpu"), 1, "(?i)gpu"),
     (
@@ -322,6 +331,25 @@ CASES: list[tuple[str, Args, int, str]] = [
         r"--out .*out\.txt: a file, not a folder",
     ),
     ("tool on a non-run", lambda w: ["erf", str(w.scratch)], 1, "not a run directory"),
+    ("erf --patch 0", lambda w: ["erf", str(w.run), "--patch", "0"], 1, "--patch must be at"),
+    (
+        "erf on a device the machine lacks",
+        lambda w: ["erf", str(w.run), "--device", "cuda:99"],
+        1,
+        r"--device cuda:99: this machine has \d+ CUDA device",
+    ),
+    (
+        "erf of a module the network lacks",
+        lambda w: ["erf", str(w.run), "--layer", "backbone.fc8"],
+        1,
+        r"no module 'backbone.fc8' in FCN \(it has: out, backbone, .*backbone.fc7",
+    ),
+    (
+        "upper-bound at stride 0",
+        lambda w: ["upper-bound", str(w.run), "--strides", "[0, 8]"],
+        1,
+        r"--strides are output strides of 1 or more, got \[0, 8\]",
+    ),
     ("sweep --jobs 0", sweep("--ablation", "fcn", "--jobs", "0"), 2, "--jobs: must be at least 1"),
     (
         "sweep of a missing variants file",

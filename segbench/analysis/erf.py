@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from segbench.analysis.loading import LoadedModel, denormalise, sample_images
 from segbench.analysis.tool import Common, Tool
 from segbench.errors import ConfigError
+from segbench.numerics import usable_device
 from segbench.tables import markdown_table
 
 if TYPE_CHECKING:
@@ -71,7 +72,9 @@ def unit_reader(net: nn.Module, layer: str = "out") -> Callable[[Tensor, tuple[i
         return read_out
     modules = dict(net.named_modules())
     if layer not in modules:
-        raise ConfigError(f"no module {layer!r} in {type(net).__name__}")
+        names = [n for n in modules if n and n.count(".") < 2]
+        shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
+        raise ConfigError(f"no module {layer!r} in {type(net).__name__} (it has: out, {shown})")
 
     def read_layer(x: Tensor, unit: tuple[int, int]) -> Tensor:
         captured: list[Tensor] = []
@@ -474,6 +477,12 @@ class Options:
     batch_size: int = 64
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for key in ("images", "patch", "stride", "draws", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"--{key} must be at least 1, got {getattr(self, key)}")
+        usable_device(self.device)
 
 
 class Erf(Tool[Options, ReceptiveField]):

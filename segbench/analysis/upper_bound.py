@@ -38,6 +38,7 @@ from torch import Tensor
 from segbench.analysis.loading import LoadedModel
 from segbench.analysis.tool import Common, Tool
 from segbench.data.base import SegmentationDataModule, Split
+from segbench.errors import ConfigError
 from segbench.metrics import SegmentationMetrics
 from segbench.models.layers.label_basis import (
     Basis,
@@ -319,6 +320,12 @@ class Options:
     max_images: int | None = None
     num_workers: int | None = None
     title: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.strides or min(self.strides) < 1:
+            raise ConfigError(f"--strides are output strides of 1 or more, got {self.strides}")
+        if self.dims is not None and min(self.dims, default=1) < 1:
+            raise ConfigError(f"--dims are 1 or more, got {self.dims}")
 
 
 class UpperBoundTool(Tool[Options, UpperBound]):

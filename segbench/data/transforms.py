@@ -48,6 +48,20 @@ class Augment:
     color_jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     blur: float = 0.0
 
+    def __post_init__(self) -> None:
+        key = "data.init_args.augment"
+        if self.crop_size is not None and not all(int(n) > 0 for n in self.crop_size):
+            raise ConfigError(f"{key}.crop_size is [height, width] > 0, got {self.crop_size}")
+        if not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ConfigError(
+                f"{key}.scale_range must satisfy 0 < low <= high, got {self.scale_range}"
+            )
+        if self.rotation < 0 or self.blur < 0 or min(self.color_jitter) < 0:
+            raise ConfigError(
+                f"{key}: rotation, blur and color_jitter are 0 or more, got {self.rotation}, "
+                f"{self.blur} and {self.color_jitter}"
+            )
+
     @property
     def random(self) -> bool:
         """Whether a step draws random numbers (otherwise the augmentation is the identity)."""
@@ -105,6 +119,8 @@ def _normalise(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform
 
 
 def _rescale(scale: float) -> list[v2.Transform]:
+    if not scale > 0:
+        raise ConfigError(f"data.init_args.scale must be positive, got {scale}")
     return [] if scale == 1.0 else [RandomScale((scale, scale))]
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torchvision import tv_tensors
 
-from segbench.data.transforms import Augment, train_transform
+from segbench.data.transforms import Augment, eval_transform, train_transform
+from segbench.errors import ConfigError
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -124,3 +126,10 @@ def test_photometric_jitter_and_blur_change_the_image_not_the_mask():
     first = tf(coded_sample())["image"]
     torch.manual_seed(1)
     assert torch.equal(tf(coded_sample())["image"], first)  # a function of the generator
+
+
+def test_a_scale_that_cannot_resize_is_refused_naming_its_key():
+    with pytest.raises(ConfigError, match=r"data.init_args.scale must be positive, got -0.5"):
+        eval_transform(mean=(0.5,) * 3, std=(0.5,) * 3, scale=-0.5)
+    with pytest.raises(ConfigError, match=r"augment.scale_range must satisfy 0 < low <= high"):
+        Augment(scale_range=(1.5, 0.5))

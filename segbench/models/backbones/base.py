@@ -12,6 +12,15 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
+from segbench.errors import ConfigError
+
+
+def scaled_channels(channels: int, width: float, floor: int = 1) -> int:
+    """``channels`` times the width multiplier (CPU-scale networks), at least ``floor``."""
+    if not width > 0:
+        raise ConfigError(f"model.net.init_args.width must be positive, got {width}")
+    return max(floor, round(channels * width))
+
 
 class Feature(NamedTuple):
     """One output of a backbone."""

@@ -49,7 +49,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from segbench.models.backbones.base import Backbone
+from segbench.models.backbones.base import Backbone, scaled_channels
 from segbench.models.backbones.resnet import (
     _LAYERS,
     BasicBlock,
@@ -119,7 +119,7 @@ class DRNBackbone(Backbone):
         super().__init__()
         block: type[BasicBlock | Bottleneck] = BasicBlock if depth < 50 else Bottleneck
         floor = max(1, min_channels)
-        ch = [max(floor, round(c * width)) for c in LEVEL_CHANNELS]
+        ch = [scaled_channels(c, width, floor) for c in LEVEL_CHANNELS]
         self.layout: Literal["maxpool", "residual", "plain"] = (
             "maxpool" if not remove_max_pooling else "plain" if plain_conv_levels else "residual"
         )
@@ -139,7 +139,7 @@ class DRNBackbone(Backbone):
             strides.append(stride)
 
         if self.layout == "maxpool":
-            stem = max(floor, round(RESNET_STEM_CHANNELS * width))
+            stem = scaled_channels(RESNET_STEM_CHANNELS, width, floor)
             self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
             self.bn1 = nn.BatchNorm2d(stem)
             self.relu = nn.ReLU(inplace=True)

@@ -25,7 +25,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from segbench.models.backbones.base import Backbone
+from segbench.models.backbones.base import Backbone, scaled_channels
 from segbench.models.backbones.weights import assign_state_dict, load_state_dict, on_meta_device
 
 _LAYERS = {
@@ -203,7 +203,7 @@ class ResNet(Backbone):
     ) -> None:
         super().__init__()
         block: type[BasicBlock | Bottleneck] = BasicBlock if depth < 50 else Bottleneck
-        c = [max(1, round(n * width)) for n in (64, 128, 256, 512)]
+        c = [scaled_channels(n, width) for n in (64, 128, 256, 512)]
         self.stem_type = stem
         if stem == "resnet":
             self.conv1 = nn.Conv2d(3, c[0], 7, stride=2, padding=3, bias=False)

@@ -26,14 +26,10 @@ from torch import Tensor, nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from segbench.errors import ConfigError
-from segbench.models.backbones.base import Backbone
+from segbench.models.backbones.base import Backbone, scaled_channels
 from segbench.models.backbones.weights import assign_state_dict, load_state_dict, on_meta_device
 
 _STAGE_NAMES = ("pool1", "pool2", "pool3", "pool4", "pool5")
-
-
-def _scale(channels: int, width: float) -> int:
-    return max(1, round(channels * width))
 
 
 class VGG16(Backbone):
@@ -66,7 +62,7 @@ class VGG16(Backbone):
         super().__init__()
         if caffe_padding and output_stride != 32:
             raise ConfigError("caffe_padding reproduces the stride-32 reference only")
-        cfg = [c if c == "M" else _scale(c, width) for c in cfgs["D"]]
+        cfg = [c if c == "M" else scaled_channels(c, width) for c in cfgs["D"]]
         self.features = make_layers(cfg, batch_norm=batch_norm)
         self.caffe_padding = caffe_padding
 
@@ -95,7 +91,7 @@ class VGG16(Backbone):
         names = list(_STAGE_NAMES)
         self.fc = fc
         if fc:
-            fc_channels = _scale(4096, width)
+            fc_channels = scaled_channels(4096, width)
             pad = 0 if caffe_padding else 3 * dilation
             self.fc6 = nn.Conv2d(channels[-1], fc_channels, 7, padding=pad, dilation=dilation)
             self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
