@@ -213,34 +213,43 @@ class SegbenchCLI(LightningCLI):
         # (``segbench test --config runs/g/n/config.yaml --ckpt_path best``). Any checkpoint is
         # checked (weights only, complete, a Lightning checkpoint) before Lightning reads it.
         sub = self.config.get("subcommand")
-        if sub:
-            ckpt = self.config[sub].get("ckpt_path")
-            if ckpt in ("best", "last"):
-                path = RunDir.of(self.config[sub].run).require_checkpoint(ckpt)
-                self.config[sub].ckpt_path = str(path)
-            elif ckpt and not Path(ckpt).is_file():
-                raise CheckpointError(f"--ckpt_path {ckpt}: no such file")
-            if self.config[sub].get("ckpt_path"):
-                checkpoint = RunCheckpointIO().load_checkpoint(self.config[sub].ckpt_path)
-                fit_loop = checkpoint["loops"]["fit_loop"]
-                self._ckpt_progress = (
-                    fit_loop["epoch_progress"]["current"]["processed"],
-                    checkpoint.get("global_step", 0),
-                )
-                loaders = fit_loop.get("state_dict", {}).get("combined_loader") or [{}]
-                self._ckpt_mid_epoch = not loaders[0].get("epoch_finished", True)
-        super()._parse_ckpt_path()
+        if not sub or not self.config[sub].get("ckpt_path"):
+            return
+        cfg = self.config[sub]
+        if cfg.ckpt_path in ("best", "last"):
+            cfg.ckpt_path = str(RunDir.of(cfg.run).require_checkpoint(cfg.ckpt_path))
+        elif not Path(cfg.ckpt_path).is_file():
+            raise CheckpointError(f"--ckpt_path {cfg.ckpt_path}: no such file")
+        checkpoint = RunCheckpointIO().load_checkpoint(cfg.ckpt_path)
+        fit_loop = checkpoint["loops"]["fit_loop"]
+        self._ckpt_progress = (
+            fit_loop["epoch_progress"]["current"]["processed"],
+            checkpoint.get("global_step", 0),
+        )
+        loaders = fit_loop.get("state_dict", {}).get("combined_loader") or [{}]
+        self._ckpt_mid_epoch = not loaders[0].get("epoch_finished", True)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        # The task's hyper-parameters come from the checkpoint (what the weights were trained
+        # with), as Lightning does, except those a resume or an evaluation may change
+        # (RESUME_MAY_CHANGE: the evaluation protocols, model.compile, the data module's links):
+        # for them the command line and the config files win.
+        kept = {
+            key: value
+            for key, value in hparams.items()
+            if key != "_instantiator" and not f"model.{key}.".startswith(RESUME_MAY_CHANGE)
+        }
+        if kept:
+            self.config = self.parser.parse_object({sub: {"model": kept}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         cfg = self.cfg
-        if not cfg.get("ckpt_path"):
-            for key in _LINKED:
-                if cfg.get(key) is not None:
-                    raise ConfigError(
-                        f"{key} = {cfg.get(key)!r}: set by the data module (its class list) and "
-                        "linked into the task and the network; remove it from the config and "
-                        "the command line"
-                    )
+        for key in _LINKED:
+            if cfg.get(key) is not None:
+                raise ConfigError(
+                    f"{key} = {cfg.get(key)!r}: set by the data module (its class list) and "
+                    "linked into the task and the network; remove it from the config and "
+                    "the command line"
+                )
         check_loggers(cfg.run.loggers)
         mode = choose_wandb_mode(cfg.run.wandb if "wandb" in cfg.run.loggers else "disabled")
         cfg.run.wandb = mode
