@@ -355,3 +355,15 @@ def test_a_resume_applies_changed_evaluation_settings(tiny):
     assert m["config"]["model.val_protocol.flip"] is True
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["model"]["val_protocol"]["flip"] is True
+
+
+def test_a_resume_checks_the_task_settings_given_not_the_checkpoints(tiny, capsys):
+    """The checkpoint's hyper-parameters (the learning-rate schedule among them) no longer
+    replace those given before the resume is checked against the run's record: a changed
+    schedule is refused, naming it, instead of silently ignored."""
+    run_main(["fit", *tiny(epochs=1, extra=["--model.lr_schedule", "constant"])])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *tiny(epochs=2, extra=["--model.lr_schedule", "step"]), "--ckpt_path", "last"])
+    assert exit_.value.code == 1
+    assert "model.lr_schedule 'constant' -> 'step'" in capsys.readouterr().err

@@ -229,10 +229,15 @@ class SegbenchCLI(LightningCLI):
         loaders = fit_loop.get("state_dict", {}).get("combined_loader") or [{}]
         self._ckpt_mid_epoch = not loaders[0].get("epoch_finished", True)
         hparams = dict(checkpoint.get("hyper_parameters") or {})
-        # The task's hyper-parameters come from the checkpoint (what the weights were trained
-        # with), as Lightning does, except those a resume or an evaluation may change
-        # (RESUME_MAY_CHANGE: the evaluation protocols, model.compile, the data module's links):
-        # for them the command line and the config files win.
+        if sub == "fit":
+            # A resume is checked against the run's record (_check_resume), which refuses what
+            # differs or, with run.resume_with_changes, applies it: the checkpoint's
+            # hyper-parameters must not silently put the old values back first.
+            return
+        # An evaluation takes the task's hyper-parameters from the checkpoint (what the weights
+        # were trained with), as Lightning does, except those it may change (RESUME_MAY_CHANGE:
+        # the evaluation protocols, model.compile, the data module's links): for them the
+        # command line and the config files win.
         kept = {
             key: value
             for key, value in hparams.items()
