@@ -294,6 +294,15 @@ CASES: list[tuple[str, Args, int, str]] = [
         1,
         r"truncated\.ckpt: not a readable",
     ),
+    # -- what is evaluated: the run's weights ---------------------------------------------------
+    ("validate without weights", on_trained("validate"), 1, r"--ckpt_path best or last"),
+    (
+        "test with model.init_from and no checkpoint",  # init_from initialises a fit only
+        on_trained("test", "--model.init_from", lambda w: str(w.run / "checkpoints/last.ckpt")),
+        1,
+        r"segbench test without --ckpt_path: the network would be untrained",
+    ),
+    ("predict without weights", on_trained("predict"), 1, r"label maps would be written to"),
     # -- the run directory and the tools --------------------------------------------------------
     (
         "fresh fit over a run",

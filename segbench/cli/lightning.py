@@ -248,6 +248,18 @@ class SegbenchCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.cfg
+        if self.subcommand in ("validate", "test", "predict") and not cfg.get("ckpt_path"):
+            made = (
+                f"label maps would be written to {cfg.get('out') or self.run.predictions}"
+                if self.subcommand == "predict"
+                else f"scores would be recorded in {self.run.metrics_file}"
+            )
+            raise ConfigError(
+                f"segbench {self.subcommand} without --ckpt_path: the network would be "
+                f"untrained (model.init_from initialises a fit only) and its {made}. Pass the "
+                "weights: --ckpt_path best or last (the run's own checkpoints) or --ckpt_path "
+                "PATH (a checkpoint file)."
+            )
         for key in _LINKED:
             if cfg.get(key) is not None:
                 raise ConfigError(
