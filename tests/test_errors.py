@@ -172,6 +172,11 @@ def on_trained(command: str, *extra: str | Callable[[World], str]) -> Args:
     ]
 
 
+def eleven_classes(w: World) -> list[str]:
+    """A folder data set of 11 classes named "0" ... "10" (the quickstart's are 11 others)."""
+    return [*folder_data(w, "ok"), "--data.init_args.num_classes", "11"]
+
+
 def data(problem: str) -> Args:
     return lambda w: ["fit", *w.args(), *folder_data(w, problem)]
 
@@ -294,7 +299,7 @@ CASES: list[tuple[str, Args, int, str]] = [
         1,
         r"truncated\.ckpt: not a readable",
     ),
-    # -- what is evaluated: the run's weights ---------------------------------------------------
+    # -- what is evaluated: the run's weights, on their own classes --------------------------------
     ("validate without weights", on_trained("validate"), 1, r"--ckpt_path best or last"),
     (
         "test with model.init_from and no checkpoint",  # init_from initialises a fit only
@@ -303,6 +308,14 @@ CASES: list[tuple[str, Args, int, str]] = [
         r"segbench test without --ckpt_path: the network would be untrained",
     ),
     ("predict without weights", on_trained("predict"), 1, r"label maps would be written to"),
+    (
+        "checkpoint of other classes, as many",  # the quickstart's 11 against 11 others
+        lambda w: [*on_trained("validate", "--ckpt_path", "best")(w), *eleven_classes(w)],
+        1,
+        r"best\.ckpt was trained on other classes than the data module \(FolderSegmentation\) "
+        r"has: \[sky, grass, water, sand, road, \.\.\.\] \(11 classes\) in the checkpoint, "
+        r"\[0, 1, 2, 3, 4, \.\.\.\] \(11 classes\) here",
+    ),
     # -- the run directory and the tools --------------------------------------------------------
     (
         "fresh fit over a run",

@@ -153,6 +153,7 @@ class SegbenchCLI(LightningCLI):
         self._ckpt_progress: tuple[int, int] | None = None
         self._ckpt_mid_epoch = False
         self._resume_changes: dict[str, list[Any]] = {}
+        self._ckpt_classes: list[str] | None = None
         try:
             try:
                 super().__init__(args=args, run=run, **kwargs)
@@ -229,6 +230,7 @@ class SegbenchCLI(LightningCLI):
         loaders = fit_loop.get("state_dict", {}).get("combined_loader") or [{}]
         self._ckpt_mid_epoch = not loaders[0].get("epoch_finished", True)
         hparams = dict(checkpoint.get("hyper_parameters") or {})
+        self._ckpt_classes = hparams.get("class_names")
         if sub == "fit":
             # A resume is checked against the run's record (_check_resume), which refuses what
             # differs or, with run.resume_with_changes, applies it: the checkpoint's
@@ -449,7 +451,25 @@ class SegbenchCLI(LightningCLI):
             purge_step=self._ckpt_progress[1] if self._ckpt_progress else None,
         )
 
+    def _check_classes(self) -> None:
+        """A checkpoint is evaluated, predicted with or resumed only on the classes it was
+        trained on (its hyper-parameters' ``class_names``, in order): on another data set's its
+        scores and label maps would name the wrong classes, even when their number is the same.
+        (``model.init_from``, a deliberate transfer, is not checked.)"""
+        theirs = self._ckpt_classes
+        ours = getattr(self.datamodule, "class_names", None)
+        if theirs is None or ours is None or list(theirs) == list(ours):
+            return
+        raise CheckpointError(
+            f"{self.cfg.ckpt_path} was trained on other classes than the data module "
+            f"({type(self.datamodule).__name__}) has: {_brief(theirs)} in the checkpoint, "
+            f"{_brief(ours)} here. Use it with the config of the run that trained it "
+            "(--config RUN/config.yaml), or train on this data set from its weights with "
+            "--model.init_from."
+        )
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        self._check_classes()  # before any logger or file of the run is made
         trainer_cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else {}
         run, cfg = self.run, self.cfg.run
         if trainer_cfg.get("logger") in (None, True):
@@ -673,6 +693,13 @@ _DESCRIPTION = (
     "Training and evaluation: segbench {fit,validate,test,predict} --config FILE.yaml.\n"
     "Tools: " + ", ".join(f"segbench {t} --help" for t in COMMANDS) + "."
 )
+
+
+def _brief(names: Any) -> str:
+    """``[sky, grass, water, sand, road, ...] (11 classes)``."""
+    names = [str(n) for n in names]
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return f"[{shown}] ({len(names)} classes)"
 
 
 def _mark_attempt(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
