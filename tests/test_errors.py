@@ -316,6 +316,18 @@ CASES: list[tuple[str, Args, int, str]] = [
         r"has: \[sky, grass, water, sand, road, \.\.\.\] \(11 classes\) in the checkpoint, "
         r"\[0, 1, 2, 3, 4, \.\.\.\] \(11 classes\) here",
     ),
+    (
+        "fit resuming another run's finished checkpoint",
+        lambda w: [
+            "fit",
+            *w.args("foreign", ["--model.net.init_args.variant=16s"]),
+            "--ckpt_path",
+            str(w.run / "checkpoints/last.ckpt"),
+        ],
+        1,
+        r"last\.ckpt: not a checkpoint of \S+/foreign \(the run this fit writes\).*"
+        r"--config \S+/trained/config\.yaml --ckpt_path last.*--model\.init_from",
+    ),
     # -- the run directory and the tools --------------------------------------------------------
     (
         "fresh fit over a run",

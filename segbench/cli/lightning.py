@@ -212,7 +212,8 @@ class SegbenchCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         # "best" / "last" name the files of this run's directory, also in a fresh process
         # (``segbench test --config runs/g/n/config.yaml --ckpt_path best``). Any checkpoint is
-        # checked (weights only, complete, a Lightning checkpoint) before Lightning reads it.
+        # checked (weights only, complete, a Lightning checkpoint) before Lightning reads it, and
+        # a fit's is one of its own run's.
         sub = self.config.get("subcommand")
         if not sub or not self.config[sub].get("ckpt_path"):
             return
@@ -222,6 +223,8 @@ class SegbenchCLI(LightningCLI):
         elif not Path(cfg.ckpt_path).is_file():
             raise CheckpointError(f"--ckpt_path {cfg.ckpt_path}: no such file")
         checkpoint = RunCheckpointIO().load_checkpoint(cfg.ckpt_path)
+        if sub == "fit":
+            self._check_own_checkpoint(Path(cfg.ckpt_path), RunDir.of(cfg.run))
         fit_loop = checkpoint["loops"]["fit_loop"]
         self._ckpt_progress = (
             fit_loop["epoch_progress"]["current"]["processed"],
@@ -247,6 +250,24 @@ class SegbenchCLI(LightningCLI):
         }
         if kept:
             self.config = self.parser.parse_object({sub: {"model": kept}}, self.config)
+
+    @staticmethod
+    def _check_own_checkpoint(path: Path, run: RunDir) -> None:
+        """``fit --ckpt_path`` resumes the run that ``run.*`` names, from one of its own
+        checkpoints: the run's record, its ``metrics.csv`` and its loggers continue from that
+        checkpoint's step, and the resume is checked against that record. A checkpoint of another
+        run directory has no record there to continue or to check against (a finished one would
+        be reported as trained while the run named does not exist): refused, saying how to
+        resume that run or start a new one from its weights."""
+        if path.resolve().parent == run.checkpoints.resolve():
+            return
+        owner = path.resolve().parent.parent
+        raise ConfigError(
+            f"--ckpt_path {path}: not a checkpoint of {run.path} (the run this fit writes); a "
+            f"fit resumes its own run from {run.checkpoints}. To resume the run it belongs to: "
+            f"--config {owner / RunDir.CONFIG} --ckpt_path last; to start a new run from its "
+            f"weights: --model.init_from {path} without --ckpt_path."
+        )
 
     def before_instantiate_classes(self) -> None:
         cfg = self.cfg
