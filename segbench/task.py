@@ -103,7 +103,9 @@ class SegmentationTask(L.LightningModule):
         warmup_factor: starting fraction of the learning rate during warm-up.
         init_from: a checkpoint (``.ckpt`` of a segbench run, or a plain state dict) whose
             tensors initialise the net where names and shapes match, e.g. FCN-16s from FCN-32s
-            (FCN's staged training). Ignored when resuming with ``--ckpt_path``.
+            (FCN's staged training), when a fit starts. Ignored when resuming with
+            ``--ckpt_path``; ``validate``, ``test`` and ``predict`` take their weights from
+            ``--ckpt_path`` alone.
         val_protocol: how validation images are predicted: ``mode`` whole or slide (with
             ``crop_size`` and ``stride``), ``scales`` and ``flip`` for test-time augmentation.
             Predictions are resized to the label's size before scoring. Default: the whole

@@ -316,3 +316,54 @@ def test_resuming_with_other_limits_under_a_poly_schedule_is_refused(tiny, capsy
     assert "learning rate 0" in err
     assert f"--model.init_from {run_dir / 'checkpoints' / 'last.ckpt'}" in err
     assert metrics(run_dir)["completed_epochs"] == 1
+
+
+def test_evaluation_protocols_given_with_a_checkpoint_are_the_ones_used(tiny):
+    """The checkpoint's hyper-parameters hold the protocols it was trained with; those given on
+    the command line (or in a config file) win: they are used and recorded."""
+    run_main(["fit", *tiny()])
+    run_dir = tiny.root / "test" / "tiny"
+    run = ["--config", str(run_dir / "config.yaml"), "--ckpt_path", "best"]
+    ms_flip = {"mode": "whole", "crop_size": None, "stride": None, "scales": [0.5, 1.0]}
+    ms_flip["flip"] = True
+
+    def record(stage: str) -> dict:
+        return json.loads((run_dir / "metrics.json").read_text())[stage]
+
+    run_main(["validate", *run])
+    plain = record("validate")
+    run_main(["validate", *run, "--model.val_protocol.scales", "[0.5, 1.0]",
+              "--model.val_protocol.flip", "true"])  # fmt: skip
+    assert record("validate")["protocol"] == ms_flip
+    assert record("validate")["metrics"]["val/loss"] != plain["metrics"]["val/loss"]
+    protocol = tiny.root / "protocol.yaml"
+    protocol.write_text("model:\n  test_protocol:\n    scales: [0.5, 1.0]\n    flip: true\n")
+    run_main(["test", *run, "--config", str(protocol)])
+    assert record("test")["protocol"] == ms_flip
+
+
+def test_a_resume_applies_changed_evaluation_settings(tiny):
+    """docs/how-to/resume.md: the evaluation protocols may change on a resume; they then apply
+    (what config.yaml and metrics.json record is what the task was built with)."""
+    constant = ["--model.lr_schedule", "constant"]
+    run_main(["fit", *tiny(epochs=1, extra=constant)])
+    run_dir = tiny.root / "test" / "tiny"
+    run_main(["fit", *tiny(epochs=2, extra=constant), "--ckpt_path", "last",
+              "--model.val_protocol.flip", "true"])  # fmt: skip
+    m = metrics(run_dir)
+    assert m["completed_epochs"] == 2
+    assert m["config"]["model.val_protocol.flip"] is True
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["val_protocol"]["flip"] is True
+
+
+def test_a_resume_checks_the_task_settings_given_not_the_checkpoints(tiny, capsys):
+    """The checkpoint's hyper-parameters (the learning-rate schedule among them) no longer
+    replace those given before the resume is checked against the run's record: a changed
+    schedule is refused, naming it, instead of silently ignored."""
+    run_main(["fit", *tiny(epochs=1, extra=["--model.lr_schedule", "constant"])])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *tiny(epochs=2, extra=["--model.lr_schedule", "step"]), "--ckpt_path", "last"])
+    assert exit_.value.code == 1
+    assert "model.lr_schedule 'constant' -> 'step'" in capsys.readouterr().err

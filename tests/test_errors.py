@@ -172,6 +172,11 @@ def on_trained(command: str, *extra: str | Callable[[World], str]) -> Args:
     ]
 
 
+def eleven_classes(w: World) -> list[str]:
+    """A folder data set of 11 classes named "0" ... "10" (the quickstart's are 11 others)."""
+    return [*folder_data(w, "ok"), "--data.init_args.num_classes", "11"]
+
+
 def data(problem: str) -> Args:
     return lambda w: ["fit", *w.args(), *folder_data(w, problem)]
 
@@ -302,6 +307,35 @@ CASES: list[tuple[str, Args, int, str]] = [
         on_trained("test", "--ckpt_path", truncated),
         1,
         r"truncated\.ckpt: not a readable",
+    ),
+    # -- what is evaluated: the run's weights, on their own classes --------------------------------
+    ("validate without weights", on_trained("validate"), 1, r"--ckpt_path best or last"),
+    (
+        "test with model.init_from and no checkpoint",  # init_from initialises a fit only
+        on_trained("test", "--model.init_from", lambda w: str(w.run / "checkpoints/last.ckpt")),
+        1,
+        r"segbench test without --ckpt_path: the network would be untrained",
+    ),
+    ("predict without weights", on_trained("predict"), 1, r"label maps would be written to"),
+    (
+        "checkpoint of other classes, as many",  # the quickstart's 11 against 11 others
+        lambda w: [*on_trained("validate", "--ckpt_path", "best")(w), *eleven_classes(w)],
+        1,
+        r"best\.ckpt was trained on other classes than the data module \(FolderSegmentation\) "
+        r"has: \[sky, grass, water, sand, road, \.\.\.\] \(11 classes\) in the checkpoint, "
+        r"\[0, 1, 2, 3, 4, \.\.\.\] \(11 classes\) here",
+    ),
+    (
+        "fit resuming another run's finished checkpoint",
+        lambda w: [
+            "fit",
+            *w.args("foreign", ["--model.net.init_args.variant=16s"]),
+            "--ckpt_path",
+            str(w.run / "checkpoints/last.ckpt"),
+        ],
+        1,
+        r"last\.ckpt: not a checkpoint of \S+/foreign \(the run this fit writes\).*"
+        r"--config \S+/trained/config\.yaml --ckpt_path last.*--model\.init_from",
     ),
     # -- the run directory and the tools --------------------------------------------------------
     (

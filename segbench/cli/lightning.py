@@ -161,6 +161,7 @@ class SegbenchCLI(LightningCLI):
         self._ckpt_progress: tuple[int, int] | None = None
         self._ckpt_mid_epoch = False
         self._resume_changes: dict[str, list[Any]] = {}
+        self._ckpt_classes: list[str] | None = None
         try:
             try:
                 super().__init__(args=args, run=run, **kwargs)
@@ -222,36 +223,84 @@ class SegbenchCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         # "best" / "last" name the files of this run's directory, also in a fresh process
         # (``segbench test --config runs/g/n/config.yaml --ckpt_path best``). Any checkpoint is
-        # checked (weights only, complete, a Lightning checkpoint) before Lightning reads it.
+        # checked (weights only, complete, a Lightning checkpoint) before Lightning reads it, and
+        # a fit's is one of its own run's.
         sub = self.config.get("subcommand")
-        if sub:
-            ckpt = self.config[sub].get("ckpt_path")
-            if ckpt in ("best", "last"):
-                path = RunDir.of(self.config[sub].run).require_checkpoint(ckpt)
-                self.config[sub].ckpt_path = str(path)
-            elif ckpt and not Path(ckpt).is_file():
-                raise CheckpointError(f"--ckpt_path {ckpt}: no such file")
-            if self.config[sub].get("ckpt_path"):
-                checkpoint = RunCheckpointIO().load_checkpoint(self.config[sub].ckpt_path)
-                fit_loop = checkpoint["loops"]["fit_loop"]
-                self._ckpt_progress = (
-                    fit_loop["epoch_progress"]["current"]["processed"],
-                    checkpoint.get("global_step", 0),
-                )
-                loaders = fit_loop.get("state_dict", {}).get("combined_loader") or [{}]
-                self._ckpt_mid_epoch = not loaders[0].get("epoch_finished", True)
-        super()._parse_ckpt_path()
+        if not sub or not self.config[sub].get("ckpt_path"):
+            return
+        cfg = self.config[sub]
+        if cfg.ckpt_path in ("best", "last"):
+            cfg.ckpt_path = str(RunDir.of(cfg.run).require_checkpoint(cfg.ckpt_path))
+        elif not Path(cfg.ckpt_path).is_file():
+            raise CheckpointError(f"--ckpt_path {cfg.ckpt_path}: no such file")
+        checkpoint = RunCheckpointIO().load_checkpoint(cfg.ckpt_path)
+        if sub == "fit":
+            self._check_own_checkpoint(Path(cfg.ckpt_path), RunDir.of(cfg.run))
+        fit_loop = checkpoint["loops"]["fit_loop"]
+        self._ckpt_progress = (
+            fit_loop["epoch_progress"]["current"]["processed"],
+            checkpoint.get("global_step", 0),
+        )
+        loaders = fit_loop.get("state_dict", {}).get("combined_loader") or [{}]
+        self._ckpt_mid_epoch = not loaders[0].get("epoch_finished", True)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        self._ckpt_classes = hparams.get("class_names")
+        if sub == "fit":
+            # A resume is checked against the run's record (_check_resume), which refuses what
+            # differs or, with run.resume_with_changes, applies it: the checkpoint's
+            # hyper-parameters must not silently put the old values back first.
+            return
+        # An evaluation takes the task's hyper-parameters from the checkpoint (what the weights
+        # were trained with), as Lightning does, except those it may change (RESUME_MAY_CHANGE:
+        # the evaluation protocols, model.compile, the data module's links): for them the
+        # command line and the config files win.
+        kept = {
+            key: value
+            for key, value in hparams.items()
+            if key != "_instantiator" and not f"model.{key}.".startswith(RESUME_MAY_CHANGE)
+        }
+        if kept:
+            self.config = self.parser.parse_object({sub: {"model": kept}}, self.config)
+
+    @staticmethod
+    def _check_own_checkpoint(path: Path, run: RunDir) -> None:
+        """``fit --ckpt_path`` resumes the run that ``run.*`` names, from one of its own
+        checkpoints: the run's record, its ``metrics.csv`` and its loggers continue from that
+        checkpoint's step, and the resume is checked against that record. A checkpoint of another
+        run directory has no record there to continue or to check against (a finished one would
+        be reported as trained while the run named does not exist): refused, saying how to
+        resume that run or start a new one from its weights."""
+        if path.resolve().parent == run.checkpoints.resolve():
+            return
+        owner = path.resolve().parent.parent
+        raise ConfigError(
+            f"--ckpt_path {path}: not a checkpoint of {run.path} (the run this fit writes); a "
+            f"fit resumes its own run from {run.checkpoints}. To resume the run it belongs to: "
+            f"--config {owner / RunDir.CONFIG} --ckpt_path last; to start a new run from its "
+            f"weights: --model.init_from {path} without --ckpt_path."
+        )
 
     def before_instantiate_classes(self) -> None:
         cfg = self.cfg
-        if not cfg.get("ckpt_path"):
-            for key in _LINKED:
-                if cfg.get(key) is not None:
-                    raise ConfigError(
-                        f"{key} = {cfg.get(key)!r}: set by the data module (its class list) and "
-                        "linked into the task and the network; remove it from the config and "
-                        "the command line"
-                    )
+        if self.subcommand in ("validate", "test", "predict") and not cfg.get("ckpt_path"):
+            made = (
+                f"label maps would be written to {cfg.get('out') or self.run.predictions}"
+                if self.subcommand == "predict"
+                else f"scores would be recorded in {self.run.metrics_file}"
+            )
+            raise ConfigError(
+                f"segbench {self.subcommand} without --ckpt_path: the network would be "
+                f"untrained (model.init_from initialises a fit only) and its {made}. Pass the "
+                "weights: --ckpt_path best or last (the run's own checkpoints) or --ckpt_path "
+                "PATH (a checkpoint file)."
+            )
+        for key in _LINKED:
+            if cfg.get(key) is not None:
+                raise ConfigError(
+                    f"{key} = {cfg.get(key)!r}: set by the data module (its class list) and "
+                    "linked into the task and the network; remove it from the config and "
+                    "the command line"
+                )
         check_loggers(cfg.run.loggers)
         mode = choose_wandb_mode(cfg.run.wandb if "wandb" in cfg.run.loggers else "disabled")
         cfg.run.wandb = mode
@@ -448,7 +497,25 @@ class SegbenchCLI(LightningCLI):
             purge_step=self._ckpt_progress[1] if self._ckpt_progress else None,
         )
 
+    def _check_classes(self) -> None:
+        """A checkpoint is evaluated, predicted with or resumed only on the classes it was
+        trained on (its hyper-parameters' ``class_names``, in order): on another data set's its
+        scores and label maps would name the wrong classes, even when their number is the same.
+        (``model.init_from``, a deliberate transfer, is not checked.)"""
+        theirs = self._ckpt_classes
+        ours = getattr(self.datamodule, "class_names", None)
+        if theirs is None or ours is None or list(theirs) == list(ours):
+            return
+        raise CheckpointError(
+            f"{self.cfg.ckpt_path} was trained on other classes than the data module "
+            f"({type(self.datamodule).__name__}) has: {_brief(theirs)} in the checkpoint, "
+            f"{_brief(ours)} here. Use it with the config of the run that trained it "
+            "(--config RUN/config.yaml), or train on this data set from its weights with "
+            "--model.init_from."
+        )
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        self._check_classes()  # before any logger or file of the run is made
         trainer_cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else {}
         run, cfg = self.run, self.cfg.run
         if trainer_cfg.get("logger") in (None, True):
@@ -672,6 +739,13 @@ _DESCRIPTION = (
     "Training and evaluation: segbench {fit,validate,test,predict} --config FILE.yaml.\n"
     "Tools: " + ", ".join(f"segbench {t} --help" for t in COMMANDS) + "."
 )
+
+
+def _brief(names: Any) -> str:
+    """``[sky, grass, water, sand, road, ...] (11 classes)``."""
+    names = [str(n) for n in names]
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return f"[{shown}] ({len(names)} classes)"
 
 
 def _mark_attempt(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
