@@ -52,6 +52,7 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 from segbench.cli.lightning import build
 from segbench.errors import BusyError, ConfigError, MissingFileError
+from segbench.metrics import CLASS_METRICS, STAGE_METRICS
 from segbench.options import command_parser
 from segbench.rundir import RunDir, WriterLock, atomic_write_text
 from segbench.study.launchers import add_launcher_options, make_launcher
@@ -63,8 +64,8 @@ from segbench.visualize import write_figure
 log = logging.getLogger("segbench")
 
 STUDY_FILE = "study.journal"
-#: The validation metrics every run logs, besides ``val/IoU/<class>``.
-VAL_METRICS = ("val/mIoU", "val/pixel_acc", "val/mean_acc", "val/fwIoU", "val/loss")
+#: The validation metrics every run logs, besides ``val/IoU/<class>`` and ``val/bIoU/<class>``.
+VAL_METRICS = tuple(f"val/{m}" for m in STAGE_METRICS)
 #: A trial's user attribute: the lock file of the ``segbench tune`` process running it.
 WORKER_ATTR = "worker"
 #: A trial's user attribute: its run diverged (told to the study as pruned).
@@ -218,11 +219,13 @@ def check_space(space: SearchSpace, fit_args: list[str]) -> dict[str, Any]:
         raise ConfigError(
             f"{space.path}: a trial's config does not parse (the error above names the key)"
         ) from exit_
-    classes = [f"val/IoU/{c}" for c in getattr(datamodule, "class_names", ()) or ()]
+    names = getattr(datamodule, "class_names", ()) or ()
+    classes = [f"val/{m}/{c}" for m in CLASS_METRICS for c in names]
     if space.metric not in (*VAL_METRICS, *classes):
         raise ConfigError(
             f"{space.path}: metric {space.metric} is not logged by these runs (they log "
-            f"{', '.join(VAL_METRICS)} and val/IoU/<class>: {', '.join(classes) or 'none'})"
+            f"{', '.join(VAL_METRICS)} and val/{{{','.join(CLASS_METRICS)}}}/<class>: "
+            f"{', '.join(names) or 'none'})"
         )
     _, _, base = build(fit_args)
     return {k: _get(base, k) for k in space.params}

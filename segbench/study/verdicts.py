@@ -147,8 +147,22 @@ def judge_claims(claims: Sequence[Claim], rows: Sequence[Row]) -> list[Judgement
     for c in claims:
         j = judge(c, seed_values(rows, c.a, c.metrics), seed_values(rows, c.b, c.metrics),
                   report_scale(c.metrics[0]))  # fmt: skip
+        if j.verdict == "not run":
+            j = dataclasses.replace(j, note=not_run_note(c, rows))
         out.append(dataclasses.replace(j, gains=(gain(c.a), gain(c.b))))
     return out
+
+
+def not_run_note(claim: Claim, rows: Sequence[Row]) -> str:
+    """Why ``claim`` has no verdict: a variant without runs, or runs that lack its metric."""
+    for label in (claim.a, claim.b):
+        runs = [r for row in rows if row.label == label for r in row.runs]
+        if not runs:
+            return f"no finished run of {label}"
+        missing = [m for m in claim.metrics if all(r.metrics.get(m) is None for r in runs)]
+        if missing:
+            return f"no run of {label} has {', '.join(missing)}"
+    return ""
 
 
 def judge_ablations(

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from segbench.rundir import RunDir
+from segbench.study.ablation import RECORDS, metric_problem
 from segbench.study.launchers.local import ProcessLauncher
 from segbench.study.plan import fit_command, run_state
 from tests.helpers import REPO, segbench_in_process, sweep_command
@@ -22,6 +24,10 @@ def test_sweep_runs_reports_and_skips_finished_runs(tmp_path, monkeypatch):
     assert "| fcn8s | 8s | 1 |" in table
     for v in ("fcn32s", "fcn8s"):
         assert run_state(tmp_path / "runs" / "skips" / f"{v}-s0") == "done"
+    # Every number a run reports is a name an ablation's claim may use (what load checks).
+    numbers = RunDir(tmp_path / "runs" / "skips" / "fcn8s-s0").results()
+    assert {"test/bIoU", "test/ECE", "val/mIoU", "params"} <= set(numbers)
+    assert [m for m in numbers if metric_problem(m)] == []
 
     assert segbench_in_process(cmd).count("done, skipped") == 2
 
@@ -58,6 +64,17 @@ def test_every_ablation_yaml_loads_with_its_files():
             assert all(Path(p).is_file() for p in [*base, *variants])
         if ablation.paper:
             assert (ablation.folder / ablation.paper).is_file()
+
+
+def test_the_analysis_records_a_claim_may_name_are_the_tools():
+    """RECORDS (the prefixes of what segbench TOOL --record stores) are those the analysis
+    tools' summaries write: read from their source."""
+    import re
+
+    written = set()
+    for path in (REPO / "segbench" / "analysis").glob("*.py"):
+        written |= set(re.findall(r'f?"([a-z_]+)/[{\w]', path.read_text()))
+    assert set(RECORDS) == written
 
 
 def test_an_ablation_is_found_by_name_or_paper_and_typos_are_named(tmp_path):

@@ -104,6 +104,50 @@ def test_the_report_judges_claims_from_its_rows():
     assert "62.75 ± 2.75 (n=4)" in table
 
 
+def test_a_claim_with_a_typo_fails_when_its_ablation_loads(tmp_path, capsys):
+    """A claim naming no variant of its ablation, or a metric no run logs, is an error naming the
+    file, the claim and the value before anything runs (a dry run included), not a 'not run'
+    verdict after the sweep."""
+    import shutil
+
+    from segbench.cli import main
+    from segbench.study.ablation import Ablation
+    from tests.helpers import REPO
+
+    shutil.copytree(REPO / "experiments" / "fcn", tmp_path / "fcn")
+    path = tmp_path / "fcn" / "synthetic" / "ablation.yaml"
+    text = path.read_text()
+    path.write_text(text.replace("a: fcn16s", "a: fcn16", 1))
+    with pytest.raises(ConfigError, match=r"claim fcn-16s-over-32s: a: fcn16 is not a variant "
+                       r"of this ablation \(its variants.*: fcn16s, fcn32s, fcn8s\)"):  # fmt: skip
+        Ablation.load(path)
+    path.write_text(text.replace("metric: test/mIoU", "metric: test/mIOU", 1))
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "--ablation", str(path), "--seeds", "0", "--dry-run"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert f"{path}: claim fcn-16s-over-32s: metric test/mIOU: the task does not log it (did " \
+        "you mean test/mIoU?)" in err  # fmt: skip
+    assert "fcn-skips/fcn32s-s0" not in err  # nothing planned
+    # The analysis tools' records and a run's numbers are names a claim or column may use; a
+    # per-class metric's class is checked where the data's classes are known (a sweep's plan).
+    path.write_text(text.replace("test/IoU/bird]", "test/IoU/bird, gridding/impulse, params]"))
+    ablation = Ablation.load(path)
+    ablation.check_names(["pole", "bird"])
+    with pytest.raises(ConfigError, match=r"metrics test/IoU/pole: the data has no class 'pole' "
+                       r"\(its classes: Pole, Bird\)"):  # fmt: skip
+        ablation.check_names(["Pole", "Bird"])
+
+
+def test_a_claim_without_a_verdict_says_what_is_missing():
+    """'not run' says whether a variant has no runs or its runs lack the claim's metric."""
+    row = Row("a", {})
+    row.runs.append(Run(Path("runs/g/a-s0"), {"seed_everything": 0}, {"test/mIoU": 0.6}))
+    (typo, absent) = judge_claims([claim(metric="test/IoU/pole"), claim(b="c")], [row])
+    assert (typo.verdict, typo.note) == ("not run", "no run of a has test/IoU/pole")
+    assert (absent.verdict, absent.note) == ("not run", "no finished run of c")
+
+
 def test_a_claim_on_several_metrics_compares_their_mean_per_run():
     """CamVid's thin classes as one claim: each run's value is the mean of the classes' IoU."""
     entry = {"id": "thin", "claim": "c", "metric": ["test/IoU/Pole", "test/IoU/SignSymbol"],
