@@ -12,7 +12,8 @@ from segbench.rundir import RunDir
 from segbench.study.ablation import RECORDS, metric_problem
 from segbench.study.launchers.local import ProcessLauncher
 from segbench.study.plan import fit_command, run_state
-from tests.helpers import REPO, segbench_in_process, sweep_command
+from segbench.study.runs import METRICS_FILE
+from tests.helpers import REPO, segbench_in_process, segbench_log, sweep_command
 
 
 def test_sweep_runs_reports_and_skips_finished_runs(tmp_path, monkeypatch):
@@ -198,7 +199,7 @@ def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monk
 
     folder = tmp_path / "experiments" / "probe" / "synthetic"
     (folder / "variants").mkdir(parents=True)
-    (folder / "base.yaml").write_text("{}\n")
+    (folder / "base.yaml").write_text((REPO / "experiments" / "quickstart.yaml").read_text())
     (folder / "variants" / "a.yaml").write_text("{}\n")
     (folder / "ablation.yaml").write_text("name: probe\ngroup: probe\n")
     results = tmp_path / "experiments" / "probe" / "RESULTS.md"
@@ -215,6 +216,56 @@ def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monk
     sweep.main(["--ablation", "probe", "--experiments", str(tmp_path / "experiments"),
                 "--seeds", "0"])  # fmt: skip
     assert "| one-epoch | 1 |" in results.read_text()
+
+
+def test_fit_arguments_fit_refuses_stop_the_sweep_before_any_run(tmp_path, capsys, monkeypatch):
+    """A misspelt key after -- is found once, in the first run's arguments, before anything is
+    launched (each run would fail with fit's whole usage)."""
+    from segbench.cli import main
+
+    launched: list = []
+    monkeypatch.setattr(ProcessLauncher, "launch", lambda self, runs: launched.extend(runs) or [])
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "--ablation", "fcn", "--seeds", "3", "--root", str(tmp_path),
+              "--", "--trainer.max_epoch=1"])  # fmt: skip
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "segbench fit refuses the arguments of fcn16s-s3 (--trainer.max_epoch=1 after --), " \
+        "so every run would fail; nothing was launched: unrecognized arguments: " \
+        "--trainer.max_epoch=1" in err  # fmt: skip
+    assert "usage:" not in err
+    assert launched == []
+
+
+def test_a_sweep_whose_runs_fail_says_so_last(tmp_path, monkeypatch):
+    """The first run's data checks the per-class metrics; runs that fail all the same end the
+    sweep with how many failed and how, not with a missing metrics.json."""
+    import dataclasses
+
+    from segbench.errors import ConfigError
+    from segbench.study import sweep
+
+    folder = tmp_path / "experiments" / "probe" / "synthetic"
+    (folder / "variants").mkdir(parents=True)
+    (folder / "base.yaml").write_text((REPO / "experiments" / "quickstart.yaml").read_text())
+    (folder / "variants" / "a.yaml").write_text("{}\n")
+    (folder / "ablation.yaml").write_text("name: probe\ngroup: probe\nmetrics: [test/IoU/Pole]\n")
+    args = ["--ablation", "probe", "--experiments", str(tmp_path / "experiments"), "--seeds", "0",
+            "--root", str(tmp_path / "runs")]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"metrics test/IoU/Pole: the data has no class 'Pole' "
+                       r"\(its classes: .*pole"):  # fmt: skip
+        sweep.main([*args, "--dry-run"])
+    (folder / "ablation.yaml").write_text("name: probe\ngroup: probe\nmetrics: [test/IoU/pole]\n")
+    launch = ProcessLauncher.launch
+    failing = [sys.executable, "-c", "raise SystemExit(2)"]
+    monkeypatch.setattr(ProcessLauncher, "launch", lambda self, runs: launch(
+        self, [dataclasses.replace(r, cmd=failing) for r in runs]))  # fmt: skip
+    with segbench_log() as lines, pytest.raises(SystemExit) as exit_:
+        sweep.main(args)
+    assert exit_.value.code == 1
+    assert lines[-1] == "failed: 1 of 1 runs: a-s0 (exit 2)"
+    assert not any(METRICS_FILE in line for line in lines)
 
 
 def test_a_bad_sweep_option_is_one_line_under_a_short_usage(capsys):
