@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from segbench.study.ablation import Ablation, Claim, find_ablations
-from segbench.study.runs import Row, find_runs, group_runs, learning_curve, load_run, report_scale
+from segbench.study.runs import (
+    CURVE_KEYS,
+    Row,
+    find_runs,
+    group_runs,
+    load_run,
+    report_scale,
+)
 from segbench.study.stats import difference, holm, last_quarter_gain, mean_std, t_interval_p
 
 log = logging.getLogger("segbench")
@@ -123,14 +129,12 @@ def judge(
 
 def seed_values(rows: Sequence[Row], label: str, metrics: Sequence[str]) -> dict[Any, float]:
     """``{seed: value}`` over the runs of the row labelled ``label``: the mean of ``metrics`` (one
-    or more; a run lacking one of them is left out)."""
+    or more; a run lacking one of them is left out), a repeated seed's runs averaged
+    (:meth:`Row.seed_values`)."""
     values: dict[Any, float] = {}
     for row in rows:
         if row.label == label:
-            for run in row.runs:
-                vs = [run.metrics.get(m) for m in metrics]
-                if all(v is not None and not math.isnan(v) for v in vs):
-                    values[run.seed] = sum(vs) / len(vs)  # type: ignore[arg-type]
+            values.update(row.seed_values(metrics))
     return values
 
 
@@ -139,9 +143,9 @@ def judge_claims(claims: Sequence[Claim], rows: Sequence[Row]) -> list[Judgement
     gains."""
 
     def gain(label: str) -> float | None:
-        runs = [r for row in rows if row.label == label for r in row.runs]
-        curves = [c for r in runs if (c := learning_curve(r.path))]
-        return last_quarter_gain(curves)
+        return last_quarter_gain(
+            [c for row in rows if row.label == label for c in row.curves(CURVE_KEYS[0])]
+        )
 
     out = []
     for c in claims:
