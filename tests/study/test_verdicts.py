@@ -251,6 +251,7 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     assert "Holm's correction over the 2 tested" in text
 
     # On a machine without those runs the README keeps its decided rows; --fresh drops them.
+    (tmp_path / "none").mkdir()  # a folder without runs
     empty = ["--experiments", str(experiments), "--root", str(tmp_path / "none"),
              "--into", str(readme)]  # fmt: skip
     main(empty)
@@ -295,6 +296,18 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     assert "0 reproduced, 0 contradicted, 0 inconclusive, 29 not run" in capsys.readouterr().out
 
 
+def test_segbench_claims_names_a_folder_given_that_is_not_there_or_holds_no_ablation(tmp_path):
+    from segbench.errors import MissingFileError
+    from segbench.study.claims import main
+
+    with pytest.raises(MissingFileError, match=r"--root /nonexistent: no such folder"):
+        main(["--root", "/nonexistent"])
+    with pytest.raises(MissingFileError, match=rf"--experiments {tmp_path}: no ablation in it"):
+        main(["--experiments", str(tmp_path)])
+    with pytest.raises(MissingFileError, match=r"--experiments /nonexistent: no such folder"):
+        main(["--experiments", "/nonexistent"])
+
+
 def test_last_quarter_gain_is_of_the_mean_curve():
     from segbench.study.stats import last_quarter_gain
 
@@ -310,6 +323,7 @@ def test_a_claims_data_file_that_is_not_one_is_named(tmp_path):
 
     page = tmp_path / "claims.md"
     (tmp_path / "claims.json").write_text('{"rows": []}')
+    (tmp_path / "none").mkdir()
     with pytest.raises(DataError, match=r"claims.json: not a claims data file"):
         main(["--experiments", str(REPO / "experiments"), "--root", str(tmp_path / "none"),
               "--into", str(page)])  # fmt: skip
