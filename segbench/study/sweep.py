@@ -13,10 +13,12 @@ Each run is ``segbench fit --config BASE... --config VARIANT --seed_everything S
 ``run.group = GROUP``, ``run.name = <variant>-s<seed>``, tags ``[<variant>, GROUP]`` and
 ``run.test_after_fit``, in its own process (one failure does not stop the others). A sweep can be
 stopped and started again: finished runs (test metrics present) are skipped and interrupted ones
-resume from their last checkpoint. Arguments after ``--`` go to every ``fit``. Before any run is
-launched, the first run's config is built once with them (a key ``fit`` refuses stops the sweep
-there, named) and its data's classes check the ablation's per-class metrics; runs that fail all
-the same end the sweep with how many failed and their exit codes.
+resume from their last checkpoint. Arguments after ``--`` go to every ``fit``; the runs are then not
+the recipe's, and their report goes beside them (``ROOT/GROUP.md``, ``.json``, ...) instead of
+``results/GROUP``, and not into the paper's ``RESULTS.md``. Before any run is launched, the first
+run's config is built once with them (a key ``fit`` refuses stops the sweep there, named) and its
+data's classes check the ablation's per-class metrics; runs that fail all the same end the sweep
+with how many failed and their exit codes.
 
 The runs can go at once (:mod:`segbench.study.launchers`): ``--jobs N`` runs N here, each with
 its own GPUs (``--devices_per_job D``) or its share of the CPU cores, logging to
@@ -126,7 +128,12 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     parser.add_argument(
         "--root", default="runs", help="runs go to ROOT/GROUP/<variant>-s<seed>", type=str
     )
-    parser.add_argument("--out", help="report prefix (default results/GROUP)", type=str)
+    parser.add_argument(
+        "--out",
+        help="report prefix (default results/GROUP; ROOT/GROUP, beside the runs, when given fit "
+        "arguments after --: those runs are not the recipe's)",
+        type=str,
+    )
     parser.add_argument(
         "--metrics", nargs="+", help="report columns (see segbench report)", type=str
     )
@@ -199,7 +206,9 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     if not args.dry_run:
         lock = WriterLock(Path(args.root) / f".{group}.sweep", f"sweep {Path(args.root) / group}")
         claims.append(lock.acquire())
-    out = args.out or f"results/{group}"
+    # Fit arguments after -- (FIT_ARGS) make runs other than the recipe's: their report goes
+    # beside them (ROOT/GROUP.md), never over the recipe's in results/ (nor into RESULTS.md).
+    out = args.out or (str(Path(args.root) / group) if extra else f"results/{group}")
     values: dict[str, Any] = {"group": group, "results": out}
     if ablation is not None:
         values["dir"] = str(ablation.folder)
@@ -290,16 +299,14 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     data = build_report(reported, metrics=metrics, out=out, paper=paper, title=group,
                         claims=tested, tuned=tuned_data(ablation, tuned, shared_group))  # fmt: skip
     sys.stdout.write(render_report(data, tested))
-    log.info("report: %s.md / .json / .csv / .png", out)
-    if ablation is not None and not args.out and extra:
-        # Fit arguments after -- (FIT_ARGS) make these runs other than the recipe's: their
-        # table must not replace the recipe's in the paper's RESULTS.md.
+    log.info("report: %s.md / .json / .csv / .png / _curves.png", out)
+    if not args.out and extra:
         log.info(
-            "report not written into %s: the runs were given extra fit arguments (%s); the "
-            "report is in %s.md",
-            ablation.folder.parent / "RESULTS.md",
+            "the runs were given extra fit arguments (%s): their report is beside them, not in "
+            "results/%s%s, where the recipe's goes",
             " ".join(extra),
-            out,
+            group,
+            f" nor in {ablation.folder.parent / 'RESULTS.md'}" if ablation is not None else "",
         )
     elif ablation is not None and not args.out:  # every scale: its group names it (-long, ...)
         results = ablation.folder.parent / "RESULTS.md"

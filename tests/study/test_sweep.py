@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -193,8 +194,9 @@ def test_a_second_sweep_of_a_group_is_refused_and_seeds_are_run_once(tmp_path, c
 
 
 def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monkeypatch):
-    """FIT_ARGS='--trainer.max_epochs 1' makes runs other than the recipe's: their table goes to
-    results/, never over the recipe's table in the paper's RESULTS.md."""
+    """FIT_ARGS='--trainer.max_epochs 1' makes runs other than the recipe's: their report goes
+    beside them (ROOT/GROUP.md), never over the recipe's in results/ nor in the paper's
+    RESULTS.md, and the sweep says where."""
     from segbench.study import sweep
 
     folder = tmp_path / "experiments" / "probe" / "synthetic"
@@ -205,16 +207,26 @@ def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monk
     results = tmp_path / "experiments" / "probe" / "RESULTS.md"
     results.write_text("<!-- sweep:probe -->\n| the recipe's table |\n<!-- /sweep:probe -->\n")
     monkeypatch.setattr(ProcessLauncher, "launch", lambda self, planned: [])
-    monkeypatch.setattr(sweep, "build_report", lambda *a, **k: _report(1, "one-epoch"))
+    written: list[str] = []
+    monkeypatch.setattr(sweep, "build_report", lambda *a, out, **k: written.append(out) or
+                        _report(1, "one-epoch"))  # fmt: skip
     monkeypatch.chdir(tmp_path)
-    run = tmp_path / "runs" / "probe" / "a-s0"
+    run = tmp_path / "runs-try" / "probe" / "a-s0"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text("{}")
-    sweep.main(["--ablation", "probe", "--experiments", str(tmp_path / "experiments"),
-                "--seeds", "0", "--", "--trainer.max_epochs", "1"])  # fmt: skip
+    args = ["--ablation", "probe", "--experiments", str(tmp_path / "experiments"), "--seeds", "0"]
+    with segbench_log() as lines:
+        sweep.main([*args, "--root", "runs-try", "--", "--trainer.max_epochs", "1"])
+    assert written == [str(Path("runs-try") / "probe")]
+    assert "report: runs-try/probe.md / .json / .csv / .png / _curves.png" in lines
+    assert lines[-1].startswith(
+        "the runs were given extra fit arguments (--trainer.max_epochs 1)"
+        ": their report is beside them, not in results/probe nor in "
+    )
     assert "| the recipe's table |" in results.read_text()
-    sweep.main(["--ablation", "probe", "--experiments", str(tmp_path / "experiments"),
-                "--seeds", "0"])  # fmt: skip
+    shutil.copytree(tmp_path / "runs-try", tmp_path / "runs")
+    sweep.main(args)
+    assert written[-1] == "results/probe"
     assert "| one-epoch | 1 |" in results.read_text()
 
 
