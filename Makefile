@@ -88,7 +88,8 @@ gpu-evidence:  ## ON THE GPU MACHINE (image's python3, no venv): install .whl/, 
 
 # Every ablation declared in experiments/<paper>/<set>/ablation.yaml: its variants x SEEDS, its
 # steps before and after (e.g. gridding --record), then the report in results/GROUP[-SCALE].
-# FIT_ARGS='--trainer.max_epochs 1' passes extra arguments to every fit.
+# FIT_ARGS='--trainer.max_epochs 1' passes extra arguments to every fit (the report then goes
+# beside the runs, runs/GROUP[-SCALE].md: they are not the recipe's).
 ablation-%: venv
 	$(SEGBENCH) sweep --ablation $* --seeds $(SEEDS) --scale $(SCALE) \
 	  $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(TUNE),--tune) $(if $(FIT_ARGS),-- $(FIT_ARGS))

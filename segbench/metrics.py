@@ -30,6 +30,13 @@ from torchmetrics.classification import MulticlassJaccardIndex
 
 from segbench.errors import ConfigError
 
+#: What the task logs at each evaluation, as ``<stage>/<name>`` (``val/mIoU``, ``test/ECE``):
+#: :class:`SegmentationMetrics`' four numbers, :class:`BoundaryIoU`'s mean, the calibration error
+#: and the loss (``segbench.task.SegmentationTask``).
+STAGE_METRICS = ("mIoU", "pixel_acc", "mean_acc", "fwIoU", "bIoU", "ECE", "loss")
+#: What it also logs per class, as ``<stage>/<name>/<class>`` (``test/IoU/pole``).
+CLASS_METRICS = ("IoU", "bIoU")
+
 
 class SegmentationMetrics(MulticlassJaccardIndex):
     """Confusion-matrix metrics for one stage (``val`` or ``test``).

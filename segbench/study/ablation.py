@@ -19,8 +19,10 @@ An ablation declares the claims it tests (:class:`Claim`)::
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +30,7 @@ from typing import Any, Literal
 import yaml
 
 from segbench.errors import ConfigError
+from segbench.metrics import CLASS_METRICS, STAGE_METRICS
 
 log = logging.getLogger("segbench")
 
@@ -46,8 +49,11 @@ class Claim:
         source: where the number stands (paper, table or section, data set).
         metric: the metric compared (a report column: ``test/mIoU``, ``test/IoU/pole``, ...),
             or a list of them, compared by their mean per run (CamVid's thin classes: Pole,
-            SignSymbol, Pedestrian, Bicyclist).
-        a: the variant expected to be better (``direction: greater``), by its label.
+            SignSymbol, Pedestrian, Bicyclist). Checked when the file is loaded: a metric the
+            task logs (``val/`` or ``test/``), a run's number or an analysis tool's record
+            (:func:`metric_problem`).
+        a: the variant expected to be better (``direction: greater``), by its label (its
+            file's name; one of the ablation's variants, checked when the file is loaded).
         b: the variant it is compared with.
         direction: ``greater`` (a > b), ``less`` (a < b) or ``equal`` (within ``margin``).
         margin: for ``equal``: the largest difference counted as equal, in the metric's report
@@ -109,6 +115,43 @@ class Claim:
         common = prefix.group(0) if prefix and all(
             m.startswith(prefix.group(0)) for m in self.metrics) else ""  # fmt: skip
         return f"mean {common}{{{', '.join(m.removeprefix(common) for m in self.metrics)}}}"
+
+
+#: A run's numbers besides its metrics (:meth:`segbench.rundir.RunDir.results`).
+RUN_NUMBERS = ("params", "train_images_per_s", "fit_seconds")
+#: The analysis tools' records in a run (``segbench gridding --record``: ``gridding/impulse``),
+#: by prefix: the rest of the name depends on the network (layers, levels, classes).
+RECORDS = ("cue_distance", "erf", "feature_norms", "gridding", "ld_mask", "upper_bound")
+
+
+def metric_problem(metric: str, classes: Sequence[str] | None = None) -> str | None:
+    """What is wrong with ``metric`` as a name a run reports, or ``None``: a metric the task logs
+    (``val/`` or ``test/`` + :data:`~segbench.metrics.STAGE_METRICS`, or a per-class one whose
+    class is one of ``classes``, any class where they are not known), a run's number
+    (:data:`RUN_NUMBERS`) or an analysis tool's record (:data:`RECORDS`)."""
+    stage, _, name = metric.partition("/")
+    if stage in ("val", "test"):
+        kind, _, cls = name.partition("/")
+        if kind in CLASS_METRICS and cls:
+            if classes is None or cls in classes:
+                return None
+            return f"the data has no class {cls!r} (its classes: {', '.join(classes)})"
+        if name in STAGE_METRICS:
+            return None
+        logged = [f"{stage}/{m}" for m in STAGE_METRICS]
+        near = difflib.get_close_matches(metric, logged, n=1, cutoff=0.6)
+        return (
+            f"the task does not log it{f' (did you mean {near[0]}?)' if near else ''}; it logs "
+            f"{stage}/{{{','.join(STAGE_METRICS)}}} and {stage}/{{{','.join(CLASS_METRICS)}}}"
+            "/<class>"
+        )
+    if metric in RUN_NUMBERS or (stage in RECORDS and name):
+        return None
+    return (
+        "not a name a run reports: val/... or test/... (what the task logs), "
+        f"{', '.join(RUN_NUMBERS)}, or an analysis tool's record "
+        f"({', '.join(r + '/...' for r in RECORDS)})"
+    )
 
 
 #: Where ablations are declared: ``experiments/<paper>/<set>/ablation.yaml``.
@@ -203,7 +246,7 @@ class Ablation:
         minutes_per_seed: CPU time of one seed on 2 idle cores, as measured (for planning).
         base: config files every variant starts from (relative to the folder).
         variants: glob of the variant files (relative to the folder).
-        metrics: the report's columns.
+        metrics: the report's columns (checked as a claim's ``metric`` is).
         paper: the published numbers (relative to the folder), for the report.
         before: steps run once before the runs.
         after_each: steps run on each finished run, skipped when already recorded for its
@@ -254,7 +297,34 @@ class Ablation:
         data["claims"] = [Claim.load(c, str(path)) for c in data.get("claims") or []]
         if data.get("tune") is not None:
             data["tune"] = TuneSpec.load(data["tune"], path)
-        return cls(path=path, **data)
+        ablation = cls(path=path, **data)
+        ablation.check_names()
+        return ablation
+
+    def variant_names(self) -> list[str]:
+        """The variants' labels: the names of the files ``variants`` matches."""
+        return sorted(p.stem for p in self.folder.glob(self.variants))
+
+    def check_names(self, classes: Sequence[str] | None = None) -> None:
+        """Every claim names two variants of the ablation, and every claim's metric and report
+        column is a name a run reports (:func:`metric_problem`; a per-class metric's class is
+        checked against ``classes``, the data's, where given): a typo fails here, not after
+        the sweep."""
+        variants = self.variant_names()
+        for claim in self.claims:
+            for key in ("a", "b"):
+                name = getattr(claim, key)
+                if name not in variants:
+                    raise ConfigError(
+                        f"{self.path}: claim {claim.id}: {key}: {name} is not a variant of this "
+                        f"ablation (its variants, the files {self.variants} matches: "
+                        f"{', '.join(variants) or 'none'})"
+                    )
+        named = [(f"claim {c.id}: metric", m) for c in self.claims for m in c.metrics]
+        for where, metric in [*named, *(("metrics", m) for m in self.metrics)]:
+            problem = metric_problem(metric, classes)
+            if problem:
+                raise ConfigError(f"{self.path}: {where} {metric}: {problem}")
 
     @property
     def space(self) -> Path | None:

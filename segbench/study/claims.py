@@ -13,6 +13,10 @@ explained in the documentation (explanation: claim statistics); a sweep's report
 ablation's claims. Under the counts, the claims a tuned sweep (``segbench sweep --tune``, group
 ``<group>-tuned`` in the paper's RESULTS.json) judged again with each variant at its own setting,
 beside their verdicts at the shared setting.
+
+A ``--root`` given that is not a folder, and an ``--experiments`` that is not one or holds no
+ablation, are errors naming it (without ``--root``, ``runs`` is read where it is there: on a
+fresh clone every verdict is then the one its sweep published).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import logging
 import sys
 from pathlib import Path
 
+from segbench.errors import MissingFileError
 from segbench.options import command_parser
 from segbench.rundir import atomic_write_json, atomic_write_text
-from segbench.study.ablation import Ablation
+from segbench.study.ablation import Ablation, find_ablations
 from segbench.study.publish import (
     keep_decided,
     published_claims,
@@ -52,7 +57,7 @@ def main(argv: list[str]) -> None:
         "--experiments", type=str, default="experiments", help="where ablations are"
     )
     parser.add_argument(
-        "--root", type=str, default="runs", help="the sweeps' runs: ROOT/<group>/..."
+        "--root", type=str, help="the sweeps' runs: ROOT/<group>/... (default: runs)"
     )
     parser.add_argument(
         "--scale", type=str, default="cpu", help="cpu, or NAME for the -NAME groups"
@@ -73,7 +78,20 @@ def main(argv: list[str]) -> None:
         "paper's RESULTS.json): runs stay on the machine that made them, verdicts travel as data",
     )
     args = parser.parse_args(argv)
-    judged = judge_ablations(Path(args.experiments), Path(args.root), args.scale)
+    experiments = Path(args.experiments)
+    if not experiments.is_dir():
+        raise MissingFileError(f"--experiments {experiments}: no such folder")
+    if not find_ablations(experiments):
+        raise MissingFileError(
+            f"--experiments {experiments}: no ablation in it (none at "
+            f"{experiments}/<paper>/<set>/ablation.yaml); give the folder that holds them"
+        )
+    # A root given that is not there is a typo; the default may well be missing (a fresh clone:
+    # every verdict is then the published one).
+    if args.root is not None and not Path(args.root).is_dir():
+        raise MissingFileError(f"--root {args.root}: no such folder (give where the sweeps' "
+                               "runs are: ROOT/<group>/<run>)")  # fmt: skip
+    judged = judge_ablations(experiments, Path(args.root or "runs"), args.scale)
     entries = [judgement_data(j, a.name) for a, j in judged]
     data_file = Path(args.into).with_suffix(".json") if args.into else None
     if not args.fresh:

@@ -204,11 +204,7 @@ def draw_curves(
     """One panel per key: each row's per-epoch mean over its seeds, ±std shaded (n > 1)."""
     from matplotlib.ticker import MaxNLocator
 
-    curves = {
-        (key, i): [c for r in row.runs if (c := learning_curve(r.path, key))]
-        for key in keys
-        for i, row in enumerate(rows)
-    }
+    curves = {(key, i): row.curves(key) for key in keys for i, row in enumerate(rows)}
     axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         scale = report_scale(key)

@@ -1,14 +1,15 @@
 """``segbench report RUNS... [--out PREFIX] [--metrics ...] [--paper FILE]``: runs side by side.
 
-Reads the ``metrics.json`` of each run (a run directory, a directory of runs, or a glob) and
-prints a markdown table: one row per configuration, the config keys that differ between runs as
-columns, then the metrics. Runs whose configs differ only by the seed form one row with
-``mean ± std`` (sample standard deviation) and the number of seeds ``n``. ``--out PREFIX`` also
-writes ``PREFIX.json`` (the report as data, with every run's metrics: the markdown is rendered
-from it), ``PREFIX.md``, ``PREFIX.csv`` (means, stds and n in separate columns), ``PREFIX.png``
-(a bar chart of the first metric with ±std error bars) and ``PREFIX_curves.png`` (validation mIoU
-and training loss per epoch, mean ± std over the seeds of each row, from each run's
-``metrics.csv``: is a variant still climbing when training stops?).
+Reads the ``metrics.json`` of each run (a run directory, a directory of runs, or a glob) and prints
+a markdown table: one row per configuration, the config keys that differ between runs as columns,
+then the metrics. Runs whose configs differ only by the seed form one row with ``mean ± std``
+(sample standard deviation) and the number of seeds ``n``; runs of one seed made again (under other
+names) count once, as their mean, with a warning naming them. ``--out PREFIX`` also writes
+``PREFIX.json`` (the report as data, with every run's metrics: the markdown is rendered from it),
+``PREFIX.md``, ``PREFIX.csv`` (means, stds and n in separate columns), ``PREFIX.png`` (a bar chart
+of the first metric with ±std error bars) and ``PREFIX_curves.png`` (validation mIoU and training
+loss per epoch, mean ± std over the seeds of each row, from each run's ``metrics.csv``: is a variant
+still climbing when training stops?).
 
 Validation metrics are those of the best epoch (by val/mIoU), test metrics those of the best
 checkpoint; numbers that analysis tools stored after training (``"analysis"`` in metrics.json,

@@ -69,16 +69,49 @@ class Run:
 
 @dataclass
 class Row:
-    """Runs that share a configuration (up to the seed)."""
+    """Runs that share a configuration (up to the seed).
+
+    Its statistics are over seeds, not runs: runs of one seed (the same run made again under
+    another name) are one value, their mean, so that a repeated seed neither adds to ``n`` nor
+    shrinks the spread (:func:`group_runs` warns of them)."""
 
     label: str
     config: dict[str, Any]
     runs: list[Run] = field(default_factory=list)
 
+    def by_seed(self) -> dict[Any, list[Run]]:
+        """The runs of each seed (a run without a recorded seed on its own)."""
+        out: dict[Any, list[Run]] = {}
+        for r in self.runs:
+            out.setdefault(r.path if r.seed is None else r.seed, []).append(r)
+        return out
+
+    def seed_values(self, metrics: Sequence[str]) -> dict[Any, float]:
+        """``{seed: value}``: a run's value is the mean of ``metrics`` (a run lacking one of
+        them is left out), a seed's the mean of its runs'."""
+        out: dict[Any, float] = {}
+        for seed, runs in self.by_seed().items():
+            values = []
+            for r in runs:
+                vs = [r.metrics.get(m) for m in metrics]
+                if all(v is not None and not math.isnan(v) for v in vs):
+                    values.append(sum(vs) / len(vs))  # type: ignore[arg-type]
+            if values:
+                out[seed] = sum(values) / len(values)
+        return out
+
+    def curves(self, key: str) -> list[dict[int, float]]:
+        """A learning curve of ``key`` per seed (:func:`learning_curve`; of a repeated seed, its
+        first run's that has one)."""
+        out = []
+        for runs in self.by_seed().values():
+            found = [c for r in runs if (c := learning_curve(r.path, key))]
+            out += found[:1]
+        return out
+
     def values(self, metric: str) -> list[float]:
-        return [
-            v for r in self.runs if (v := r.metrics.get(metric)) is not None and not math.isnan(v)
-        ]
+        """The metric's value of each seed."""
+        return list(self.seed_values([metric]).values())
 
     def mean_std(self, metric: str) -> tuple[float | None, float | None, int]:
         return mean_std(self.values(metric))
@@ -163,6 +196,14 @@ def group_runs(runs: Sequence[Run]) -> tuple[list[Row], list[str]]:
         if sig not in rows:
             rows[sig] = Row(re.sub(r"-s\d+$", "", r.name), cfg)
         rows[sig].runs.append(r)
+    for row in rows.values():
+        for seed, same in row.by_seed().items():
+            if len(same) > 1:
+                log.warning(
+                    "%s: %d runs of seed %s with the same config (%s): counted as one seed, "
+                    "the mean of their values", row.label, len(same), seed,
+                    ", ".join(str(r.path) for r in same),
+                )  # fmt: skip
     return list(rows.values()), differing
 
 
@@ -197,8 +238,9 @@ def report_data(
     Keys: ``title``; ``metrics`` (the columns); ``differing`` (the config keys that tell rows
     apart); ``provenance`` (keys shown as the set of each row's values); ``paper`` (``source``
     and ``metrics`` of the published numbers, or ``None``); ``rows``: each row's ``label``,
-    ``config`` (its differing keys), ``n`` (runs), ``metrics`` (``mean``/``std``/``n`` over its
-    seeds, values as logged: fractions for IoU and accuracies), ``paper`` (the published numbers
+    ``config`` (its differing keys), ``n`` (seeds: runs of one seed count once, see :class:`Row`),
+    ``metrics`` (``mean``/``std``/``n`` over its seeds, values as logged: fractions for IoU and
+    accuracies), ``paper`` (the published numbers
     of its configuration), ``provenance`` and ``runs`` (name, path, seed, whether it finished,
     every logged metric); ``unfinished``: the runs that did not finish, and what became of them.
     ``claims`` (their judgements, :func:`segbench.study.verdicts.judgement_data`) is added by
@@ -215,7 +257,7 @@ def report_data(
             {
                 "label": row.label,
                 "config": {k: row.config.get(k) for k in differing},
-                "n": len(row.runs),
+                "n": len(row.by_seed()),
                 "metrics": {
                     m: dict(zip(("mean", "std", "n"), row.mean_std(m), strict=True))
                     for m in metrics
@@ -260,5 +302,5 @@ def _distinct(row: Row, key: str) -> str:
 
 
 def count_runs(data: dict[str, Any]) -> int:
-    """How many runs a report's data reports."""
+    """How many runs a report's data reports (a seed made twice counts once)."""
     return sum(int(row["n"]) for row in data["rows"])

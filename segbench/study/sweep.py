@@ -13,7 +13,12 @@ Each run is ``segbench fit --config BASE... --config VARIANT --seed_everything S
 ``run.group = GROUP``, ``run.name = <variant>-s<seed>``, tags ``[<variant>, GROUP]`` and
 ``run.test_after_fit``, in its own process (one failure does not stop the others). A sweep can be
 stopped and started again: finished runs (test metrics present) are skipped and interrupted ones
-resume from their last checkpoint. Arguments after ``--`` go to every ``fit``.
+resume from their last checkpoint. Arguments after ``--`` go to every ``fit``; the runs are then not
+the recipe's, and their report goes beside them (``ROOT/GROUP.md``, ``.json``, ...) instead of
+``results/GROUP``, and not into the paper's ``RESULTS.md``. Before any run is launched, the first
+run's config is built once with them (a key ``fit`` refuses stops the sweep there, named) and its
+data's classes check the ablation's per-class metrics; runs that fail all the same end the sweep
+with how many failed and their exit codes.
 
 The runs can go at once (:mod:`segbench.study.launchers`): ``--jobs N`` runs N here, each with
 its own GPUs (``--devices_per_job D``) or its share of the CPU cores, logging to
@@ -45,7 +50,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from segbench.options import command_parser
 from segbench.rundir import RunDir, WriterLock
@@ -59,7 +64,13 @@ from segbench.study.ablation import (
 )
 from segbench.study.launchers import add_launcher_options, make_launcher
 from segbench.study.launchers.slurm import still_queued
-from segbench.study.plan import expand_step, plan_runs, recorded_for_current_checkpoint, run_state
+from segbench.study.plan import (
+    expand_step,
+    fit_command,
+    plan_runs,
+    recorded_for_current_checkpoint,
+    run_state,
+)
 from segbench.study.publish import publish_results, read_results
 from segbench.study.render import render_report
 from segbench.study.report import build_report
@@ -117,7 +128,12 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     parser.add_argument(
         "--root", default="runs", help="runs go to ROOT/GROUP/<variant>-s<seed>", type=str
     )
-    parser.add_argument("--out", help="report prefix (default results/GROUP)", type=str)
+    parser.add_argument(
+        "--out",
+        help="report prefix (default results/GROUP; ROOT/GROUP, beside the runs, when given fit "
+        "arguments after --: those runs are not the recipe's)",
+        type=str,
+    )
     parser.add_argument(
         "--metrics", nargs="+", help="report columns (see segbench report)", type=str
     )
@@ -190,7 +206,9 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     if not args.dry_run:
         lock = WriterLock(Path(args.root) / f".{group}.sweep", f"sweep {Path(args.root) / group}")
         claims.append(lock.acquire())
-    out = args.out or f"results/{group}"
+    # Fit arguments after -- (FIT_ARGS) make runs other than the recipe's: their report goes
+    # beside them (ROOT/GROUP.md), never over the recipe's in results/ (nor into RESULTS.md).
+    out = args.out or (str(Path(args.root) / group) if extra else f"results/{group}")
     values: dict[str, Any] = {"group": group, "results": out}
     if ablation is not None:
         values["dir"] = str(ablation.folder)
@@ -205,7 +223,10 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     queued: dict[str, str] = {}
     if args.launcher == "slurm" and not args.dry_run:
         queued = still_queued(Path(args.root) / group / "submitit", names)
+    if any(run_state(d) != "done" for d in run_dirs):
+        check_fit_args(ablation, base, variants[0], args.seeds[0], launcher.fit_args, extra)
     failures: list[str] = []
+    failed_runs: list[str] = []
     start = time.perf_counter()
     for step in ablation.before if ablation else []:
         if step.when_env and not os.environ.get(step.when_env):
@@ -234,7 +255,7 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
             log.info("%s", line)
         return
     if planned:
-        failures += launcher.launch(planned)
+        failed_runs = launcher.launch(planned)
     if args.no_wait and planned:
         return
     if queued:
@@ -270,28 +291,58 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
             if _tool(expand_step(step, {**values, "runs": done})) != 0:
                 failures.append(f"after: {step.command[0]}")
     reported = [str(d) for d in report_dirs if RunDir(d).metrics_file.is_file()]
+    if failed_runs:
+        failures.append(f"{len(failed_runs)} of {len(planned)} runs: {', '.join(failed_runs)}")
+    if not reported and failures:  # nothing to report: what failed is the last word
+        _fail(failures)
     tested = ablation.claims if ablation is not None else []
     data = build_report(reported, metrics=metrics, out=out, paper=paper, title=group,
                         claims=tested, tuned=tuned_data(ablation, tuned, shared_group))  # fmt: skip
     sys.stdout.write(render_report(data, tested))
-    log.info("report: %s.md / .json / .csv / .png", out)
-    if ablation is not None and not args.out and extra:
-        # Fit arguments after -- (FIT_ARGS) make these runs other than the recipe's: their
-        # table must not replace the recipe's in the paper's RESULTS.md.
+    log.info("report: %s.md / .json / .csv / .png / _curves.png", out)
+    if not args.out and extra:
         log.info(
-            "report not written into %s: the runs were given extra fit arguments (%s); the "
-            "report is in %s.md",
-            ablation.folder.parent / "RESULTS.md",
+            "the runs were given extra fit arguments (%s): their report is beside them, not in "
+            "results/%s%s, where the recipe's goes",
             " ".join(extra),
-            out,
+            group,
+            f" nor in {ablation.folder.parent / 'RESULTS.md'}" if ablation is not None else "",
         )
     elif ablation is not None and not args.out:  # every scale: its group names it (-long, ...)
         results = ablation.folder.parent / "RESULTS.md"
         if publish_results(results, group, data, tested):
             log.info("report table: %s (its data: %s)", results, results.with_suffix(".json"))
     if failures:
-        log.error("failed: %s", ", ".join(failures))
-        sys.exit(1)
+        _fail(failures)
+
+
+def _fail(failures: list[str]) -> NoReturn:
+    log.error("failed: %s", "; ".join(failures))
+    sys.exit(1)
+
+
+def check_fit_args(
+    ablation: Ablation | None,
+    base: list[str],
+    variant: str,
+    seed: int,
+    launcher_args: list[str],
+    extra: list[str],
+) -> None:
+    """The first run's fit arguments, checked once before any run is launched: arguments fit
+    refuses (a misspelt key after ``--``) would fail every run, each printing fit's usage. The
+    data's classes then check the ablation's per-class metrics (:meth:`Ablation.check_names`)."""
+    cmd = fit_command(base=base, variant=variant, seed=seed, group="check", root="runs",
+                      extra=[*launcher_args, *extra], resume=False)  # fmt: skip
+    said = f" ({' '.join(extra)} after --)" if extra else ""
+    log.info("checking the config of %s-s%d before launching anything", Path(variant).stem, seed)
+    _, datamodule, _ = tune.build_fit(
+        cmd[cmd.index("fit") + 1 :],
+        f"segbench fit refuses the arguments of {Path(variant).stem}-s{seed}{said}, so every "
+        "run would fail; nothing was launched",
+    )
+    if ablation is not None:
+        ablation.check_names(list(getattr(datamodule, "class_names", ()) or ()) or None)
 
 
 def tune_variants(

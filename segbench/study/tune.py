@@ -34,6 +34,7 @@ trial as a line through its values). Tuning reads the validation split only.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -52,6 +53,7 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 from segbench.cli.lightning import build
 from segbench.errors import BusyError, ConfigError, MissingFileError
+from segbench.metrics import CLASS_METRICS, STAGE_METRICS
 from segbench.options import command_parser
 from segbench.rundir import RunDir, WriterLock, atomic_write_text
 from segbench.study.launchers import add_launcher_options, make_launcher
@@ -63,8 +65,8 @@ from segbench.visualize import write_figure
 log = logging.getLogger("segbench")
 
 STUDY_FILE = "study.journal"
-#: The validation metrics every run logs, besides ``val/IoU/<class>``.
-VAL_METRICS = ("val/mIoU", "val/pixel_acc", "val/mean_acc", "val/fwIoU", "val/loss")
+#: The validation metrics every run logs, besides ``val/IoU/<class>`` and ``val/bIoU/<class>``.
+VAL_METRICS = tuple(f"val/{m}" for m in STAGE_METRICS)
 #: A trial's user attribute: the lock file of the ``segbench tune`` process running it.
 WORKER_ATTR = "worker"
 #: A trial's user attribute: its run diverged (told to the study as pruned).
@@ -205,6 +207,25 @@ def fit_overrides(params: dict[str, Any]) -> list[str]:
 
 
 # -- checks before the first trial ----------------------------------------------------------------
+def build_fit(fit_args: list[str], what: str) -> tuple[Any, Any, Namespace]:
+    """The task, data module and config of ``segbench fit FIT_ARGS``, built without training
+    (:func:`segbench.cli.lightning.build`): how a study or a sweep checks its fits' arguments
+    once, before launching any. Arguments fit refuses are a :class:`ConfigError` that begins with
+    ``what`` and ends with the parser's error (which names the key), without fit's usage."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            built = build(fit_args)
+    except SystemExit as exit_:
+        text = printed.getvalue()
+        error = text[text.rfind("error:") :] if "error:" in text else text[-2000:]
+        raise ConfigError(
+            f"{what}: {error.strip().removeprefix('error: ')} (segbench fit --help: its keys)"
+        ) from exit_
+    sys.stderr.write(printed.getvalue())  # what else it printed: warnings
+    return built
+
+
 def check_space(space: SearchSpace, fit_args: list[str]) -> dict[str, Any]:
     """Build the base config with each key set to a value of its range (an unknown key or a
     value the config refuses fails here, named), check that the runs log the metric, and return
@@ -212,17 +233,16 @@ def check_space(space: SearchSpace, fit_args: list[str]) -> dict[str, Any]:
     optuna = import_optuna()
     probe = {k: _a_value(d, optuna) for k, d in space.params.items()}
     log.info("checking the search space %s against the config", space.path)
-    try:
-        _, datamodule, _ = build([*fit_args, *fit_overrides(probe)])
-    except SystemExit as exit_:  # jsonargparse printed the key at fault
-        raise ConfigError(
-            f"{space.path}: a trial's config does not parse (the error above names the key)"
-        ) from exit_
-    classes = [f"val/IoU/{c}" for c in getattr(datamodule, "class_names", ()) or ()]
+    _, datamodule, _ = build_fit(
+        [*fit_args, *fit_overrides(probe)], f"{space.path}: a trial's config does not parse"
+    )
+    names = getattr(datamodule, "class_names", ()) or ()
+    classes = [f"val/{m}/{c}" for m in CLASS_METRICS for c in names]
     if space.metric not in (*VAL_METRICS, *classes):
         raise ConfigError(
             f"{space.path}: metric {space.metric} is not logged by these runs (they log "
-            f"{', '.join(VAL_METRICS)} and val/IoU/<class>: {', '.join(classes) or 'none'})"
+            f"{', '.join(VAL_METRICS)} and val/{{{','.join(CLASS_METRICS)}}}/<class>: "
+            f"{', '.join(names) or 'none'})"
         )
     _, _, base = build(fit_args)
     return {k: _get(base, k) for k in space.params}

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from segbench.study.ablation import Ablation, Claim, find_ablations
-from segbench.study.runs import Row, find_runs, group_runs, learning_curve, load_run, report_scale
+from segbench.study.runs import (
+    CURVE_KEYS,
+    Row,
+    find_runs,
+    group_runs,
+    load_run,
+    report_scale,
+)
 from segbench.study.stats import difference, holm, last_quarter_gain, mean_std, t_interval_p
 
 log = logging.getLogger("segbench")
@@ -123,14 +129,12 @@ def judge(
 
 def seed_values(rows: Sequence[Row], label: str, metrics: Sequence[str]) -> dict[Any, float]:
     """``{seed: value}`` over the runs of the row labelled ``label``: the mean of ``metrics`` (one
-    or more; a run lacking one of them is left out)."""
+    or more; a run lacking one of them is left out), a repeated seed's runs averaged
+    (:meth:`Row.seed_values`)."""
     values: dict[Any, float] = {}
     for row in rows:
         if row.label == label:
-            for run in row.runs:
-                vs = [run.metrics.get(m) for m in metrics]
-                if all(v is not None and not math.isnan(v) for v in vs):
-                    values[run.seed] = sum(vs) / len(vs)  # type: ignore[arg-type]
+            values.update(row.seed_values(metrics))
     return values
 
 
@@ -139,16 +143,30 @@ def judge_claims(claims: Sequence[Claim], rows: Sequence[Row]) -> list[Judgement
     gains."""
 
     def gain(label: str) -> float | None:
-        runs = [r for row in rows if row.label == label for r in row.runs]
-        curves = [c for r in runs if (c := learning_curve(r.path))]
-        return last_quarter_gain(curves)
+        return last_quarter_gain(
+            [c for row in rows if row.label == label for c in row.curves(CURVE_KEYS[0])]
+        )
 
     out = []
     for c in claims:
         j = judge(c, seed_values(rows, c.a, c.metrics), seed_values(rows, c.b, c.metrics),
                   report_scale(c.metrics[0]))  # fmt: skip
+        if j.verdict == "not run":
+            j = dataclasses.replace(j, note=not_run_note(c, rows))
         out.append(dataclasses.replace(j, gains=(gain(c.a), gain(c.b))))
     return out
+
+
+def not_run_note(claim: Claim, rows: Sequence[Row]) -> str:
+    """Why ``claim`` has no verdict: a variant without runs, or runs that lack its metric."""
+    for label in (claim.a, claim.b):
+        runs = [r for row in rows if row.label == label for r in row.runs]
+        if not runs:
+            return f"no finished run of {label}"
+        missing = [m for m in claim.metrics if all(r.metrics.get(m) is None for r in runs)]
+        if missing:
+            return f"no run of {label} has {', '.join(missing)}"
+    return ""
 
 
 def judge_ablations(

@@ -179,6 +179,7 @@ def test_dry_run_prints_the_sbatch_file_for_the_slurm_launcher(tmp_path):
         sweep.main(
             [
                 *("--group", "g", "--variants", str(variant), "--seeds", "0", "1"),
+                *("--base", str(REPO / "experiments" / "quickstart.yaml")),
                 *("--root", str(tmp_path), "--launcher", "slurm", "--slurm_partition", "gpu"),
                 *("--slurm_gpus_per_node", "2", "--slurm_nodes", "2", "--dry-run"),
             ]

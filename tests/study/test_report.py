@@ -64,6 +64,21 @@ def test_rows_group_seeds_with_mean_and_std(runs):
     assert any(line.startswith("| fcn8s | 8s | 2 | 60.50 ± 0.71 |") for line in lines)
 
 
+def test_runs_of_one_seed_count_once(tmp_path, caplog):
+    """Four runs of the same config and seed under other names are one seed (their mean), not
+    n = 4 with a spread of 0: n and the spread are what the claims' statistics read."""
+    for name, miou, seed in (("a", 0.60, 0), ("b", 0.61, 0), ("c", 0.62, 0), ("d", 0.63, 0),
+                             ("e", 0.70, 1)):  # fmt: skip
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        config = {"seed_everything": seed, "run.name": name, "trainer.max_epochs": 5}
+        write_json(run / "metrics.json", {"config": config, "fit": {"test": {"test/mIoU": miou}}})
+    text = report([str(tmp_path / "runs")], metrics=["test/mIoU"])
+    assert "| a | 2 | 65.75 ± 6.01 |" in text.splitlines()  # seeds 0 (61.50) and 1 (70.00)
+    paths = ", ".join(str(tmp_path / "runs" / n) for n in "abcd")
+    assert f"a: 4 runs of seed 0 with the same config ({paths}): counted as one seed" in caplog.text
+
+
 def test_files_and_paper_columns(runs, tmp_path):
     paper = tmp_path / "paper.yaml"
     paper.write_text(

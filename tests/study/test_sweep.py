@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
+from segbench.rundir import RunDir
+from segbench.study.ablation import RECORDS, metric_problem
 from segbench.study.launchers.local import ProcessLauncher
 from segbench.study.plan import fit_command, run_state
-from tests.helpers import REPO, segbench_in_process, sweep_command
+from segbench.study.runs import METRICS_FILE
+from tests.helpers import REPO, segbench_in_process, segbench_log, sweep_command
 
 
 def test_sweep_runs_reports_and_skips_finished_runs(tmp_path, monkeypatch):
@@ -22,6 +26,10 @@ def test_sweep_runs_reports_and_skips_finished_runs(tmp_path, monkeypatch):
     assert "| fcn8s | 8s | 1 |" in table
     for v in ("fcn32s", "fcn8s"):
         assert run_state(tmp_path / "runs" / "skips" / f"{v}-s0") == "done"
+    # Every number a run reports is a name an ablation's claim may use (what load checks).
+    numbers = RunDir(tmp_path / "runs" / "skips" / "fcn8s-s0").results()
+    assert {"test/bIoU", "test/ECE", "val/mIoU", "params"} <= set(numbers)
+    assert [m for m in numbers if metric_problem(m)] == []
 
     assert segbench_in_process(cmd).count("done, skipped") == 2
 
@@ -58,6 +66,17 @@ def test_every_ablation_yaml_loads_with_its_files():
             assert all(Path(p).is_file() for p in [*base, *variants])
         if ablation.paper:
             assert (ablation.folder / ablation.paper).is_file()
+
+
+def test_the_analysis_records_a_claim_may_name_are_the_tools():
+    """RECORDS (the prefixes of what segbench TOOL --record stores) are those the analysis
+    tools' summaries write: read from their source."""
+    import re
+
+    written = set()
+    for path in (REPO / "segbench" / "analysis").glob("*.py"):
+        written |= set(re.findall(r'f?"([a-z_]+)/[{\w]', path.read_text()))
+    assert set(RECORDS) == written
 
 
 def test_an_ablation_is_found_by_name_or_paper_and_typos_are_named(tmp_path):
@@ -175,29 +194,90 @@ def test_a_second_sweep_of_a_group_is_refused_and_seeds_are_run_once(tmp_path, c
 
 
 def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monkeypatch):
-    """FIT_ARGS='--trainer.max_epochs 1' makes runs other than the recipe's: their table goes to
-    results/, never over the recipe's table in the paper's RESULTS.md."""
+    """FIT_ARGS='--trainer.max_epochs 1' makes runs other than the recipe's: their report goes
+    beside them (ROOT/GROUP.md), never over the recipe's in results/ nor in the paper's
+    RESULTS.md, and the sweep says where."""
     from segbench.study import sweep
 
     folder = tmp_path / "experiments" / "probe" / "synthetic"
     (folder / "variants").mkdir(parents=True)
-    (folder / "base.yaml").write_text("{}\n")
+    (folder / "base.yaml").write_text((REPO / "experiments" / "quickstart.yaml").read_text())
     (folder / "variants" / "a.yaml").write_text("{}\n")
     (folder / "ablation.yaml").write_text("name: probe\ngroup: probe\n")
     results = tmp_path / "experiments" / "probe" / "RESULTS.md"
     results.write_text("<!-- sweep:probe -->\n| the recipe's table |\n<!-- /sweep:probe -->\n")
     monkeypatch.setattr(ProcessLauncher, "launch", lambda self, planned: [])
-    monkeypatch.setattr(sweep, "build_report", lambda *a, **k: _report(1, "one-epoch"))
+    written: list[str] = []
+    monkeypatch.setattr(sweep, "build_report", lambda *a, out, **k: written.append(out) or
+                        _report(1, "one-epoch"))  # fmt: skip
     monkeypatch.chdir(tmp_path)
-    run = tmp_path / "runs" / "probe" / "a-s0"
+    run = tmp_path / "runs-try" / "probe" / "a-s0"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text("{}")
-    sweep.main(["--ablation", "probe", "--experiments", str(tmp_path / "experiments"),
-                "--seeds", "0", "--", "--trainer.max_epochs", "1"])  # fmt: skip
+    args = ["--ablation", "probe", "--experiments", str(tmp_path / "experiments"), "--seeds", "0"]
+    with segbench_log() as lines:
+        sweep.main([*args, "--root", "runs-try", "--", "--trainer.max_epochs", "1"])
+    assert written == [str(Path("runs-try") / "probe")]
+    assert "report: runs-try/probe.md / .json / .csv / .png / _curves.png" in lines
+    assert lines[-1].startswith(
+        "the runs were given extra fit arguments (--trainer.max_epochs 1)"
+        ": their report is beside them, not in results/probe nor in "
+    )
     assert "| the recipe's table |" in results.read_text()
-    sweep.main(["--ablation", "probe", "--experiments", str(tmp_path / "experiments"),
-                "--seeds", "0"])  # fmt: skip
+    shutil.copytree(tmp_path / "runs-try", tmp_path / "runs")
+    sweep.main(args)
+    assert written[-1] == "results/probe"
     assert "| one-epoch | 1 |" in results.read_text()
+
+
+def test_fit_arguments_fit_refuses_stop_the_sweep_before_any_run(tmp_path, capsys, monkeypatch):
+    """A misspelt key after -- is found once, in the first run's arguments, before anything is
+    launched (each run would fail with fit's whole usage)."""
+    from segbench.cli import main
+
+    launched: list = []
+    monkeypatch.setattr(ProcessLauncher, "launch", lambda self, runs: launched.extend(runs) or [])
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "--ablation", "fcn", "--seeds", "3", "--root", str(tmp_path),
+              "--", "--trainer.max_epoch=1"])  # fmt: skip
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "segbench fit refuses the arguments of fcn16s-s3 (--trainer.max_epoch=1 after --), " \
+        "so every run would fail; nothing was launched: unrecognized arguments: " \
+        "--trainer.max_epoch=1" in err  # fmt: skip
+    assert "usage:" not in err
+    assert launched == []
+
+
+def test_a_sweep_whose_runs_fail_says_so_last(tmp_path, monkeypatch):
+    """The first run's data checks the per-class metrics; runs that fail all the same end the
+    sweep with how many failed and how, not with a missing metrics.json."""
+    import dataclasses
+
+    from segbench.errors import ConfigError
+    from segbench.study import sweep
+
+    folder = tmp_path / "experiments" / "probe" / "synthetic"
+    (folder / "variants").mkdir(parents=True)
+    (folder / "base.yaml").write_text((REPO / "experiments" / "quickstart.yaml").read_text())
+    (folder / "variants" / "a.yaml").write_text("{}\n")
+    (folder / "ablation.yaml").write_text("name: probe\ngroup: probe\nmetrics: [test/IoU/Pole]\n")
+    args = ["--ablation", "probe", "--experiments", str(tmp_path / "experiments"), "--seeds", "0",
+            "--root", str(tmp_path / "runs")]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"metrics test/IoU/Pole: the data has no class 'Pole' "
+                       r"\(its classes: .*pole"):  # fmt: skip
+        sweep.main([*args, "--dry-run"])
+    (folder / "ablation.yaml").write_text("name: probe\ngroup: probe\nmetrics: [test/IoU/pole]\n")
+    launch = ProcessLauncher.launch
+    failing = [sys.executable, "-c", "raise SystemExit(2)"]
+    monkeypatch.setattr(ProcessLauncher, "launch", lambda self, runs: launch(
+        self, [dataclasses.replace(r, cmd=failing) for r in runs]))  # fmt: skip
+    with segbench_log() as lines, pytest.raises(SystemExit) as exit_:
+        sweep.main(args)
+    assert exit_.value.code == 1
+    assert lines[-1] == "failed: 1 of 1 runs: a-s0 (exit 2)"
+    assert not any(METRICS_FILE in line for line in lines)
 
 
 def test_a_bad_sweep_option_is_one_line_under_a_short_usage(capsys):

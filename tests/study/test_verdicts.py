@@ -104,6 +104,50 @@ def test_the_report_judges_claims_from_its_rows():
     assert "62.75 ± 2.75 (n=4)" in table
 
 
+def test_a_claim_with_a_typo_fails_when_its_ablation_loads(tmp_path, capsys):
+    """A claim naming no variant of its ablation, or a metric no run logs, is an error naming the
+    file, the claim and the value before anything runs (a dry run included), not a 'not run'
+    verdict after the sweep."""
+    import shutil
+
+    from segbench.cli import main
+    from segbench.study.ablation import Ablation
+    from tests.helpers import REPO
+
+    shutil.copytree(REPO / "experiments" / "fcn", tmp_path / "fcn")
+    path = tmp_path / "fcn" / "synthetic" / "ablation.yaml"
+    text = path.read_text()
+    path.write_text(text.replace("a: fcn16s", "a: fcn16", 1))
+    with pytest.raises(ConfigError, match=r"claim fcn-16s-over-32s: a: fcn16 is not a variant "
+                       r"of this ablation \(its variants.*: fcn16s, fcn32s, fcn8s\)"):  # fmt: skip
+        Ablation.load(path)
+    path.write_text(text.replace("metric: test/mIoU", "metric: test/mIOU", 1))
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "--ablation", str(path), "--seeds", "0", "--dry-run"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert f"{path}: claim fcn-16s-over-32s: metric test/mIOU: the task does not log it (did " \
+        "you mean test/mIoU?)" in err  # fmt: skip
+    assert "fcn-skips/fcn32s-s0" not in err  # nothing planned
+    # The analysis tools' records and a run's numbers are names a claim or column may use; a
+    # per-class metric's class is checked where the data's classes are known (a sweep's plan).
+    path.write_text(text.replace("test/IoU/bird]", "test/IoU/bird, gridding/impulse, params]"))
+    ablation = Ablation.load(path)
+    ablation.check_names(["pole", "bird"])
+    with pytest.raises(ConfigError, match=r"metrics test/IoU/pole: the data has no class 'pole' "
+                       r"\(its classes: Pole, Bird\)"):  # fmt: skip
+        ablation.check_names(["Pole", "Bird"])
+
+
+def test_a_claim_without_a_verdict_says_what_is_missing():
+    """'not run' says whether a variant has no runs or its runs lack the claim's metric."""
+    row = Row("a", {})
+    row.runs.append(Run(Path("runs/g/a-s0"), {"seed_everything": 0}, {"test/mIoU": 0.6}))
+    (typo, absent) = judge_claims([claim(metric="test/IoU/pole"), claim(b="c")], [row])
+    assert (typo.verdict, typo.note) == ("not run", "no run of a has test/IoU/pole")
+    assert (absent.verdict, absent.note) == ("not run", "no finished run of c")
+
+
 def test_a_claim_on_several_metrics_compares_their_mean_per_run():
     """CamVid's thin classes as one claim: each run's value is the mean of the classes' IoU."""
     entry = {"id": "thin", "claim": "c", "metric": ["test/IoU/Pole", "test/IoU/SignSymbol"],
@@ -207,6 +251,7 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     assert "Holm's correction over the 2 tested" in text
 
     # On a machine without those runs the README keeps its decided rows; --fresh drops them.
+    (tmp_path / "none").mkdir()  # a folder without runs
     empty = ["--experiments", str(experiments), "--root", str(tmp_path / "none"),
              "--into", str(readme)]  # fmt: skip
     main(empty)
@@ -251,6 +296,18 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     assert "0 reproduced, 0 contradicted, 0 inconclusive, 29 not run" in capsys.readouterr().out
 
 
+def test_segbench_claims_names_a_folder_given_that_is_not_there_or_holds_no_ablation(tmp_path):
+    from segbench.errors import MissingFileError
+    from segbench.study.claims import main
+
+    with pytest.raises(MissingFileError, match=r"--root /nonexistent: no such folder"):
+        main(["--root", "/nonexistent"])
+    with pytest.raises(MissingFileError, match=rf"--experiments {tmp_path}: no ablation in it"):
+        main(["--experiments", str(tmp_path)])
+    with pytest.raises(MissingFileError, match=r"--experiments /nonexistent: no such folder"):
+        main(["--experiments", "/nonexistent"])
+
+
 def test_last_quarter_gain_is_of_the_mean_curve():
     from segbench.study.stats import last_quarter_gain
 
@@ -266,6 +323,7 @@ def test_a_claims_data_file_that_is_not_one_is_named(tmp_path):
 
     page = tmp_path / "claims.md"
     (tmp_path / "claims.json").write_text('{"rows": []}')
+    (tmp_path / "none").mkdir()
     with pytest.raises(DataError, match=r"claims.json: not a claims data file"):
         main(["--experiments", str(REPO / "experiments"), "--root", str(tmp_path / "none"),
               "--into", str(page)])  # fmt: skip

@@ -44,7 +44,7 @@ class Launcher(Protocol):
         ...
 
     def launch(self, runs: Sequence[PlannedRun]) -> list[str]:
-        """Run them all; the names of those that failed."""
+        """Run them all; those that failed, each as ``name (why)``: ``fcn8s-s0 (exit 2)``."""
         ...
 
 

@@ -85,7 +85,7 @@ class ProcessLauncher:
                     free.append(job.slot)
                     finished += 1
                     if not self._finish(job, finished, len(runs), start):
-                        failures.append(job.run.name)
+                        failures.append(f"{job.run.name} (exit {job.process.returncode})")
         except BaseException:  # Ctrl-C or a bug: no orphaned fits left behind
             for job in running:
                 _stop(job.process)

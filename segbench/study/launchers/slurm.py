@@ -246,7 +246,7 @@ class SubmititLauncher:
                     except submitit.core.utils.UncompletedJobError as err:
                         code, why = None, (str(err).strip().splitlines() or ["?"])[-1][:300]
                     if code != 0:
-                        failures.append(run.name)
+                        failures.append(f"{run.name} ({why})")
                         log.error(
                             "%s: job %s failed (%s; %s); its output: %s",
                             run.tag,
