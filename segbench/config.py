@@ -163,12 +163,25 @@ def _is_known_section(key: str) -> bool:
 def check_yaml_files(args: list[str]) -> None:
     """Every ``--config`` file exists and is valid YAML (jsonargparse would not name it)."""
     for path in config_files(args):
+        if Path(path).is_dir():
+            found = sorted(str(p) for p in Path(path).rglob("*.yaml"))
+            shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+            raise ConfigError(
+                f"--config {path}: a folder, not a config file"
+                + (f" (its YAML files: {shown})" if found else "")
+            )
         if not Path(path).is_file():
             raise ConfigError(f"--config {path}: no such file")
         try:
-            yaml.safe_load(Path(path).read_text())
+            content = yaml.safe_load(Path(path).read_text())
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+        if not isinstance(content, dict):
+            what = "empty" if content is None else f"a {type(content).__name__}"
+            raise ConfigError(
+                f"{path}: {what}, not a config: a config file maps sections to their keys "
+                "(model:, data:, trainer:, run:, ...)"
+            )

@@ -149,7 +149,10 @@ def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
 
 
 def _first_line(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0][:200]
+    """The first sentence of an error's text (torch's run on for lines), at most 200 chars."""
+    line = (text.strip().splitlines() or [""])[0]
+    sentence = line.split(". ", 1)[0].rstrip(".")
+    return sentence if len(sentence) <= 200 else sentence[:199] + "…"
 
 
 def nonfinite_tensors(state: dict[str, Any]) -> list[str]:

@@ -197,6 +197,13 @@ CASES: list[tuple[str, Args, int, str]] = [
     # -- files given as config ------------------------------------------------------------------
     ("malformed YAML", fit("--config", bad_yaml), 1, r"bad\.yaml: not valid YAML at line 3"),
     ("missing config file", fit("--config", "/nonexistent.yaml"), 1, "nonexistent.yaml: no such"),
+    (
+        "empty config file",
+        fit("--config", lambda w: w.file("empty.yaml", "")),
+        1,
+        r"empty\.yaml: empty, not a config",
+    ),
+    ("config folder", fit("--config", lambda w: str(w.scratch)), 1, "a folder, not a config file"),
     # -- values that cannot work (exit 1, the key named) ------------------------------------------
     ("batch size 0", fit("--data.init_args.batch_size", "0"), 1, "data.init_args.batch_size"),
     ("val batch 0", fit("--data.init_args.val_batch_size", "0"), 1, "val_batch_size must be"),
@@ -278,7 +285,13 @@ CASES: list[tuple[str, Args, int, str]] = [
         1,
         r"empty\.ckpt: empty file",
     ),
-    ("ckpt truncated", fit("--ckpt_path", truncated), 1, r"truncated\.ckpt: not a readable"),
+    (
+        "ckpt truncated",
+        fit("--ckpt_path", truncated),
+        1,
+        # torch's reason, its first sentence (the rest runs on for lines, and was cut mid-word)
+        r"truncated\.ckpt: not a readable checkpoint: [^\n(]*\((?![^)]*seeing this)\w+: [^)]*\)\n",
+    ),
     ("ckpt is a state dict", fit("--ckpt_path", plain_state_dict), 1, "not a Lightning checkpoint"),
     (
         "checkpoint of another width",

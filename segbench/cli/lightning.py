@@ -375,15 +375,15 @@ class SegbenchCLI(LightningCLI):
                 schedule,
             )
             return
-        longer = all(c.startswith(LIMITS) for c in changed)
+        limits_only = all(c.startswith(LIMITS) for c in changed)
         raise ConfigError(
             f"resuming {self.run.path} with other settings than it was trained with: "
             f"{'; '.join(changed)}. "
             + (
                 f"Its {schedule} learning-rate schedule (in the checkpoint) was laid out for the "
-                "run's own limits and is at learning rate 0 at their end: the extra training "
-                "would run at rate 0. "
-                if longer
+                "run's own limits, reaching rate 0 at their end: training longer would run at "
+                "rate 0, stopping sooner would end before the schedule decays. "
+                if limits_only
                 else "The checkpoint's optimiser state and schedule would win over some of "
                 "them while the run's record said otherwise. "
             )
