@@ -37,7 +37,7 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed  ## create .venv and install segbench with its dev tools and extras (export, slurm, docs, tune, loggers)
 
-demo: venv  ## train FCN-8s on the embedded synthetic scenes (CPU, ~3 min) and print the results
+demo: venv  ## train FCN-8s on the embedded synthetic scenes (CPU, 2-7 min) and print the results
 	$(SEGBENCH) fit --config experiments/quickstart.yaml --run.overwrite true
 
 test: venv  ## lint, format check, type check and the test suite in parallel (no slow tests)
