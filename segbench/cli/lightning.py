@@ -154,6 +154,7 @@ class SegbenchCLI(LightningCLI):
         _Parser.argv = tuple(str(a) for a in (args or sys.argv[1:]))
         _Parser.config_files = tuple(config_files(list(_Parser.argv)))
         self._aside: Path | None = None
+        self._made_dir: Path | None = None  # the run directory a fresh fit made, until it trains
         self._writer: WriterLock | None = None
         self._smoke_dir: Path | None = None
         self._skip_fit = ""
@@ -461,6 +462,7 @@ class SegbenchCLI(LightningCLI):
         with ``--run.overwrite``)."""
         run = self.run
         if not run.path.exists():
+            self._made_dir = run.path
             return
         if run.has_checkpoints() and not self.cfg.run.overwrite:
             raise SegbenchError(
@@ -472,15 +474,22 @@ class SegbenchCLI(LightningCLI):
         log.info("moved the earlier files of %s aside to %s", run.path, self._aside)
 
     def _discard_aside(self, *_: Any) -> None:
+        """Training started: the files set aside go, and the run directory stays."""
+        self._made_dir = None
         if self._aside is not None:
             RunDir.discard(self._aside)
             self._aside = None
 
     def _put_back(self) -> None:
+        """A fresh fit failed before training: the directory is as it was before the command
+        (its earlier files put back, or the directory it made removed with its logger files)."""
         if self._aside is not None and self._aside.exists():
             RunDir.of(self.cfg.run).put_back(self._aside)
-            log.info("the new run failed before training; the earlier run is back in place")
+            log.info("the new run failed before training; the directory's earlier files are back")
             self._aside = None
+        elif self._made_dir is not None and not RunDir(self._made_dir).has_checkpoints():
+            shutil.rmtree(self._made_dir, ignore_errors=True)
+            self._made_dir = None
 
     def _loggers(self) -> list[Logger]:
         resume = bool(self.cfg.get("ckpt_path")) or self.subcommand != "fit"
