@@ -382,8 +382,8 @@ class SegbenchCLI(LightningCLI):
             f"{'; '.join(changed)}. "
             + (
                 f"Its {schedule} learning-rate schedule (in the checkpoint) was laid out for the "
-                "run's own limits, reaching rate 0 at their end: training longer would run at "
-                "rate 0, stopping sooner would end before the schedule decays. "
+                "run's own limits, reaching learning rate 0 at their end: training longer "
+                "would run at learning rate 0, stopping sooner would end before it decays. "
                 if limits_only
                 else "The checkpoint's optimiser state and schedule would win over some of "
                 "them while the run's record said otherwise. "
