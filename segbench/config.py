@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from jsonargparse import Namespace
 
-from segbench.errors import ConfigError
+from segbench.errors import ConfigError, listed
 
 
 @dataclass
@@ -165,10 +165,9 @@ def check_yaml_files(args: list[str]) -> None:
     for path in config_files(args):
         if Path(path).is_dir():
             found = sorted(str(p) for p in Path(path).rglob("*.yaml"))
-            shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
             raise ConfigError(
                 f"--config {path}: a folder, not a config file"
-                + (f" (its YAML files: {shown})" if found else "")
+                + (f" (its YAML files: {listed(found, 4)})" if found else "")
             )
         if not Path(path).is_file():
             raise ConfigError(f"--config {path}: no such file")

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 
 class SegbenchError(Exception):
@@ -68,6 +69,12 @@ class DiskFullError(SegbenchError, OSError):
 class BusyError(SegbenchError):
     """A run directory or sweep group that another live process is writing (the message names
     it and that process)."""
+
+
+def listed(items: Any, limit: int) -> str:
+    """``a, b, c, ...``: the first ``limit`` of ``items`` for a message."""
+    names = [str(i) for i in items]
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
 def disk_full_message(path: str | Path, what: str = "writing") -> str:

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from segbench.analysis.loading import LoadedModel, denormalise, sample_images
 from segbench.analysis.tool import Common, Tool
-from segbench.errors import ConfigError
+from segbench.errors import ConfigError, listed
 from segbench.numerics import usable_device
 from segbench.tables import markdown_table
 
@@ -72,9 +72,8 @@ def unit_reader(net: nn.Module, layer: str = "out") -> Callable[[Tensor, tuple[i
         return read_out
     modules = dict(net.named_modules())
     if layer not in modules:
-        names = [n for n in modules if n and n.count(".") < 2]
-        shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
-        raise ConfigError(f"no module {layer!r} in {type(net).__name__} (it has: out, {shown})")
+        names = listed([n for n in modules if n and n.count(".") < 2], 30)
+        raise ConfigError(f"no module {layer!r} in {type(net).__name__} (it has: out, {names})")
 
     def read_layer(x: Tensor, unit: tuple[int, int]) -> Tensor:
         captured: list[Tensor] = []
