@@ -340,6 +340,9 @@ def test_evaluation_protocols_given_with_a_checkpoint_are_the_ones_used(tiny):
     protocol.write_text("model:\n  test_protocol:\n    scales: [0.5, 1.0]\n    flip: true\n")
     run_main(["test", *run, "--config", str(protocol)])
     assert record("test")["protocol"] == ms_flip
+    # Boundary IoU's band is an evaluation setting too: a wider band scores another bIoU.
+    run_main(["validate", *run, "--model.boundary_ratio", "0.2"])
+    assert record("validate")["metrics"]["val/bIoU"] != plain["metrics"]["val/bIoU"]
 
 
 def test_a_resume_applies_changed_evaluation_settings(tiny):

@@ -56,7 +56,7 @@ from segbench.config import (
     locate_keys,
 )
 from segbench.data.base import SegmentationDataModule
-from segbench.errors import CheckpointError, ConfigError, SegbenchError
+from segbench.errors import CheckpointError, ConfigError, SegbenchError, listed
 from segbench.loggers import CSVMode, check_loggers, choose_wandb_mode, make_loggers, mlflow_uri
 from segbench.numerics import SegbenchTrainer
 from segbench.rundir import RunCheckpointIO, RunDir, WriterLock, atomic_write_text
@@ -110,7 +110,8 @@ RESUME_MAY_CHANGE = (
     "trainer.limit_test_batches", "trainer.limit_predict_batches",
     "trainer.check_val_every_n_epoch", "trainer.val_check_interval", "trainer.default_root_dir",
     "data.init_args.num_workers", "data.init_args.val_batch_size", "data.init_args.render_workers",
-    "model.val_protocol.", "model.test_protocol.", "model.compile", *_LINKED,
+    "model.val_protocol.", "model.test_protocol.", "model.boundary_ratio", "model.compile",
+    *_LINKED,
 )  # fmt: skip
 #: Training limits: a resume may change them where the learning-rate schedule has no end.
 LIMITS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_")
@@ -752,9 +753,7 @@ _DESCRIPTION = (
 
 def _brief(names: Any) -> str:
     """``[sky, grass, water, sand, road, ...] (11 classes)``."""
-    names = [str(n) for n in names]
-    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-    return f"[{shown}] ({len(names)} classes)"
+    return f"[{listed(names, 5)}] ({len(names)} classes)"
 
 
 def _mark_attempt(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
