@@ -109,7 +109,12 @@ def split_argv(
         word = argv.pop(0)
         if not word.startswith("-"):
             where = "run directories come first (segbench TOOL RUN_DIR ... [options])"
-            raise ConfigError(f"{word!r}: {where if runs else 'not an option'}")
+            if not runs and RunDir(word).is_run():
+                config = RunDir(word).config
+                where = f"a run directory; this command takes its config: --config {config}"
+            elif not runs:
+                where = "not an option"
+            raise ConfigError(f"{word!r}: {where}")
         key, has_value, _ = word.lstrip("-").partition("=")
         values: list[str] = []
         while not has_value and argv and not re.match(r"--?[A-Za-z]", argv[0]):

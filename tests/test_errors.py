@@ -378,6 +378,12 @@ CASES: list[tuple[str, Args, int, str]] = [
         r"--out .*out\.txt: a file, not a folder",
     ),
     ("tool on a non-run", lambda w: ["erf", str(w.scratch)], 1, "not a run directory"),
+    (
+        "summary of a run directory",
+        lambda w: ["summary", str(w.run)],
+        1,
+        r"a run directory; this command takes its config: --config .*config\.yaml",
+    ),
     ("erf --patch 0", lambda w: ["erf", str(w.run), "--patch", "0"], 1, "--patch must be at"),
     (
         "erf on a device the machine lacks",
