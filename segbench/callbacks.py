@@ -331,11 +331,14 @@ class LastCheckpoint(Checkpoint):
         self.stopped_at_once = False
         self._pending = False  # asked to stop where the state could not be saved
         self._sigint_before: Any = None
+        #: The optimiser step of the last save (``None``: none in this process).
+        self.saved_step: int | None = None
 
     def _save(self, trainer: L.Trainer, *, epoch_end: bool = False) -> None:
         self._write_ahead(trainer, epoch_end=epoch_end)
         trainer.save_checkpoint(self.path, weights_only=self.save_weights_only)
         self._last_save = time.monotonic()
+        self.saved_step = trainer.global_step
 
     @staticmethod
     def _write_ahead(trainer: L.Trainer, *, epoch_end: bool) -> None:

@@ -435,12 +435,19 @@ class SegbenchCLI(LightningCLI):
         name = (last.interrupted_by if last is not None else None) or "SIGTERM"
         if is_rank_zero():  # this attempt's record (fit.finished is already false)
             self.run.update(_mark_attempt("interrupted", name))
+        step = trainer.global_step
         if at_once:
             where = "at once, by a second Ctrl-C: the steps since its last checkpoint are lost"
-        elif last is not None:
-            where = f"at step {trainer.global_step}, saved there"
-        else:
-            where = f"at step {trainer.global_step} (checkpointing is off: not saved)"
+        elif last is None:
+            where = f"at step {step} (checkpointing is off: not saved)"
+        elif last.saved_step == step:
+            where = f"at step {step}, saved there"
+        else:  # the signal came after the step's save point, before Lightning's own check
+            since = "the last checkpoint" if last.saved_step is None else f"step {last.saved_step}"
+            where = (
+                f"at step {step}, just after that step's save point, so not saved there: a "
+                f"resume trains again from {since}"
+            )
         advice = (
             "resume it with the same command and --ckpt_path last"
             if self.run.checkpoint("last").is_file()
