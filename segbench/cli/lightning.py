@@ -136,7 +136,11 @@ class _Parser(LightningArgumentParser):
 
     def print_usage(self, file: Any = None) -> None:
         # An error's usage: argparse's lists every key (about 90 lines) above the error itself.
-        (file or sys.stdout).write(f"usage: {self.prog} [--config FILE.yaml] [--KEY VALUE ...]\n")
+        sub = getattr(self, "_subcommands_action", None)
+        commands = f"{{{','.join(sub.choices)}}} " if sub is not None else ""
+        (file or sys.stdout).write(
+            f"usage: {self.prog} {commands}[--config FILE.yaml] [--KEY VALUE ...]\n"
+        )
 
 
 class SegbenchCLI(LightningCLI):
