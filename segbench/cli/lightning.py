@@ -19,6 +19,8 @@ of a misspelt key.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import shutil
@@ -258,7 +260,7 @@ class SegbenchCLI(LightningCLI):
             return
         # An evaluation takes the task's hyper-parameters from the checkpoint (what the weights
         # were trained with), as Lightning does, except those it may change (RESUME_MAY_CHANGE:
-        # the evaluation protocols, model.compile, the data module's links): for them the
+        # the evaluation settings, model.compile, the data module's links): for them the
         # command line and the config files win.
         kept = {
             key: value
@@ -744,14 +746,32 @@ class _BuildOnly(SegbenchCLI):
         pass
 
 
-def build(args: list[str]) -> tuple[SegmentationTask, SegmentationDataModule, Namespace]:
+def build(
+    args: list[str], refused: str | None = None
+) -> tuple[SegmentationTask, SegmentationDataModule, Namespace]:
     """Build the task and data module of a config without a trainer, data or logger.
 
     ``args`` are ``segbench fit`` arguments, e.g. ``["--config", "experiments/quickstart.yaml"]``.
+    With ``refused`` (how a study or a sweep checks its fits' arguments once, before launching
+    any), arguments the parser refuses are a :class:`ConfigError` that begins with ``refused``
+    and ends with the parser's error, which names the key, instead of its exit.
     """
-    # The arguments come from the caller, not sys.argv (which LightningCLI would warn about).
-    with mock.patch.object(sys, "argv", sys.argv[:1]):
-        cli = _BuildOnly(args=["fit", *args])
+    printed = io.StringIO()
+    try:
+        # The arguments come from the caller, not sys.argv (which LightningCLI would warn about).
+        with mock.patch.object(sys, "argv", sys.argv[:1]), contextlib.ExitStack() as stack:
+            if refused is not None:
+                stack.enter_context(contextlib.redirect_stderr(printed))
+            cli = _BuildOnly(args=["fit", *args])
+    except SystemExit as exit_:
+        if refused is None:
+            raise
+        text = printed.getvalue()
+        error = text[text.rfind("error:") :] if "error:" in text else text[-2000:]
+        raise ConfigError(
+            f"{refused}: {error.strip().removeprefix('error: ')} (segbench fit --help: its keys)"
+        ) from exit_
+    sys.stderr.write(printed.getvalue())  # what else it printed: warnings
     return cli.model, cli.datamodule, cli.cfg
 
 

@@ -52,6 +52,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from segbench.cli.lightning import build
 from segbench.options import command_parser
 from segbench.rundir import RunDir, WriterLock
 from segbench.study import tune
@@ -336,7 +337,7 @@ def check_fit_args(
                       extra=[*launcher_args, *extra], resume=False)  # fmt: skip
     said = f" ({' '.join(extra)} after --)" if extra else ""
     log.info("checking the config of %s-s%d before launching anything", Path(variant).stem, seed)
-    _, datamodule, _ = tune.build_fit(
+    _, datamodule, _ = build(
         cmd[cmd.index("fit") + 1 :],
         f"segbench fit refuses the arguments of {Path(variant).stem}-s{seed}{said}, so every "
         "run would fail; nothing was launched",

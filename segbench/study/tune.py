@@ -34,7 +34,6 @@ trial as a line through its values). Tuning reads the validation split only.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
@@ -207,25 +206,6 @@ def fit_overrides(params: dict[str, Any]) -> list[str]:
 
 
 # -- checks before the first trial ----------------------------------------------------------------
-def build_fit(fit_args: list[str], what: str) -> tuple[Any, Any, Namespace]:
-    """The task, data module and config of ``segbench fit FIT_ARGS``, built without training
-    (:func:`segbench.cli.lightning.build`): how a study or a sweep checks its fits' arguments
-    once, before launching any. Arguments fit refuses are a :class:`ConfigError` that begins with
-    ``what`` and ends with the parser's error (which names the key), without fit's usage."""
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(printed):
-            built = build(fit_args)
-    except SystemExit as exit_:
-        text = printed.getvalue()
-        error = text[text.rfind("error:") :] if "error:" in text else text[-2000:]
-        raise ConfigError(
-            f"{what}: {error.strip().removeprefix('error: ')} (segbench fit --help: its keys)"
-        ) from exit_
-    sys.stderr.write(printed.getvalue())  # what else it printed: warnings
-    return built
-
-
 def check_space(space: SearchSpace, fit_args: list[str]) -> dict[str, Any]:
     """Build the base config with each key set to a value of its range (an unknown key or a
     value the config refuses fails here, named), check that the runs log the metric, and return
@@ -233,8 +213,8 @@ def check_space(space: SearchSpace, fit_args: list[str]) -> dict[str, Any]:
     optuna = import_optuna()
     probe = {k: _a_value(d, optuna) for k, d in space.params.items()}
     log.info("checking the search space %s against the config", space.path)
-    _, datamodule, _ = build_fit(
-        [*fit_args, *fit_overrides(probe)], f"{space.path}: a trial's config does not parse"
+    _, datamodule, _ = build(
+        [*fit_args, *fit_overrides(probe)], refused=f"{space.path}: a trial's config does not parse"
     )
     names = getattr(datamodule, "class_names", ()) or ()
     classes = [f"val/{m}/{c}" for m in CLASS_METRICS for c in names]
