@@ -34,6 +34,27 @@ def build(cls: type[nn.Module], kwargs: dict[str, Any]) -> nn.Module:
     return cls(NUM_CLASSES, **kwargs)
 
 
+@pytest.mark.parametrize(("cls", "kwargs"), ARCHITECTURES)
+def test_the_forward_compiles_to_one_graph(cls, kwargs):
+    """``torch.compile`` (``model.compile``, the GPU check) traces the whole forward as one graph.
+    A graph break (a data-dependent shape, an unsupported call) splits it into pieces compiled
+    apart, with Python and host round trips between them (``fullgraph=True`` does not report one
+    made by a data-dependent shape: it captures it). A counting backend checks the trace without
+    Inductor's code generation."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    net = build(cls, kwargs).train()
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(1)
+    want = net(x)
+    graphs = CompileCounter()  # counts the graphs Dynamo hands its backend, then runs them as is
+    torch.manual_seed(1)
+    got = torch.compile(net, backend=graphs)(x)
+    assert graphs.frame_count == 1, f"{graphs.frame_count} graphs: the forward breaks the graph"
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def switch_values(cls: type[nn.Module]) -> list[tuple[str, Any]]:
     """Every (argument, value) of the constructor's bool and Literal arguments."""
     hints = typing.get_type_hints(cls.__init__)

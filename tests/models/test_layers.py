@@ -80,3 +80,20 @@ def test_fixed_upsampling_is_the_grouped_transposed_convolution(factor, padding)
         assert BilinearConvTranspose2d(3, factor, learnable=False)(
             torch.empty(1, 3, 4, 4)
         ).shape == (1, 3, 4 * factor, 4 * factor)
+
+
+@pytest.mark.parametrize(("factor", "padding"), [(32, 16), (8, 0), (2, 1)])
+def test_fixed_upsampling_compiles_without_a_graph_break(factor, padding):
+    """The upsampling matrices are traced into the compiled graph (no data-dependent shape where
+    they are built), and give the eager result, under bf16 autocast too."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    up = BilinearConvTranspose2d(3, factor, learnable=False, padding=padding)
+    x = torch.randn(2, 3, 5, 7)
+    graphs = CompileCounter()
+    compiled = torch.compile(up, backend=graphs)
+    assert torch.equal(compiled(x), up(x))
+    assert graphs.frame_count == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(compiled(x), up(x))

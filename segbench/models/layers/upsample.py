@@ -9,12 +9,12 @@ import torch
 from torch import Tensor, nn
 
 
-def bilinear_filter(size: int) -> Tensor:
+def bilinear_filter(size: int, device: torch.device | str = "cpu") -> Tensor:
     """The 1-D bilinear filter of ``size`` taps (float64) whose outer product is
     :func:`bilinear_kernel`."""
     factor = (size + 1) // 2
     center = factor - 1 if size % 2 == 1 else factor - 0.5
-    og = torch.arange(size, dtype=torch.float64, device="cpu")
+    og = torch.arange(size, dtype=torch.float64, device=device)
     return 1 - (og - center).abs() / factor
 
 
@@ -28,17 +28,32 @@ def bilinear_kernel(size: int) -> Tensor:
     return (filt[:, None] * filt[None, :]).float()
 
 
-@lru_cache(maxsize=64)
-def _upsampling_matrix(n_in: int, factor: int, padding: int) -> Tensor:
+def upsampling_matrix(
+    n_in: int, factor: int, padding: int, device: torch.device | str = "cpu"
+) -> Tensor:
     """``n_out x n_in`` (float64): the 1-D transposed convolution with the ``2 factor``-tap
-    bilinear filter, stride ``factor`` and ``padding``, as a matrix."""
-    filt = bilinear_filter(2 * factor)
-    n_out = (n_in - 1) * factor - 2 * padding + 2 * factor
-    i = torch.arange(n_in, device="cpu")[:, None].expand(-1, 2 * factor)
-    o = i * factor - padding + torch.arange(2 * factor, device="cpu")[None, :]
-    keep = (o >= 0) & (o < n_out)
-    m = torch.zeros(n_out, n_in, dtype=torch.float64, device="cpu")
-    return m.index_put_((o[keep], i[keep]), filt.expand_as(o)[keep], accumulate=True)
+    bilinear filter, stride ``factor`` and ``padding``, as a matrix.
+
+    Built from dense index arithmetic (input ``i`` reaches output ``o`` through tap
+    ``o + padding - i factor``), with no data-dependent shape, so ``torch.compile`` traces it
+    into the graph instead of breaking the graph there."""
+    taps = 2 * factor
+    filt = bilinear_filter(taps, device)
+    n_out = (n_in - 1) * factor - 2 * padding + taps
+    o = torch.arange(n_out, device=device)[:, None]
+    i = torch.arange(n_in, device=device)[None, :]
+    tap = o + padding - i * factor
+    inside = (tap >= 0) & (tap < taps)
+    return torch.where(inside, filt[tap.clamp(0, taps - 1)], 0.0)
+
+
+@lru_cache(maxsize=64)
+def _cached_upsampling_matrix(
+    n_in: int, factor: int, padding: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """:func:`upsampling_matrix` in ``dtype`` on ``device``, built once (eager mode): computed in
+    float64 on the CPU, so every device and dtype gets the same rounding."""
+    return upsampling_matrix(n_in, factor, padding).to(device, dtype)
 
 
 def fixed_bilinear_upsample(x: Tensor, factor: int, padding: int) -> Tensor:
@@ -53,8 +68,12 @@ def fixed_bilinear_upsample(x: Tensor, factor: int, padding: int) -> Tensor:
     autocast (bf16 would round the filter's products); returned in ``x``'s dtype."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     device = x.device
-    uh = _upsampling_matrix(x.shape[-2], factor, padding).to(device, dtype)
-    uw = _upsampling_matrix(x.shape[-1], factor, padding).to(device, dtype)
+    if torch.compiler.is_compiling():  # in the graph: no cache, and no copy from the CPU
+        uh, uw = (upsampling_matrix(n, factor, padding, device).to(dtype) for n in x.shape[-2:])
+    else:
+        uh, uw = (
+            _cached_upsampling_matrix(n, factor, padding, device, dtype) for n in x.shape[-2:]
+        )
     autocast = device.type != "meta" and torch.is_autocast_enabled(device.type)
     with torch.autocast(device.type, enabled=False) if autocast else contextlib.nullcontext():
         y = torch.matmul(torch.matmul(uh, x.to(dtype)), uw.T)
