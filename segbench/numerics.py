@@ -80,6 +80,12 @@ class SegbenchTrainer(Trainer):
         precision: Lightning's precision (``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``, ...) or
             ``"fast"``: ``bf16-mixed`` where the training device computes bf16 natively (CPU with
             AVX512-BF16 or AMX, GPU with bf16), else ``32-true``.
+        limit_train_batches: how much of the training set an epoch reads: an int is a number of
+            batches, a float a fraction (``1`` is one batch, ``1.0`` all of them; Lightning's own
+            signature, typed float first, would read ``1`` as ``1.0``). Default: all.
+        limit_val_batches: the same for validation.
+        limit_test_batches: the same for testing.
+        limit_predict_batches: the same for prediction.
         kwargs: every other argument of Lightning's Trainer.
     """
 
@@ -87,12 +93,23 @@ class SegbenchTrainer(Trainer):
         self,
         *,
         precision: Precision | None = None,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
         **kwargs: Any,
     ) -> None:
         resolved = resolve_precision(precision, kwargs.get("accelerator", "auto"))
         if precision == FAST:
             log.info("trainer.precision fast -> %s on this machine", resolved)
-        super().__init__(precision=resolved, **kwargs)
+        super().__init__(
+            precision=resolved,
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            **kwargs,
+        )
 
 
 class _Subsample:

@@ -289,6 +289,25 @@ def test_every_experiment_config_parses(configs, capsys):
     assert "class_path" in capsys.readouterr().out
 
 
+def test_a_batch_limit_of_1_is_one_batch_and_1_0_is_all_of_them(tiny):
+    """Lightning reads an int limit as batches and a float as a fraction; its own signature is
+    typed float first, so ``1`` used to become ``1.0``: every batch."""
+    main(["fit", *tiny(name="one", extra=["--trainer.limit_train_batches", "1",
+                                          "--trainer.limit_val_batches", "1"])])  # fmt: skip
+    run = tiny.root / "test" / "one"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 1
+    val = ckpt["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]["total"]["completed"]
+    assert val == 1
+    trainer = yaml.safe_load((run / "config.yaml").read_text())["trainer"]
+    assert trainer["limit_train_batches"] == 1
+    assert isinstance(trainer["limit_train_batches"], int)
+    main(["fit", *tiny(name="all", extra=["--trainer.limit_train_batches", "1.0"])])
+    ckpt = torch.load(tiny.root / "test" / "all" / "checkpoints" / "last.ckpt",
+                      map_location="cpu", weights_only=False)  # fmt: skip
+    assert ckpt["global_step"] == 4  # 16 images, batches of 4
+
+
 def test_same_seed_same_run_on_cpu(tiny):
     """seed_everything makes a CPU run repeatable (no Trainer(deterministic=True) needed)."""
     results = []
