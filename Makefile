@@ -44,7 +44,7 @@ test: venv  ## lint, format check, type check and the test suite in parallel (no
 	$(BIN)/ruff check segbench tests benchmarks docs/hooks
 	$(BIN)/ruff format --check segbench tests benchmarks docs/hooks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 
 test-slow: venv  ## the slow tests: real data (SEGBENCH_CAMVID), training to a target
 	$(BIN)/python -m pytest -q -m slow

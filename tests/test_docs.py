@@ -72,6 +72,11 @@ def _missing_docs_tools() -> list[str]:
     return missing
 
 
+# The site takes ~13 s to build: under pytest-xdist (make test runs --dist loadgroup) its tests
+# go to one worker, which builds it once.
+pytestmark = pytest.mark.xdist_group("docs-site")
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     missing = _missing_docs_tools()
