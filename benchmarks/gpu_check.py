@@ -61,6 +61,8 @@ class Row:
     slide_seconds: float | None = None
     #: the warm-up steps (the first one compiles, under ``torch.compile``)
     warmup_seconds: float | None = None
+    #: compiled rows: the graphs Dynamo compiled for the training forward (1: no graph break)
+    graphs: int | None = None
     error: str = ""
 
 
@@ -113,12 +115,16 @@ def check(arch: str, precision: str, compiled: bool, opts: argparse.Namespace) -
         step = bare_step(task, batch_size=batch, input_size=(crop, crop), device=device,
                          precision=precision, channels_last=True)  # fmt: skip
         if compiled:
+            torch._dynamo.reset()  # the count below is this network's graphs alone
+            torch._dynamo.utils.counters.clear()
             task.net.forward = torch.compile(task.net.forward, backend=opts.compile_backend)
         with peak_memory(device) as mem:
             t0 = time.perf_counter()
             timed_repeats(step, 0, opts.warmup, device)
             row.warmup_seconds = time.perf_counter() - t0
             seconds = timed_repeats(step, opts.steps, 0, device)
+        if compiled:
+            row.graphs = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
         median = sorted(seconds)[len(seconds) // 2]
         row.images_per_s = batch / median
         row.peak_memory_gb = mem["mb"] / 1024
@@ -174,14 +180,14 @@ def markdown(rows: list[Row], device: str) -> str:
         f"GPU check on {device}, torch {torch.__version__}",
         "",
         "| architecture | setting | crop | batch | images/s | peak memory (GB) | MFU | "
-        "slide val image (s) | warm-up (s) | error |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "slide val image (s) | warm-up (s) | graphs | error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.arch} | {r.setting} | {r.crop} | {r.batch} | {f(r.images_per_s, '.1f')} | "
             f"{f(r.peak_memory_gb, '.2f')} | {f(r.mfu, '.1%')} | {f(r.slide_seconds, '.2f')} | "
-            f"{f(r.warmup_seconds, '.1f')} | {r.error} |"
+            f"{f(r.warmup_seconds, '.1f')} | {f(r.graphs, 'd')} | {r.error} |"
         )
     return "\n".join(lines) + "\n"
 

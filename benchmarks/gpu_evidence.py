@@ -189,8 +189,9 @@ def check_rows(
             continue
         row = gpu_check.check(arch, "bf16-mixed", compiled, check_opts)
         rows.append(row)
-        log.info("%s %s: %s img/s, %s GB, warm-up %s s %s", arch, row.setting, row.images_per_s,
-                 row.peak_memory_gb, row.warmup_seconds, row.error)  # fmt: skip
+        log.info("%s %s: %s img/s, %s GB, warm-up %s s, graphs %s %s", arch, row.setting,
+                 row.images_per_s, row.peak_memory_gb, row.warmup_seconds, row.graphs,
+                 row.error)  # fmt: skip
         if opts.device == "cuda":
             torch.cuda.empty_cache()
     return rows

@@ -34,6 +34,12 @@ def test_gpu_check_dry_run_passes_on_the_cpu(tmp_path):
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + 3
     assert all(line.split("|")[5].strip() not in ("", "–") for line in rows[1:]), table
+    # The compiled row counts the graphs of the training forward: FCN's is one (no break).
+    header = [c.strip() for c in rows[0].split("|")]
+    graphs = {line.split("|")[2].strip(): line.split("|")[header.index("graphs")].strip()
+              for line in rows[1:]}  # fmt: skip
+    assert graphs == {"bf16-mixed, channels_last": "–", "16-mixed, channels_last": "–",
+                      "bf16-mixed, channels_last, compile": "1"}, table  # fmt: skip
 
 
 def test_the_official_drn_comparison_runs_and_counts_the_same_parameters():
@@ -96,6 +102,8 @@ def test_gpu_evidence_dry_run_runs_every_stage_on_the_cpu(tmp_path):
     for arch in ("DRN", "DUpsampling", "FCN", "GALD", "ParseNet"):
         assert f"| {arch} | bf16-mixed, channels_last | 64 |" in text
     assert "| FCN | bf16-mixed, channels_last, compile | 64 |" in text
+    compiled = next(line for line in text.splitlines() if ", compile | 64 |" in line)
+    assert compiled.endswith("| 1 |  |"), compiled  # one graph, no error
     assert text.count(", compile |") == 1
     assert "Test condition, measured on `parsenet-context-context/fcn32s-s0`" in text
     assert "| boat |" in text
