@@ -115,6 +115,17 @@ RESUME_MAY_CHANGE = (
     "model.val_protocol.", "model.test_protocol.", "model.boundary_ratio", "model.compile",
     *_LINKED,
 )  # fmt: skip
+#: Config keys (prefixes) in which a finished run's record may differ from the fit command a sweep
+#: would launch for it and still be that command's run: a resume's (RESUME_MAY_CHANGE), less the
+#: evaluation settings its metrics were read with, plus the machine it ran on and where its data
+#: lay (the same CamVid elsewhere).
+_EVALUATION = ("model.val_protocol", "model.test_protocol", "model.boundary_ratio",
+               "trainer.limit_val_batches", "trainer.limit_test_batches")  # fmt: skip
+FINISHED_MAY_DIFFER = (
+    *(key for key in RESUME_MAY_CHANGE if not key.startswith(_EVALUATION)),
+    "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
+    "data.init_args.root", "data.init_args.cache",
+)  # fmt: skip
 #: Training limits: a resume may change them where the learning-rate schedule has no end.
 LIMITS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_")
 #: Keys no resume can change, even with ``run.resume_with_changes``: the checkpoint's weights,
@@ -342,11 +353,8 @@ class SegbenchCLI(LightningCLI):
         new = flatten(self.cfg)
         schedule = new.get("model.lr_schedule", "poly")
         may_change = RESUME_MAY_CHANGE + (() if schedule in ("poly", "cosine") else LIMITS)
-        changed = [
-            f"{key} {recorded[key]!r} -> {new[key]!r}"
-            for key in sorted(recorded.keys() & new.keys())
-            if recorded[key] != new[key] and not key.startswith(may_change)
-        ]
+        changes = config_changes(recorded, new, may_change)
+        changed = [f"{key} {old!r} -> {value!r}" for key, (old, value) in changes.items()]
         if not changed:
             return
         if self.cfg.run.resume_with_changes:
@@ -369,11 +377,7 @@ class SegbenchCLI(LightningCLI):
                     f"or start a new run from its weights: --model.init_from "
                     f"{self.run.checkpoint('last')} --run.name NEW"
                 )
-            self._resume_changes = {
-                key: [recorded[key], new[key]]
-                for key in sorted(recorded.keys() & new.keys())
-                if recorded[key] != new[key] and not key.startswith(may_change)
-            }
+            self._resume_changes = changes
             log.info(
                 "resuming %s with changes (run.resume_with_changes): %s. They apply from the "
                 "checkpoint's step on; the optimiser's settings and the %s schedule are rebuilt "
@@ -744,6 +748,33 @@ class _BuildOnly(SegbenchCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         pass
+
+
+class _ParseOnly(_BuildOnly):
+    """Parse exactly like ``segbench fit``, building nothing."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse_fit(args: list[str]) -> dict[str, Any]:
+    """The config ``segbench fit args`` would train, flattened as a run's ``metrics.json`` records
+    it (its ``config`` section), from the parser alone: no network, data or trainer is built."""
+    with mock.patch.object(sys, "argv", sys.argv[:1]):
+        cli = _ParseOnly(args=["fit", *args])
+    return flatten(cli.cfg)
+
+
+def config_changes(
+    recorded: dict[str, Any], new: dict[str, Any], may_change: tuple[str, ...]
+) -> dict[str, list[Any]]:
+    """``key -> [recorded, new]`` for the keys of both flattened configs whose values differ,
+    leaving out those beginning with ``may_change``."""
+    return {
+        key: [recorded[key], new[key]]
+        for key in sorted(recorded.keys() & new.keys())
+        if recorded[key] != new[key] and not key.startswith(may_change)
+    }
 
 
 def build(

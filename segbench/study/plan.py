@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from segbench.cli.lightning import FINISHED_MAY_DIFFER, config_changes, parse_fit
+from segbench.errors import ConfigError
 from segbench.rundir import RunDir, RunState
 from segbench.study.ablation import Step
 from segbench.study.launchers.base import PlannedRun
@@ -65,10 +67,13 @@ def plan_runs(
     extra: list[str],
     queued: dict[str, str] | None = None,
     after: dict[str, list[str]] | None = None,
+    finished: list[tuple[Path, list[str]]] | None = None,
 ) -> list[PlannedRun]:
     """The fits still to run, in grid order: finished runs skipped, interrupted ones resumed
     from ``last.ckpt``, and runs a ``--no_wait`` sweep left queued on SLURM not submitted twice.
-    ``after``: config files composed after a variant's file (its tuned setting), by variant."""
+    ``after``: config files composed after a variant's file (its tuned setting), by variant.
+    ``finished`` receives each skipped finished run with the fit command that would have made it
+    (:func:`check_finished` checks it was)."""
     grid = [(v, s) for v in variants for s in seeds]
     planned = []
     for i, (variant, seed) in enumerate(grid, 1):
@@ -76,12 +81,6 @@ def plan_runs(
         run_dir = Path(root) / group / name
         tag = f"[{i}/{len(grid)}] {group}/{name}"
         state = run_state(run_dir)
-        if state == "done":
-            log.info("%s: done, skipped", tag)
-            continue
-        if queued and name in queued:
-            log.info("%s: still queued (%s), skipped", tag, queued[name])
-            continue
         cmd = fit_command(
             base=base,
             variant=variant,
@@ -92,8 +91,45 @@ def plan_runs(
             resume=state == "partial",
             after=(after or {}).get(variant, []),
         )
+        if state == "done":
+            log.info("%s: done, skipped", tag)
+            if finished is not None:
+                finished.append((run_dir, cmd))
+            continue
+        if queued and name in queued:
+            log.info("%s: still queued (%s), skipped", tag, queued[name])
+            continue
         planned.append(PlannedRun(name, run_dir, cmd, state == "partial", i, len(grid), group))
     return planned
+
+
+def check_finished(finished: list[tuple[Path, list[str]]]) -> None:
+    """Each finished run a sweep skips was trained as the sweep's own fit command would train it:
+    its recorded config (``metrics.json``) and the command's differ only in
+    :data:`~segbench.cli.lightning.FINISHED_MAY_DIFFER` (where it is written and logged, the
+    machine, the data's location). Otherwise a run of the same name trained with other settings
+    (a smoke sweep with fit arguments after ``--``, a recipe changed since) would be reported as
+    this sweep's. Raises a :class:`ConfigError` naming every such run and key."""
+    problems = []
+    for run_dir, cmd in finished:
+        recorded = RunDir(run_dir).section("config")
+        if not recorded:  # made before runs recorded their config
+            continue
+        changes = config_changes(recorded, parse_fit(cmd[cmd.index("fit") + 1 :]),
+                                 FINISHED_MAY_DIFFER)  # fmt: skip
+        if changes:
+            said = "; ".join(
+                f"{k} {old!r} (run) vs {new!r} (sweep)" for k, (old, new) in changes.items()
+            )
+            problems.append(f"{run_dir}: {said}")
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} finished run(s) of this sweep's names were trained with other "
+            "settings than the sweep's fit command, so the sweep would skip them and report "
+            "them as its own: " + " | ".join(problems) + ". Nothing was launched. Remove them "
+            "(or move them aside) to train them again with these settings, or give the sweep "
+            "another --root."
+        )
 
 
 def expand_step(step: Step, values: dict[str, Any]) -> list[str]:

@@ -66,6 +66,7 @@ from segbench.study.ablation import (
 from segbench.study.launchers import add_launcher_options, make_launcher
 from segbench.study.launchers.slurm import still_queued
 from segbench.study.plan import (
+    check_finished,
     expand_step,
     fit_command,
     plan_runs,
@@ -92,6 +93,11 @@ def main(argv: list[str]) -> None:
     finally:
         for claim in claims:
             claim.release()
+
+
+#: The fit arguments the sweep gives each run (:func:`~segbench.study.plan.fit_command`): given
+#: again after ``--`` they would send the run elsewhere than where the sweep looks for it.
+SWEEP_SETS = ("--run.root", "--run.group", "--run.name", "--seed_everything", "--ckpt_path")
 
 
 def _main(argv: list[str], claims: list[WriterLock]) -> None:
@@ -155,6 +161,12 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     )
     add_launcher_options(parser)
     args = parser.parse_args(argv)
+    owned = [a for a in extra if a.split("=", 1)[0] in SWEEP_SETS]
+    if owned:
+        parser.error(
+            f"{' '.join(owned)} after --: the sweep sets each run's {', '.join(SWEEP_SETS)} "
+            "itself (runs go to ROOT/GROUP/VARIANT-sSEED: give --root, --group, --seeds)"
+        )
     seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run, not two
     if seeds != args.seeds:
         log.warning("--seeds %s: each seed once: %s", args.seeds, seeds)
@@ -241,6 +253,7 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
         )
         failures += failed
         variants = [v for v in variants if Path(v).stem in tuned]
+    finished: list[tuple[Path, list[str]]] = []
     planned = plan_runs(
         base=base,
         variants=variants,
@@ -250,7 +263,9 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
         extra=[*launcher.fit_args, *extra],
         queued=queued,
         after={v: [tuned[Path(v).stem]["config"]] for v in variants} if args.tune else None,
+        finished=finished,
     )
+    check_finished(finished)
     if args.dry_run:
         for line in launcher.describe(planned):
             log.info("%s", line)

@@ -230,6 +230,50 @@ def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monk
     assert "| one-epoch | 1 |" in results.read_text()
 
 
+def test_finished_runs_trained_with_other_settings_are_not_taken_as_the_sweeps(
+    tmp_path, monkeypatch
+):
+    """A smoke sweep (fit arguments after --) leaves finished runs under the recipe's names; the
+    recipe's sweep used to skip them as done and report them as its own. Now it refuses before
+    launching anything, naming each run and key. Where the run ran (the accelerator) or where its
+    data lay may differ; the same settings are skipped as before."""
+    import json
+
+    from segbench.cli.lightning import parse_fit
+    from segbench.errors import ConfigError
+    from segbench.study import sweep
+
+    folder = tmp_path / "experiments" / "probe" / "synthetic"
+    (folder / "variants").mkdir(parents=True)
+    (folder / "base.yaml").write_text((REPO / "experiments" / "quickstart.yaml").read_text())
+    (folder / "variants" / "a.yaml").write_text("{}\n")
+    (folder / "ablation.yaml").write_text("name: probe\ngroup: probe\n")
+    launched: list = []
+    monkeypatch.setattr(ProcessLauncher, "launch", lambda self, runs: launched.extend(runs) or [])
+    monkeypatch.setattr(sweep, "build_report", lambda *a, **k: _report(1, "probe"))
+    monkeypatch.setattr(sweep, "render_report", lambda *a, **k: "")
+    monkeypatch.chdir(tmp_path)
+    smoke = ["--trainer.max_epochs", "1", "--model.net.init_args.width", "0.0625"]
+    cmd = fit_command(base=[str(folder / "base.yaml")], variant=str(folder / "variants" / "a.yaml"),
+                      seed=0, group="probe", root="runs", extra=smoke, resume=False)  # fmt: skip
+    run = tmp_path / "runs" / "probe" / "a-s0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({
+        "config": parse_fit(cmd[cmd.index("fit") + 1 :]), "fit": {"test": {"test/mIoU": 0.5}},
+    }))  # fmt: skip
+    args = ["--ablation", "probe", "--experiments", str(tmp_path / "experiments"), "--seeds", "0"]
+    with pytest.raises(ConfigError) as err:
+        sweep.main(args)
+    assert f"{Path('runs') / 'probe' / 'a-s0'}: model.net.init_args.width 0.0625 (run) vs 0.25 " \
+        "(sweep); trainer.max_epochs 1 (run) vs 4 (sweep)" in str(err.value)  # fmt: skip
+    assert "Nothing was launched" in str(err.value)
+    assert launched == []
+    with segbench_log() as lines:
+        sweep.main([*args, "--", *smoke, "--trainer.accelerator", "cpu"])
+    assert "[1/1] probe/a-s0: done, skipped" in lines
+    assert launched == []
+
+
 def test_fit_arguments_fit_refuses_stop_the_sweep_before_any_run(tmp_path, capsys, monkeypatch):
     """A misspelt key after -- is found once, in the first run's arguments, before anything is
     launched (each run would fail with fit's whole usage)."""
@@ -247,6 +291,21 @@ def test_fit_arguments_fit_refuses_stop_the_sweep_before_any_run(tmp_path, capsy
         "--trainer.max_epoch=1" in err  # fmt: skip
     assert "usage:" not in err
     assert launched == []
+
+
+@pytest.mark.parametrize("arg", ["--run.root", "--run.name=x", "--seed_everything"])
+def test_fit_arguments_the_sweep_sets_itself_are_refused(tmp_path, capsys, arg):
+    """--run.root after -- used to send the runs elsewhere while the sweep looked for them under
+    --root: 'no metrics.json under []' after the runs had trained."""
+    from segbench.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "--ablation", "fcn", "--seeds", "3", "--root", str(tmp_path),
+              "--", arg, str(tmp_path / "elsewhere")])  # fmt: skip
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{arg} after --: the sweep sets each run's --run.root, --run.group, --run.name" in err
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_sweep_whose_runs_fail_says_so_last(tmp_path, monkeypatch):
