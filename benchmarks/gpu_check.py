@@ -35,14 +35,14 @@ from segbench.cli.lightning import build  # noqa: E402
 from segbench.inference import EvalProtocol, predict_log_probs  # noqa: E402
 from segbench.models import architectures  # noqa: E402
 
-#: architecture -> (its synthetic experiments folder, the paper's training crop, batch per GPU,
-#: the validation image of the paper's data set (H, W), the sliding window's stride).
+#: architecture -> (the paper's training crop, batch per GPU, the validation image of the paper's
+#: data set (H, W), the sliding window's stride). Its recipe: experiments/<its module>/synthetic.
 PAPER = {
-    "FCN": ("fcn", 500, 4, (500, 500), 333),
-    "ParseNet": ("parsenet", 500, 4, (500, 500), 333),
-    "DRN": ("drn", 896, 2, (1024, 2048), 597),
-    "DUpsampling": ("dupsampling", 512, 4, (512, 512), 341),
-    "GALD": ("gald", 769, 1, (1024, 2048), 513),
+    "FCN": (500, 4, (500, 500), 333),
+    "ParseNet": (500, 4, (500, 500), 333),
+    "DRN": (896, 2, (1024, 2048), 597),
+    "DUpsampling": (512, 4, (512, 512), 341),
+    "GALD": (769, 1, (1024, 2048), 513),
 }
 
 #: Dense peak TFLOP/s (bf16 = fp16, tensor cores) by device name.
@@ -93,7 +93,9 @@ def peak_tflops(device: torch.device, measured: float | None = None) -> float | 
 
 
 def build_task(arch: str, crop: int, width: float | None):
-    folder = REPO / "experiments" / PAPER[arch][0] / "synthetic"
+    # An architecture's experiments are named after its module: segbench/models/fcn.py, fcn/.
+    paper = architectures()[arch].__module__.rsplit(".", 1)[-1]
+    folder = REPO / "experiments" / paper / "synthetic"
     args = ["--config", str(folder / "base.yaml"), "--config", str(folder / "_scale_paper.yaml"),
             "--data.init_args.image_size", f"[{crop}, {crop}]"]  # fmt: skip
     if width is not None:
@@ -103,11 +105,15 @@ def build_task(arch: str, crop: int, width: float | None):
 
 
 def check(arch: str, precision: str, compiled: bool, opts: argparse.Namespace) -> Row:
-    _, paper_crop, paper_batch, val_size, val_stride = PAPER[arch]
+    setting = f"{precision}, channels_last{', compile' if compiled else ''}"
+    if arch not in PAPER and not (opts.crop and opts.batch):  # the dry run brings its own sizes
+        missing = f"no paper sizes: add {arch!r} to PAPER in benchmarks/gpu_check.py"
+        return Row(arch, setting, 0, 0, error=f"{missing} (crop, batch, val image, window stride)")
+    paper_crop, paper_batch, val_size, val_stride = PAPER.get(arch, (0, 0, (0, 0), 0))
     crop = opts.crop or paper_crop
     batch = opts.batch or paper_batch
     device = torch.device(opts.device)
-    row = Row(arch, f"{precision}, channels_last{', compile' if compiled else ''}", crop, batch)
+    row = Row(arch, setting, crop, batch)
     try:
         with torch.device("meta"):
             flops = count_flops(build_task(arch, crop, opts.width).net, (crop, crop))

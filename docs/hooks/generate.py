@@ -10,8 +10,8 @@ repository first on ``sys.path``; prints one JSON object:
   jsonargparse signatures the command line parses), the ``ablation.yaml`` schema (from its
   dataclasses), and the Python API the notebooks import.
 
-Nothing here describes a key or a command by hand: a new architecture, data module, tool or
-field shows up in the docs by existing.
+Nothing here describes a key or a command by hand: a new architecture, tool or field shows up
+in the docs by existing, a data module by being exported from ``segbench.data`` (``__all__``).
 """
 
 from __future__ import annotations

@@ -115,7 +115,10 @@ def feature_norms(
             raise ConfigError(f"no module {name!r} in {type(net).__name__}")
         hooks.append(named[name].register_forward_hook(lambda _m, _i, out, n=name: record(n, out)))
     if not hooks:
-        raise ConfigError(f"{type(net).__name__} has no named backbone features: give --modules")
+        raise ConfigError(
+            f"{type(net).__name__} has no named backbone features (no submodule "
+            "net.backbone is a segbench.models.backbones.base.Backbone): give --modules"
+        )
     try:
         with batch_norm_mode(net, bn), torch.no_grad():
             for start in range(0, len(images), batch_size):

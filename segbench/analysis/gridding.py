@@ -100,7 +100,8 @@ def find_backbone(net: nn.Module) -> Backbone:
             return m
     raise ConfigError(
         f"{type(net).__name__} has no backbone: no submodule is a "
-        "segbench.models.backbones.base.Backbone (which says its levels' names and strides)"
+        "segbench.models.backbones.base.Backbone (which says its levels' names and strides). An "
+        "architecture's trunk is one (docs/how-to/add-architecture.md)"
     )
 
 

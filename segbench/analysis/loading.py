@@ -49,7 +49,10 @@ class LoadedModel:
 
     @property
     def name(self) -> str:
-        kind = f"{self.run_dir} ({self.checkpoint.name})" if self.checkpoint else "fresh"
+        if self.checkpoint:
+            kind = f"{self.run_dir} ({self.checkpoint.name})"
+        else:  # a tool that reads the data alone loads no weights, from a run directory too
+            kind = f"{self.run_dir} (its data)" if self.run_dir else "fresh"
         return f"{type(self.net).__name__}, {kind}"
 
 

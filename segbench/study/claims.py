@@ -140,8 +140,10 @@ def render_claims(judged: list[tuple[Ablation, Judgement]], scale: str = "cpu") 
 
 
 def _label(ablation: Ablation) -> str:
-    """The ablation's name, linked to its paper's results (relative to where tables go)."""
-    return f"[{ablation.name}]({(ablation.folder.parent / 'RESULTS.md').as_posix()})"
+    """The ablation's name, linked to its paper's results (relative to where tables go) once its
+    recipe's sweep has written them."""
+    results = ablation.folder.parent / "RESULTS.md"
+    return f"[{ablation.name}]({results.as_posix()})" if results.is_file() else ablation.name
 
 
 def tuned_claims(ablations: list[Ablation], scale: str = "cpu") -> str:

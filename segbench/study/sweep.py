@@ -5,17 +5,20 @@ An ablation is declared beside its experiments, in ``experiments/<paper>/<set>/a
 ``make ablation-gald``); ``segbench sweep --list`` shows the ablations found. Without an
 ``ablation.yaml`` the same sweep is given by hand::
 
-    segbench sweep --group parsenet-fusion --base experiments/parsenet/synthetic.yaml \\
-        --variants experiments/parsenet/fcn.yaml experiments/parsenet/early.yaml \\
+    segbench sweep --group parsenet-fusion --base experiments/parsenet/synthetic/base.yaml \\
+        --variants experiments/parsenet/synthetic/variants/fcn32s.yaml \\
+        experiments/parsenet/synthetic/variants/parsenet_early.yaml \\
         --seeds 0 1 2 --out results/parsenet-fusion -- --trainer.max_epochs 20
 
 Each run is ``segbench fit --config BASE... --config VARIANT --seed_everything SEED`` with
 ``run.group = GROUP``, ``run.name = <variant>-s<seed>``, tags ``[<variant>, GROUP]`` and
 ``run.test_after_fit``, in its own process (one failure does not stop the others). A sweep can be
 stopped and started again: finished runs (test metrics present) are skipped and interrupted ones
-resume from their last checkpoint. Arguments after ``--`` go to every ``fit``; the runs are then not
-the recipe's, and their report goes beside them (``ROOT/GROUP.md``, ``.json``, ...) instead of
-``results/GROUP``, and not into the paper's ``RESULTS.md``. Before any run is launched, the first
+resume from their last checkpoint; a finished run is skipped only if its recorded config is what
+its fit command would train (else the sweep stops before launching anything, naming the run and
+keys). Arguments after ``--`` go to every ``fit``; the runs are then not the recipe's, and their
+report goes beside them (``ROOT/GROUP.md``, ``.json``, ...) instead of ``results/GROUP``, and not
+into the paper's ``RESULTS.md``. Before any run is launched, the first
 run's config is built once with them (a key ``fit`` refuses stops the sweep there, named) and its
 data's classes check the ablation's per-class metrics; runs that fail all the same end the sweep
 with how many failed and their exit codes.
