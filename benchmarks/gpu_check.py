@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from segbench.analysis.summary import count_flops  # noqa: E402
 from segbench.benchmark import bare_step, peak_memory, timed_repeats  # noqa: E402
 from segbench.cli.lightning import build  # noqa: E402
+from segbench.errors import MissingFileError  # noqa: E402
 from segbench.inference import EvalProtocol, predict_log_probs  # noqa: E402
 from segbench.models import architectures  # noqa: E402
 
@@ -96,8 +97,13 @@ def build_task(arch: str, crop: int, width: float | None):
     # An architecture's experiments are named after its module: segbench/models/fcn.py, fcn/.
     paper = architectures()[arch].__module__.rsplit(".", 1)[-1]
     folder = REPO / "experiments" / paper / "synthetic"
-    args = ["--config", str(folder / "base.yaml"), "--config", str(folder / "_scale_paper.yaml"),
-            "--data.init_args.image_size", f"[{crop}, {crop}]"]  # fmt: skip
+    scale = folder / "_scale_paper.yaml"
+    args = ["--config", str(folder / "base.yaml")]
+    if scale.is_file():
+        args += ["--config", str(scale)]
+    elif width is None:  # the dry run sets its own width; the GPU check times the paper's
+        raise MissingFileError(f"{scale}: the paper-scale recipe the GPU check times")
+    args += ["--data.init_args.image_size", f"[{crop}, {crop}]"]
     if width is not None:
         args += ["--model.net.init_args.width", str(width)]
     task, _, _ = build(args)
