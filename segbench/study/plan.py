@@ -103,25 +103,45 @@ def plan_runs(
     return planned
 
 
-def check_finished(finished: list[tuple[Path, list[str]]]) -> None:
-    """Each finished run a sweep skips was trained as the sweep's own fit command would train it:
-    its recorded config (``metrics.json``) and the command's differ only in
-    :data:`~segbench.cli.lightning.FINISHED_MAY_DIFFER` (where it is written and logged, the
-    machine, the data's location). Otherwise a run of the same name trained with other settings
-    (a smoke sweep with fit arguments after ``--``, a recipe changed since) would be reported as
-    this sweep's. Raises a :class:`ConfigError` naming every such run and key."""
+#: The options of :func:`fit_command` whose values differ between the seeds of a variant (the
+#: rest of the command, and so the config, is the same).
+_PER_RUN = ("--seed_everything", "--run.name", "--run.tags")
+
+
+def recipe_mismatches(finished: list[tuple[Path, list[str]]], label: str = "recipe") -> list[str]:
+    """Each finished run whose recorded config (``metrics.json``) differs from what its recipe's
+    fit command would train in more than :data:`~segbench.cli.lightning.FINISHED_MAY_DIFFER`
+    (where it was written and logged, the machine, the data's location): ``"RUN: key A (run)
+    vs B (label); ..."``. Such a run (a smoke sweep's, with fit arguments after ``--``, or a
+    recipe changed since) is not the recipe's, though it has a recipe run's name. The commands
+    are parsed, not built: once a variant (0.4 s), its seeds differing in the seed alone."""
     problems = []
+    parsed: dict[tuple[str, ...], dict[str, Any]] = {}
     for run_dir, cmd in finished:
         recorded = RunDir(run_dir).section("config")
         if not recorded:  # made before runs recorded their config
             continue
-        changes = config_changes(recorded, parse_fit(cmd[cmd.index("fit") + 1 :]),
-                                 FINISHED_MAY_DIFFER)  # fmt: skip
+        args = cmd[cmd.index("fit") + 1 :]
+        seed = int(args[args.index("--seed_everything") + 1])
+        key = tuple(a for i, a in enumerate(args) if i == 0 or args[i - 1] not in _PER_RUN)
+        if key not in parsed:
+            parsed[key] = parse_fit(args)
+        changes = config_changes(
+            recorded, {**parsed[key], "seed_everything": seed}, FINISHED_MAY_DIFFER
+        )
         if changes:
             said = "; ".join(
-                f"{k} {old!r} (run) vs {new!r} (sweep)" for k, (old, new) in changes.items()
+                f"{k} {old!r} (run) vs {new!r} ({label})" for k, (old, new) in changes.items()
             )
             problems.append(f"{run_dir}: {said}")
+    return problems
+
+
+def check_finished(finished: list[tuple[Path, list[str]]]) -> None:
+    """Each finished run a sweep skips was trained as the sweep's own fit command would train it
+    (:func:`recipe_mismatches`); otherwise a run of the same name trained with other settings
+    would be reported as this sweep's. Raises a :class:`ConfigError` naming every such run."""
+    problems = recipe_mismatches(finished, "sweep")
     if problems:
         raise ConfigError(
             f"{len(problems)} finished run(s) of this sweep's names were trained with other "

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from segbench.errors import ConfigError
 from segbench.study.ablation import Ablation, Claim, find_ablations
+from segbench.study.plan import fit_command, recipe_mismatches
 from segbench.study.runs import (
     CURVE_KEYS,
     Row,
@@ -181,6 +183,8 @@ def judge_ablations(
             continue
         group = ablation.group_at(scale)
         files = find_runs([str(root / group)]) if (root / group).is_dir() else []
+        if files:
+            check_recipe_runs(ablation, scale, root, [Path(f).parent for f in files])
         rows, _ = group_runs([load_run(f) for f in files]) if files else ([], [])
         judged = judge_claims(claims, rows)
         if scale != "cpu":  # the row says which schedule decided it (it may sit beside cpu rows)
@@ -188,6 +192,36 @@ def judge_ablations(
                       for j in judged]  # fmt: skip
         out += [(ablation, j) for j in judged]
     return out
+
+
+def check_recipe_runs(ablation: Ablation, scale: str, root: Path, run_dirs: list[Path]) -> None:
+    """The runs that would judge ``ablation``'s claims are its recipe's: each ``VARIANT-sSEED``
+    was trained as the recipe's fit command (:func:`~segbench.study.plan.fit_command`, no
+    arguments after ``--``) would train it (:func:`~segbench.study.plan.recipe_mismatches`). A
+    smoke sweep's runs, under the recipe's names, would otherwise decide its verdicts. Raises a
+    :class:`ConfigError` naming each run that is not, and the keys."""
+    try:
+        base, variants = ablation.configs(scale)
+    except ConfigError:  # no recipe at that scale to compare with
+        return
+    by_stem = {Path(v).stem: v for v in variants}
+    finished = []
+    for run_dir in run_dirs:
+        stem, _, seed = run_dir.name.rpartition("-s")
+        if stem in by_stem and seed.isdigit():
+            cmd = fit_command(base=base, variant=by_stem[stem], seed=int(seed),
+                              group=run_dir.parent.name, root=str(root), extra=[],
+                              resume=False)  # fmt: skip
+            finished.append((run_dir, cmd))
+    problems = recipe_mismatches(finished)
+    if problems:
+        raise ConfigError(
+            f"{ablation.name}: {len(problems)} run(s) under {root / ablation.group_at(scale)} "
+            "were not trained by the recipe, so its claims would be judged from them: "
+            + " | ".join(problems)
+            + ". Remove them (a smoke sweep's, with fit arguments after --, goes under the "
+            "recipe's names), or give --root where the recipe's runs are."
+        )
 
 
 def p_value(j: Judgement) -> float | None:

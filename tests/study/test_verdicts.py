@@ -305,6 +305,42 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     assert f"0 reproduced, 0 contradicted, 0 inconclusive, {n} not run" in capsys.readouterr().out
 
 
+def test_segbench_claims_refuses_runs_the_recipe_did_not_train(tmp_path):
+    """A smoke sweep (fit arguments after --) leaves runs under the recipe's names; the claims
+    table would be judged from them. Runs of the recipe itself are judged as before."""
+    import json
+
+    from segbench.cli.lightning import parse_fit
+    from segbench.errors import ConfigError
+    from segbench.study.ablation import find_ablation
+    from segbench.study.claims import main
+    from segbench.study.plan import fit_command
+    from tests.helpers import REPO
+
+    ablation = find_ablation("fcn", REPO / "experiments")
+    base, variants = ablation.configs("cpu")
+    fcn8s = next(v for v in variants if v.endswith("fcn8s.yaml"))
+    run = tmp_path / "runs" / ablation.group / "fcn8s-s0"
+    run.mkdir(parents=True)
+
+    def record(extra: list[str]) -> None:
+        cmd = fit_command(base=base, variant=fcn8s, seed=0, group=ablation.group,
+                          root=str(tmp_path / "runs"), extra=extra, resume=False)  # fmt: skip
+        data = {"config": parse_fit(cmd[cmd.index("fit") + 1 :]),
+                "fit": {"test": {"test/mIoU": 0.5}, "best_val": {"val/mIoU": 0.5}}}  # fmt: skip
+        (run / "metrics.json").write_text(json.dumps(data))
+
+    args = ["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "claims.md")]
+    record(["--trainer.max_epochs", "1"])
+    with pytest.raises(ConfigError) as err:
+        main(args)
+    assert f"{run}: trainer.max_epochs 1 (run) vs " in str(err.value)
+    assert "were not trained by the recipe" in str(err.value)
+    record(["--trainer.accelerator", "cpu", "--data.init_args.num_workers", "0"])
+    main(args)  # where it ran and how it loaded its data are not the recipe
+    assert "(fcn-8s-over-16s)" in (tmp_path / "claims.md").read_text()
+
+
 def test_segbench_claims_names_a_folder_given_that_is_not_there_or_holds_no_ablation(tmp_path):
     from segbench.errors import MissingFileError
     from segbench.study.claims import main
