@@ -258,7 +258,16 @@ def condition(opts: argparse.Namespace, timeout: float) -> dict[str, Any]:
 def claims(opts: argparse.Namespace, timeout: float) -> str:
     out = opts.runs / "claims-context.md"
     code, _ = run(
-        segbench("claims", "--scale", SCALE, "--root", str(opts.runs), "--out", str(out)),
+        segbench(
+            "claims",
+            "--scale",
+            SCALE,
+            "--root",
+            str(opts.runs),
+            "--out",
+            str(out),
+            *(["--other_settings"] if opts.dry_run else []),
+        ),  # toy runs: not the recipe's
         timeout=timeout,
     )
     if code != 0 or not out.is_file():

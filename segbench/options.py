@@ -137,3 +137,26 @@ def split_argv(
             fit.append(word)
             fit += values
     return run_dirs, own, fit
+
+
+def record_options(argv: Sequence[str], runs: Sequence[str]) -> list[str]:
+    """What an analysis tool's command line says about how it measures, as its ``--record``
+    keeps it: ``argv`` without the run directories, ``--out DIR`` and ``--record [true|false]``
+    (where the output goes, not what it measures). A sweep's after-step compares its own command
+    with it before it skips a run already recorded."""
+    out: list[str] = []
+    skip = 0
+    for i, arg in enumerate(argv):
+        if skip:
+            skip -= 1
+            continue
+        if arg in runs or arg.startswith(("--out=", "--record=")):
+            continue
+        if arg == "--out":
+            skip = 1
+        elif arg == "--record":
+            nxt = argv[i + 1] if i + 1 < len(argv) else ""
+            skip = 1 if nxt.lower() in ("true", "false") else 0
+        else:
+            out.append(arg)
+    return out

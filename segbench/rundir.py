@@ -378,9 +378,17 @@ class RunDir:
         """Replace one section (``fit``, ``validate``, ``test``, ``config``, ``provenance``)."""
         self.update(lambda d: d.__setitem__(name, value))
 
-    def record(self, tool: str, values: dict[str, float], *, checkpoint: str | Path | None) -> None:
+    def record(
+        self,
+        tool: str,
+        values: dict[str, float],
+        *,
+        checkpoint: str | Path | None,
+        options: list[str] | None = None,
+    ) -> None:
         """An analysis tool's summary (``--record``), with the checkpoint it measured (``None``
-        for a tool that reads only the run's data). ``segbench report --metrics NAME`` shows them
+        for a tool that reads only the run's data) and the options it measured with
+        (:func:`segbench.options.record_options`). ``segbench report --metrics NAME`` shows them
         as columns; a tool's earlier record is replaced, other tools' kept."""
         if not self.metrics_file.is_file():
             raise MissingFileError(f"no {self.METRICS} in {self.path}")
@@ -391,6 +399,7 @@ class RunDir:
                 "checkpoint": None if checkpoint is None else str(checkpoint),
                 "checkpoint_mtime": ckpt.stat().st_mtime if ckpt and ckpt.is_file() else None,
                 "values": {k: float(v) for k, v in values.items()},
+                "options": options,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
 

@@ -124,6 +124,23 @@ def test_every_command_has_a_generated_page(site: Path) -> None:
         assert "usage: segbench" in page.read_text(), f"no --help captured for segbench {name}"
 
 
+def test_every_command_says_what_it_does_in_the_command_table() -> None:
+    """The table of commands (and each command's page) leads with the first sentence of the
+    command's description; a docstring whose first paragraph is its synopsis alone gave an empty
+    cell for four tools."""
+    sys.path.insert(0, str(ROOT / "docs" / "hooks"))
+    try:
+        import generate
+    finally:
+        sys.path.remove(str(ROOT / "docs" / "hooks"))
+    from segbench.cli import COMMANDS
+
+    empty = [
+        name for name in COMMANDS if not generate.summary(generate.capture_help([name, "--help"]))
+    ]
+    assert not empty, f"no summary in the command table for: {empty}"
+
+
 def test_the_config_reference_lists_every_architecture_and_data_module(site: Path) -> None:
     import segbench.data
     from segbench.data.base import SegmentationDataModule

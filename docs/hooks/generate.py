@@ -386,6 +386,8 @@ def summary(help_text: str) -> str:
             continue
         if "``segbench" in text[:400]:  # the synopsis, which the usage line already gives
             text = re.sub(r"^.*?``segbench[^`]*``[.:]?\s*", "", text, count=1)
+            if not text:  # a synopsis alone in its paragraph: the next one says what it does
+                continue
         text = text.replace("``", "`")
         text = re.split(r"(?<!\bal)(?<!\bsec)(?<!e\.g)(?<!i\.e)\.\s", text, maxsplit=1)[0]
         if len(text) > 120:  # a long sentence: its lead-in, where it has one

@@ -1,4 +1,5 @@
-"""``segbench feature-norms [RUN_DIR ...] [--config FILE.yaml [overrides]] [--modules ...]``.
+"""``segbench feature-norms [RUN_DIR ...] [--config FILE.yaml [overrides]] [--modules ...]``: the
+scale (mean L2 norm) of a network's features, layer by layer.
 
 ParseNet's observation (section 3.3): the features of different layers differ in scale, often by
 orders of magnitude, so a naive concatenation is dominated by the largest. This tool measures it

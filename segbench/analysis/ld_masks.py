@@ -311,6 +311,7 @@ class Options:
 
 class LDMasksTool(Tool[Options, LDMasks]):
     name = "ld-masks"
+    record_prefix = "ld_mask"
     test_options = (
         "--images",
         "1",

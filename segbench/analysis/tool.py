@@ -56,6 +56,7 @@ from segbench.options import (
     command_parser,
     option_keys,
     options_of,
+    record_options,
     split_argv,
 )
 from segbench.rundir import RunDir, atomic_write_json, atomic_write_text
@@ -124,6 +125,9 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
     uses_network: ClassVar[bool] = True
     #: Options small enough for the test that runs every tool on every architecture on a CPU.
     test_options: ClassVar[tuple[str, ...]] = ()
+    #: The prefix of the numbers its ``--record`` stores (``erf/empirical_fraction``), which
+    #: ablations' claims and reports may name; default: :attr:`name` with ``_`` for ``-``.
+    record_prefix: ClassVar[str]
     #: Figure size (inches) of one model's figure.
     figsize: ClassVar[tuple[float, float]] = (8.0, 4.0)
 
@@ -132,6 +136,8 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
         for base in getattr(cls, "__orig_bases__", ()):
             if get_origin(base) is Tool:
                 cls.Options = get_args(base)[0]
+        if "name" in cls.__dict__ and "record_prefix" not in cls.__dict__:
+            cls.record_prefix = cls.name.replace("-", "_")
 
     def __init__(self, description: str | None = None) -> None:
         self.description = description or (type(self).__doc__ or "")
@@ -200,7 +206,10 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
             results.append((name, result))
             if common.record and model.run_dir is not None:
                 RunDir(model.run_dir).record(
-                    self.name, result.summary(), checkpoint=model.checkpoint
+                    self.name,
+                    result.summary(),
+                    checkpoint=model.checkpoint,
+                    options=record_options(argv, runs),
                 )
                 log.info("%s: recorded in %s", self.name, model.run_dir / "metrics.json")
         text = self.report(results)

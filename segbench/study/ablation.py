@@ -120,7 +120,8 @@ class Claim:
 #: A run's numbers besides its metrics (:meth:`segbench.rundir.RunDir.results`).
 RUN_NUMBERS = ("params", "train_images_per_s", "fit_seconds")
 #: The analysis tools' records in a run (``segbench gridding --record``: ``gridding/impulse``),
-#: by prefix: the rest of the name depends on the network (layers, levels, classes).
+#: by prefix (each tool's ``record_prefix``): the rest of the name depends on the network (layers,
+#: levels, classes). A new tool's prefix goes here (tests/analysis/test_tools.py checks).
 RECORDS = ("cue_distance", "erf", "feature_norms", "gridding", "ld_mask", "upper_bound")
 
 

@@ -77,7 +77,17 @@ def main(argv: list[str]) -> None:
         "there keeps the verdict the --into data has, else the one its sweep published (the "
         "paper's RESULTS.json): runs stay on the machine that made them, verdicts travel as data",
     )
+    parser.add_argument(
+        "--other_settings",
+        action="store_true",
+        help="judge from runs trained with other settings than the recipe's too (a smoke or try "
+        "sweep's, with fit arguments after --), which are refused otherwise; their verdicts are "
+        "not the recipe's, so --into refuses it",
+    )
     args = parser.parse_args(argv)
+    if args.other_settings and args.into:
+        parser.error("--other_settings with --into: verdicts of runs other than the recipe's "
+                     "are never published; write them with --out")  # fmt: skip
     experiments = Path(args.experiments)
     if not experiments.is_dir():
         raise MissingFileError(f"--experiments {experiments}: no such folder")
@@ -91,7 +101,9 @@ def main(argv: list[str]) -> None:
     if args.root is not None and not Path(args.root).is_dir():
         raise MissingFileError(f"--root {args.root}: no such folder (give where the sweeps' "
                                "runs are: ROOT/<group>/<run>)")  # fmt: skip
-    judged = judge_ablations(experiments, Path(args.root or "runs"), args.scale)
+    judged = judge_ablations(
+        experiments, Path(args.root or "runs"), args.scale, recipe_only=not args.other_settings
+    )
     entries = [judgement_data(j, a.name) for a, j in judged]
     data_file = Path(args.into).with_suffix(".json") if args.into else None
     if not args.fresh:

@@ -162,9 +162,15 @@ def expand_step(step: Step, values: dict[str, Any]) -> list[str]:
     return out
 
 
-def recorded_for_current_checkpoint(run: RunDir, tool: str) -> bool:
+def recorded_for_current_checkpoint(run: RunDir, tool: str, options: list[str]) -> bool:
+    """Whether ``run`` holds ``tool``'s record of its current best checkpoint, measured with
+    ``options`` (:func:`~segbench.options.record_options`; a record made before records kept
+    their options counts as made with them)."""
     record = (run.read().get("records") or {}).get(tool) or {}
     best = run.checkpoint("best")
     return (
-        bool(record) and best.is_file() and record.get("checkpoint_mtime") == best.stat().st_mtime
+        bool(record)
+        and best.is_file()
+        and record.get("checkpoint_mtime") == best.stat().st_mtime
+        and record.get("options") in (None, options)
     )

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from segbench.cli.lightning import build
-from segbench.options import command_parser
+from segbench.options import command_parser, record_options
 from segbench.rundir import RunDir, WriterLock
 from segbench.study import tune
 from segbench.study.ablation import (
@@ -300,10 +300,12 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
             variant = run_dir.name.rsplit("-s", 1)[0]
             if step.only and not fnmatch.fnmatch(variant, step.only):
                 continue
-            if recorded_for_current_checkpoint(RunDir(run_dir), tool):
+            command = expand_step(step, {**values, "run": run_dir, "name": run_dir.name})
+            options = record_options(command[1:], [str(run_dir)])
+            if recorded_for_current_checkpoint(RunDir(run_dir), tool, options):
                 log.info("%s of %s: recorded for its checkpoint, skipped", tool, run_dir.name)
                 continue
-            if _tool(expand_step(step, {**values, "run": run_dir, "name": run_dir.name})) != 0:
+            if _tool(command) != 0:
                 failures.append(f"{tool} {run_dir.name}")
     if done:
         for step in ablation.after if ablation else []:

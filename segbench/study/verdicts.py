@@ -172,10 +172,11 @@ def not_run_note(claim: Claim, rows: Sequence[Row]) -> str:
 
 
 def judge_ablations(
-    experiments: Path, root: Path, scale: str = "cpu"
+    experiments: Path, root: Path, scale: str = "cpu", *, recipe_only: bool = True
 ) -> list[tuple[Ablation, Judgement]]:
     """``(ablation, judgement)`` of every claim of every ablation under ``experiments``, from
-    the finished runs under ``root``."""
+    the finished runs under ``root``: its recipe's runs only (:func:`check_recipe_runs`) unless
+    ``recipe_only`` is false."""
     out: list[tuple[Ablation, Judgement]] = []
     for ablation in find_ablations(experiments).values():
         claims = ablation.claims
@@ -183,7 +184,7 @@ def judge_ablations(
             continue
         group = ablation.group_at(scale)
         files = find_runs([str(root / group)]) if (root / group).is_dir() else []
-        if files:
+        if files and recipe_only:
             check_recipe_runs(ablation, scale, root, [Path(f).parent for f in files])
         rows, _ = group_runs([load_run(f) for f in files]) if files else ([], [])
         judged = judge_claims(claims, rows)
@@ -220,7 +221,8 @@ def check_recipe_runs(ablation: Ablation, scale: str, root: Path, run_dirs: list
             "were not trained by the recipe, so its claims would be judged from them: "
             + " | ".join(problems)
             + ". Remove them (a smoke sweep's, with fit arguments after --, goes under the "
-            "recipe's names), or give --root where the recipe's runs are."
+            "recipe's names), give --root where the recipe's runs are, or judge them as they "
+            "are with --other_settings (never published)."
         )
 
 

@@ -36,7 +36,7 @@ def analysis_tools() -> dict[str, Tool]:
 TOOLS = analysis_tools()
 
 
-def test_the_five_tools_share_the_skeleton():
+def test_the_tools_share_the_skeleton():
     assert {"erf", "feature-norms", "gridding", "ld-masks", "upper-bound"} <= set(TOOLS)
     for name, tool in TOOLS.items():
         assert tool.name == name
@@ -66,6 +66,10 @@ def test_every_tool_on_every_architecture(tool_name, arch, trained_run, tmp_path
     assert (out / f"{tool.name}.png").stat().st_size > 1000
     summary = result.summary()
     assert summary, f"{tool_name} records nothing"
+    assert all(k.startswith(f"{tool.record_prefix}/") for k in summary), (
+        tool.record_prefix,
+        summary,
+    )
     assert all(math.isfinite(v) for v in summary.values()), summary
     record = json.loads((run / "metrics.json").read_text())["records"][tool.name]
     assert record["values"] == pytest.approx(summary)
@@ -73,6 +77,17 @@ def test_every_tool_on_every_architecture(tool_name, arch, trained_run, tmp_path
         assert record["checkpoint"].endswith("best.ckpt")
     else:
         assert record["checkpoint"] is None
+
+
+def test_every_tool_s_records_can_be_named_by_an_ablation():
+    """A claim or a report column names a record by its tool's prefix (``erf/...``), which the
+    ablation's check knows from RECORDS."""
+    from segbench.study.ablation import RECORDS
+
+    missing = {name: t.record_prefix for name, t in TOOLS.items() if t.record_prefix not in RECORDS}
+    assert not missing, (
+        f"add these record prefixes to RECORDS in segbench/study/ablation.py: {missing}"
+    )
 
 
 def test_every_tool_applies_to_some_architecture():
@@ -125,3 +140,18 @@ def test_a_wrong_option_is_named(args, named, capsys):
         main(["erf", "--config", "experiments/quickstart.yaml", *args])
     assert exit_.value.code != 0
     assert named in capsys.readouterr().err
+
+
+def test_a_record_keeps_the_options_it_measured_with_not_where_it_wrote():
+    from segbench.options import record_options
+
+    argv = ["runs/g/a-s0", "--record", "--split", "test", "--out", "x", "--top", "3",
+            "--record=true", "--out=y", "--record", "false", "--images", "2"]  # fmt: skip
+    assert record_options(argv, ["runs/g/a-s0"]) == [
+        "--split",
+        "test",
+        "--top",
+        "3",
+        "--images",
+        "2",
+    ]

@@ -151,6 +151,14 @@ def test_an_ablation_sweep_runs_its_steps_and_skips_recorded_runs(tmp_path, monk
     again = segbench_in_process(cmd)
     assert "done, skipped" in again
     assert "recorded for its checkpoint, skipped" in again
+    # A record of the same checkpoint made with other options (by hand) is measured again.
+    run = RunDir(tmp_path / "runs" / "probe-tiny" / "fcn8s-s0")
+    step = ["--input_size", "64", "64", "--images", "0"]
+    assert run.read()["records"]["gridding"]["options"] == step
+    run.update(lambda d: d["records"]["gridding"].__setitem__("options", ["--split", "train"]))
+    third = segbench_in_process(cmd)
+    assert "recorded for its checkpoint, skipped" not in third
+    assert run.read()["records"]["gridding"]["options"] == step
 
 
 def test_results_tables_are_rewritten_between_the_marks_only(tmp_path):

@@ -336,6 +336,10 @@ def test_segbench_claims_refuses_runs_the_recipe_did_not_train(tmp_path):
         main(args)
     assert f"{run}: trainer.max_epochs 1 (run) vs " in str(err.value)
     assert "were not trained by the recipe" in str(err.value)
+    main([*args, "--other_settings"])  # judged as they are when asked, and never published
+    assert "(fcn-8s-over-16s)" in (tmp_path / "claims.md").read_text()
+    with pytest.raises(SystemExit):
+        main([*args, "--other_settings", "--into", str(tmp_path / "page.md")])
     record(["--trainer.accelerator", "cpu", "--data.init_args.num_workers", "0"])
     main(args)  # where it ran and how it loaded its data are not the recipe
     assert "(fcn-8s-over-16s)" in (tmp_path / "claims.md").read_text()
