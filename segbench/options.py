@@ -12,6 +12,7 @@ off first with :func:`split_argv`.
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import sys
 from collections.abc import Sequence
@@ -85,6 +86,12 @@ def option_keys(*classes: type) -> dict[str, OptionKind]:
     }
 
 
+#: The ``segbench fit`` options that are not dotted keys; every other fit key has a dot
+#: (``--model.net.init_args.width``), so a plain ``--name`` a command does not know is a typo.
+FIT_TOP_KEYS = ("config", "c", "seed_everything", "print_config", "ckpt_path", "trainer", "model",
+                "data", "run", "optimizer", "lr_scheduler")  # fmt: skip
+
+
 def split_argv(
     argv: Sequence[str], keys: dict[str, OptionKind], *, runs: bool = True
 ) -> tuple[list[str], list[str], list[str]]:
@@ -132,6 +139,15 @@ def split_argv(
             raise ConfigError(
                 f"--{key} is gone: run directories are given first, positionally "
                 "(segbench TOOL RUN_DIR [RUN_DIR ...] [options])"
+            )
+        elif "." not in key and key.rstrip("+") not in FIT_TOP_KEYS:
+            # Not a fit key (those are dotted, or one of a few): a misspelt option of the command.
+            near = difflib.get_close_matches(key.rstrip("+"), list(keys), n=1, cutoff=0.6)
+            raise ConfigError(
+                f"--{key}: not an option of this command"
+                + (f" (did you mean --{near[0]}?)" if near else "")
+                + f"; its options: {', '.join('--' + k for k in keys)}; after them, segbench fit "
+                "keys (--config FILE.yaml, --model..., --data..., --trainer...)"
             )
         else:
             fit.append(word)
