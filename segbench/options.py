@@ -12,6 +12,7 @@ off first with :func:`split_argv`.
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
 import re
 import sys
@@ -47,8 +48,31 @@ class CommandParser(ArgumentParser):
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         self.print_usage(sys.stderr)
-        sys.stderr.write(f"{self.prog}: error: {' '.join(message.split())}\n")
+        sys.stderr.write(f"{self.prog}: error: {' '.join(plain_choices(message).split())}\n")
         raise SystemExit(2)
+
+
+_LITERAL = re.compile(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (\S+)")
+
+
+def plain_choices(message: str) -> str:
+    """jsonargparse's ``Expected a typing.Literal['whole', 'slide']. Got value: slid`` said as
+    ``must be one of whole, slide (did you mean slide?); got slid``."""
+
+    def plain(match: re.Match[str]) -> str:
+        try:
+            choices = [str(c) for c in ast.literal_eval(f"[{match.group(1)}]")]
+        except (ValueError, SyntaxError):
+            return match.group(0)
+        got = match.group(2)
+        near = difflib.get_close_matches(got, choices, n=1, cutoff=0.5)
+        return (
+            f"must be one of {', '.join(choices)}"
+            + (f" (did you mean {near[0]}?)" if near else "")
+            + f"; got {got}"
+        )
+
+    return _LITERAL.sub(plain, message)
 
 
 def command_parser(prog: str, description: str, *, usage: str | None = None) -> CommandParser:

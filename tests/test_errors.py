@@ -185,6 +185,12 @@ CASES: list[tuple[str, Args, int, str]] = [
     # -- config: jsonargparse names the key (exit 2) ------------------------------------------
     ("unknown key", fit("--model.net.init_args.varient", "16s"), 2, "varient"),
     ("bad choice", fit("--model.net.init_args.variant", "4s"), 2, "variant"),
+    (
+        "misspelt choice",
+        fit("--model.val_protocol.mode", "slid"),
+        2,
+        r"must be one of whole, slide \(did you mean slide\?\); got slid",
+    ),
     ("bad type", fit("--model.net.init_args.width", "wide"), 2, "width"),
     ("key prefix", fit("--trainer.max_epoch", "3"), 2, "max_epoch"),
     ("unknown data class", fit("--data", "segbench.data.Nope"), 2, "segbench.data.Nope"),
@@ -378,6 +384,18 @@ CASES: list[tuple[str, Args, int, str]] = [
         r"--out .*out\.txt: a file, not a folder",
     ),
     ("tool on a non-run", lambda w: ["erf", str(w.scratch)], 1, "not a run directory"),
+    (
+        "tool's misspelt choice",
+        lambda w: ["erf", str(w.run), "--split", "valid"],
+        2,
+        r"split.*must be one of train, val, test \(did you mean val\?\); got valid",
+    ),
+    (
+        "tool's misspelt option",
+        lambda w: ["erf", str(w.run), "--imgaes", "2"],
+        1,
+        r"--imgaes: not an option of this command \(did you mean --images\?\)",
+    ),
     (
         "summary of a run directory",
         lambda w: ["summary", str(w.run)],

@@ -61,6 +61,7 @@ from segbench.data.base import SegmentationDataModule
 from segbench.errors import CheckpointError, ConfigError, SegbenchError, listed
 from segbench.loggers import CSVMode, check_loggers, choose_wandb_mode, make_loggers, mlflow_uri
 from segbench.numerics import SegbenchTrainer
+from segbench.options import plain_choices
 from segbench.rundir import RunCheckpointIO, RunDir, WriterLock, atomic_write_text
 from segbench.task import DEFAULT_OPTIMIZER, SegmentationTask
 from segbench.trial import TrialPruning
@@ -145,7 +146,7 @@ class _Parser(LightningArgumentParser):
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         where = locate_keys(message, type(self).config_files, type(self).argv)
-        super().error(message + (f"\n  found in: {where}" if where else ""), ex)
+        super().error(plain_choices(message) + (f"\n  found in: {where}" if where else ""), ex)
 
     def print_usage(self, file: Any = None) -> None:
         # An error's usage: argparse's lists every key (about 90 lines) above the error itself.

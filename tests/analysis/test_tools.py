@@ -155,12 +155,3 @@ def test_a_record_keeps_the_options_it_measured_with_not_where_it_wrote():
         "--images",
         "2",
     ]
-
-
-def test_a_misspelt_option_of_a_tool_is_named_with_the_near_one(tmp_path):
-    """It used to go to segbench fit, whose usage then said 'unrecognized arguments'."""
-    from segbench.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=r"--imgaes: not an option of this command \(did you "
-                       r"mean --images\?\); its options: "):  # fmt: skip
-        TOOLS["erf"].main(["--config", "experiments/quickstart.yaml", "--imgaes", "2"])
