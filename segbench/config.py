@@ -23,7 +23,8 @@ class RunConfig:
     Attributes:
         name: the run's name: its directory under ``root/group`` and its W&B run name.
         group: the experiment or ablation it belongs to: W&B group and parent directory.
-        tags: W&B tags (e.g. the variant and the paper).
+        tags: W&B tags (e.g. the variant and the paper); a run is also tagged
+            ``data:<data module>`` (``data:CamVid``), the data it trained on.
         project: W&B project.
         root: directory under which runs are written.
         wandb: ``auto``: online if an API key is configured (``WANDB_API_KEY`` or ``wandb

@@ -329,12 +329,15 @@ def make_loggers(
     csv_mode: CSVMode,
     resume: bool,
     purge_step: int | None,
+    data: str | None = None,
 ) -> list[Logger]:
     """The loggers of ``run.loggers`` (see the module), the CSV run record always among them.
 
     ``run_cfg`` is the run section (:class:`segbench.config.RunConfig`); ``run_cfg.wandb`` is
     the W&B mode already chosen (``disabled``: no W&B logger). ``purge_step``: a resume's first
-    step, from which TensorBoard hides what the interrupted attempt logged.
+    step, from which TensorBoard hides what the interrupted attempt logged. ``data``: the data
+    module's class name, a W&B tag ``data:<name>`` and MLflow's tag ``segbench.data``: a run
+    is tagged with the data it trained on, which a later ``--config`` may have replaced.
     """
     check_loggers(names)
     loggers: list[Logger] = []
@@ -344,7 +347,7 @@ def make_loggers(
                 project=run_cfg.project,
                 name=run_cfg.name,
                 group=run_cfg.group,
-                tags=list(run_cfg.tags),
+                tags=[*run_cfg.tags, *([f"data:{data}"] if data else [])],
                 save_dir=str(run.path),
                 id=run.wandb_id(resume=resume),
                 resume="allow",
@@ -365,6 +368,7 @@ def make_loggers(
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         root = Path(run_cfg.root)
         tags = {"segbench.group": run_cfg.group, "segbench.run_dir": str(run.path)}
+        tags.update({"segbench.data": data} if data else {})
         tags.update({f"tag.{t}": "true" for t in run_cfg.tags})
         loggers.append(
             RunMLFlowLogger(

@@ -233,6 +233,7 @@ def test_wandb_offline_run_logs_the_flat_config_without_network(tiny):
     assert b'"8s"' in records
     assert b"data.init_args.num_train" in records
     assert b"run.group" in records
+    assert b"data:SyntheticSegmentation" in records  # the tag of the data it trained on
     assert list((runs[0].parent / "files" / "media" / "images").rglob("*.png"))  # overlays
 
 

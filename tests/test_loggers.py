@@ -148,6 +148,7 @@ def test_tensorboard_and_mlflow_get_what_wandb_gets_and_a_killed_run_stays_one_r
     assert logged.info.status == "FINISHED"
     assert logged.data.tags["tag.fcn"] == logged.data.tags["tag.probe"] == "true"
     assert logged.data.tags["segbench.group"] == "test"
+    assert logged.data.tags["segbench.data"] == "SyntheticSegmentation"
     assert logged.data.params["model.net.init_args.width"] == "0.0625"
     history = client.get_metric_history(logged.info.run_id, "val/mIoU")
     assert sorted({m.step for m in history}) == [3, 7]

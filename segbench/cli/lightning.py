@@ -523,6 +523,7 @@ class SegbenchCLI(LightningCLI):
             csv_mode=mode,
             resume=resume,
             purge_step=self._ckpt_progress[1] if self._ckpt_progress else None,
+            data=type(self.datamodule).__name__,
         )
 
     def _check_classes(self) -> None:
