@@ -53,17 +53,26 @@ class CommandParser(ArgumentParser):
 
 
 _LITERAL = re.compile(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (\S+)")
+#: A Literal or null (``Optional[Literal[...]]``): jsonargparse lists the subtypes and the errors.
+_OPTIONAL_LITERAL = re.compile(
+    r"Does not validate against any of the Union subtypes\s+"
+    r"Subtypes: \[typing\.Literal\[(.*?)\], <class 'NoneType'>\]\s+"
+    r"Errors:.*?Given value: (\S+)",
+    re.DOTALL,
+)
 
 
 def plain_choices(message: str) -> str:
     """jsonargparse's ``Expected a typing.Literal['whole', 'slide']. Got value: slid`` said as
-    ``must be one of whole, slide (did you mean slide?); got slid``."""
+    ``must be one of whole, slide (did you mean slide?); got slid`` (and its several lines for
+    a Literal or null as ``must be one of ..., null; got ...``)."""
 
-    def plain(match: re.Match[str]) -> str:
+    def plain(match: re.Match[str], null: bool = False) -> str:
         try:
-            choices = [str(c) for c in ast.literal_eval(f"[{match.group(1)}]")]
+            values = ast.literal_eval(f"[{match.group(1)}]")
         except (ValueError, SyntaxError):
             return match.group(0)
+        choices = list(dict.fromkeys(str(c) for c in values)) + (["null"] if null else [])
         got = match.group(2)
         near = difflib.get_close_matches(got, choices, n=1, cutoff=0.5)
         return (
@@ -72,6 +81,7 @@ def plain_choices(message: str) -> str:
             + f"; got {got}"
         )
 
+    message = _OPTIONAL_LITERAL.sub(lambda m: plain(m, null=True), message)
     return _LITERAL.sub(plain, message)
 
 

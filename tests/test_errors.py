@@ -191,6 +191,12 @@ CASES: list[tuple[str, Args, int, str]] = [
         2,
         r"must be one of whole, slide \(did you mean slide\?\); got slid",
     ),
+    (
+        "misspelt choice or null",
+        fit("--trainer.precision", "bf16-mix"),
+        2,
+        r"must be one of fast, .*bf16-mixed, .*, null \(did you mean bf16-mixed\?\); got bf16-mix",
+    ),
     ("bad type", fit("--model.net.init_args.width", "wide"), 2, "width"),
     ("key prefix", fit("--trainer.max_epoch", "3"), 2, "max_epoch"),
     ("unknown data class", fit("--data", "segbench.data.Nope"), 2, "segbench.data.Nope"),
