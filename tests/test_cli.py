@@ -338,9 +338,10 @@ def test_resuming_with_other_limits_under_a_poly_schedule_is_refused(tiny, capsy
     assert metrics(run_dir)["completed_epochs"] == 1
 
 
-def test_evaluation_protocols_given_with_a_checkpoint_are_the_ones_used(tiny):
+def test_evaluation_protocols_given_with_a_checkpoint_are_the_ones_used(tiny, capsys):
     """The checkpoint's hyper-parameters hold the protocols it was trained with; those given on
-    the command line (or in a config file) win: they are used and recorded."""
+    the command line (or in a config file) win: they are used and recorded. The task's other
+    settings are the checkpoint's: one given otherwise is ignored with a warning naming it."""
     run_main(["fit", *tiny()])
     run_dir = tiny.root / "test" / "tiny"
     run = ["--config", str(run_dir / "config.yaml"), "--ckpt_path", "best"]
@@ -363,6 +364,12 @@ def test_evaluation_protocols_given_with_a_checkpoint_are_the_ones_used(tiny):
     # Boundary IoU's band is an evaluation setting too: a wider band scores another bIoU.
     run_main(["validate", *run, "--model.boundary_ratio", "0.2"])
     assert record("validate")["metrics"]["val/bIoU"] != plain["metrics"]["val/bIoU"]
+    capsys.readouterr()
+    run_main(["validate", *run, "--model.ohem_thresh", "0.7"])
+    assert record("validate")["metrics"]["val/loss"] == plain["metrics"]["val/loss"]
+    assert "ignored: model.ohem_thresh 0.7 (checkpoint: None)" in capsys.readouterr().err
+    run_main(["validate", *run])
+    assert "ignored" not in capsys.readouterr().err
 
 
 def test_a_resume_applies_changed_evaluation_settings(tiny):

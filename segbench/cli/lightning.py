@@ -279,6 +279,18 @@ class SegbenchCLI(LightningCLI):
             for key, value in hparams.items()
             if key != "_instantiator" and not f"model.{key}.".startswith(RESUME_MAY_CHANGE)
         }
+        overridden = config_changes(
+            flatten(kept, "model."), flatten(self.config[sub].model, "model."), ()
+        )
+        if overridden:
+            log.warning(
+                "%s: the checkpoint's task settings hold, as its weights were trained with them; "
+                "ignored: %s",
+                sub,
+                "; ".join(
+                    f"{k} {new!r} (checkpoint: {old!r})" for k, (old, new) in overridden.items()
+                ),
+            )
         if kept:
             self.config = self.parser.parse_object({sub: {"model": kept}}, self.config)
 
