@@ -87,7 +87,8 @@ def spectral_share(features: Tensor, period: int) -> Tensor:
     power = torch.fft.fft2(x).abs().square().sum(1)  # N x h x w
     mask = lattice_mask((x.shape[-2], x.shape[-1]), period).to(x.device)
     total = power.sum(dim=(-2, -1)).clamp_min(torch.finfo(torch.float64).tiny)
-    return 100.0 * power[..., mask].sum(-1) / total
+    # A part of a sum: at most the whole (a 1x1 level is all lattice), not 100 + rounding.
+    return (100.0 * power[..., mask].sum(-1) / total).clamp(0.0, 100.0)
 
 
 def find_backbone(net: nn.Module) -> Backbone:

@@ -124,6 +124,7 @@ def test_find_backbone_for_any_segbench_network():
 
 
 def test_measure_keeps_the_training_mode_and_reports_every_level():
+    torch.manual_seed(3)  # a draw whose late levels' share rounded to 100.00000000000001
     net = DRN(3, width=1 / 16).train()
     images = torch.randn(2, 3, 32, 32)
     result = measure(net, name="drn", images=images, input_size=(32, 32))
