@@ -23,7 +23,7 @@ from typing import Any, Literal, NoReturn, TypeVar, Union, get_args, get_origin,
 
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 
-from segbench.errors import ConfigError, MissingFileError
+from segbench.errors import ConfigError
 from segbench.rundir import RunDir
 
 __all__ = [
@@ -141,8 +141,7 @@ def split_argv(
     run_dirs: list[str] = []
     while runs and argv and not argv[0].startswith("-"):
         word = argv.pop(0)
-        if not RunDir(word).is_run():
-            raise MissingFileError(f"{word}: not a run directory (no config.yaml in it)")
+        RunDir.given(word)
         run_dirs.append(word)
     own: list[str] = []
     fit: list[str] = []

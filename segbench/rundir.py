@@ -333,6 +333,22 @@ class RunDir:
     def is_run(self) -> bool:
         return self.config.is_file()
 
+    @classmethod
+    def given(cls, path: str | Path) -> RunDir:
+        """The run directory ``path`` given on a command line; a clear error if it is not one,
+        naming the run when ``path`` is one of its files (its ``config.yaml``, a checkpoint)."""
+        path = Path(path)
+        if cls(path).is_run():
+            return cls(path)
+        for run in (path.parent, path.parent.parent) if path.is_file() else ():
+            if cls(run).is_run():
+                what = "config" if path.name == cls.CONFIG else "file"
+                raise MissingFileError(
+                    f"{path}: a run's {what}, not a run directory; give the run directory: {run}"
+                    + (f" --ckpt {path}" if path.suffix == ".ckpt" else "")
+                )
+        raise MissingFileError(f"{path}: not a run directory (no config.yaml in it)")
+
     def has_checkpoints(self) -> bool:
         return self.checkpoints.is_dir() and any(self.checkpoints.glob("*.ckpt"))
 

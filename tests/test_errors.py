@@ -454,6 +454,33 @@ CASES: list[tuple[str, Args, int, str]] = [
         1,
         "no nope checkpoint",
     ),
+    (
+        "tool given a run's config.yaml",
+        lambda w: ["erf", str(w.run / "config.yaml")],
+        1,
+        r"config\.yaml: a run's config, not a run directory; give the run directory: .*trained$",
+    ),
+    (
+        "tool given a run's checkpoint",
+        lambda w: ["erf", str(w.run / "checkpoints" / "best.ckpt")],
+        1,
+        r"best\.ckpt: a run's file, not a run directory; give the run directory: "
+        r".*trained --ckpt .*best\.ckpt",
+    ),
+    (
+        "export --ckpt of a fresh network",
+        lambda w: [
+            "export",
+            "--config",
+            str(w.run / "config.yaml"),
+            "--ckpt",
+            "best",
+            "--out",
+            str(w.scratch / "fresh.onnx"),
+        ],
+        1,
+        r"--ckpt best: a checkpoint of a run directory, but no run directory is given",
+    ),
 ]
 
 

@@ -60,28 +60,34 @@ def is_run_dir(path: str) -> bool:
     return Path(path).is_dir() and RunDir(path).is_run()
 
 
-def load_model(args: list[str], *, ckpt: str = "best", network: bool = True) -> LoadedModel:
+def load_model(args: list[str], *, ckpt: str | None = None, network: bool = True) -> LoadedModel:
     """Build the network of ``args`` (a run directory first, or ``segbench fit`` arguments).
 
-    ``ckpt`` names the run's checkpoint (``best``, ``last``) or is a path to one (a missing one
-    is an error). ``network=False`` is for a caller that only reads the data: the network is
-    built on the meta device and no checkpoint is read.
+    ``ckpt`` names the run's checkpoint (``best``, the default; ``last``) or is a path to one (a
+    missing one is an error); with ``segbench fit`` arguments the network is fresh and a
+    ``ckpt`` is refused rather than ignored. ``network=False`` is for a caller that only reads
+    the data: the network is built on the meta device and no checkpoint is read.
     """
     if not args:
         raise ConfigError("give a run directory or --config FILE.yaml")
     run_dir: Path | None = None
     checkpoint: Path | None = None
-    if not args[0].startswith("-") and not is_run_dir(args[0]):
-        raise MissingFileError(f"{args[0]}: not a run directory (no config.yaml in it)")
-    if is_run_dir(args[0]):
-        run = RunDir(args[0])
+    if not args[0].startswith("-"):
+        run = RunDir.given(args[0])
         run_dir = run.path
         args = ["--config", str(run.config), *args[1:]]
         if network:
+            ckpt = ckpt or "best"
             as_path = Path(ckpt).suffix == ".ckpt"
             checkpoint = Path(ckpt) if as_path else run.require_checkpoint(ckpt)
             if not checkpoint.is_file():
                 raise MissingFileError(f"no checkpoint at {checkpoint}")
+    elif ckpt is not None and network:
+        raise ConfigError(
+            f"--ckpt {ckpt}: a checkpoint of a run directory, but no run directory is given "
+            "(with --config the network is freshly initialised); give the run directory first: "
+            f"RUN_DIR --ckpt {ckpt}"
+        )
     with contextlib.nullcontext() if network else torch.device("meta"):
         task, dm, cfg = build(args)
     if checkpoint is not None:

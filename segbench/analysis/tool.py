@@ -95,15 +95,15 @@ class Common:
     """Options every analysis tool takes.
 
     Args:
-        ckpt: checkpoint of the run directories: best, last or a path to a .ckpt file
-            (a missing one is an error, never a fallback)
+        ckpt: checkpoint of the run directories: best (default), last or a path to a .ckpt
+            file (a missing one is an error, never a fallback)
         split: the split whose images and labels are measured
         out: directory for TOOL.md, TOOL.json and TOOL.png (TOOL_<model>.png per model when
             there are several); without it, only the table on stdout
         record: store the tool's summary in each run's metrics.json (needs run directories)
     """
 
-    ckpt: str = "best"
+    ckpt: str | None = None
     split: Split = "val"
     out: Path | None = None
     record: bool = False

@@ -325,14 +325,14 @@ class ExportOptions:
 
     Args:
         out: the file to write (FILE.onnx or FILE.pt), with FILE.json beside it
-        ckpt: checkpoint of the run directory: best, last or a path to a .ckpt file (a missing
-            one is an error, never a fallback)
+        ckpt: checkpoint of the run directory: best (default), last or a path to a .ckpt file
+            (a missing one is an error, never a fallback)
         split: the split whose first image sets the default input size and is the check's input
         record: store the check's summary in the run's metrics.json (needs a run directory)
     """
 
     out: Path | None = None
-    ckpt: str = "best"
+    ckpt: str | None = None
     split: Split = "val"
     record: bool = False
 
