@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -370,6 +371,40 @@ def test_evaluation_protocols_given_with_a_checkpoint_are_the_ones_used(tiny, ca
     assert "ignored: model.ohem_thresh 0.7 (checkpoint: None)" in capsys.readouterr().err
     run_main(["validate", *run])
     assert "ignored" not in capsys.readouterr().err
+
+
+def test_a_runs_config_yaml_names_its_own_run_wherever_it_lies(tiny, monkeypatch):
+    """``--config RUN/config.yaml --ckpt_path best`` evaluates RUN: a copy of a run (its
+    config.yaml still names the original) and a relative ``run.root`` read from another folder
+    named another directory, whose checkpoint and metrics.json were used."""
+    monkeypatch.chdir(tiny.root)
+
+    def record(run_dir: Path) -> dict:
+        return json.loads((run_dir / "metrics.json").read_text())
+
+    args = tiny()
+    args[args.index("--run.root") + 1] = "runs"  # relative, as the recipes have it
+    run_main(["fit", *args])
+    original = tiny.root / "runs" / "test" / "tiny"
+    copy = tiny.root / "runs" / "archive" / "copy"
+    shutil.copytree(original, copy)
+    before = record(original)
+
+    run_main(["validate", "--config", str(copy / "config.yaml"), "--ckpt_path", "best"])
+    assert record(original) == before  # the original run is left alone
+    assert record(copy)["validate"]["checkpoint"] == str(copy / "checkpoints" / "best.ckpt")
+
+    elsewhere = tiny.root / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run_main(["test", "--config", str(original / "config.yaml"), "--ckpt_path", "last"])
+    assert record(original)["test"]["checkpoint"] == str(original / "checkpoints" / "last.ckpt")
+    assert not (elsewhere / "runs").exists()
+    # A run's location given on the command line still wins: an evaluation kept apart.
+    kept = original / "checkpoints" / "best.ckpt"
+    run_main(["validate", "--config", str(original / "config.yaml"), "--ckpt_path", str(kept),
+              "--run.name", "eval-apart"])  # fmt: skip
+    assert record(elsewhere / "runs" / "test" / "eval-apart")["validate"]["checkpoint"] == str(kept)
 
 
 def test_a_resume_applies_changed_evaluation_settings(tiny):

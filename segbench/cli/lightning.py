@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from unittest import mock
 
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import LambdaCallback, ModelCheckpoint
@@ -249,6 +250,7 @@ class SegbenchCLI(LightningCLI):
         if not sub or not self.config[sub].get("ckpt_path"):
             return
         cfg = self.config[sub]
+        self._run_at_its_config(cfg.run)
         if cfg.ckpt_path in ("best", "last"):
             cfg.ckpt_path = str(RunDir.of(cfg.run).require_checkpoint(cfg.ckpt_path))
         elif not Path(cfg.ckpt_path).is_file():
@@ -293,6 +295,41 @@ class SegbenchCLI(LightningCLI):
             )
         if kept:
             self.config = self.parser.parse_object({sub: {"model": kept}}, self.config)
+
+    @staticmethod
+    def _run_at_its_config(run: Namespace) -> None:
+        """A run's ``config.yaml`` names its run by ``run.root`` (relative to where it was made),
+        ``run.group`` and ``run.name``: given from another folder, or from a copy of the run, they
+        name another directory, whose checkpoints and ``metrics.json`` would be used instead. A
+        command with a checkpoint whose config files include a run directory's ``config.yaml``
+        works on that directory, unless the command line or a later file sets the run's
+        location."""
+        files = [Path(f) for f in _Parser.config_files]
+        runs = [
+            i
+            for i, f in enumerate(files)
+            if f.name == RunDir.CONFIG and RunDir(f.parent).metrics_file.is_file()
+        ]
+        if not runs:
+            return
+        here = files[runs[-1]].parent
+        located = ("--run.root", "--run.group", "--run.name")
+        if any(a == "--run" or a.startswith(located) for a in _Parser.argv):
+            return
+        for later in files[runs[-1] + 1 :]:
+            with contextlib.suppress(OSError, yaml.YAMLError):
+                section = (yaml.safe_load(later.read_text()) or {}).get("run") or {}
+                if isinstance(section, dict) and {"root", "group", "name"} & section.keys():
+                    return
+        named = RunDir.of(run).path
+        if named.resolve() == here.resolve():
+            return
+        log.info(
+            "the run is %s, whose config.yaml is given (its run.root/group/name name %s from here)",
+            here,
+            named,
+        )
+        run.root, run.group, run.name = str(here.parent.parent), here.parent.name, here.name
 
     @staticmethod
     def _check_own_checkpoint(path: Path, run: RunDir) -> None:
