@@ -10,7 +10,8 @@ What counts as a user error:
   derives from the built-in type a caller would catch (:class:`ConfigError` is a ``ValueError``,
   :class:`MissingFileError` a ``FileNotFoundError``, ...);
 * Lightning's ``MisconfigurationException`` (e.g. ``trainer.devices`` beyond the machine's);
-* a full disk (``ENOSPC``), wherever it happens.
+* a full disk (``ENOSPC``), wherever it happens;
+* a file or folder this user may not write or read (``EACCES``, ``EPERM``, ``EROFS``), named.
 
 Everything else is a bug, whatever its type and wherever it was raised: a ``ValueError`` from
 segbench's own code keeps its traceback. Errors raised in a data loader worker reach the main
@@ -111,9 +112,15 @@ def user_error(err: BaseException) -> BaseException | None:
         if isinstance(e, SegbenchError) or _is_misconfiguration(e):
             return e
     for e in _chain(err):
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        if isinstance(e, OSError) and (
+            e.errno == errno.ENOSPC or (e.errno in _DENIED and e.filename is not None)
+        ):
             return e
     return None
+
+
+#: A place the user cannot write (or read): permissions, or a read-only file system.
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def user_message(err: BaseException) -> str:
@@ -125,6 +132,11 @@ def user_message(err: BaseException) -> str:
     ):
         return disk_full_message(err.filename or Path.cwd()) + (
             ". Free some space (or point run.root elsewhere) and resume with --ckpt_path last."
+        )
+    if isinstance(err, OSError) and err.errno in _DENIED and not isinstance(err, SegbenchError):
+        return (
+            f"{err.filename}: {err.strerror.lower() if err.strerror else 'not allowed'}: "
+            "give this user access to it, or choose another place (run.root, --root, --out)"
         )
     text = str(err)
     match = _WORKER.search(text)

@@ -4,6 +4,7 @@ a W&B that never blocks, a full disk, overwrite and smoke runs, foreign code ref
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import pickle
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segbench import loggers
+from segbench import errors, loggers
 from segbench.cli import main
 from segbench.errors import ConfigError, SegbenchError
 from segbench.rundir import RunDir
@@ -337,6 +338,29 @@ def test_disk_full_on_checkpoint_names_the_file_and_keeps_the_previous(small_dis
     assert last.read_bytes() == before  # the previous checkpoint is intact
     assert not list(run.checkpoints.glob(".*tmp*"))
     assert load(last)["global_step"] == section(run.path)["global_step"]
+
+
+def test_a_place_this_user_cannot_write_is_one_line_naming_it(tiny, capsys, monkeypatch):
+    """A run root without write permission (or on a read-only file system) is a user error that
+    names the folder, not a traceback. As root the permission bits do not bind, so the denial is
+    made where the folder is created."""
+    locked = tiny.root / "locked"
+    mkdir = Path.mkdir
+
+    def denied(self: Path, *args, **kwargs):
+        if self == locked or locked in self.parents:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    err = fails(["fit", *tiny_args(locked)], capsys)
+    assert f"{locked}" in err
+    assert "permission denied: give this user access" in err
+    assert "Traceback" not in err
+    read_only = OSError(errno.EROFS, "Read-only file system", "/mnt/ro/runs")
+    assert errors.user_error(read_only) is read_only
+    assert errors.user_message(read_only).startswith("/mnt/ro/runs: read-only file system:")
+    assert errors.user_error(PermissionError(errno.EACCES, "Permission denied")) is None  # no path
 
 
 # -- the run directory: overwrite, smoke tests, re-fits -----------------------------------------
