@@ -3,8 +3,8 @@
 * :class:`RunFiles` keeps the run's sections of ``metrics.json`` up to date (through
   :class:`segbench.rundir.RunDir`): ``fit`` (the last and best validation, the test after fit,
   parameters, throughput, progress), ``validate`` / ``test`` (a later command's metrics with its
-  checkpoint and protocol) and ``provenance`` (how the run was made). ``segbench report`` builds
-  its tables from these files.
+  checkpoint, protocol and data) and ``provenance`` (how the run was made). ``segbench report``
+  builds its tables from these files.
 * :class:`LastCheckpoint` writes ``checkpoints/last.ckpt``, the latest training state, at the end
   of every epoch and every N steps or minutes, so a crash costs minutes, not epochs.
 * :class:`ExactResume` stores every random generator in the checkpoints and restores them, and
@@ -83,6 +83,9 @@ class RunFiles(Callback):
             ``fit`` owns the ``fit`` section (its test after fit included); ``validate`` and
             ``test`` write their own sections and never touch ``fit``'s.
         config: the flat resolved config to record with the results (``fit`` only).
+        data: the command's data section, flat as ``config`` records it (``data.class_path``,
+            ``data.init_args.*``): ``validate`` and ``test`` record what they measured on, which
+            a later ``--config`` may have changed from the data the run trained on.
         effective_batch: the effective batch the recipe states; a different one is warned about.
     """
 
@@ -92,10 +95,12 @@ class RunFiles(Callback):
         command: str = "fit",
         config: dict[str, Any] | None = None,
         effective_batch: int | None = None,
+        data: dict[str, Any] | None = None,
     ) -> None:
         self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self.command = command
         self.config = config
+        self.data = data
         self.effective_batch = effective_batch
         self.fit: dict[str, Any] = self.run.section("fit") if command == "fit" else {}
         self._train_time, self._train_images, self._tick, self._fit_start = 0.0, 0, 0.0, 0.0
@@ -228,8 +233,35 @@ class RunFiles(Callback):
                 "protocol": protocol.to_dict() if protocol is not None else None,
                 "eval_timing": self._eval_seconds(),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "data": self.data,
+                "data_changes": self._data_changes(stage),
             },
         )
+
+    def _data_changes(self, stage: str) -> dict[str, list[Any]] | None:
+        """``key -> [the run's, this command's]`` for the data keys that differ from the data the
+        run trained on (its ``config`` section): ``{}`` when it measured on the run's own data,
+        ``None`` when either side is unknown (no fit recorded a config here). Without it a
+        ``test --config RUN/config.yaml --config other_data.yaml`` replaced the section with
+        numbers of other data that read as the run's own."""
+        recorded = self.run.section("config")
+        if self.data is None or not recorded:
+            return None
+        ours = {k: v for k, v in recorded.items() if k.startswith("data.")}
+        changes = {
+            key: [ours.get(key), self.data.get(key)]
+            for key in sorted(ours.keys() | self.data.keys())
+            if ours.get(key) != self.data.get(key)
+        }
+        if changes:
+            log.info(
+                "%s measured on other data than %s trained on (metrics.json %s.data_changes): %s",
+                stage,
+                self.run.path,
+                stage,
+                ", ".join(f"{k} {new!r} (run: {old!r})" for k, (old, new) in changes.items()),
+            )
+        return changes
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
