@@ -41,6 +41,8 @@ from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from segbench.data.base import SegmentationDataModule
+from segbench.data.files import OUTPUT_SUFFIXES
+from segbench.errors import DataError
 from segbench.loggers import ResumableCSVLogger, log_validation_pictures
 from segbench.provenance import provenance
 from segbench.rundir import RunDir, atomic_write, atomic_write_text
@@ -54,6 +56,9 @@ from segbench.visualize import (
 )
 
 log = logging.getLogger("segbench")
+
+#: The files :class:`PredictionWriter` writes per image: ``<name>`` and these.
+LABEL_MAP, OVERLAY, PROBS = OUTPUT_SUFFIXES
 
 
 def datamodule_of(trainer: L.Trainer) -> SegmentationDataModule:
@@ -787,7 +792,9 @@ class PredictionWriter(BasePredictionWriter):
     * ``<name>_probs.npy``: the class probabilities, float16 ``K x H x W`` (``save_probs``).
 
     An image that could not be read is reported and skipped; the end says how many images were
-    written, in how long, and which were skipped.
+    written, in how long, and which were skipped. No file is written twice in one prediction
+    (:func:`segbench.data.files.output_names` makes the names distinct as files; a data set whose
+    test split names two images alike is refused, naming the file, rather than overwriting it).
 
     Args:
         out_dir: the folder of the files.
@@ -802,9 +809,23 @@ class PredictionWriter(BasePredictionWriter):
         self.written = 0
         self.skipped: list[tuple[str, str]] = []
         self._start = 0.0
+        self._files: set[Path] = set()
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.written, self.skipped, self._start = 0, [], time.perf_counter()
+        self._files = set()
+
+    def _path(self, name: str, suffix: str) -> Path:
+        """The file ``<name><suffix>``, claimed for this prediction: one written already (two
+        images of one name) is an error rather than overwritten."""
+        path = self.out_dir / f"{name}{suffix}"
+        if path in self._files:
+            raise DataError(
+                f"segbench predict: {path} would be written twice: two images are named "
+                f"{name!r} (rename one, or predict them into separate --out folders)"
+            )
+        self._files.add(path)
+        return path
 
     def write_on_batch_end(
         self,
@@ -837,17 +858,17 @@ class PredictionWriter(BasePredictionWriter):
         for i, (name, pred) in enumerate(zip(names, preds, strict=True)):
             img = Image.fromarray(pred, mode="P")
             img.putpalette(flat_palette)
-            img.save(self.out_dir / f"{name}.png")
+            img.save(self._path(name, LABEL_MAP))
             if self.overlays:
                 image = originals[i].cpu().permute(1, 2, 0).numpy()
                 picture = overlay(image, pred, palette, list(dm.class_names))
-                picture.save(self.out_dir / f"{name}_overlay.png")
+                picture.save(self._path(name, OVERLAY))
             if self.save_probs:
                 if prediction.get("probs") is not None:  # tiled: kept as float16
                     probs = prediction["probs"][i].numpy()
                 else:
                     probs = prediction["log_probs"][i].float().exp().to(torch.float16).cpu().numpy()
-                np.save(self.out_dir / f"{name}_probs.npy", probs)
+                np.save(self._path(name, PROBS), probs)
             self.written += 1
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
