@@ -169,6 +169,7 @@ def test_images_too_large_are_skipped_up_front_and_the_others_predicted(tiny, mo
     assert not (out / "large.png").exists()
     assert not (out / "bomb.png").exists()
     assert "large.png: 90 x 90 = 0.0081 MP is over --max_megapixels 0.006" in err
+    assert "predicting it whole would hold ~0.0013 GB" in err  # two digits, not "~0 GB"
     assert "bomb.png: 200 x 200 = 0.04 MP is over --max_megapixels 0.006" in err
     assert "tiles (--tile 1024: ~40 bytes a pixel)" in err
     run_main(
