@@ -3,8 +3,8 @@
 * :class:`RunFiles` keeps the run's sections of ``metrics.json`` up to date (through
   :class:`segbench.rundir.RunDir`): ``fit`` (the last and best validation, the test after fit,
   parameters, throughput, progress), ``validate`` / ``test`` (a later command's metrics with its
-  checkpoint and protocol) and ``provenance`` (how the run was made). ``segbench report`` builds
-  its tables from these files.
+  checkpoint, protocol and data) and ``provenance`` (how the run was made). ``segbench report``
+  builds its tables from these files.
 * :class:`LastCheckpoint` writes ``checkpoints/last.ckpt``, the latest training state, at the end
   of every epoch and every N steps or minutes, so a crash costs minutes, not epochs.
 * :class:`ExactResume` stores every random generator in the checkpoints and restores them, and
@@ -41,6 +41,8 @@ from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from segbench.data.base import SegmentationDataModule
+from segbench.data.files import OUTPUT_SUFFIXES
+from segbench.errors import DataError
 from segbench.loggers import ResumableCSVLogger, log_validation_pictures
 from segbench.provenance import provenance
 from segbench.rundir import RunDir, atomic_write, atomic_write_text
@@ -54,6 +56,9 @@ from segbench.visualize import (
 )
 
 log = logging.getLogger("segbench")
+
+#: The files :class:`PredictionWriter` writes per image: ``<name>`` and these.
+LABEL_MAP, OVERLAY, PROBS = OUTPUT_SUFFIXES
 
 
 def datamodule_of(trainer: L.Trainer) -> SegmentationDataModule:
@@ -83,6 +88,9 @@ class RunFiles(Callback):
             ``fit`` owns the ``fit`` section (its test after fit included); ``validate`` and
             ``test`` write their own sections and never touch ``fit``'s.
         config: the flat resolved config to record with the results (``fit`` only).
+        data: the command's data section, flat as ``config`` records it (``data.class_path``,
+            ``data.init_args.*``): ``validate`` and ``test`` record what they measured on, which
+            a later ``--config`` may have changed from the data the run trained on.
         effective_batch: the effective batch the recipe states; a different one is warned about.
     """
 
@@ -92,10 +100,12 @@ class RunFiles(Callback):
         command: str = "fit",
         config: dict[str, Any] | None = None,
         effective_batch: int | None = None,
+        data: dict[str, Any] | None = None,
     ) -> None:
         self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self.command = command
         self.config = config
+        self.data = data
         self.effective_batch = effective_batch
         self.fit: dict[str, Any] = self.run.section("fit") if command == "fit" else {}
         self._train_time, self._train_images, self._tick, self._fit_start = 0.0, 0, 0.0, 0.0
@@ -228,8 +238,35 @@ class RunFiles(Callback):
                 "protocol": protocol.to_dict() if protocol is not None else None,
                 "eval_timing": self._eval_seconds(),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "data": self.data,
+                "data_changes": self._data_changes(stage),
             },
         )
+
+    def _data_changes(self, stage: str) -> dict[str, list[Any]] | None:
+        """``key -> [the run's, this command's]`` for the data keys that differ from the data the
+        run trained on (its ``config`` section): ``{}`` when it measured on the run's own data,
+        ``None`` when either side is unknown (no fit recorded a config here). Without it a
+        ``test --config RUN/config.yaml --config other_data.yaml`` replaced the section with
+        numbers of other data that read as the run's own."""
+        recorded = self.run.section("config")
+        if self.data is None or not recorded:
+            return None
+        ours = {k: v for k, v in recorded.items() if k.startswith("data.")}
+        changes = {
+            key: [ours.get(key), self.data.get(key)]
+            for key in sorted(ours.keys() | self.data.keys())
+            if ours.get(key) != self.data.get(key)
+        }
+        if changes:
+            log.info(
+                "%s measured on other data than %s trained on (metrics.json %s.data_changes): %s",
+                stage,
+                self.run.path,
+                stage,
+                ", ".join(f"{k} {new!r} (run: {old!r})" for k, (old, new) in changes.items()),
+            )
+        return changes
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -755,7 +792,9 @@ class PredictionWriter(BasePredictionWriter):
     * ``<name>_probs.npy``: the class probabilities, float16 ``K x H x W`` (``save_probs``).
 
     An image that could not be read is reported and skipped; the end says how many images were
-    written, in how long, and which were skipped.
+    written, in how long, and which were skipped. No file is written twice in one prediction
+    (:func:`segbench.data.files.output_names` makes the names distinct as files; a data set whose
+    test split names two images alike is refused, naming the file, rather than overwriting it).
 
     Args:
         out_dir: the folder of the files.
@@ -770,9 +809,23 @@ class PredictionWriter(BasePredictionWriter):
         self.written = 0
         self.skipped: list[tuple[str, str]] = []
         self._start = 0.0
+        self._files: set[Path] = set()
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.written, self.skipped, self._start = 0, [], time.perf_counter()
+        self._files = set()
+
+    def _path(self, name: str, suffix: str) -> Path:
+        """The file ``<name><suffix>``, claimed for this prediction: one written already (two
+        images of one name) is an error rather than overwritten."""
+        path = self.out_dir / f"{name}{suffix}"
+        if path in self._files:
+            raise DataError(
+                f"segbench predict: {path} would be written twice: two images are named "
+                f"{name!r} (rename one, or predict them into separate --out folders)"
+            )
+        self._files.add(path)
+        return path
 
     def write_on_batch_end(
         self,
@@ -805,17 +858,17 @@ class PredictionWriter(BasePredictionWriter):
         for i, (name, pred) in enumerate(zip(names, preds, strict=True)):
             img = Image.fromarray(pred, mode="P")
             img.putpalette(flat_palette)
-            img.save(self.out_dir / f"{name}.png")
+            img.save(self._path(name, LABEL_MAP))
             if self.overlays:
                 image = originals[i].cpu().permute(1, 2, 0).numpy()
                 picture = overlay(image, pred, palette, list(dm.class_names))
-                picture.save(self.out_dir / f"{name}_overlay.png")
+                picture.save(self._path(name, OVERLAY))
             if self.save_probs:
                 if prediction.get("probs") is not None:  # tiled: kept as float16
                     probs = prediction["probs"][i].numpy()
                 else:
                     probs = prediction["log_probs"][i].float().exp().to(torch.float16).cpu().numpy()
-                np.save(self.out_dir / f"{name}_probs.npy", probs)
+                np.save(self._path(name, PROBS), probs)
             self.written += 1
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -407,6 +407,39 @@ def test_a_runs_config_yaml_names_its_own_run_wherever_it_lies(tiny, monkeypatch
     assert record(elsewhere / "runs" / "test" / "eval-apart")["validate"]["checkpoint"] == str(kept)
 
 
+def test_a_test_on_other_data_records_the_data_it_measured_on(tiny, caplog):
+    """``test --config RUN/config.yaml --config other_data.yaml`` replaces the run's ``test``
+    section; the section says which data its numbers are of (the data keys, flat, and those that
+    differ from the run's own), so they cannot pass for the run's test."""
+    run_main(["fit", *tiny()])
+    run_dir = tiny.root / "test" / "tiny"
+    run = ["--config", str(run_dir / "config.yaml"), "--ckpt_path", "best"]
+
+    def record(stage: str) -> dict:
+        return json.loads((run_dir / "metrics.json").read_text())[stage]
+
+    run_main(["test", *run])
+    own = record("test")
+    recorded = metrics(run_dir)["config"]
+    assert own["data"] == {k: v for k, v in recorded.items() if k.startswith("data.")}
+    assert own["data"]["data.class_path"] == "segbench.data.SyntheticSegmentation"
+    assert own["data_changes"] == {}
+    other = tiny.root / "other_data.yaml"
+    other.write_text("data:\n  init_args:\n    seed: 7\n    num_test: 4\n")
+    with caplog.at_level("INFO", logger="segbench"):
+        run_main(["test", *run, "--config", str(other)])
+    measured = record("test")
+    assert measured["data"]["data.init_args.seed"] == 7
+    assert measured["data_changes"] == {
+        "data.init_args.num_test": [6, 4],
+        "data.init_args.seed": [0, 7],
+    }
+    assert measured["eval_timing"]["images"] == 4
+    assert "test measured on other data than" in caplog.text
+    run_main(["validate", *run, "--config", str(other)])
+    assert record("validate")["data_changes"] == measured["data_changes"]
+
+
 def test_a_resume_applies_changed_evaluation_settings(tiny):
     """docs/how-to/resume.md: the evaluation protocols may change on a resume; they then apply
     (what config.yaml and metrics.json record is what the task was built with)."""

@@ -8,9 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from segbench.callbacks import PredictionWriter
 from segbench.cli import main
 from segbench.cli.lightning import build
 from segbench.data.files import batches_by_size, find_images, output_names
+from segbench.errors import DataError
 from tests.helpers import run_main
 
 
@@ -42,6 +44,15 @@ def test_output_names_are_distinct():
     paths = [Path("/d/a/x.png"), Path("/d/b/x.png"), Path("/d/b/y.png"), Path("/d/b/y.jpg")]
     assert output_names(paths) == ["a_x", "b_x", "b_y_png", "b_y_jpg"]  # each says which
     assert output_names(paths[2:3]) == ["y"]
+    # Distinct as files too: x_overlay's label map would be x's overlay (x_overlay.png).
+    clash = [Path("/d/x.png"), Path("/d/x_overlay.png"), Path("/d/x_overlay_overlay.jpg")]
+    assert output_names(clash) == ["x", "x_overlay_png", "x_overlay_overlay_jpg"]
+    assert output_names(clash[1:]) == ["x_overlay", "x_overlay_overlay_jpg"]
+    # Names made to meet the renamed one are numbered rather than overwritten.
+    made = [*clash[:2], Path("/d/x_overlay_png.jpg")]
+    names = output_names(made)
+    files = [n + suffix for n in names for suffix in (".png", "_overlay.png", "_probs.npy")]
+    assert len(set(files)) == len(files) == 9
 
 
 def test_batches_hold_one_size_each():
@@ -104,6 +115,40 @@ def test_predict_names_a_folder_without_images(tiny, capsys):
     assert f"--images {empty}: the folder holds no image file" in capsys.readouterr().err
 
 
+def test_no_output_file_is_written_twice(tiny):
+    """x.png and x_overlay.png in one folder: the label map of the second used to overwrite the
+    overlay of the first (both x_overlay.png). The second's files take its extension."""
+    run_main(["fit", *tiny()])
+    config = str(tiny.root / "test" / "tiny" / "config.yaml")
+    images = tiny.root / "images"
+    images.mkdir()
+    Image.new("RGB", (64, 48), (90, 160, 60)).save(images / "x.png")
+    Image.new("RGB", (40, 32), (200, 30, 30)).save(images / "x_overlay.png")
+    out = tiny.root / "out"
+    run_main(["predict", "--config", config, "--ckpt_path", "best", "--images", str(images),
+              "--out", str(out), "--save_probs", "true"])  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "x.png",
+        "x_overlay.png",
+        "x_overlay_png.png",
+        "x_overlay_png_overlay.png",
+        "x_overlay_png_probs.npy",
+        "x_probs.npy",
+    ]
+    overlay = Image.open(out / "x_overlay.png")  # x's overlay: its image, then the legend
+    assert overlay.mode == "RGB"
+    assert overlay.height == 48
+    assert overlay.width > 64
+    labels = Image.open(out / "x_overlay_png.png")  # x_overlay's label map, at its size
+    assert labels.mode == "P"
+    assert labels.size == (40, 32)
+    # The writer's own guard: a file already written in this prediction is refused, named.
+    writer = PredictionWriter(out)
+    writer._path("a", ".png")
+    with pytest.raises(DataError, match=r"a\.png would be written twice: two images are named"):
+        writer._path("a", ".png")
+
+
 def test_images_too_large_are_skipped_up_front_and_the_others_predicted(tiny, monkeypatch, capsys):
     """Over --max_megapixels: each is reported with its size and what to do, before anything is
     predicted, and costs the others nothing. segbench's limit is the one that counts: Pillow's
@@ -124,6 +169,7 @@ def test_images_too_large_are_skipped_up_front_and_the_others_predicted(tiny, mo
     assert not (out / "large.png").exists()
     assert not (out / "bomb.png").exists()
     assert "large.png: 90 x 90 = 0.0081 MP is over --max_megapixels 0.006" in err
+    assert "predicting it whole would hold ~0.0013 GB" in err  # two digits, not "~0 GB"
     assert "bomb.png: 200 x 200 = 0.04 MP is over --max_megapixels 0.006" in err
     assert "tiles (--tile 1024: ~40 bytes a pixel)" in err
     run_main(

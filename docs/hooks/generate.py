@@ -326,20 +326,43 @@ def notebook_imports() -> dict[str, list[tuple[str, str]]]:
     return found
 
 
+def public_api() -> list[tuple[str, Any]]:
+    """``(name, object)`` of what ``segbench`` declares public (its ``__all__``), in that order:
+    the functions and classes (``__version__`` is no API to document). Declared rather than
+    found in the notebooks, which use none of it: the page omitted ``segbench.load``."""
+    import segbench
+
+    out = []
+    for name in segbench.__all__:
+        obj = getattr(segbench, name)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            out.append((name, obj))
+    return out
+
+
 def python_api() -> str:
     from segbench.cli.lightning import build
 
+    parts = ["## The public API: `segbench`\n\n"]
+    parts.append(
+        "What `import segbench` declares (`segbench.__all__`): a trained run as a function from "
+        "images to label maps ([predict from Python](../how-to/python-api.md)).\n"
+    )
+    seen = {(build.__module__, build.__qualname__)}
+    for name, obj in public_api():
+        seen.add((inspect.getmodule(obj).__name__, obj.__qualname__))
+        parts.append("\n" + api_block(obj, heading_level=3, show_root_full_path=False))
+        parts.append(f"\nImported as `segbench.{name}` (`from segbench import {name}`).\n")
     imports = notebook_imports()
     used: dict[tuple[str, str], list[str]] = {}
     for nb, pairs in imports.items():
         for pair in pairs:
             used.setdefault(pair, []).append(nb)
-    parts = ["## Building a config in Python\n\n", api_block(build, heading_level=3)]
+    parts += ["\n## Building a config in Python\n\n", api_block(build, heading_level=3)]
     parts.append("\n## What the notebooks import\n\n| import | used in |\n|---|---|\n")
     for (module, name), nbs in sorted(used.items()):
         where = ", ".join(f"`notebooks/{n}`" for n in nbs)
         parts.append(f"| `from {module} import {name}` | {where} |\n")
-    seen = {(build.__module__, build.__qualname__)}
     for (module, name), _ in sorted(used.items()):
         obj = getattr(importlib.import_module(module), name)
         key = (inspect.getmodule(obj).__name__, obj.__qualname__)

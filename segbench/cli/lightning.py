@@ -609,6 +609,7 @@ class SegbenchCLI(LightningCLI):
                 self.subcommand or "fit",
                 flatten(self.cfg) if self.subcommand == "fit" else None,
                 effective_batch=cfg.effective_batch,
+                data=flatten(self.cfg.data, "data."),
             ),
             SegmentationVisualizer(run.path),
             ExactResume(),

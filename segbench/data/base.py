@@ -170,6 +170,12 @@ class ResumableLoader(DataLoader):
             sampler.skip = state["batches"] * int(self.batch_size or 1)
 
 
+def two_digits(x: float) -> str:
+    """``x`` to two significant digits, without an exponent for a size a message shows
+    (``0.21``, ``6.3``, ``160``): ``:.0f`` said a 1.35 MP image "would hold ~0 GB"."""
+    return f"{float(f'{x:.2g}'):g}"
+
+
 class SegmentationDataModule(L.LightningDataModule):
     """Base class: subclasses set the class list and implement :meth:`build_dataset`.
 
@@ -371,9 +377,10 @@ class SegmentationDataModule(L.LightningDataModule):
                 path, width, height, pixels / 1e6, limit / 1e6, self.predict_tile,
             )  # fmt: skip
             return None
+        gigabytes = two_digits(pixels * 170 / 2**30)
         return (
             f"{width} x {height} = {pixels / 1e6:.3g} MP is over --max_megapixels "
-            f"{limit / 1e6:g}: predicting it whole would hold ~{pixels * 170 / 2**30:.0f} GB; "
+            f"{limit / 1e6:g}: predicting it whole would hold ~{gigabytes} GB; "
             "predict it in tiles (--tile 1024: ~40 bytes a pixel), or raise --max_megapixels "
             "where the memory is there"
         )

@@ -390,9 +390,31 @@ def _glob_regex(pattern: Path) -> re.Pattern[str]:
     return re.compile(out)
 
 
+#: What ``segbench predict`` appends to an image's output name for each file it may write (the
+#: label map, the overlay, the probabilities), extension included.
+OUTPUT_SUFFIXES = (".png", "_overlay.png", "_probs.npy")
+
+
 def output_names(paths: Sequence[Path]) -> list[str]:
     """A distinct output name per image: its stem, or where stems repeat (``a/x.png``,
-    ``b/x.jpg``) its path's parts joined with ``_`` (``a_x``, ``b_x``)."""
+    ``b/x.jpg``) its path's parts joined with ``_`` (``a_x``, ``b_x``).
+
+    Distinct as the files ``segbench predict`` writes from them (``<name>.png``,
+    ``<name>_overlay.png``, :data:`OUTPUT_SUFFIXES`), not only as names: ``x.png`` and
+    ``x_overlay.png`` in one folder would write the label map of the second over the overlay of
+    the first, so the name that is another's overlay takes its extension (``x_overlay_png``)."""
+    names = _distinct_stems(paths)
+    overlays = {f"{n}_overlay" for n in names}
+    names = [f"{n}_{p.suffix.lower().lstrip('.')}" if n in overlays else n
+             for n, p in zip(names, paths, strict=True)]  # fmt: skip
+    files = [n + suffix for n in names for suffix in OUTPUT_SUFFIXES]
+    if len(set(files)) < len(files):  # names made to meet the renamed ones: numbered, distinct
+        names = [f"{n}_{i}" for i, n in enumerate(names)]
+    return names
+
+
+def _distinct_stems(paths: Sequence[Path]) -> list[str]:
+    """Each image's stem, or, where stems repeat, its path below the common folder."""
     stems = [p.stem for p in paths]
     repeated = {s for s in stems if stems.count(s) > 1}
     if not repeated:

@@ -92,6 +92,15 @@ class Prediction:
 def as_uint8_image(image: ImageInput) -> Tensor:
     """One image input as ``uint8 3 x H x W`` RGB (what ``segbench predict`` reads a file as)."""
     if isinstance(image, str | Path):
+        if Path(image).expanduser().is_dir():
+            # One path in, one Prediction out: a folder's images are a list, which says their
+            # order (reading it gave "Is a directory").
+            raise DataError(
+                f"{image}: a folder, not an image; give its images as a list, as segbench "
+                f"predict --images {image} takes them (recursively, sorted): "
+                f"model.predict(find_images([{str(image)!r}])), with "
+                "from segbench.data.files import find_images"
+            )
         return read_image(Path(image))
     if isinstance(image, Image.Image):
         return image_tensor(image)

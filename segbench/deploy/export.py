@@ -35,6 +35,11 @@ agree. It passes when the difference is at most ``--rtol`` (default 1e-3) times 
 absolute PyTorch logit (plus 1e-5) and the labels agree at every pixel whose top two PyTorch
 logits are further apart than twice that; a model that fails is removed (``FILE`` is written
 only once it passed) and the command exits with an error. Also printed: the file size.
+Where the run's data cannot be read (its folder gone, another machine) and ``--input_size`` is
+given, the check's image is a synthetic one instead (:func:`synthetic_image`: seeded smooth
+noise, normalised like the data), and the output and ``FILE.json`` (``check_input``) say so; the
+network needs no data to be exported, only its check needs an image. Without ``--input_size``
+the export size is the data image's, and an unreadable data set is an error that says to give one.
 
 **Beside it,** ``FILE.json`` (the file name with ``.json`` appended: ``model.onnx.json``): the
 class names, palette and void label, the normalisation (``mean``, ``std`` on the 0..1 scale: the
@@ -65,7 +70,7 @@ from torch import Tensor, nn
 import segbench
 from segbench.analysis.loading import LoadedModel, load_model
 from segbench.data.base import Split
-from segbench.errors import ConfigError, SegbenchError
+from segbench.errors import ConfigError, SegbenchError, UnreadableFileError
 from segbench.options import CommandParser, command_parser, option_keys, options_of, split_argv
 from segbench.rundir import RunDir, atomic_write_json
 from segbench.tables import markdown_table
@@ -243,6 +248,9 @@ class Export:
     checks: list[Check]
     metadata: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: What the check ran on (:func:`check_image`): ``source`` ``data`` (the first image of
+    #: ``split``) or ``synthetic`` (with the ``reason`` the data could not be read).
+    check_input: dict[str, Any] = field(default_factory=dict)
 
     def markdown(self) -> str:
         lines = [
@@ -264,14 +272,28 @@ class Export:
         ]
         lines.append(markdown_table(header, rows).rstrip("\n"))
         secs = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
-        lines += ["", f"Exported model against PyTorch's logits (float32, CPU). Time: {secs}."]
+        lines += [
+            "",
+            f"Exported model against PyTorch's logits (float32, CPU) on {self._input_words()}. "
+            f"Time: {secs}.",
+        ]
         return "\n".join(lines) + "\n"
+
+    def _input_words(self) -> str:
+        given = self.check_input
+        if given.get("source") != "synthetic":
+            return f"the first {given.get('split', 'val')} image"
+        return (
+            "a synthetic image (seeded smooth noise), as the "
+            f"{given.get('split', 'val')} data cannot be read: {given.get('reason')}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "file": self.file,
             "format": self.format,
             "bytes": self.bytes,
+            "check_input": self.check_input,
             "checks": [asdict(c) | {"passed": c.passed} for c in self.checks],
             "seconds": self.seconds,
             "metadata": self.metadata,
@@ -306,7 +328,7 @@ class Options:
     Args:
         format: onnx or torchscript (default: from the suffix of --out: .onnx, .pt or .ts)
         input_size: height and width of the export (default: the size of the first image of
-            --split)
+            --split); with it, a run whose data cannot be read is checked on a synthetic image
         dynamic: free batch, height and width axes (any size), checked at the export size and
             at (H + 19, W + 45)
         rtol: the check's tolerance on |exported - PyTorch| logits, relative to the largest
@@ -346,6 +368,49 @@ def export_format(options: Options, out: Path) -> Format:
         f"--out {out}: cannot tell the format from the suffix {out.suffix!r}: give --format onnx "
         f"or --format torchscript (or name the file {out.stem}.onnx or {out.stem}.pt)"
     )
+
+
+def synthetic_image(size: tuple[int, int], mean: Any, std: Any) -> Tensor:
+    """A ``3 x H x W`` image for the check where the data cannot be read: seeded smooth noise
+    (uniform RGB on an eighth of the size, upsampled bilinearly) normalised as the data is
+    (``(rgb - mean) / std``), so the network sees values of a real image's range and the same
+    export always gets the same check."""
+    h, w = size
+    gen = torch.Generator().manual_seed(0)
+    coarse = torch.rand(1, 3, max(1, h // 8), max(1, w // 8), generator=gen)
+    rgb = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[0]
+    mean_, std_ = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    return ((rgb - mean_) / std_).float().contiguous()
+
+
+def check_image(
+    model: LoadedModel, split: Split, size: tuple[int, int] | None
+) -> tuple[Tensor, dict[str, Any]]:
+    """The check's image and what it is (:attr:`Export.check_input`): the first image of
+    ``split``, or, where the data cannot be read and ``size`` is given, :func:`synthetic_image`.
+    Without ``size`` the export size is that image's: its data is needed, and the error says to
+    give ``--input_size``."""
+    dm = model.datamodule
+    try:
+        image = dm.unaugmented(split)[0]["image"].float()
+    except (SegbenchError, OSError) as err:
+        if size is None:
+            kind = type(err) if isinstance(err, SegbenchError) else UnreadableFileError
+            raise kind(
+                f"segbench export: the export size is the first {split} image's, and the "
+                f"{split} data of {model.name} cannot be read ({err}); give --input_size H W "
+                "to export without the data (checked on a synthetic image)"
+            ) from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.warning(
+            "export: the %s data cannot be read (%s); checking on a synthetic %d x %d image",
+            split,
+            reason,
+            *size,
+        )
+        synthetic = synthetic_image(size, dm.mean, dm.std)
+        return synthetic, {"source": "synthetic", "split": split, "reason": reason}
+    return image, {"source": "data", "split": split, "reason": None}
 
 
 def check_inputs(image: Tensor, size: tuple[int, int], dynamic: bool) -> list[Tensor]:
@@ -429,11 +494,14 @@ def export(model: LoadedModel, options: Options, out: Path, split: Split = "val"
     logits (:class:`ExportCheckError` otherwise, and nothing is written)."""
     validate(options, out)
     fmt = export_format(options, out)
-    image = model.datamodule.unaugmented(split)[0]["image"]
-    h, w = options.input_size or image.shape[-2:]
+    given = options.input_size
+    if given is not None:
+        given = (int(given[0]), int(given[1]))
+    image, check_input = check_image(model, split, given)
+    h, w = given or image.shape[-2:]
     size = (int(h), int(w))
     module = exportable(model.net)
-    batches = check_inputs(image.float(), size, options.dynamic)
+    batches = check_inputs(image, size, options.dynamic)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     seconds: dict[str, float] = {}
@@ -465,9 +533,12 @@ def export(model: LoadedModel, options: Options, out: Path, split: Split = "val"
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    result = Export(str(out), fmt, out.stat().st_size, checks, seconds=seconds)
+    result = Export(
+        str(out), fmt, out.stat().st_size, checks, seconds=seconds, check_input=check_input
+    )
     result.metadata = metadata(model, fmt, size, options.dynamic)
     result.metadata["check"] = result.to_json()["checks"]
+    result.metadata["check_input"] = check_input
     atomic_write_json(f"{out}.json", result.metadata)
     log.info("export: wrote %s and %s.json", out, out)
     return result

@@ -94,6 +94,24 @@ def test_a_bad_input_is_named(trained, image, message):
         model.predict(image)
 
 
+def test_a_folder_is_refused_with_the_call_that_predicts_its_images(trained):
+    """A folder used to fail 'Is a directory' while the command line takes folders: the error
+    names it and gives the call that predicts its images as the command takes them."""
+    from segbench.data.files import find_images
+
+    model = segbench.load(trained / "test" / "api")
+    folder = trained / "images"
+    for given in (folder, str(folder), [folder]):
+        with pytest.raises(DataError, match=f"{re.escape(str(folder))}: a folder, not an image"):
+            model.predict(given)  # type: ignore[arg-type]
+    hint = f"model.predict(find_images([{str(folder)!r}]))"
+    with pytest.raises(DataError, match=re.escape(hint)):
+        model.predict(folder)
+    images = find_images([str(folder)])  # the call the message gives
+    assert images == sorted(folder.glob("*.png"))
+    assert [r.labels.shape for r in model.predict(images)] == [(37, 91)] + [(64, 64)] * 3
+
+
 def test_the_docs_example_runs_as_written(trained, tmp_path, monkeypatch, capsys):
     page = (REPO / "docs" / "how-to" / "python-api.md").read_text()
     code = re.search(r"```python\n(.*?)```", page, re.S)

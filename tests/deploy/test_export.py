@@ -94,6 +94,43 @@ def test_a_static_export_takes_its_size_only(nudged, tmp_path):
     assert meta["output"]["shape"] == [1, len(CLASS_NAMES), 64, 96]
     with pytest.raises(Exception, match=r"(?i)dimension|shape"):
         run_model(out, "onnx", torch.randn(2, 3, 64, 96))
+    # The data is there: the check ran on its first validation image, resized.
+    assert meta["check_input"] == {"source": "data", "split": "val", "reason": None}
+
+
+def test_without_its_data_a_model_exports_at_a_given_size_checked_on_a_synthetic_image(
+    nudged, tmp_path, capsys
+):
+    """The network needs no data to be exported; only the check needs an image. A model whose
+    data folder is gone exports with --input_size, checked on a seeded synthetic image (said in
+    the output and the side-car); without --input_size the error says to give one."""
+    gone = tmp_path / "gone"
+    args = [*fresh_args(tmp_path, "FCN"), "--data", "segbench.data.FolderSegmentation",
+            "--data.init_args.root", str(gone), "--data.init_args.num_classes", "3",
+            "--model.class_weights", "null", "--dynamic"]  # fmt: skip
+    out = tmp_path / "fcn.onnx"
+    with pytest.raises(SystemExit) as exit_:
+        segbench(["export", *args, "--out", str(out)])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert f"data root {gone} is not a directory" in err
+    assert "give --input_size H W" in err
+    assert not out.exists()
+    result = export.main([*args, "--input_size", "64", "48", "--out", str(out)])
+    assert [(c.batch, c.size) for c in result.checks] == [(1, (64, 48)), (2, (83, 93))]
+    assert all(c.passed and c.tolerance > 10 * export.ATOL for c in result.checks)
+    reason = f"data root {gone} is not a directory"
+    assert sidecar(out)["check_input"] == {"source": "synthetic", "split": "val", "reason": reason}
+    assert (
+        f"on a synthetic image (seeded smooth noise), as the val data cannot be read: {reason}"
+        in (capsys.readouterr().out)
+    )
+    # The same export gets the same check: the synthetic image is seeded.
+    again = export.main([*args, "--input_size", "64", "48", "--out", str(out)])
+    assert [c.max_abs_diff for c in again.checks] == [c.max_abs_diff for c in result.checks]
+    image = export.synthetic_image((64, 48), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert image.shape == (3, 64, 48)
+    assert -2.0 <= float(image.min()) < float(image.max()) <= 2.0
 
 
 class Wrong(nn.Module):
