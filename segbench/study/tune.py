@@ -20,7 +20,8 @@ Each trial is ``segbench fit --config BASE... --KEY VALUE...`` in ``ROOT/GROUP/t
 (``--jobs N`` here, ``--launcher slurm`` through submitit). The study lives in
 ``ROOT/GROUP/study.journal`` (Optuna's journal file, which several ``segbench tune`` processes
 can share: start the same command on two machines and they split the trials); a killed ``tune``
-is continued by the same command, which resumes the trials it left running. The sampler (TPE by
+is continued by the same command, which resumes the trials it left running (one whose run had
+ended is told to the study as it ended, not trained again). The sampler (TPE by
 default, seeded) proposes; the pruner (median by default) stops trials that fall behind, from
 the metric each validation reports. Trial 0 is the base config itself (its values of the space's
 keys), so the untuned recipe is measured under the same budget.
@@ -350,6 +351,20 @@ class Tuner:
             found.append(t)
         return found
 
+    def ended(self, frozen: Any) -> bool:
+        """Whether the run of a trial left running had ended all the same (complete, pruned or
+        diverged: :func:`objective`), trained with this trial's values: its ``tune`` stopped
+        between the fit's end and telling the study. Resumed from its ``last.ckpt``, a pruned
+        run would train on and be pruned again, epochs later than the study is told."""
+        run = self.run_dir(frozen.number)
+        if objective(run, self.space)[0] == "fail":
+            return False
+        data = run.read()
+        config = data.get("config") or {}
+        return (data.get("trial") or {}).get("number") == frozen.number and all(
+            config.get(key) == value for key, value in frozen.params.items()
+        )
+
     def counted(self) -> int:
         optuna = import_optuna()
         s = optuna.trial.TrialState
@@ -360,8 +375,19 @@ class Tuner:
         """Run one round of at most ``jobs`` trials; False when the budget is spent."""
         optuna = import_optuna()
         batch: list[tuple[Any, dict[str, Any], bool]] = []
-        for frozen in self.orphans()[: self.jobs]:
+        for frozen in self.orphans():
             trial = optuna.trial.Trial(self.study, frozen._trial_id)
+            if self.ended(frozen):
+                log.info(
+                    "trial %d: left running by a stopped tune after its run had ended: told "
+                    "now, not trained again",
+                    frozen.number,
+                )
+                self.tell(trial)
+                progress.update(1)
+                continue
+            if len(batch) == self.jobs:
+                continue
             trial.set_user_attr(WORKER_ATTR, str(self.worker.path))
             state = self.run_dir(frozen.number).state()
             log.info("trial %d: left running by a stopped tune, resumed", frozen.number)

@@ -194,6 +194,42 @@ def test_a_pruned_trial_stops_early_and_is_recorded_as_pruned(tmp_path, capsys):
     assert "2 trials: 0 complete, 2 pruned" in out
 
 
+class DiedError(Exception):
+    """The ``tune`` process dying where it would tell the study a trial's result."""
+
+
+def test_a_trial_whose_run_ended_before_its_tune_died_is_told_not_trained_again(
+    tmp_path, capsys, monkeypatch
+):
+    """``tune`` stops between a trial's fit (pruned at epoch 1 of 3) and telling the study, so
+    the study holds the trial as running. The same command tells the study what the run
+    recorded; it used to resume the run from its last.ckpt, train a third epoch and be pruned
+    again at epoch 2, which the study then stored."""
+    cmd = tune_command(
+        tmp_path, "--trials", "1", "--pruner", "threshold", "--threshold", "1.5", "--warmup", "1",
+        epochs=3,
+    )  # fmt: skip
+
+    def die(self: tune.Tuner, trial: object) -> None:
+        raise DiedError
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tune.Tuner, "tell", die)
+        with pytest.raises(DiedError):
+            run_tune(cmd, capsys)
+    group = tmp_path / "runs" / "space-tune"
+    study = optuna.load_study(study_name=None, storage=tune.journal(group / tune.STUDY_FILE))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]
+    metrics_file = group / "trial-000" / "metrics.json"
+    recorded = metrics_file.read_text()
+    assert json.loads(recorded)["trial"]["pruned_at_epoch"] == 1
+    _, logged = run_tune(cmd, capsys)
+    assert [(r["state"], r["pruned at epoch"]) for r in trials_of(group)] == [("pruned", "1")]
+    assert metrics_file.read_text() == recorded
+    assert "space-tune/trial-000" not in logged  # the launcher names each run it launches
+    assert "trial 0: left running by a stopped tune after its run had ended" in logged
+
+
 def test_a_diverging_trial_is_told_as_pruned_so_the_sampler_avoids_it(tmp_path, capsys):
     space = {"space": {"model.optimizer.init_args.lr": {"choices": [1.0e6]}}}
     cmd = tune_command(tmp_path, "--trials", "1", "--pruner", "none", "--base_trial", "false")
