@@ -21,10 +21,12 @@ Each trial is ``segbench fit --config BASE... --KEY VALUE...`` in ``ROOT/GROUP/t
 ``ROOT/GROUP/study.journal`` (Optuna's journal file, which several ``segbench tune`` processes
 can share: start the same command on two machines and they split the trials); a killed ``tune``
 is continued by the same command, which resumes the trials it left running (one whose run had
-ended is told to the study as it ended, not trained again). The sampler (TPE by
-default, seeded) proposes; the pruner (median by default) stops trials that fall behind, from
-the metric each validation reports. Trial 0 is the base config itself (its values of the space's
-keys), so the untuned recipe is measured under the same budget.
+ended is told to the study as it ended, not trained again). The sampler (TPE by default)
+proposes, seeded with ``--seed`` in a fresh study's first process and from the seed, the trials
+held and the worker's slot in a process that continues or shares a study; the pruner (median by
+default) stops trials that fall behind, from the metric each validation reports. Trial 0 is the
+base config itself (its values of the space's keys), so the untuned recipe is measured under the
+same budget.
 
 At the end, in ``ROOT/GROUP/``: ``best.yaml`` (the best trial's values, a config that composes
 after the base: ``segbench fit --config BASE --config ROOT/GROUP/best.yaml``), ``trials.csv``,
@@ -36,6 +38,7 @@ trial as a line through its values). Tuning reads the validation split only.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import math
@@ -249,23 +252,87 @@ def _get(cfg: Namespace, key: str) -> Any:
 
 
 # -- the study ----------------------------------------------------------------------------------
-def make_sampler(name: str, seed: int) -> Any:
+def make_sampler(name: str, seed: int, *, trials: int = 0, worker: int = 0) -> Any:
+    """The sampler of a ``tune`` process that joins a study holding ``trials`` trials as worker
+    ``worker`` (:func:`claim_slot`): seeded with ``seed`` for the first worker of a fresh study
+    (a study of one process is reproducible from its seed), else with a seed drawn from the
+    three. The seed alone would propose the values of the study's first trials again: in a
+    continued study (TPE's first 10 trials are random draws) and in every worker started
+    together."""
     optuna = import_optuna()
+    if trials or worker:
+        digest = hashlib.sha256(f"{seed}/{trials}/{worker}".encode()).digest()
+        seed = int.from_bytes(digest[:4], "little")
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def open_study(
-    group_dir: Path, group: str, space: SearchSpace, *, sampler: Any, pruner: dict[str, Any]
-) -> Any:
+def claim_slot(group_dir: Path) -> tuple[WriterLock, int]:
+    """The lowest worker slot of the study in ``group_dir`` that no live ``tune`` process holds,
+    and its lock (held until released or the process ends, however it ends): workers started
+    together get slots 0, 1, ..., and a lone or restarted one slot 0. Its lock file stays:
+    removing it while another process opens it would let two processes hold one slot."""
+    slot = 0
+    while True:
+        lock = WriterLock(group_dir / f".tune-slot-{slot}", f"tune worker slot {slot}")
+        try:
+            return lock.acquire(), slot
+        except BusyError:
+            slot += 1
+
+
+def join_study(
+    group_dir: Path,
+    group: str,
+    space: SearchSpace,
+    *,
+    sampler: str,
+    seed: int,
+    pruner: dict[str, Any],
+    base: dict[str, Any] | None = None,
+) -> tuple[Any, WriterLock]:
+    """This process's part in the group's study: a worker slot (:func:`claim_slot`), the study
+    (:func:`open_study`) with a sampler seeded for this worker and the trials the study holds
+    (:func:`make_sampler`), and, from the first worker of an empty study, ``base`` (the base
+    config's values) queued as its first trial; only the first, or two workers started together
+    would each queue it. Returns the study and the slot's lock, which the caller releases."""
+    slot, worker = claim_slot(group_dir)
+    try:
+        study = open_study(group_dir, group, space, pruner=pruner)
+        held = len(study.trials)
+        study.sampler = make_sampler(sampler, seed, trials=held, worker=worker)
+        if held or worker:
+            log.info(
+                "%s: worker %d joins a study of %d trial(s): its sampler is seeded from --seed "
+                "%d, the trials and the worker",
+                group,
+                worker,
+                held,
+                seed,
+            )
+        if base is not None and not held and not worker:
+            inside = {k: v for k, v in base.items() if _inside(space.params[k], v)}
+            if len(inside) == len(base):
+                study.enqueue_trial(inside)
+            else:
+                log.warning(
+                    "the base config's values %s are not all inside the space: no base trial", base
+                )
+    except BaseException:
+        slot.release()
+        raise
+    return study, slot
+
+
+def open_study(group_dir: Path, group: str, space: SearchSpace, *, pruner: dict[str, Any]) -> Any:
     """The group's study: created with the space and the pruner recorded (the trials' fits
-    read them), or loaded and checked against them."""
+    read them), or loaded and checked against them. Its sampler is Optuna's default until the
+    caller sets one (:func:`join_study`)."""
     optuna = import_optuna()
     study = optuna.create_study(
         study_name=group,
         storage=journal(group_dir / STUDY_FILE),
-        sampler=sampler,
         direction=space.direction,
         load_if_exists=True,
     )
@@ -562,7 +629,13 @@ def parser() -> Any:
     p.add_argument("--trials", type=int, default=16, help="trials in the study, all processes")
     p.add_argument("--root", default="runs", help="trials go to ROOT/GROUP/trial-NNN", type=str)
     p.add_argument("--sampler", choices=("tpe", "random"), default="tpe", type=str)
-    p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the sampler's seed (of a fresh study's first process; a process that continues or "
+        "shares a study draws its own from it)",
+    )
     p.add_argument(
         "--pruner",
         choices=("median", "hyperband", "threshold", "none"),
@@ -644,28 +717,23 @@ def run_study(
     group_dir = root / group
     optuna = import_optuna()
     spec = {"name": pruner, "warmup": warmup, "threshold": threshold, "direction": space.direction}
-    study = open_study(group_dir, group, space, sampler=make_sampler(sampler, seed), pruner=spec)
-    if base_trial and not study.trials:
-        inside = {k: v for k, v in base_values.items() if _inside(space.params[k], v)}
-        if len(inside) == len(base_values):
-            study.enqueue_trial(inside)
-        else:
-            log.warning(
-                "the base config's values %s are not all inside the space: no base trial",
-                base_values,
-            )
-    worker = WriterLock(
-        group_dir / f".tune-{socket.gethostname()}-{os.getpid()}.worker", "tune worker"
-    ).acquire()
+    study, slot = join_study(group_dir, group, space, sampler=sampler, seed=seed, pruner=spec,
+                             base=base_values if base_trial else None)  # fmt: skip
     s = optuna.trial.TrialState
     done = len(study.get_trials(deepcopy=False, states=(s.COMPLETE, s.PRUNED, s.FAIL)))
-    tuner = Tuner(study, space, group, root, fit_args, launcher, jobs, worker)
     try:
-        with tqdm(total=trials, initial=min(done, trials), desc=f"{group}: trials") as progress:
-            while tuner.round(trials, progress):
-                pass
+        worker = WriterLock(
+            group_dir / f".tune-{socket.gethostname()}-{os.getpid()}.worker", "tune worker"
+        ).acquire()
+        tuner = Tuner(study, space, group, root, fit_args, launcher, jobs, worker)
+        try:
+            with tqdm(total=trials, initial=min(done, trials), desc=f"{group}: trials") as bar:
+                while tuner.round(trials, bar):
+                    pass
+        finally:
+            worker.release()
+            worker.path.unlink(missing_ok=True)
     finally:
-        worker.release()
-        worker.path.unlink(missing_ok=True)
+        slot.release()
     write_results(study, space, group_dir, fit_args)
     return group_dir

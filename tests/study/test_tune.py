@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -128,6 +129,76 @@ def test_every_search_space_in_experiments_fits_its_base_config(space):
 def test_a_missing_space_file_is_named(tmp_path):
     with pytest.raises(MissingFileError, match=r"nope\.yaml: no such file"):
         tune.main(["--config", "x.yaml", "--space", str(tmp_path / "nope.yaml")])
+
+
+#: The pruner of the studies made without fits below.
+PRUNER = {"name": "none", "warmup": 1, "threshold": None, "direction": "maximize"}
+#: The quickstart's own values of SPACE's keys: a study's base trial.
+BASE = {"model.optimizer.init_args.lr": 0.05, "model.optimizer.init_args.weight_decay": 1.0e-4}
+
+
+def proposals(study: object, space: tune.SearchSpace, n: int) -> list[tuple[float, ...]]:
+    """The values of ``n`` trials asked of ``study`` (as ``tune`` asks) and told a made-up result
+    of them: a quick stand-in for their fits."""
+    asked = []
+    for _ in range(n):
+        trial = study.ask(space.params)  # type: ignore[attr-defined]
+        values = tuple(trial.params[k] for k in sorted(space.params))
+        study.tell(trial, -abs(math.log(values[0] / 0.03)))  # type: ignore[attr-defined]
+        asked.append(values)
+    return asked
+
+
+def test_a_fresh_study_of_one_worker_proposes_what_its_seed_did_before(tmp_path):
+    """The first worker of a fresh study seeds its sampler with --seed itself: a study of one
+    process proposes the same values as before, past TPE's 10 random trials too."""
+    space = tune.SearchSpace.load(space_file(tmp_path))
+    study, slot = tune.join_study(tmp_path / "g", "g", space, sampler="tpe", seed=7, pruner=PRUNER)
+    proposed = proposals(study, space, 12)
+    slot.release()
+    before = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=7))
+    assert proposals(before, space, 12) == proposed
+    again, slot = tune.join_study(tmp_path / "h", "h", space, sampler="tpe", seed=7, pruner=PRUNER)
+    assert proposals(again, space, 12) == proposed
+    slot.release()
+
+
+def test_a_continued_study_proposes_new_values(tmp_path):
+    """A study stopped after 4 trials and continued (the same command again, after an end or
+    a kill -9): the new process's proposals are new. Seeded with --seed alone, its first was
+    trial 0's values again."""
+    space = tune.SearchSpace.load(space_file(tmp_path))
+    first, slot = tune.join_study(tmp_path / "g", "g", space, sampler="tpe", seed=7, pruner=PRUNER)
+    done = proposals(first, space, 4)
+    slot.release()  # the process ends
+    again, slot = tune.join_study(tmp_path / "g", "g", space, sampler="tpe", seed=7, pruner=PRUNER)
+    more = proposals(again, space, 4)
+    slot.release()
+    assert not set(more) & set(done), (done, more)
+    assert len(set(more)) == 4
+
+
+def test_two_workers_started_together_propose_different_trials(tmp_path):
+    """Two processes join an empty study before either asks: they hold worker slots 0 and 1,
+    only the first queues the base trial, and their samplers draw differently (both were seeded
+    with --seed: the same trials, twice)."""
+    space = tune.SearchSpace.load(space_file(tmp_path))
+    group = tmp_path / "g"
+    first, _ = tune.claim_slot(group)  # the first process, its slot claimed, its study not opened
+    b, b_slot = tune.join_study(group, "g", space, sampler="tpe", seed=7, pruner=PRUNER, base=BASE)
+    assert b_slot.path.name == ".tune-slot-1"
+    assert not b.trials  # the base trial is the first worker's to queue
+    first.release()
+    a, a_slot = tune.join_study(group, "g", space, sampler="tpe", seed=7, pruner=PRUNER, base=BASE)
+    assert a_slot.path.name == ".tune-slot-0"
+    asked = [p for _ in range(3) for study in (a, b) for p in proposals(study, space, 1)]
+    assert asked[0] == tuple(BASE[k] for k in sorted(BASE))
+    assert len(set(asked)) == 6, asked
+    a_slot.release()
+    b_slot.release()
+    _, slot = tune.join_study(group, "g", space, sampler="tpe", seed=7, pruner=PRUNER)
+    assert slot.path.name == ".tune-slot-0"  # a lone process after them: the first slot
+    slot.release()
 
 
 def run_tune(cmd: list[str], capsys) -> tuple[str, str]:
@@ -295,6 +366,8 @@ def test_two_processes_share_one_study(tmp_path):
     # Both ask until the study holds 3 trials; asked at the same moment, each may add one more.
     assert 3 <= len(numbers) <= 4
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    values = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(values)) == len(values), values  # each worker draws its own (one base trial)
     for n in numbers:  # each trial trained once, by one process
         metrics = json.loads((group / f"trial-{n:03d}" / "metrics.json").read_text())
         assert len(metrics["provenance"]["attempts"]) == 1
