@@ -54,7 +54,7 @@ import yaml
 from jsonargparse import Namespace
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from segbench.cli.lightning import build
+from segbench.cli.lightning import FINISHED_MAY_DIFFER, build, config_changes, parse_fit
 from segbench.errors import BusyError, ConfigError, MissingFileError
 from segbench.metrics import CLASS_METRICS, STAGE_METRICS
 from segbench.options import command_parser
@@ -74,6 +74,23 @@ VAL_METRICS = tuple(f"val/{m}" for m in STAGE_METRICS)
 WORKER_ATTR = "worker"
 #: A trial's user attribute: its run diverged (told to the study as pruned).
 DIVERGED_ATTR = "diverged"
+#: The study's user attribute: what its trials train (:func:`trained_config`).
+TRAINS_ATTR = "trains"
+#: Config keys (prefixes) in which two commands' trials may differ and be trials of one study:
+#: those in which a finished run may differ from its command (FINISHED_MAY_DIFFER: where it is
+#: written and logged, the machine, the data's location), less how often it validates (the
+#: pruner and a best-epoch objective read each validation); plus the test's settings (trials are
+#: not tested) and the keys ``tune`` sets per trial.
+_VALIDATES = ("trainer.check_val_every_n_epoch", "trainer.val_check_interval")
+STUDY_MAY_DIFFER = (
+    *(key for key in FINISHED_MAY_DIFFER if not key.startswith(_VALIDATES)),
+    "model.test_protocol.", "trainer.limit_test_batches", "run.study", "run.trial",
+)  # fmt: skip
+#: How to go on when a study refuses a ``tune`` command (a tuned sweep says it its own way).
+TUNE_OTHERWISE = (
+    "continue it with the arguments it was made with (the same --config files and fit arguments "
+    "after --), or tune into another --group"
+)
 
 
 # -- the search space ---------------------------------------------------------------------------
@@ -232,6 +249,17 @@ def check_space(space: SearchSpace, fit_args: list[str]) -> dict[str, Any]:
     return {k: _get(base, k) for k in space.params}
 
 
+def trained_config(fit_args: list[str], space: SearchSpace) -> dict[str, Any]:
+    """What the trials of ``segbench fit FIT_ARGS`` train, as their study records it: the config
+    the arguments parse to (:func:`~segbench.cli.lightning.parse_fit`), flattened, less the
+    space's keys (each trial sets its own) and :data:`STUDY_MAY_DIFFER`."""
+    return {
+        key: value
+        for key, value in parse_fit(fit_args).items()
+        if key not in space.params and not key.startswith(STUDY_MAY_DIFFER)
+    }
+
+
 def _a_value(dist: Any, optuna: Any) -> Any:
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         return dist.choices[0]
@@ -290,16 +318,21 @@ def join_study(
     sampler: str,
     seed: int,
     pruner: dict[str, Any],
+    trains: dict[str, Any],
     base: dict[str, Any] | None = None,
+    otherwise: str = TUNE_OTHERWISE,
 ) -> tuple[Any, WriterLock]:
     """This process's part in the group's study: a worker slot (:func:`claim_slot`), the study
-    (:func:`open_study`) with a sampler seeded for this worker and the trials the study holds
-    (:func:`make_sampler`), and, from the first worker of an empty study, ``base`` (the base
-    config's values) queued as its first trial; only the first, or two workers started together
-    would each queue it. Returns the study and the slot's lock, which the caller releases."""
+    (:func:`open_study`, checked against ``trains`` and the space) with a sampler seeded for this
+    worker and the trials the study holds (:func:`make_sampler`), and, from the first worker of
+    an empty study, ``base`` (the base config's values) queued as its first trial; only the
+    first, or two workers started together would each queue it. Returns the study and the
+    slot's lock, which the caller releases."""
     slot, worker = claim_slot(group_dir)
     try:
-        study = open_study(group_dir, group, space, pruner=pruner)
+        study = open_study(
+            group_dir, group, space, pruner=pruner, trains=trains, otherwise=otherwise
+        )
         held = len(study.trials)
         study.sampler = make_sampler(sampler, seed, trials=held, worker=worker)
         if held or worker:
@@ -325,10 +358,19 @@ def join_study(
     return study, slot
 
 
-def open_study(group_dir: Path, group: str, space: SearchSpace, *, pruner: dict[str, Any]) -> Any:
-    """The group's study: created with the space and the pruner recorded (the trials' fits
-    read them), or loaded and checked against them. Its sampler is Optuna's default until the
-    caller sets one (:func:`join_study`)."""
+def open_study(
+    group_dir: Path,
+    group: str,
+    space: SearchSpace,
+    *,
+    pruner: dict[str, Any],
+    trains: dict[str, Any],
+    otherwise: str = TUNE_OTHERWISE,
+) -> Any:
+    """The group's study: created with the space, the pruner (the trials' fits read them) and
+    what its trials train (``trains``: :func:`trained_config`) recorded, or loaded and checked
+    against them (:func:`check_trains`); ``otherwise`` ends a refusal, saying how to go on. Its
+    sampler is Optuna's default until the caller sets one (:func:`join_study`)."""
     optuna = import_optuna()
     study = optuna.create_study(
         study_name=group,
@@ -343,6 +385,7 @@ def open_study(group_dir: Path, group: str, space: SearchSpace, *, pruner: dict[
         study.set_user_attr("search", described)
         study.set_user_attr(METRIC_ATTR, space.metric)
         study.set_user_attr(PRUNER_ATTR, pruner)
+        study.set_user_attr(TRAINS_ATTR, trains)
     elif recorded != described:
         changed = [k for k in described if recorded.get(k) != described[k]]
         raise ConfigError(
@@ -350,7 +393,49 @@ def open_study(group_dir: Path, group: str, space: SearchSpace, *, pruner: dict[
             f"differ from {space.path}): continue it with the same space, or tune into another "
             "--group"
         )
+    elif not check_trains(study, trains, group_dir / STUDY_FILE, otherwise):
+        log.warning(
+            "%s: made before studies recorded what their trials train; recorded now from this "
+            "command, its %d trial(s) taken as trained the same",
+            group_dir / STUDY_FILE,
+            len(study.trials),
+        )
+        study.set_user_attr(TRAINS_ATTR, trains)
     return study
+
+
+def check_trains(study: Any, trains: dict[str, Any], where: Path, otherwise: str) -> bool:
+    """Whether ``study`` records what its trials train (a study made before it did has no
+    record); a record other than ``trains`` is a :class:`ConfigError` naming the keys and
+    ending with ``otherwise``: trials of another budget, seed or data would be compared with
+    the study's as one search, and its best trial chosen across both."""
+    recorded = study.user_attrs.get(TRAINS_ATTR)
+    if recorded is None:
+        return False
+    changes = config_changes(recorded, trains, ())
+    if changes:
+        said = "; ".join(
+            f"{key} {old!r} (study) vs {new!r} (this command)"
+            for key, (old, new) in changes.items()
+        )
+        raise ConfigError(
+            f"{where}: its trials were trained with other settings than this command's trials "
+            f"would be: {said}. Trials of both would be compared as one search; {otherwise}."
+        )
+    return True
+
+
+def check_study(
+    group_dir: Path, fit_args: list[str], space: SearchSpace, otherwise: str = TUNE_OTHERWISE
+) -> None:
+    """The study in ``group_dir``, if there is one, against the trials ``segbench fit
+    FIT_ARGS`` would train (:func:`check_trains`), read only: a tuned sweep checks every
+    variant's study before it tunes any."""
+    if not (group_dir / STUDY_FILE).is_file():
+        return
+    optuna = import_optuna()
+    study = optuna.load_study(study_name=group_dir.name, storage=journal(group_dir / STUDY_FILE))
+    check_trains(study, trained_config(fit_args, space), group_dir / STUDY_FILE, otherwise)
 
 
 def objective(run: RunDir, space: SearchSpace) -> tuple[str, float | None, int | None]:
@@ -708,17 +793,21 @@ def run_study(
     warmup: int,
     threshold: float | None = None,
     base_trial: bool = True,
+    otherwise: str = TUNE_OTHERWISE,
 ) -> Path:
     """Run (or continue) the study ``ROOT/GROUP`` of ``trials`` trials of ``segbench fit
     FIT_ARGS``, and write what it found (:func:`write_results`); returns its folder. The space is
-    checked against the config before the first trial. ``pruner``, ``warmup``, ``threshold``: as
-    ``segbench tune``'s options."""
+    checked against the config before the first trial, and an existing study against what these
+    trials train (:func:`open_study`; ``otherwise`` says how to go on when it is refused).
+    ``pruner``, ``warmup``, ``threshold``: as ``segbench tune``'s options."""
     base_values = check_space(space, fit_args)
     group_dir = root / group
     optuna = import_optuna()
     spec = {"name": pruner, "warmup": warmup, "threshold": threshold, "direction": space.direction}
     study, slot = join_study(group_dir, group, space, sampler=sampler, seed=seed, pruner=spec,
-                             base=base_values if base_trial else None)  # fmt: skip
+                             trains=trained_config(fit_args, space),
+                             base=base_values if base_trial else None,
+                             otherwise=otherwise)  # fmt: skip
     s = optuna.trial.TrialState
     done = len(study.get_trials(deepcopy=False, states=(s.COMPLETE, s.PRUNED, s.FAIL)))
     try:

@@ -133,6 +133,8 @@ def test_a_missing_space_file_is_named(tmp_path):
 
 #: The pruner of the studies made without fits below.
 PRUNER = {"name": "none", "warmup": 1, "threshold": None, "direction": "maximize"}
+#: What the studies of the sampler tests record as their trials' training (no fit runs there).
+TRAINS = {"trainer.max_epochs": 2}
 #: The quickstart's own values of SPACE's keys: a study's base trial.
 BASE = {"model.optimizer.init_args.lr": 0.05, "model.optimizer.init_args.weight_decay": 1.0e-4}
 
@@ -153,12 +155,16 @@ def test_a_fresh_study_of_one_worker_proposes_what_its_seed_did_before(tmp_path)
     """The first worker of a fresh study seeds its sampler with --seed itself: a study of one
     process proposes the same values as before, past TPE's 10 random trials too."""
     space = tune.SearchSpace.load(space_file(tmp_path))
-    study, slot = tune.join_study(tmp_path / "g", "g", space, sampler="tpe", seed=7, pruner=PRUNER)
+    study, slot = tune.join_study(
+        tmp_path / "g", "g", space, sampler="tpe", seed=7, pruner=PRUNER, trains=TRAINS
+    )
     proposed = proposals(study, space, 12)
     slot.release()
     before = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=7))
     assert proposals(before, space, 12) == proposed
-    again, slot = tune.join_study(tmp_path / "h", "h", space, sampler="tpe", seed=7, pruner=PRUNER)
+    again, slot = tune.join_study(
+        tmp_path / "h", "h", space, sampler="tpe", seed=7, pruner=PRUNER, trains=TRAINS
+    )
     assert proposals(again, space, 12) == proposed
     slot.release()
 
@@ -168,10 +174,14 @@ def test_a_continued_study_proposes_new_values(tmp_path):
     a kill -9): the new process's proposals are new. Seeded with --seed alone, its first was
     trial 0's values again."""
     space = tune.SearchSpace.load(space_file(tmp_path))
-    first, slot = tune.join_study(tmp_path / "g", "g", space, sampler="tpe", seed=7, pruner=PRUNER)
+    first, slot = tune.join_study(
+        tmp_path / "g", "g", space, sampler="tpe", seed=7, pruner=PRUNER, trains=TRAINS
+    )
     done = proposals(first, space, 4)
     slot.release()  # the process ends
-    again, slot = tune.join_study(tmp_path / "g", "g", space, sampler="tpe", seed=7, pruner=PRUNER)
+    again, slot = tune.join_study(
+        tmp_path / "g", "g", space, sampler="tpe", seed=7, pruner=PRUNER, trains=TRAINS
+    )
     more = proposals(again, space, 4)
     slot.release()
     assert not set(more) & set(done), (done, more)
@@ -185,18 +195,24 @@ def test_two_workers_started_together_propose_different_trials(tmp_path):
     space = tune.SearchSpace.load(space_file(tmp_path))
     group = tmp_path / "g"
     first, _ = tune.claim_slot(group)  # the first process, its slot claimed, its study not opened
-    b, b_slot = tune.join_study(group, "g", space, sampler="tpe", seed=7, pruner=PRUNER, base=BASE)
+    b, b_slot = tune.join_study(
+        group, "g", space, sampler="tpe", seed=7, pruner=PRUNER, trains=TRAINS, base=BASE
+    )
     assert b_slot.path.name == ".tune-slot-1"
     assert not b.trials  # the base trial is the first worker's to queue
     first.release()
-    a, a_slot = tune.join_study(group, "g", space, sampler="tpe", seed=7, pruner=PRUNER, base=BASE)
+    a, a_slot = tune.join_study(
+        group, "g", space, sampler="tpe", seed=7, pruner=PRUNER, trains=TRAINS, base=BASE
+    )
     assert a_slot.path.name == ".tune-slot-0"
     asked = [p for _ in range(3) for study in (a, b) for p in proposals(study, space, 1)]
     assert asked[0] == tuple(BASE[k] for k in sorted(BASE))
     assert len(set(asked)) == 6, asked
     a_slot.release()
     b_slot.release()
-    _, slot = tune.join_study(group, "g", space, sampler="tpe", seed=7, pruner=PRUNER)
+    _, slot = tune.join_study(
+        group, "g", space, sampler="tpe", seed=7, pruner=PRUNER, trains=TRAINS
+    )
     assert slot.path.name == ".tune-slot-0"  # a lone process after them: the first slot
     slot.release()
 
@@ -323,6 +339,39 @@ def test_a_changed_space_is_refused_on_an_existing_study(tmp_path, capsys):
     space_file(tmp_path, changed)
     with pytest.raises(ConfigError, match=r"study.journal was made with another search \(mode"):
         tune.main(args)
+
+
+def test_a_study_refuses_trials_trained_otherwise_than_its_own(tmp_path, capsys):
+    """A study records what its trials train; the same study continued with another budget (or
+    seed, data, network) would compare trials of both as one search, and is refused before any
+    trial. Where a run is written or logged may differ."""
+    run_tune(tune_command(tmp_path, "--trials", "1", "--pruner", "none", epochs=1), capsys)
+    group = tmp_path / "runs" / "space-tune"
+    cmd = tune_command(tmp_path, "--trials", "2", "--pruner", "none", epochs=2)
+    with pytest.raises(ConfigError) as refused:
+        tune.main(cmd[cmd.index("tune") + 1 :])
+    said = str(refused.value)
+    assert said.startswith(f"{group / tune.STUDY_FILE}: its trials were trained with other")
+    assert "trainer.max_epochs 1 (study) vs 2 (this command)" in said
+    assert "continue it with the arguments it was made with" in said
+    assert len(trials_of(group)) == 1
+    assert not (group / "trial-001").exists()
+    # where the runs are logged is no difference in what they train: the study goes on
+    logged_elsewhere = ("--run.tags", "[again]", "--run.checkpoint_every_minutes", "5")
+    cmd = tune_command(tmp_path, "--trials", "2", "--pruner", "none", epochs=1,
+                       extra=logged_elsewhere)  # fmt: skip
+    run_tune(cmd, capsys)
+    assert [r["state"] for r in trials_of(group)] == ["complete", "complete"]
+    # a study made before studies recorded this takes the command's settings as its own
+    study = optuna.load_study(study_name=None, storage=tune.journal(group / tune.STUDY_FILE))
+    study.set_user_attr(tune.TRAINS_ATTR, None)
+    cmd = tune_command(tmp_path, "--trials", "3", "--pruner", "none", epochs=1,
+                       extra=("--seed_everything", "5"))  # fmt: skip
+    _, logged = run_tune(cmd, capsys)
+    assert "made before studies recorded what their trials train" in logged
+    assert len(trials_of(group)) == 3
+    study = optuna.load_study(study_name=None, storage=tune.journal(group / tune.STUDY_FILE))
+    assert study.user_attrs[tune.TRAINS_ATTR]["seed_everything"] == 5
 
 
 @pytest.mark.slow  # make test-slow: three tune processes and their fits (about a minute)
