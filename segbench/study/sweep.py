@@ -366,6 +366,13 @@ def check_fit_args(
         ablation.check_names(list(getattr(datamodule, "class_names", ()) or ()) or None)
 
 
+#: How to go on when a variant's study refuses the sweep's trials (:func:`tune.check_trains`).
+TUNE_OTHERWISE = (
+    "give the sweep the fit arguments after -- (and the tune: block's fit_args) its studies were "
+    "made with, or another --group (new studies, new runs)"
+)
+
+
 def tune_variants(
     ablation: Ablation,
     spec: TuneSpec,
@@ -383,11 +390,17 @@ def tune_variants(
     space = tune.SearchSpace.load(ablation.space)
     found: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
+    studies: dict[str, tuple[str, list[str]]] = {}
     for variant in variants:
-        stem = Path(variant).stem
-        study = f"{shared_group}-tune-{stem}"
         fit_args = [a for c in [*base, variant] for a in ("--config", c)]
         fit_args += ["--seed_everything", str(spec.seed), *spec.fit_args, *extra]
+        studies[Path(variant).stem] = (f"{shared_group}-tune-{Path(variant).stem}", fit_args)
+    # Every variant's study is checked before any tunes: one of them refused after others had
+    # tuned for hours would leave the sweep half done.
+    for study, fit_args in studies.values():
+        tune.check_study(Path(args.root) / study, fit_args, space,
+                         f"{TUNE_OTHERWISE}. Nothing was tuned or trained")  # fmt: skip
+    for stem, (study, fit_args) in studies.items():
         if args.dry_run:
             log.info(
                 "tune %s: %d trials of segbench fit %s %s into %s",
@@ -412,6 +425,7 @@ def tune_variants(
             pruner=spec.pruner,
             warmup=spec.warmup,
             threshold=None,
+            otherwise=TUNE_OTHERWISE,
         )
         best = tune.best_of(group_dir)
         if best is None:

@@ -20,10 +20,13 @@ Each trial is ``segbench fit --config BASE... --KEY VALUE...`` in ``ROOT/GROUP/t
 (``--jobs N`` here, ``--launcher slurm`` through submitit). The study lives in
 ``ROOT/GROUP/study.journal`` (Optuna's journal file, which several ``segbench tune`` processes
 can share: start the same command on two machines and they split the trials); a killed ``tune``
-is continued by the same command, which resumes the trials it left running. The sampler (TPE by
-default, seeded) proposes; the pruner (median by default) stops trials that fall behind, from
-the metric each validation reports. Trial 0 is the base config itself (its values of the space's
-keys), so the untuned recipe is measured under the same budget.
+is continued by the same command, which resumes the trials it left running (one whose run had
+ended is told to the study as it ended, not trained again). The sampler (TPE by default)
+proposes, seeded with ``--seed`` in a fresh study's first process and from the seed, the trials
+held and the worker's slot in a process that continues or shares a study; the pruner (median by
+default) stops trials that fall behind, from the metric each validation reports. Trial 0 is the
+base config itself (its values of the space's keys), so the untuned recipe is measured under the
+same budget.
 
 At the end, in ``ROOT/GROUP/``: ``best.yaml`` (the best trial's values, a config that composes
 after the base: ``segbench fit --config BASE --config ROOT/GROUP/best.yaml``), ``trials.csv``,
@@ -35,6 +38,7 @@ trial as a line through its values). Tuning reads the validation split only.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import math
@@ -50,7 +54,7 @@ import yaml
 from jsonargparse import Namespace
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from segbench.cli.lightning import build
+from segbench.cli.lightning import FINISHED_MAY_DIFFER, build, config_changes, parse_fit
 from segbench.errors import BusyError, ConfigError, MissingFileError
 from segbench.metrics import CLASS_METRICS, STAGE_METRICS
 from segbench.options import command_parser
@@ -70,6 +74,23 @@ VAL_METRICS = tuple(f"val/{m}" for m in STAGE_METRICS)
 WORKER_ATTR = "worker"
 #: A trial's user attribute: its run diverged (told to the study as pruned).
 DIVERGED_ATTR = "diverged"
+#: The study's user attribute: what its trials train (:func:`trained_config`).
+TRAINS_ATTR = "trains"
+#: Config keys (prefixes) in which two commands' trials may differ and be trials of one study:
+#: those in which a finished run may differ from its command (FINISHED_MAY_DIFFER: where it is
+#: written and logged, the machine, the data's location), less how often it validates (the
+#: pruner and a best-epoch objective read each validation); plus the test's settings (trials are
+#: not tested) and the keys ``tune`` sets per trial.
+_VALIDATES = ("trainer.check_val_every_n_epoch", "trainer.val_check_interval")
+STUDY_MAY_DIFFER = (
+    *(key for key in FINISHED_MAY_DIFFER if not key.startswith(_VALIDATES)),
+    "model.test_protocol.", "trainer.limit_test_batches", "run.study", "run.trial",
+)  # fmt: skip
+#: How to go on when a study refuses a ``tune`` command (a tuned sweep says it its own way).
+TUNE_OTHERWISE = (
+    "continue it with the arguments it was made with (the same --config files and fit arguments "
+    "after --), or tune into another --group"
+)
 
 
 # -- the search space ---------------------------------------------------------------------------
@@ -228,6 +249,17 @@ def check_space(space: SearchSpace, fit_args: list[str]) -> dict[str, Any]:
     return {k: _get(base, k) for k in space.params}
 
 
+def trained_config(fit_args: list[str], space: SearchSpace) -> dict[str, Any]:
+    """What the trials of ``segbench fit FIT_ARGS`` train, as their study records it: the config
+    the arguments parse to (:func:`~segbench.cli.lightning.parse_fit`), flattened, less the
+    space's keys (each trial sets its own) and :data:`STUDY_MAY_DIFFER`."""
+    return {
+        key: value
+        for key, value in parse_fit(fit_args).items()
+        if key not in space.params and not key.startswith(STUDY_MAY_DIFFER)
+    }
+
+
 def _a_value(dist: Any, optuna: Any) -> Any:
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         return dist.choices[0]
@@ -248,23 +280,101 @@ def _get(cfg: Namespace, key: str) -> Any:
 
 
 # -- the study ----------------------------------------------------------------------------------
-def make_sampler(name: str, seed: int) -> Any:
+def make_sampler(name: str, seed: int, *, trials: int = 0, worker: int = 0) -> Any:
+    """The sampler of a ``tune`` process that joins a study holding ``trials`` trials as worker
+    ``worker`` (:func:`claim_slot`): seeded with ``seed`` for the first worker of a fresh study
+    (a study of one process is reproducible from its seed), else with a seed drawn from the
+    three. The seed alone would propose the values of the study's first trials again: in a
+    continued study (TPE's first 10 trials are random draws) and in every worker started
+    together."""
     optuna = import_optuna()
+    if trials or worker:
+        digest = hashlib.sha256(f"{seed}/{trials}/{worker}".encode()).digest()
+        seed = int.from_bytes(digest[:4], "little")
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+def claim_slot(group_dir: Path) -> tuple[WriterLock, int]:
+    """The lowest worker slot of the study in ``group_dir`` that no live ``tune`` process holds,
+    and its lock (held until released or the process ends, however it ends): workers started
+    together get slots 0, 1, ..., and a lone or restarted one slot 0. Its lock file stays:
+    removing it while another process opens it would let two processes hold one slot."""
+    slot = 0
+    while True:
+        lock = WriterLock(group_dir / f".tune-slot-{slot}", f"tune worker slot {slot}")
+        try:
+            return lock.acquire(), slot
+        except BusyError:
+            slot += 1
+
+
+def join_study(
+    group_dir: Path,
+    group: str,
+    space: SearchSpace,
+    *,
+    sampler: str,
+    seed: int,
+    pruner: dict[str, Any],
+    trains: dict[str, Any],
+    base: dict[str, Any] | None = None,
+    otherwise: str = TUNE_OTHERWISE,
+) -> tuple[Any, WriterLock]:
+    """This process's part in the group's study: a worker slot (:func:`claim_slot`), the study
+    (:func:`open_study`, checked against ``trains`` and the space) with a sampler seeded for this
+    worker and the trials the study holds (:func:`make_sampler`), and, from the first worker of
+    an empty study, ``base`` (the base config's values) queued as its first trial; only the
+    first, or two workers started together would each queue it. Returns the study and the
+    slot's lock, which the caller releases."""
+    slot, worker = claim_slot(group_dir)
+    try:
+        study = open_study(
+            group_dir, group, space, pruner=pruner, trains=trains, otherwise=otherwise
+        )
+        held = len(study.trials)
+        study.sampler = make_sampler(sampler, seed, trials=held, worker=worker)
+        if held or worker:
+            log.info(
+                "%s: worker %d joins a study of %d trial(s): its sampler is seeded from --seed "
+                "%d, the trials and the worker",
+                group,
+                worker,
+                held,
+                seed,
+            )
+        if base is not None and not held and not worker:
+            inside = {k: v for k, v in base.items() if _inside(space.params[k], v)}
+            if len(inside) == len(base):
+                study.enqueue_trial(inside)
+            else:
+                log.warning(
+                    "the base config's values %s are not all inside the space: no base trial", base
+                )
+    except BaseException:
+        slot.release()
+        raise
+    return study, slot
+
+
 def open_study(
-    group_dir: Path, group: str, space: SearchSpace, *, sampler: Any, pruner: dict[str, Any]
+    group_dir: Path,
+    group: str,
+    space: SearchSpace,
+    *,
+    pruner: dict[str, Any],
+    trains: dict[str, Any],
+    otherwise: str = TUNE_OTHERWISE,
 ) -> Any:
-    """The group's study: created with the space and the pruner recorded (the trials' fits
-    read them), or loaded and checked against them."""
+    """The group's study: created with the space, the pruner (the trials' fits read them) and
+    what its trials train (``trains``: :func:`trained_config`) recorded, or loaded and checked
+    against them (:func:`check_trains`); ``otherwise`` ends a refusal, saying how to go on. Its
+    sampler is Optuna's default until the caller sets one (:func:`join_study`)."""
     optuna = import_optuna()
     study = optuna.create_study(
         study_name=group,
         storage=journal(group_dir / STUDY_FILE),
-        sampler=sampler,
         direction=space.direction,
         load_if_exists=True,
     )
@@ -275,6 +385,7 @@ def open_study(
         study.set_user_attr("search", described)
         study.set_user_attr(METRIC_ATTR, space.metric)
         study.set_user_attr(PRUNER_ATTR, pruner)
+        study.set_user_attr(TRAINS_ATTR, trains)
     elif recorded != described:
         changed = [k for k in described if recorded.get(k) != described[k]]
         raise ConfigError(
@@ -282,7 +393,49 @@ def open_study(
             f"differ from {space.path}): continue it with the same space, or tune into another "
             "--group"
         )
+    elif not check_trains(study, trains, group_dir / STUDY_FILE, otherwise):
+        log.warning(
+            "%s: made before studies recorded what their trials train; recorded now from this "
+            "command, its %d trial(s) taken as trained the same",
+            group_dir / STUDY_FILE,
+            len(study.trials),
+        )
+        study.set_user_attr(TRAINS_ATTR, trains)
     return study
+
+
+def check_trains(study: Any, trains: dict[str, Any], where: Path, otherwise: str) -> bool:
+    """Whether ``study`` records what its trials train (a study made before it did has no
+    record); a record other than ``trains`` is a :class:`ConfigError` naming the keys and
+    ending with ``otherwise``: trials of another budget, seed or data would be compared with
+    the study's as one search, and its best trial chosen across both."""
+    recorded = study.user_attrs.get(TRAINS_ATTR)
+    if recorded is None:
+        return False
+    changes = config_changes(recorded, trains, ())
+    if changes:
+        said = "; ".join(
+            f"{key} {old!r} (study) vs {new!r} (this command)"
+            for key, (old, new) in changes.items()
+        )
+        raise ConfigError(
+            f"{where}: its trials were trained with other settings than this command's trials "
+            f"would be: {said}. Trials of both would be compared as one search; {otherwise}."
+        )
+    return True
+
+
+def check_study(
+    group_dir: Path, fit_args: list[str], space: SearchSpace, otherwise: str = TUNE_OTHERWISE
+) -> None:
+    """The study in ``group_dir``, if there is one, against the trials ``segbench fit
+    FIT_ARGS`` would train (:func:`check_trains`), read only: a tuned sweep checks every
+    variant's study before it tunes any."""
+    if not (group_dir / STUDY_FILE).is_file():
+        return
+    optuna = import_optuna()
+    study = optuna.load_study(study_name=group_dir.name, storage=journal(group_dir / STUDY_FILE))
+    check_trains(study, trained_config(fit_args, space), group_dir / STUDY_FILE, otherwise)
 
 
 def objective(run: RunDir, space: SearchSpace) -> tuple[str, float | None, int | None]:
@@ -350,6 +503,20 @@ class Tuner:
             found.append(t)
         return found
 
+    def ended(self, frozen: Any) -> bool:
+        """Whether the run of a trial left running had ended all the same (complete, pruned or
+        diverged: :func:`objective`), trained with this trial's values: its ``tune`` stopped
+        between the fit's end and telling the study. Resumed from its ``last.ckpt``, a pruned
+        run would train on and be pruned again, epochs later than the study is told."""
+        run = self.run_dir(frozen.number)
+        if objective(run, self.space)[0] == "fail":
+            return False
+        data = run.read()
+        config = data.get("config") or {}
+        return (data.get("trial") or {}).get("number") == frozen.number and all(
+            config.get(key) == value for key, value in frozen.params.items()
+        )
+
     def counted(self) -> int:
         optuna = import_optuna()
         s = optuna.trial.TrialState
@@ -360,8 +527,19 @@ class Tuner:
         """Run one round of at most ``jobs`` trials; False when the budget is spent."""
         optuna = import_optuna()
         batch: list[tuple[Any, dict[str, Any], bool]] = []
-        for frozen in self.orphans()[: self.jobs]:
+        for frozen in self.orphans():
             trial = optuna.trial.Trial(self.study, frozen._trial_id)
+            if self.ended(frozen):
+                log.info(
+                    "trial %d: left running by a stopped tune after its run had ended: told "
+                    "now, not trained again",
+                    frozen.number,
+                )
+                self.tell(trial)
+                progress.update(1)
+                continue
+            if len(batch) == self.jobs:
+                continue
             trial.set_user_attr(WORKER_ATTR, str(self.worker.path))
             state = self.run_dir(frozen.number).state()
             log.info("trial %d: left running by a stopped tune, resumed", frozen.number)
@@ -536,7 +714,13 @@ def parser() -> Any:
     p.add_argument("--trials", type=int, default=16, help="trials in the study, all processes")
     p.add_argument("--root", default="runs", help="trials go to ROOT/GROUP/trial-NNN", type=str)
     p.add_argument("--sampler", choices=("tpe", "random"), default="tpe", type=str)
-    p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the sampler's seed (of a fresh study's first process; a process that continues or "
+        "shares a study draws its own from it)",
+    )
     p.add_argument(
         "--pruner",
         choices=("median", "hyperband", "threshold", "none"),
@@ -609,37 +793,36 @@ def run_study(
     warmup: int,
     threshold: float | None = None,
     base_trial: bool = True,
+    otherwise: str = TUNE_OTHERWISE,
 ) -> Path:
     """Run (or continue) the study ``ROOT/GROUP`` of ``trials`` trials of ``segbench fit
     FIT_ARGS``, and write what it found (:func:`write_results`); returns its folder. The space is
-    checked against the config before the first trial. ``pruner``, ``warmup``, ``threshold``: as
-    ``segbench tune``'s options."""
+    checked against the config before the first trial, and an existing study against what these
+    trials train (:func:`open_study`; ``otherwise`` says how to go on when it is refused).
+    ``pruner``, ``warmup``, ``threshold``: as ``segbench tune``'s options."""
     base_values = check_space(space, fit_args)
     group_dir = root / group
     optuna = import_optuna()
     spec = {"name": pruner, "warmup": warmup, "threshold": threshold, "direction": space.direction}
-    study = open_study(group_dir, group, space, sampler=make_sampler(sampler, seed), pruner=spec)
-    if base_trial and not study.trials:
-        inside = {k: v for k, v in base_values.items() if _inside(space.params[k], v)}
-        if len(inside) == len(base_values):
-            study.enqueue_trial(inside)
-        else:
-            log.warning(
-                "the base config's values %s are not all inside the space: no base trial",
-                base_values,
-            )
-    worker = WriterLock(
-        group_dir / f".tune-{socket.gethostname()}-{os.getpid()}.worker", "tune worker"
-    ).acquire()
+    study, slot = join_study(group_dir, group, space, sampler=sampler, seed=seed, pruner=spec,
+                             trains=trained_config(fit_args, space),
+                             base=base_values if base_trial else None,
+                             otherwise=otherwise)  # fmt: skip
     s = optuna.trial.TrialState
     done = len(study.get_trials(deepcopy=False, states=(s.COMPLETE, s.PRUNED, s.FAIL)))
-    tuner = Tuner(study, space, group, root, fit_args, launcher, jobs, worker)
     try:
-        with tqdm(total=trials, initial=min(done, trials), desc=f"{group}: trials") as progress:
-            while tuner.round(trials, progress):
-                pass
+        worker = WriterLock(
+            group_dir / f".tune-{socket.gethostname()}-{os.getpid()}.worker", "tune worker"
+        ).acquire()
+        tuner = Tuner(study, space, group, root, fit_args, launcher, jobs, worker)
+        try:
+            with tqdm(total=trials, initial=min(done, trials), desc=f"{group}: trials") as bar:
+                while tuner.round(trials, bar):
+                    pass
+        finally:
+            worker.release()
+            worker.path.unlink(missing_ok=True)
     finally:
-        worker.release()
-        worker.path.unlink(missing_ok=True)
+        slot.release()
     write_results(study, space, group_dir, fit_args)
     return group_dir

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -130,6 +131,92 @@ def test_a_missing_space_file_is_named(tmp_path):
         tune.main(["--config", "x.yaml", "--space", str(tmp_path / "nope.yaml")])
 
 
+#: The pruner of the studies made without fits below.
+PRUNER = {"name": "none", "warmup": 1, "threshold": None, "direction": "maximize"}
+#: What the studies of the sampler tests record as their trials' training (no fit runs there).
+TRAINS = {"trainer.max_epochs": 2}
+#: The quickstart's own values of SPACE's keys: a study's base trial.
+BASE = {"model.optimizer.init_args.lr": 0.05, "model.optimizer.init_args.weight_decay": 1.0e-4}
+
+
+def proposals(study: object, space: tune.SearchSpace, n: int) -> list[tuple[float, ...]]:
+    """The values of ``n`` trials asked of ``study`` (as ``tune`` asks) and told a made-up result
+    of them: a quick stand-in for their fits."""
+    asked = []
+    for _ in range(n):
+        trial = study.ask(space.params)  # type: ignore[attr-defined]
+        values = tuple(trial.params[k] for k in sorted(space.params))
+        study.tell(trial, -abs(math.log(values[0] / 0.03)))  # type: ignore[attr-defined]
+        asked.append(values)
+    return asked
+
+
+def test_a_fresh_study_of_one_worker_proposes_what_its_seed_did_before(tmp_path):
+    """The first worker of a fresh study seeds its sampler with --seed itself: a study of one
+    process proposes the same values as before, past TPE's 10 random trials too."""
+    space = tune.SearchSpace.load(space_file(tmp_path))
+    study, slot = tune.join_study(
+        tmp_path / "g", "g", space, sampler="tpe", seed=7, pruner=PRUNER, trains=TRAINS
+    )
+    proposed = proposals(study, space, 12)
+    slot.release()
+    before = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=7))
+    assert proposals(before, space, 12) == proposed
+    again, slot = tune.join_study(
+        tmp_path / "h", "h", space, sampler="tpe", seed=7, pruner=PRUNER, trains=TRAINS
+    )
+    assert proposals(again, space, 12) == proposed
+    slot.release()
+
+
+def test_a_continued_study_proposes_new_values(tmp_path):
+    """A study stopped after 4 trials and continued (the same command again, after an end or
+    a kill -9): the new process's proposals are new. Seeded with --seed alone, its first was
+    trial 0's values again."""
+    space = tune.SearchSpace.load(space_file(tmp_path))
+    first, slot = tune.join_study(
+        tmp_path / "g", "g", space, sampler="tpe", seed=7, pruner=PRUNER, trains=TRAINS
+    )
+    done = proposals(first, space, 4)
+    slot.release()  # the process ends
+    again, slot = tune.join_study(
+        tmp_path / "g", "g", space, sampler="tpe", seed=7, pruner=PRUNER, trains=TRAINS
+    )
+    more = proposals(again, space, 4)
+    slot.release()
+    assert not set(more) & set(done), (done, more)
+    assert len(set(more)) == 4
+
+
+def test_two_workers_started_together_propose_different_trials(tmp_path):
+    """Two processes join an empty study before either asks: they hold worker slots 0 and 1,
+    only the first queues the base trial, and their samplers draw differently (both were seeded
+    with --seed: the same trials, twice)."""
+    space = tune.SearchSpace.load(space_file(tmp_path))
+    group = tmp_path / "g"
+    first, _ = tune.claim_slot(group)  # the first process, its slot claimed, its study not opened
+    b, b_slot = tune.join_study(
+        group, "g", space, sampler="tpe", seed=7, pruner=PRUNER, trains=TRAINS, base=BASE
+    )
+    assert b_slot.path.name == ".tune-slot-1"
+    assert not b.trials  # the base trial is the first worker's to queue
+    first.release()
+    a, a_slot = tune.join_study(
+        group, "g", space, sampler="tpe", seed=7, pruner=PRUNER, trains=TRAINS, base=BASE
+    )
+    assert a_slot.path.name == ".tune-slot-0"
+    asked = [p for _ in range(3) for study in (a, b) for p in proposals(study, space, 1)]
+    assert asked[0] == tuple(BASE[k] for k in sorted(BASE))
+    assert len(set(asked)) == 6, asked
+    a_slot.release()
+    b_slot.release()
+    _, slot = tune.join_study(
+        group, "g", space, sampler="tpe", seed=7, pruner=PRUNER, trains=TRAINS
+    )
+    assert slot.path.name == ".tune-slot-0"  # a lone process after them: the first slot
+    slot.release()
+
+
 def run_tune(cmd: list[str], capsys) -> tuple[str, str]:
     """``segbench tune`` in this process (its trials' fits are processes of their own, as
     always): what it printed on stdout, and what it logged."""
@@ -194,6 +281,42 @@ def test_a_pruned_trial_stops_early_and_is_recorded_as_pruned(tmp_path, capsys):
     assert "2 trials: 0 complete, 2 pruned" in out
 
 
+class DiedError(Exception):
+    """The ``tune`` process dying where it would tell the study a trial's result."""
+
+
+def test_a_trial_whose_run_ended_before_its_tune_died_is_told_not_trained_again(
+    tmp_path, capsys, monkeypatch
+):
+    """``tune`` stops between a trial's fit (pruned at epoch 1 of 3) and telling the study, so
+    the study holds the trial as running. The same command tells the study what the run
+    recorded; it used to resume the run from its last.ckpt, train a third epoch and be pruned
+    again at epoch 2, which the study then stored."""
+    cmd = tune_command(
+        tmp_path, "--trials", "1", "--pruner", "threshold", "--threshold", "1.5", "--warmup", "1",
+        epochs=3,
+    )  # fmt: skip
+
+    def die(self: tune.Tuner, trial: object) -> None:
+        raise DiedError
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tune.Tuner, "tell", die)
+        with pytest.raises(DiedError):
+            run_tune(cmd, capsys)
+    group = tmp_path / "runs" / "space-tune"
+    study = optuna.load_study(study_name=None, storage=tune.journal(group / tune.STUDY_FILE))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]
+    metrics_file = group / "trial-000" / "metrics.json"
+    recorded = metrics_file.read_text()
+    assert json.loads(recorded)["trial"]["pruned_at_epoch"] == 1
+    _, logged = run_tune(cmd, capsys)
+    assert [(r["state"], r["pruned at epoch"]) for r in trials_of(group)] == [("pruned", "1")]
+    assert metrics_file.read_text() == recorded
+    assert "space-tune/trial-000" not in logged  # the launcher names each run it launches
+    assert "trial 0: left running by a stopped tune after its run had ended" in logged
+
+
 def test_a_diverging_trial_is_told_as_pruned_so_the_sampler_avoids_it(tmp_path, capsys):
     space = {"space": {"model.optimizer.init_args.lr": {"choices": [1.0e6]}}}
     cmd = tune_command(tmp_path, "--trials", "1", "--pruner", "none", "--base_trial", "false")
@@ -216,6 +339,39 @@ def test_a_changed_space_is_refused_on_an_existing_study(tmp_path, capsys):
     space_file(tmp_path, changed)
     with pytest.raises(ConfigError, match=r"study.journal was made with another search \(mode"):
         tune.main(args)
+
+
+def test_a_study_refuses_trials_trained_otherwise_than_its_own(tmp_path, capsys):
+    """A study records what its trials train; the same study continued with another budget (or
+    seed, data, network) would compare trials of both as one search, and is refused before any
+    trial. Where a run is written or logged may differ."""
+    run_tune(tune_command(tmp_path, "--trials", "1", "--pruner", "none", epochs=1), capsys)
+    group = tmp_path / "runs" / "space-tune"
+    cmd = tune_command(tmp_path, "--trials", "2", "--pruner", "none", epochs=2)
+    with pytest.raises(ConfigError) as refused:
+        tune.main(cmd[cmd.index("tune") + 1 :])
+    said = str(refused.value)
+    assert said.startswith(f"{group / tune.STUDY_FILE}: its trials were trained with other")
+    assert "trainer.max_epochs 1 (study) vs 2 (this command)" in said
+    assert "continue it with the arguments it was made with" in said
+    assert len(trials_of(group)) == 1
+    assert not (group / "trial-001").exists()
+    # where the runs are logged is no difference in what they train: the study goes on
+    logged_elsewhere = ("--run.tags", "[again]", "--run.checkpoint_every_minutes", "5")
+    cmd = tune_command(tmp_path, "--trials", "2", "--pruner", "none", epochs=1,
+                       extra=logged_elsewhere)  # fmt: skip
+    run_tune(cmd, capsys)
+    assert [r["state"] for r in trials_of(group)] == ["complete", "complete"]
+    # a study made before studies recorded this takes the command's settings as its own
+    study = optuna.load_study(study_name=None, storage=tune.journal(group / tune.STUDY_FILE))
+    study.set_user_attr(tune.TRAINS_ATTR, None)
+    cmd = tune_command(tmp_path, "--trials", "3", "--pruner", "none", epochs=1,
+                       extra=("--seed_everything", "5"))  # fmt: skip
+    _, logged = run_tune(cmd, capsys)
+    assert "made before studies recorded what their trials train" in logged
+    assert len(trials_of(group)) == 3
+    study = optuna.load_study(study_name=None, storage=tune.journal(group / tune.STUDY_FILE))
+    assert study.user_attrs[tune.TRAINS_ATTR]["seed_everything"] == 5
 
 
 @pytest.mark.slow  # make test-slow: three tune processes and their fits (about a minute)
@@ -259,6 +415,8 @@ def test_two_processes_share_one_study(tmp_path):
     # Both ask until the study holds 3 trials; asked at the same moment, each may add one more.
     assert 3 <= len(numbers) <= 4
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    values = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(values)) == len(values), values  # each worker draws its own (one base trial)
     for n in numbers:  # each trial trained once, by one process
         metrics = json.loads((group / f"trial-{n:03d}" / "metrics.json").read_text())
         assert len(metrics["provenance"]["attempts"]) == 1

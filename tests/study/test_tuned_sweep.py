@@ -165,3 +165,32 @@ def test_a_tuned_sweep_tunes_on_val_trains_each_variant_at_its_best_and_says_so(
                           "+1.00 [-2.00, +4.00] (95%) | **inconclusive** | ")  # fmt: skip
     tuned_claim = next(c for c in data["claims"] if c["id"] == "probe-8s-over-32s")
     assert row.endswith(f"| **{tuned_claim['verdict']}** |")
+
+
+def test_a_tuned_sweep_checks_every_variants_study_before_it_tunes_any(tmp_path, monkeypatch):
+    """fcn8s's study was made by a sweep given ``-- --trainer.max_epochs 2``; the sweep without
+    it is refused before fcn32s (tuned first) is tuned: a refusal after hours of tuning would
+    leave the sweep half done."""
+    from segbench.study import sweep, tune
+
+    path = make_ablation(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    folder = path.parent
+    configs = [REPO / "experiments" / "quickstart.yaml", folder / "tiny.yaml",
+               folder / "variants" / "fcn8s.yaml"]  # fmt: skip
+    made_with = [a for c in configs for a in ("--config", str(c))]
+    made_with += ["--seed_everything", "3", "--trainer.max_epochs", "2"]
+    space = tune.SearchSpace.load(folder / "tune.yaml")
+    study = tmp_path / "runs" / "probe-tune-fcn8s"
+    study.mkdir(parents=True)
+    pruner = {"name": "none", "warmup": 1, "threshold": None, "direction": "maximize"}
+    tune.open_study(study, study.name, space, pruner=pruner,
+                    trains=tune.trained_config(made_with, space))  # fmt: skip
+    with pytest.raises(ConfigError) as refused:
+        sweep.main(["--ablation", str(path), "--tune", "--seeds", "0"])
+    said = str(refused.value)
+    assert said.startswith(f"runs/probe-tune-fcn8s/{tune.STUDY_FILE}: its trials were trained")
+    assert "trainer.max_epochs 2 (study) vs 1 (this command)" in said
+    assert "give the sweep the fit arguments after --" in said
+    assert said.endswith("Nothing was tuned or trained.")
+    assert not (tmp_path / "runs" / "probe-tune-fcn32s").exists()
