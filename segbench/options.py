@@ -18,7 +18,7 @@ import re
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
-from types import UnionType
+from types import FunctionType, UnionType
 from typing import Any, Literal, NoReturn, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
@@ -33,6 +33,7 @@ __all__ = [
     "option_keys",
     "option_kind",
     "options_of",
+    "positive_int",
     "split_argv",
 ]
 
@@ -40,7 +41,25 @@ T = TypeVar("T")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
-    """jsonargparse's help, with the description (a module docstring) as written."""
+    """jsonargparse's help, with the description (a module docstring) as written, and a type
+    said by its name: an option with choices shows them in place of a type (jsonargparse's
+    checker of them is a lambda), one of a function by the function's name (``positive_int``),
+    never as ``<function <locals>.<lambda> at 0x...>``."""
+
+    def _get_type_str(self, action: argparse.Action) -> str | None:
+        if action.choices is not None:
+            return None
+        if isinstance(action.type, FunctionType):
+            return None if action.type.__name__ == "<lambda>" else action.type.__name__
+        return super()._get_type_str(action)
+
+
+def positive_int(text: str) -> int:
+    """An option's type: a whole number of at least 1 (runs at once, minutes, nodes)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 class CommandParser(ArgumentParser):

@@ -124,7 +124,7 @@ def test_every_command_has_a_generated_page(site: Path) -> None:
         assert "usage: segbench" in page.read_text(), f"no --help captured for segbench {name}"
 
 
-def test_every_command_says_what_it_does_in_the_command_table() -> None:
+def test_every_commands_help_says_what_it_does_and_names_its_types() -> None:
     """The table of commands (and each command's page) leads with the first sentence of the
     command's description; a docstring whose first paragraph is its synopsis alone gave an empty
     cell for four tools."""
@@ -135,10 +135,14 @@ def test_every_command_says_what_it_does_in_the_command_table() -> None:
         sys.path.remove(str(ROOT / "docs" / "hooks"))
     from segbench.cli import COMMANDS
 
-    empty = [
-        name for name in COMMANDS if not generate.summary(generate.capture_help([name, "--help"]))
-    ]
+    helps = {name: generate.capture_help([name, "--help"]) for name in COMMANDS}
+    empty = [name for name, text in helps.items() if not generate.summary(text)]
     assert not empty, f"no summary in the command table for: {empty}"
+    # An option's type by its name: tune's and sweep's said '<function <locals>.<lambda> at
+    # 0x7f...>' for their choices and '<function _positive at 0x...>' for --jobs.
+    unnamed = [name for name, text in helps.items() if "<function " in text]
+    assert not unnamed, f"a type said as a function object in the --help of: {unnamed}"
+    assert "(type: positive_int, default: 1)" in " ".join(helps["sweep"].split())
 
 
 def test_the_config_reference_lists_every_architecture_and_data_module(site: Path) -> None:

@@ -31,13 +31,12 @@ moves an existing run directory aside, and a log file in it would go with it.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from jsonargparse import Namespace
 
 from segbench.errors import ConfigError
-from segbench.options import CommandParser
+from segbench.options import CommandParser, positive_int
 from segbench.study.launchers.base import LAUNCHERS, Launcher, device_fit_args, slot_envs
 from segbench.study.launchers.local import ProcessLauncher
 from segbench.study.launchers.slurm import (
@@ -48,13 +47,6 @@ from segbench.study.launchers.slurm import (
 )
 
 __all__ = ["add_launcher_options", "make_launcher"]
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_launcher_options(parser: CommandParser) -> None:
@@ -69,14 +61,14 @@ def add_launcher_options(parser: CommandParser) -> None:
     )
     run.add_argument(
         "--jobs",
-        type=_positive,
+        type=positive_int,
         default=1,
         help="runs at once on this machine (subprocess, local); each logs to "
         "ROOT/GROUP/logs/<run>.log and gets cores/JOBS CPU threads",
     )
     run.add_argument(
         "--devices_per_job",
-        type=_positive,
+        type=positive_int,
         help="GPUs per run: each concurrent run gets its own CUDA_VISIBLE_DEVICES and "
         "--trainer.devices N",
     )
@@ -95,20 +87,20 @@ def add_launcher_options(parser: CommandParser) -> None:
     slurm = parser.add_argument_group("SLURM (--launcher slurm; pip install 'segbench[slurm]')")
     slurm.add_argument("--slurm_partition", type=str)
     slurm.add_argument(
-        "--slurm_time", type=_positive, default=60, help="minutes per job (local too)"
+        "--slurm_time", type=positive_int, default=60, help="minutes per job (local too)"
     )
-    slurm.add_argument("--slurm_nodes", type=_positive, default=1, help="nodes per run (DDP)")
+    slurm.add_argument("--slurm_nodes", type=positive_int, default=1, help="nodes per run (DDP)")
     slurm.add_argument(
         "--slurm_gpus_per_node",
         type=int,
         default=0,
         help="GPUs per node, one DDP task each (0: a CPU job)",
     )
-    slurm.add_argument("--slurm_cpus_per_task", type=_positive)
+    slurm.add_argument("--slurm_cpus_per_task", type=positive_int)
     slurm.add_argument("--slurm_mem_gb", type=float)
     slurm.add_argument(
         "--slurm_array_parallelism",
-        type=_positive,
+        type=positive_int,
         help="runs of the job array at once (default: SLURM's limit)",
     )
     slurm.add_argument(
