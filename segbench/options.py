@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import importlib
+import inspect
 import re
 import sys
 from collections.abc import Sequence
@@ -81,6 +83,45 @@ _OPTIONAL_LITERAL = re.compile(
 )
 
 
+#: An unknown argument of a class given by ``class_path`` (a network, an optimiser, a data module).
+_UNKNOWN_ARGUMENT = re.compile(r"Option '(\w+)' is not accepted")
+_CLASS_PATH = re.compile(r"class_path(?:=| )'([\w.]+)'")
+_PARSER_KEY = re.compile(r'^Parser key "([\w.]+)"')
+
+
+def init_arguments(class_path: str) -> list[str]:
+    """The keyword arguments ``class_path``'s constructor takes (what its ``init_args`` may
+    hold), in their order."""
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return [
+        p.name
+        for p in inspect.signature(cls).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", "params")
+    ]
+
+
+def plain_unknown_argument(message: str) -> str:
+    """jsonargparse's error for a misspelt ``init_args`` key (``Option 'lrr' is not accepted``,
+    inside several lines of Union subtypes for an optimiser or a data module) said in one line
+    naming the key, the class, the nearest argument and all of them: ``model.optimizer:
+    torch.optim.SGD takes no argument lrr (did you mean lr?); it takes lr, momentum, ...``."""
+    unknown, cls, key = (p.search(message) for p in (_UNKNOWN_ARGUMENT, _CLASS_PATH, _PARSER_KEY))
+    if not (unknown and cls and key):
+        return message
+    try:
+        names = init_arguments(cls.group(1))
+    except Exception:  # the class is not importable: jsonargparse's message stands
+        return message
+    got = unknown.group(1)
+    near = difflib.get_close_matches(got, names, n=1, cutoff=0.5)
+    return (
+        f"{key.group(1)}: {cls.group(1)} takes no argument {got}"
+        + (f" (did you mean {near[0]}?)" if near else "")
+        + f"; it takes {', '.join(names)}"
+    )
+
+
 def plain_choices(message: str) -> str:
     """jsonargparse's ``Expected a typing.Literal['whole', 'slide']. Got value: slid`` said as
     ``must be one of whole, slide (did you mean slide?); got slid`` (and its several lines for
@@ -100,6 +141,7 @@ def plain_choices(message: str) -> str:
             + f"; got {got}"
         )
 
+    message = plain_unknown_argument(message)
     message = _OPTIONAL_LITERAL.sub(lambda m: plain(m, null=True), message)
     return _LITERAL.sub(plain, message)
 

@@ -197,6 +197,26 @@ CASES: list[tuple[str, Args, int, str]] = [
         2,
         r"must be one of fast, .*bf16-mixed, .*, null \(did you mean bf16-mixed\?\); got bf16-mix",
     ),
+    (
+        "misspelt optimiser argument",
+        fit("--model.optimizer.init_args.lrr", "0.1"),
+        2,
+        r"error: model.optimizer: torch.optim.SGD takes no argument lrr \(did you mean lr\?\); "
+        r"it takes lr, momentum, .*weight_decay",
+    ),
+    (
+        "misspelt network argument",
+        fit("--model.net.init_args.widht", "0.5"),
+        2,
+        r"model.net: segbench.models.FCN takes no argument widht \(did you mean width\?\)",
+    ),
+    (
+        "misspelt data argument",
+        fit("--data.init_args.batch_sise", "2"),
+        2,
+        r"data: segbench.data.SyntheticSegmentation takes no argument batch_sise \(did you mean "
+        r"batch_size\?\); it takes num_train",
+    ),
     ("bad type", fit("--model.net.init_args.width", "wide"), 2, "width"),
     ("key prefix", fit("--trainer.max_epoch", "3"), 2, "max_epoch"),
     ("unknown data class", fit("--data", "segbench.data.Nope"), 2, "segbench.data.Nope"),
