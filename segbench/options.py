@@ -114,12 +114,15 @@ def plain_unknown_argument(message: str) -> str:
     except Exception:  # the class is not importable: jsonargparse's message stands
         return message
     got = unknown.group(1)
-    near = difflib.get_close_matches(got, names, n=1, cutoff=0.5)
-    return (
-        f"{key.group(1)}: {cls.group(1)} takes no argument {got}"
-        + (f" (did you mean {near[0]}?)" if near else "")
-        + f"; it takes {', '.join(names)}"
+    return f"{key.group(1)}: {cls.group(1)} takes no argument {got}{_nearest(got, names)}; " + (
+        f"it takes {', '.join(names)}"
     )
+
+
+def _nearest(got: str, names: list[str]) -> str:
+    """`` (did you mean NAME?)`` for the name nearest ``got``, or nothing if none is near."""
+    near = difflib.get_close_matches(got, names, n=1, cutoff=0.5)
+    return f" (did you mean {near[0]}?)" if near else ""
 
 
 def plain_choices(message: str) -> str:
@@ -134,12 +137,7 @@ def plain_choices(message: str) -> str:
             return match.group(0)
         choices = list(dict.fromkeys(str(c) for c in values)) + (["null"] if null else [])
         got = match.group(2)
-        near = difflib.get_close_matches(got, choices, n=1, cutoff=0.5)
-        return (
-            f"must be one of {', '.join(choices)}"
-            + (f" (did you mean {near[0]}?)" if near else "")
-            + f"; got {got}"
-        )
+        return f"must be one of {', '.join(choices)}{_nearest(got, choices)}; got {got}"
 
     message = plain_unknown_argument(message)
     message = _OPTIONAL_LITERAL.sub(lambda m: plain(m, null=True), message)
