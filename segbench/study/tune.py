@@ -595,6 +595,31 @@ class Tuner:
 
 
 # -- what the study found -------------------------------------------------------------------------
+def remove_dead_workers(group_dir: Path, study: Any) -> None:
+    """Remove the worker files (``.tune-<host>-<pid>.worker``) of ``tune`` processes that died
+    without removing theirs (``kill -9``, a lost node), once no running trial names them: such
+    a name is how a live process tells a dead worker's trial to take over (:meth:`Tuner.orphans`).
+    A file is removed while this process holds its lock, and only once its holder has written
+    its name in it (a worker opens the file, locks it, then writes), so no live worker's is."""
+    optuna = import_optuna()
+    named = {
+        t.user_attrs.get(WORKER_ATTR)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    }
+    for path in group_dir.glob(".tune-*.worker"):
+        try:
+            if str(path) in named or not path.stat().st_size:
+                continue  # a running trial's, or a worker's not yet locked (then it names itself)
+        except FileNotFoundError:
+            continue  # removed by another process meanwhile
+        try:
+            lock = WriterLock(path, "tune worker").acquire()
+        except BusyError:
+            continue  # a live worker's
+        path.unlink(missing_ok=True)
+        lock.release()
+
+
 def write_results(study: Any, space: SearchSpace, group_dir: Path, fit_args: list[str]) -> None:
     """best.yaml, trials.csv, tune.md and the three figures into ``group_dir``."""
     optuna = import_optuna()
@@ -614,8 +639,16 @@ def write_results(study: Any, space: SearchSpace, group_dir: Path, fit_args: lis
     atomic_write_text(group_dir / "trials.csv", buffer.getvalue())
     complete = [t for t in trials if t.state == s.COMPLETE]
     counts = {
-        state: sum(t.state == state for t in trials) for state in (s.COMPLETE, s.PRUNED, s.FAIL)
+        state: sum(t.state == state for t in trials)
+        for state in (s.COMPLETE, s.PRUNED, s.FAIL, s.RUNNING)
     }
+    running = counts[s.RUNNING]
+    still = (
+        f" {running} still running, in another `tune` process or left by a stopped one (the "
+        "same command continues it); the last process to end rewrites this page."
+        if running
+        else ""
+    )
     lines = [
         f"# segbench tune: {group_dir.name}",
         "",
@@ -623,7 +656,7 @@ def write_results(study: Any, space: SearchSpace, group_dir: Path, fit_args: lis
         f"{counts[s.PRUNED]} pruned "
         f"({sum(bool(t.user_attrs.get(DIVERGED_ATTR)) for t in trials)} of them diverged), "
         f"{counts[s.FAIL]} failed. Objective: {space.direction} {space.metric} ({space.mode} "
-        f"epoch), on the validation split. Search space: `{space.path}`.",
+        f"epoch), on the validation split. Search space: `{space.path}`.{still}",
         "",
     ]
     if complete:
@@ -822,6 +855,7 @@ def run_study(
         finally:
             worker.release()
             worker.path.unlink(missing_ok=True)
+            remove_dead_workers(group_dir, study)
     finally:
         slot.release()
     write_results(study, space, group_dir, fit_args)

@@ -257,7 +257,10 @@ def test_a_study_runs_its_trials_starts_from_the_base_and_writes_what_it_found(t
     assert "2 trials: 2 complete, 0 pruned (0 of them diverged), 0 failed" in out
     # the same command again: the study is full, nothing runs
     records = {p: p.stat().st_mtime_ns for p in group.glob("trial-*/metrics.json")}
+    dead = group / ".tune-elsewhere-99999.worker"  # a tune killed with -9, none of its trials left
+    dead.write_text("pid 99999 on elsewhere\n")
     _, again = run_tune(tune_command(tmp_path, "--trials", "2", "--pruner", "none"), capsys)
+    assert not list(group.glob(".tune-*.worker"))  # its own and the dead one's are removed
     assert "starting" not in again
     assert len(trials_of(group)) == 2
     assert {p: p.stat().st_mtime_ns for p in group.glob("trial-*/metrics.json")} == records
@@ -339,6 +342,22 @@ def test_a_changed_space_is_refused_on_an_existing_study(tmp_path, capsys):
     space_file(tmp_path, changed)
     with pytest.raises(ConfigError, match=r"study.journal was made with another search \(mode"):
         tune.main(args)
+
+
+def test_a_page_written_while_a_trial_runs_says_so(tmp_path):
+    """Two processes share a study: the first to end writes tune.md while the other's trial
+    still runs; the page says the trial runs and that it is rewritten at the last one's end."""
+    space = tune.SearchSpace.load(space_file(tmp_path))
+    group = tmp_path / "g"
+    study, slot = tune.join_study(group, "g", space, sampler="tpe", seed=7, pruner=PRUNER,
+                                  trains=TRAINS)  # fmt: skip
+    proposals(study, space, 2)
+    study.ask(space.params)  # another process's trial, running
+    tune.write_results(study, space, group, [])
+    page = (group / "tune.md").read_text()
+    assert "3 trials: 2 complete, 0 pruned (0 of them diverged), 0 failed." in page
+    assert "1 still running, in another `tune` process or left by a stopped one" in page
+    slot.release()
 
 
 def test_a_study_refuses_trials_trained_otherwise_than_its_own(tmp_path, capsys):
