@@ -141,10 +141,22 @@ BEFORE_AFTER = ["claim", "a - b, shared setting", "verdict", "a - b, tuned", "ve
 def before_after_table(judged: Sequence[Judgement], tuned: dict[str, Any]) -> str:
     """Each claim at the recipe's shared setting beside the same claim with each variant
     tuned (:func:`before_after_rows`)."""
-    return (
-        f"## Before and after tuning\n\nThe shared setting's verdicts are those of the sweep "
-        f"`{tuned['shared_group']}` as published in this page's data.\n\n"
-        + markdown_table(BEFORE_AFTER, before_after_rows(judged, tuned))
+    group, extra = tuned["shared_group"], " ".join(tuned.get("shared_fit_args") or ())
+    if extra:
+        said = (
+            f"The runs were given `{extra}` after `--`: the shared setting's verdicts are those "
+            f"of the sweep `{group}` given the same, reported in `{tuned['shared_source']}`"
+            + ("" if tuned.get("shared_claims") else
+               f" (there is none: `segbench sweep --ablation {tuned.get('ablation', group)} "
+               f"-- {extra}` makes it)")
+        )  # fmt: skip
+    else:
+        said = (
+            f"The shared setting's verdicts are those of the sweep `{group}` as published in "
+            "this page's data"
+        )
+    return f"## Before and after tuning\n\n{said}.\n\n" + markdown_table(
+        BEFORE_AFTER, before_after_rows(judged, tuned)
     )
 
 

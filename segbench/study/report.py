@@ -90,12 +90,14 @@ def build_report(
     provenance: Sequence[str] = (),
     claims: Sequence[Claim] = (),
     tuned: dict[str, Any] | None = None,
+    fit_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The report of the runs under ``paths`` as data (:func:`segbench.study.runs.report_data`,
     with the verdicts on ``claims``, see :mod:`segbench.study.verdicts`); its files written if
     ``out`` is given. :func:`segbench.study.render.render_report` gives its markdown. ``tuned``:
     how a tuned sweep tuned each variant (:func:`segbench.study.sweep.tuned_data`), kept in the
-    data and said in the report."""
+    data and said in the report. ``fit_args``: the fit arguments a sweep gave its runs after
+    ``--``, kept in the data (a tuned sweep compares only with a report of the same)."""
     files = find_runs(paths)
     if not files:
         raise MissingFileError(f"no {METRICS_FILE} under {list(paths)}")
@@ -117,6 +119,8 @@ def build_report(
     data["claims"] = [judgement_data(j) for j in judge_claims(claims, rows)]
     if tuned:
         data["tuned"] = tuned
+    if fit_args:
+        data["fit_args"] = list(fit_args)
     if data["unfinished"]:
         log.warning("%d of %d runs did not finish training", len(data["unfinished"]), len(runs))
     if out:

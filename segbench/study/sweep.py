@@ -47,11 +47,13 @@ variant got, and puts the claims as judged at the recipe's shared setting beside
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -317,8 +319,9 @@ def _main(argv: list[str], claims: list[WriterLock]) -> None:
     if not reported and failures:  # nothing to report: what failed is the last word
         _fail(failures)
     tested = ablation.claims if ablation is not None else []
+    tuning = tuned_data(ablation, tuned, shared_group, extra, args.root)
     data = build_report(reported, metrics=metrics, out=out, paper=paper, title=group,
-                        claims=tested, tuned=tuned_data(ablation, tuned, shared_group))  # fmt: skip
+                        claims=tested, tuned=tuning, fit_args=extra)  # fmt: skip
     sys.stdout.write(render_report(data, tested))
     log.info("report: %s.md / .json / .csv / .png / _curves.png", out)
     if not args.out and extra:
@@ -438,20 +441,35 @@ def tune_variants(
 
 
 def tuned_data(
-    ablation: Ablation | None, tuned: dict[str, dict[str, Any]], shared_group: str
+    ablation: Ablation | None,
+    tuned: dict[str, dict[str, Any]],
+    shared_group: str,
+    extra: Sequence[str] = (),
+    root: str = "runs",
 ) -> dict[str, Any] | None:
     """What a tuned report says of its tuning: the space, trials and seed, each variant's best
-    setting, and the claims as judged at the recipe's shared setting (from the paper's
-    ``RESULTS.json``, where that sweep was published)."""
+    setting, and the claims as judged at the recipe's shared setting: from the paper's
+    ``RESULTS.json``, where that sweep was published, or, for a sweep given fit arguments after
+    ``--`` (``extra``), from the shared setting's sweep given the same ones
+    (``ROOT/SHARED_GROUP.json``): the published verdicts are of other runs."""
     if not tuned or ablation is None or ablation.tune is None:
         return None
-    published = read_results(ablation.folder.parent / "RESULTS.json").get(shared_group) or {}
+    source = Path(root) / f"{shared_group}.json"
+    if extra:
+        shared = json.loads(source.read_text()) if source.is_file() else {}
+        if shared.get("fit_args") != list(extra):
+            shared = {}
+    else:
+        shared = read_results(ablation.folder.parent / "RESULTS.json").get(shared_group) or {}
     return {
+        "ablation": ablation.name,
         "space": str(ablation.space),
         "trials": ablation.tune.trials,
         "seed": ablation.tune.seed,
         "fit_args": list(ablation.tune.fit_args),
         "variants": tuned,
         "shared_group": shared_group,
-        "shared_claims": published.get("claims", []),
+        "shared_source": str(source) if extra else None,
+        "shared_fit_args": list(extra),
+        "shared_claims": shared.get("claims", []),
     }

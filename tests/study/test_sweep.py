@@ -216,8 +216,9 @@ def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monk
     results.write_text("<!-- sweep:probe -->\n| the recipe's table |\n<!-- /sweep:probe -->\n")
     monkeypatch.setattr(ProcessLauncher, "launch", lambda self, planned: [])
     written: list[str] = []
-    monkeypatch.setattr(sweep, "build_report", lambda *a, out, **k: written.append(out) or
-                        _report(1, "one-epoch"))  # fmt: skip
+    given: list[list[str]] = []  # the fit arguments each report records
+    monkeypatch.setattr(sweep, "build_report", lambda *a, out, fit_args, **k: written.append(out)
+                        or given.append(fit_args) or _report(1, "one-epoch"))  # fmt: skip
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "runs-try" / "probe" / "a-s0"
     run.mkdir(parents=True)
@@ -226,6 +227,7 @@ def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monk
     with segbench_log() as lines:
         sweep.main([*args, "--root", "runs-try", "--", "--trainer.max_epochs", "1"])
     assert written == [str(Path("runs-try") / "probe")]
+    assert given == [["--trainer.max_epochs", "1"]]
     assert "report: runs-try/probe.md / .json / .csv / .png / _curves.png" in lines
     assert lines[-1].startswith(
         "the runs were given extra fit arguments (--trainer.max_epochs 1)"
@@ -235,6 +237,7 @@ def test_a_sweep_with_extra_fit_arguments_leaves_results_md_alone(tmp_path, monk
     shutil.copytree(tmp_path / "runs-try", tmp_path / "runs")
     sweep.main(args)
     assert written[-1] == "results/probe"
+    assert given[-1] == []
     assert "| one-epoch | 1 |" in results.read_text()
 
 

@@ -194,3 +194,34 @@ def test_a_tuned_sweep_checks_every_variants_study_before_it_tunes_any(tmp_path,
     assert "give the sweep the fit arguments after --" in said
     assert said.endswith("Nothing was tuned or trained.")
     assert not (tmp_path / "runs" / "probe-tune-fcn32s").exists()
+
+
+def test_a_tuned_sweep_given_fit_arguments_compares_with_the_shared_sweep_given_the_same(
+    tmp_path,
+):
+    """``sweep --tune -- --trainer.max_epochs 2``: its runs are not the published recipe's, so
+    its "before" verdicts come from the shared setting's sweep given the same arguments
+    (ROOT/GROUP.json, which records them), never from RESULTS.json."""
+    from segbench.study.render import before_after_table
+    from segbench.study.sweep import tuned_data
+
+    ablation = Ablation.load(make_ablation(tmp_path))
+    published = {"id": "probe-8s-over-32s", "verdict": "reproduced"}
+    (ablation.folder.parent / "RESULTS.json").write_text(
+        json.dumps({"groups": {"probe": {"rows": [], "claims": [published]}}})
+    )
+    tuned = {"fcn8s": {"trial": 1}, "fcn32s": {"trial": 0}}
+    root = tmp_path / "runs"
+    root.mkdir()
+    extra = ["--trainer.max_epochs", "2"]
+    assert tuned_data(ablation, tuned, "probe")["shared_claims"] == [published]
+    data = tuned_data(ablation, tuned, "probe", extra, str(root))
+    assert data["shared_claims"] == []  # no shared sweep with these arguments: none, not RESULTS
+    page = before_after_table([], data)
+    assert "The runs were given `--trainer.max_epochs 2` after `--`" in page
+    assert "(there is none: `segbench sweep --ablation probe -- --trainer.max_epochs 2`" in page
+    same = {"id": "probe-8s-over-32s", "verdict": "inconclusive"}
+    (root / "probe.json").write_text(json.dumps({"claims": [same], "fit_args": extra}))
+    assert tuned_data(ablation, tuned, "probe", extra, str(root))["shared_claims"] == [same]
+    other = ["--trainer.max_epochs", "3"]
+    assert tuned_data(ablation, tuned, "probe", other, str(root))["shared_claims"] == []
