@@ -32,10 +32,10 @@ help:  ## list the targets and the ablations found (experiments/*/*/ablation.yam
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,export,slurm,docs,tune,loggers]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,export,slurm,docs,tune,loggers,notebooks]'
 	@touch $@
 
-venv: $(BIN)/.installed  ## create .venv and install segbench with its dev tools and extras (export, slurm, docs, tune, loggers)
+venv: $(BIN)/.installed  ## create .venv and install segbench with its dev tools and extras (export, slurm, docs, tune, loggers, notebooks)
 
 demo: venv  ## train FCN-8s on the embedded synthetic scenes (CPU, 2-7 min) and print the results
 	$(SEGBENCH) fit --config experiments/quickstart.yaml --run.overwrite true
