@@ -81,6 +81,24 @@ def test_help_shows_the_docstrings(capsys):
     assert "best checkpoint" in out
 
 
+def test_each_command_says_what_it_does_here(capsys):
+    """Lightning's own descriptions are the Trainer methods' first lines: predict's ended in
+    'Useful to'. segbench --help lists the commands by what they do in segbench."""
+    run_main(["predict", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Label images with a run's checkpoint (--config RUN/config.yaml" in out
+    assert "Useful to" not in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = [line.split(None, 1) for line in capsys.readouterr().out.splitlines()[-4:]]
+    assert listed == [
+        ["fit", "Train a run"],
+        ["validate", "Score a run's checkpoint on the validation split"],
+        ["test", "Score a run's checkpoint on the test split"],
+        ["predict", "Label images with a run's checkpoint"],
+    ]
+
+
 def test_fit_then_test_writes_a_complete_run_directory(tiny):
     run_main(["fit", *tiny(extra=["--run.test_after_fit", "true"])])
     run_dir = tiny.root / "test" / "tiny"

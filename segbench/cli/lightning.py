@@ -23,6 +23,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -161,6 +162,13 @@ class _Parser(LightningArgumentParser):
 class SegbenchCLI(LightningCLI):
     """LightningCLI with segbench's task, data base class, links and run directory."""
 
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        # ``segbench --help`` lists each command by what it does here (_SAID, to its first
+        # ``(`` or ``:``), not by the first line of Lightning's Trainer method.
+        for choice in parser._subcommands_action._choices_actions:  # type: ignore[union-attr]
+            choice.help = re.split(r" \(|:", _SAID[choice.dest], maxsplit=1)[0]
+
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("model_class", SegmentationTask)
         kwargs.setdefault("trainer_class", SegbenchTrainer)
@@ -169,7 +177,11 @@ class SegbenchCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", SaveRunConfig)
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault("parser_kwargs", {"description": _DESCRIPTION, "allow_abbrev": False})
+        kwargs.setdefault(
+            "parser_kwargs",
+            {"description": _DESCRIPTION, "allow_abbrev": False}
+            | {command: {"description": said} for command, said in _SAID.items()},
+        )
         kwargs.setdefault("parser_class", _Parser)
         _Parser.argv = tuple(str(a) for a in (args or sys.argv[1:]))
         _Parser.config_files = tuple(config_files(list(_Parser.argv)))
@@ -206,6 +218,12 @@ class SegbenchCLI(LightningCLI):
         self, klass: type, subcommand: str, **kwargs: Any
     ) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # The method's own arguments (--ckpt_path, ...) are headed by its docstring's first
+        # paragraph, which predict's cuts off at "Useful to:": headed by the method instead.
+        own = set(self._subcommand_method_arguments[subcommand])
+        for group in parser._action_groups:
+            if any(action.dest in own for action in group._group_actions):
+                group.title, group.description = f"arguments of Trainer.{subcommand}", None
         if subcommand == "predict":
             add_predict_arguments(parser)
         return parser
@@ -863,6 +881,23 @@ _DESCRIPTION = (
     "Training and evaluation: segbench {fit,validate,test,predict} --config FILE.yaml.\n"
     "Tools: " + ", ".join(f"segbench {t} --help" for t in COMMANDS) + "."
 )
+
+
+#: What each of Lightning's commands does in segbench, for its ``--help`` (Lightning's own is the
+#: Trainer method's docstring, cut at its first line: ``predict`` ended in "Useful to").
+_SAID = {
+    "fit": "Train a run: the network, data and trainer of the --config files (and --KEY VALUE "
+    "changes), into run.root/run.group/run.name; --ckpt_path last resumes it where it stopped "
+    "(bit-exactly).",
+    "validate": "Score a run's checkpoint on the validation split (--config RUN/config.yaml "
+    "--ckpt_path best|last|PATH) with its val_protocol; the result goes into the run's "
+    "metrics.json.",
+    "test": "Score a run's checkpoint on the test split (--config RUN/config.yaml --ckpt_path "
+    "best|last|PATH) with its test_protocol; the result goes into the run's metrics.json.",
+    "predict": "Label images with a run's checkpoint (--config RUN/config.yaml --ckpt_path best "
+    "--images FILES/FOLDERS/GLOBS, default the test split): a palette PNG of class indices per "
+    "image, an overlay, and with --save_probs the class probabilities.",
+}
 
 
 def _brief(names: Any) -> str:
