@@ -138,3 +138,13 @@ def test_segbench_benchmark_times_eager_and_compiled_alternately(tmp_path):
     notes = rows[1]["notes"]
     assert notes["compiled_over_eager"] == rows[1]["images_per_s"] / rows[0]["images_per_s"]
     assert "compile_s" in notes
+
+
+def test_the_interquartile_range_of_few_repeats_stays_within_the_measured_rates():
+    # 2 repeats (segbench benchmark --repeats 2) once gave an IQR of -1.8-15.8 images/s.
+    from segbench.benchmark import _stats
+
+    for seconds in ([1.0, 3.0], [1.0, 2.0, 8.0], [0.5, 0.6, 0.7, 3.0]):
+        rates = [4 / s for s in seconds]
+        timing = _stats("step", seconds, 4, batch_size=4, input_size=(8, 8), setting="")
+        assert min(rates) <= timing.iqr[0] <= timing.images_per_s <= timing.iqr[1] <= max(rates)

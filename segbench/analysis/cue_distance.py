@@ -169,6 +169,25 @@ def cue_distances(
     }
 
 
+def cue_pairs(items: list[str]) -> dict[str, list[str]]:
+    """``{class: [cue, ...]}`` from ``--cues`` items ``CLASS=CUE,CUE``. The command line splits a
+    list item at its commas (``--cues boat=water,sand`` arrives as ``["boat=water", "sand"]``),
+    so an item without ``=`` is one more cue of the item before it."""
+    pairs: dict[str, list[str]] = {}
+    last: list[str] | None = None
+    for item in items:
+        for part in item.split(","):
+            name, eq, cues = part.partition("=")
+            if eq and name and cues:
+                last = pairs.setdefault(name.strip(), [])
+                last.append(cues.strip())
+            elif not eq and name.strip() and last is not None:
+                last.append(name.strip())
+            else:
+                raise ConfigError(f"--cues {item!r}: expected CLASS=CUE[,CUE...]")
+    return pairs
+
+
 @dataclass
 class Options:
     """Options of ``segbench cue-distance``.
@@ -194,9 +213,7 @@ class CueDistanceTool(Tool[Options, CueDistance]):
     test_options = ("--max_images", "3", "--num_workers", "0")
 
     def validate(self, options: Options, common: Common) -> None:
-        for pair in options.cues or []:
-            if "=" not in pair or not all(pair.partition("=")[::2]):
-                raise ConfigError(f"--cues {pair!r}: expected CLASS=CUE[,CUE...]")
+        cue_pairs(options.cues or [])
         if any(r <= 0 for r in options.radii):
             raise ConfigError(f"--radii {options.radii}: every radius must be positive")
 
@@ -204,7 +221,7 @@ class CueDistanceTool(Tool[Options, CueDistance]):
         dm = model.datamodule
         names = list(dm.class_names)
         if options.cues:
-            pairs = {k: v.split(",") for k, _, v in (p.partition("=") for p in options.cues)}
+            pairs = cue_pairs(options.cues)
         else:
             pairs = {k: list(v) for k, v in getattr(dm, "context_cues", {}).items()}
         if not pairs:

@@ -15,12 +15,16 @@ Images: the first ``--images`` of ``--split``, without augmentation. A trained r
 measured in eval mode (batch norm with its running statistics). A fresh network's running
 statistics are still the initial ones, so by default its batch-norm layers use the batch's own
 statistics, as in the first training step (``--bn`` overrides either choice). Dropout is off.
+A network pads an image to a multiple of its stride (CamVid's 360 rows: 384 for FCN), so a map's
+stride is read against the padded size the backbone saw, and the positions of the padding (past
+``ceil(image / stride)``) are left out of the means.
 ``--out DIR`` writes ``feature-norms.{md,json,png}``; the rest of the command line is shared by
 every tool (:mod:`segbench.analysis.tool`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -92,11 +96,27 @@ def feature_norms(
     layer: the backbone's named outputs, then ``modules`` in the given order."""
     norms: dict[str, list[Tensor]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
+    strides: dict[str, float] = {}
+    image = (int(images.shape[-2]), int(images.shape[-1]))
+    # The size the backbone sees: the networks pad the image to a multiple of their stride
+    # (bottom and right, segbench.models.base.pad_to_multiple), so a map's stride is that size
+    # over the map's, and the rows and columns past ceil(image / stride) are the padding's.
+    seen: list[tuple[int, int]] = [image]
 
     def record(name: str, value: object) -> None:
         for key, t in _as_maps(name, value):
             if t.dim() < 2:
                 continue
+            if t.dim() >= 4 and tuple(t.shape[-2:]) != image:
+                stride = seen[0][0] / t.shape[-2]
+                rows, cols = (
+                    min(n, math.ceil(i * n / s))
+                    for n, i, s in zip(t.shape[-2:], image, seen[0], strict=True)
+                )
+                t = t[..., :rows, :cols]
+            else:
+                stride = 1.0 if t.dim() >= 4 else float(image[0])
+            strides.setdefault(key, stride)
             shapes.setdefault(key, tuple(t.shape))
             norms.setdefault(key, []).append(t.detach().float().norm(dim=1).flatten())
 
@@ -109,6 +129,10 @@ def feature_norms(
             for n, t in zip(names, out, strict=True):
                 record(n, t)
 
+        def backbone_input(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
+            seen[0] = (int(args[0].shape[-2]), int(args[0].shape[-1]))
+
+        hooks.append(backbone.register_forward_pre_hook(backbone_input))
         hooks.append(backbone.register_forward_hook(backbone_hook))
     named = dict(net.named_modules())
     for name in modules:
@@ -137,7 +161,7 @@ def feature_norms(
                 name=key,
                 channels=shape[1],
                 size=size,
-                stride=images.shape[-2] / size[0],
+                stride=strides[key],
                 mean=float(flat.mean()),
                 std=float(flat.std()) if flat.numel() > 1 else 0.0,
             )

@@ -166,12 +166,17 @@ def learning_curve(run_dir: Path, key: str = "val/mIoU") -> dict[int, float]:
     """``{epoch: value}`` of one per-epoch key in a run's ``metrics.csv`` (empty if none).
 
     A resumed run logs the epoch it resumed in again; the last value logged for an epoch wins.
+    Rows at step 0 are left out: training logs after at least one step, and ``segbench
+    validate`` / ``test`` of a checkpoint append their numbers as epoch 0, step 0 (they once
+    replaced the first epoch's validation by the best checkpoint's on ``report``'s curves).
     """
     path = RunDir(run_dir).csv
     curve: dict[int, float] = {}
     if path.is_file():
         with path.open(newline="") as f:
             for row in csv.DictReader(f):
+                if row.get("step") in ("0", "0.0"):
+                    continue
                 if row.get(key) and row.get("epoch"):
                     curve[int(row["epoch"])] = float(row[key])
     return curve

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from segbench.analysis.cue_distance import cue_distances
+from segbench.analysis.cue_distance import cue_distances, cue_pairs
 from segbench.cli import main
 from tests.helpers import REPO
 
@@ -65,3 +65,17 @@ def test_cues_are_checked_against_the_class_names(capsys):
             main([*args, "--cues", cues])
         assert exit_.value.code == 1
         assert named in capsys.readouterr().err
+
+
+def test_several_cues_of_one_class_can_be_given_as_the_help_says(capsys):
+    # The command line splits list items at commas: the documented `--cues boat=water,sand`
+    # arrived as ["boat=water", "sand"] and was refused ("'sand': expected CLASS=CUE").
+    assert cue_pairs(["boat=water", "sand", "car=road"]) == {
+        "boat": ["water", "sand"],
+        "car": ["road"],
+    }
+    assert cue_pairs(["boat=water,sand"]) == {"boat": ["water", "sand"]}
+    main(["cue-distance", "--config", str(REPO / "experiments" / "quickstart.yaml"),
+          "--data.init_args.num_val", "2", "--data.init_args.image_size", "[32, 48]",
+          "--data.init_args.num_workers", "0", "--cues", "boat=water,sand"])  # fmt: skip
+    assert "| boat | water, sand |" in capsys.readouterr().out

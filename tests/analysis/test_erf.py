@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segbench.analysis.erf import (
+    Erf,
     bbox,
     empirical_heat,
     main,
@@ -124,6 +125,29 @@ def test_receptive_field_summarises_both_fields():
     assert rf.empirical.area == 16 * 16  # threshold 0 keeps every pixel
     assert rf.theoretical_extent == (5, 5)
     assert "5x5" in rf.markdown()
+
+
+def test_the_colour_bar_of_a_landscape_heat_map_stays_beside_it():
+    # On CamVid's 360 x 480 the colour bar took the axes' whole cell, rose above the heat map
+    # and covered the end of its title; square synthetic scenes never showed it.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    torch.manual_seed(0)
+    rf = receptive_field(
+        Linear5x5(), torch.randn(1, 3, 18, 24), (9, 12), patch=1, stride=1, canvas=0
+    )
+    rf.model = "a model with a long name, as a run directory's path is"
+    fig = Figure(figsize=Erf.figsize)
+    rf.plot(fig)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    heat = next(ax for ax in fig.axes if ax.get_title().startswith("a model"))
+    bar = next(ax for ax in [*fig.axes, *heat.child_axes] if "mean change" in ax.get_ylabel())
+    box, bar_box = heat.get_window_extent(renderer), bar.get_window_extent(renderer)
+    assert bar_box.y1 <= box.y1 + 1
+    assert bar_box.y0 >= box.y0 - 1
+    assert not bar_box.overlaps(heat.title.get_window_extent(renderer))
 
 
 def test_a_constant_output_is_explained():

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from segbench.analysis.feature_norms import feature_norms, main
 from segbench.analysis.loading import load_model, sample_images
 from segbench.cli import main as segbench
+from segbench.models.base import pad_to_multiple
 from tests.helpers import tiny_args
 
 
@@ -57,6 +58,33 @@ def test_norms_of_known_features():
     want = (2 * x[:, :2]).norm(dim=1)
     assert head.mean == pytest.approx(float(want.mean()), rel=1e-5)
     assert head.std == pytest.approx(float(want.std()), rel=1e-4)
+
+
+class PaddingNet(nn.Module):
+    """Pads the image to a multiple of 8 as the segbench networks do; its backbone's one map (a
+    stride-2 average of a constant image) is 3 over the image and 0 over the padding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = KnownBackbone()
+        self.backbone.forward = lambda x: [3 * nn.functional.avg_pool2d(x[:, :1], 2)]  # type: ignore[method-assign]
+        self.backbone.feature_names = ("low",)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        padded, _ = pad_to_multiple(x, 8)
+        self.backbone(padded)
+        return {"out": x}
+
+
+def test_a_padded_non_square_image_has_true_strides_and_no_padding_in_the_means():
+    # 18 x 20 (CamVid-like: not a multiple of the stride) is padded to 24 x 24: the map is 12 x 12
+    # at stride 2, not 18 / 12 = 1.5, and its last 3 rows and 2 columns are the padding's.
+    rows = feature_norms(PaddingNet(), torch.ones(2, 3, 18, 20))
+    (low,) = rows
+    assert low.stride == 2.0
+    assert low.size == (9, 10)
+    assert low.mean == pytest.approx(3.0)
+    assert low.std == pytest.approx(0.0, abs=1e-6)
 
 
 def test_batch_statistics_mode_leaves_the_network_as_it_was():

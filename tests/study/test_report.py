@@ -203,6 +203,18 @@ def test_learning_curve_per_epoch_last_value_wins(tmp_path):
     assert learning_curve(tmp_path / "missing") == {}
 
 
+def test_a_later_validate_of_a_checkpoint_leaves_the_learning_curve_alone(tmp_path):
+    from segbench.study.runs import learning_curve
+
+    # What `segbench validate --ckpt_path best` appended to a real CamVid run's metrics.csv after
+    # fit: the best checkpoint's val/mIoU as epoch 0, step 0, which replaced epoch 0's 0.05.
+    with (tmp_path / "metrics.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "step", "val/mIoU", "test/mIoU"])
+        w.writerows([[0, 14, 0.05, ""], [1, 29, 0.15, ""], [0, 0, 0.15, ""], [0, 0, "", 0.14]])
+    assert learning_curve(tmp_path) == {0: 0.05, 1: 0.15}
+
+
 def test_curves_figure_means_over_seeds(runs, tmp_path):
     from matplotlib.figure import Figure
 
