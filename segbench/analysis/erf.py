@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from segbench.analysis.loading import LoadedModel, denormalise, sample_images
 from segbench.analysis.tool import Common, Tool
@@ -215,7 +216,11 @@ def empirical_heat(
     heat = torch.zeros(H, W, dtype=torch.float64)
     cover = torch.zeros(H, W, dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
+    batches = len(images) * draws * -(-len(windows) // batch_size)
+    # A full CamVid frame at the defaults is minutes of forward passes on a CPU: a bar on a
+    # terminal (none in a log or a test: disable=None).
+    progress = tqdm(total=batches, desc="erf: perturbed windows", unit="batch", disable=None)
+    with torch.no_grad(), progress:
         for image in images.to(device):
             clean = read(image[None], unit)[0]
             for _ in range(draws):
@@ -234,6 +239,7 @@ def empirical_heat(
                     for i, (r, c) in enumerate(chunk):
                         heat[r : r + patch, c : c + patch] += change[i]
                         cover[r : r + patch, c : c + patch] += 1
+                    progress.update(1)
     return heat / cover.clamp(min=1)
 
 

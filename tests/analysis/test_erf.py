@@ -115,6 +115,32 @@ def test_prediction_flips_are_rates():
     assert heat[0, 0] == 0  # outside the window nothing can flip
 
 
+def test_the_perturbation_counts_its_batches_on_a_progress_bar(monkeypatch):
+    """A full CamVid frame takes minutes: the windows' batches go onto a progress bar, whose
+    total is every batch the loop runs (2 images x 2 draws x ceil(12 windows / 5))."""
+    from segbench.analysis import erf
+
+    bars: list[dict[str, int]] = []
+
+    class Bar:
+        def __init__(self, total: int, **_: object) -> None:
+            bars.append({"total": total, "done": 0})
+
+        def __enter__(self) -> Bar:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+        def update(self, n: int) -> None:
+            bars[-1]["done"] += n
+
+    monkeypatch.setattr(erf, "tqdm", Bar)
+    images = torch.randn(2, 3, 12, 16)
+    empirical_heat(Linear5x5().eval(), images, (6, 6), patch=4, stride=4, draws=2, batch_size=5)
+    assert bars == [{"total": 12, "done": 12}]
+
+
 def test_receptive_field_summarises_both_fields():
     torch.manual_seed(0)
     rf = receptive_field(
