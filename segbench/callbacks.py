@@ -79,6 +79,17 @@ def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float | None]:
     return out
 
 
+def _fit_loop_done(trainer: L.Trainer) -> bool:
+    """Whether the fit loop ended by its limits (``FitLoop.done``), asked quietly: the property
+    logs why it stops each time it is read, and Lightning had said it once already."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    was, rank_zero.disabled = rank_zero.disabled, True
+    try:
+        return bool(trainer.fit_loop.done)
+    finally:
+        rank_zero.disabled = was
+
+
 class RunFiles(Callback):
     """Maintain the run's sections of ``metrics.json`` (global rank 0 only).
 
@@ -308,7 +319,7 @@ class RunFiles(Callback):
             self.fit["best_checkpoint"] = ckpt.best_model_path
         self.fit["completed_epochs"] = trainer.current_epoch
         self.fit["global_step"] = trainer.global_step
-        self.fit["finished"] = bool(trainer.fit_loop.done) and not trainer.interrupted
+        self.fit["finished"] = _fit_loop_done(trainer) and not trainer.interrupted
         self._write_fit(trainer)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -99,6 +99,15 @@ def test_each_command_says_what_it_does_here(capsys):
     ]
 
 
+def test_fit_says_once_why_it_stopped(tiny, caplog):
+    """Lightning logs why the fit loop stops each time FitLoop.done is read; the run record
+    reads it too, which printed the line twice."""
+    with caplog.at_level("INFO", logger="lightning.pytorch.utilities.rank_zero"):
+        run_main(["fit", *tiny()])
+    assert caplog.text.count("`Trainer.fit` stopped: `max_epochs=") == 1
+    assert metrics(tiny.root / "test" / "tiny")["finished"] is True
+
+
 def test_fit_then_test_writes_a_complete_run_directory(tiny):
     run_main(["fit", *tiny(extra=["--run.test_after_fit", "true"])])
     run_dir = tiny.root / "test" / "tiny"
