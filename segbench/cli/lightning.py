@@ -60,6 +60,7 @@ from segbench.config import (
     locate_keys,
 )
 from segbench.data.base import SegmentationDataModule
+from segbench.data.files import IMAGE_SUFFIXES
 from segbench.errors import CheckpointError, ConfigError, SegbenchError, listed
 from segbench.loggers import CSVMode, check_loggers, choose_wandb_mode, make_loggers, mlflow_uri
 from segbench.numerics import SegbenchTrainer
@@ -760,7 +761,8 @@ def add_predict_arguments(parser: LightningArgumentParser) -> None:
         type=str,
         default=None,
         help="image files, folders (searched recursively) or quoted globs to predict, any size, "
-        "JPEG or PNG, no masks; default: the data module's test split",
+        f"no masks, of the types {' '.join(IMAGE_SUFFIXES)}; default: the data module's test "
+        "split",
     )
     parser.add_argument(
         "--out",
