@@ -88,6 +88,9 @@ def test_each_command_says_what_it_does_here(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "Label images with a run's checkpoint (--config RUN/config.yaml" in out
     assert "Useful to" not in out
+    # --images said 'JPEG or PNG' while it reads BMP, TIFF and WebP as well (the tutorial's list)
+    for suffix in (".jpg", ".png", ".bmp", ".tif", ".webp"):
+        assert suffix in out, suffix
     with pytest.raises(SystemExit):
         main(["--help"])
     listed = [line.split(None, 1) for line in capsys.readouterr().out.splitlines()[-4:]]

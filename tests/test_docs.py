@@ -145,6 +145,21 @@ def test_every_commands_help_says_what_it_does_and_names_its_types() -> None:
     assert "(type: positive_int, default: 1)" in " ".join(helps["sweep"].split())
 
 
+def test_the_captured_help_holds_no_control_characters() -> None:
+    """jsonargparse writes ``--print_config \\b[=flags]``: a terminal erases the space before the
+    backspace, the reference pages showed a box for it (fit, validate, test, predict)."""
+    sys.path.insert(0, str(ROOT / "docs" / "hooks"))
+    try:
+        import generate
+    finally:
+        sys.path.remove(str(ROOT / "docs" / "hooks"))
+    for name in ("fit", "validate", "test", "predict"):
+        text = generate.capture_help([name, "--help"])
+        controls = sorted({c for c in text if ord(c) < 32 and c != "\n"})
+        assert not controls, f"segbench {name} --help captured with {controls}"
+        assert "--print_config[=flags]" in text, name  # as a terminal shows it
+
+
 def test_the_config_reference_lists_every_architecture_and_data_module(site: Path) -> None:
     import segbench.data
     from segbench.data.base import SegmentationDataModule

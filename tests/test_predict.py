@@ -115,6 +115,23 @@ def test_predict_names_a_folder_without_images(tiny, capsys):
     assert f"--images {empty}: the folder holds no image file" in capsys.readouterr().err
 
 
+def test_a_missing_image_path_fails_before_any_logger_is_made(tiny, monkeypatch, capsys):
+    """A misspelt --images started the run's loggers first: W&B opened an offline run in the
+    run's wandb/ folder and printed its banner around the error."""
+    import segbench.cli.lightning as lightning
+
+    run_main(["fit", *tiny()])
+    made: list[object] = []
+    monkeypatch.setattr(lightning, "make_loggers", lambda *a, **k: made.append(a) or [])
+    config = str(tiny.root / "test" / "tiny" / "config.yaml")
+    missing = tiny.root / "nope"
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--config", config, "--ckpt_path", "best", "--images", str(missing)])
+    assert exit_.value.code == 1
+    assert f"--images {missing}: no such file or folder" in capsys.readouterr().err
+    assert not made, "a logger was made before the missing image was named"
+
+
 def test_no_output_file_is_written_twice(tiny):
     """x.png and x_overlay.png in one folder: the label map of the second used to overwrite the
     overlay of the first (both x_overlay.png). The second's files take its extension."""

@@ -395,7 +395,9 @@ def capture_help(argv: list[str]) -> str:
         contextlib.suppress(SystemExit),  # --help exits
     ):
         cli.main(argv)
-    return out.getvalue()
+    # jsonargparse's "--print_config \b[=flags]": a backspace erases the character before it on
+    # a terminal; in a page it is a box. Apply it as the terminal does.
+    return re.sub(r".\x08", "", out.getvalue())
 
 
 def summary(help_text: str) -> str:

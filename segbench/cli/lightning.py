@@ -60,6 +60,7 @@ from segbench.config import (
     locate_keys,
 )
 from segbench.data.base import SegmentationDataModule
+from segbench.data.files import IMAGE_SUFFIXES, find_images
 from segbench.errors import CheckpointError, ConfigError, SegbenchError, listed
 from segbench.loggers import CSVMode, check_loggers, choose_wandb_mode, make_loggers, mlflow_uri
 from segbench.numerics import SegbenchTrainer
@@ -612,6 +613,8 @@ class SegbenchCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         self._check_classes()  # before any logger or file of the run is made
+        if self.subcommand == "predict" and self.cfg.images:
+            find_images(self.cfg.images)  # a misspelt --images fails here, not after W&B starts
         trainer_cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else {}
         run, cfg = self.run, self.cfg.run
         if trainer_cfg.get("logger") in (None, True):
@@ -760,7 +763,8 @@ def add_predict_arguments(parser: LightningArgumentParser) -> None:
         type=str,
         default=None,
         help="image files, folders (searched recursively) or quoted globs to predict, any size, "
-        "JPEG or PNG, no masks; default: the data module's test split",
+        f"no masks, of the types {' '.join(IMAGE_SUFFIXES)}; default: the data module's test "
+        "split",
     )
     parser.add_argument(
         "--out",

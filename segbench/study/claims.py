@@ -22,6 +22,7 @@ fresh clone every verdict is then the one its sweep published).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -116,19 +117,25 @@ def main(argv: list[str]) -> None:
             log.info("claims without runs here, verdicts kept from the published results: %s",
                      ", ".join(kept))  # fmt: skip
     judged = [(a, judgement_of_data(j.claim, e)) for (a, j), e in zip(judged, entries, strict=True)]
-    text = render_claims(judged, args.scale)
+    # Each table links its papers' results relative to the file it goes into (the working
+    # directory for the printed one): docs/results/claims.md read on GitHub resolves its links
+    # from docs/results/.
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, text)
+        atomic_write_text(args.out, render_claims(judged, args.scale, Path(args.out).parent))
     if args.into and data_file:
         atomic_write_json(data_file, {"claims": entries})
-        write_results(Path(args.into), "claims", text)
-    sys.stdout.write(text)
+        into = Path(args.into)
+        write_results(into, "claims", render_claims(judged, args.scale, into.parent))
+    sys.stdout.write(render_claims(judged, args.scale))
 
 
-def render_claims(judged: list[tuple[Ablation, Judgement]], scale: str = "cpu") -> str:
+def render_claims(
+    judged: list[tuple[Ablation, Judgement]], scale: str = "cpu", links_from: Path = Path(".")
+) -> str:
     """The five papers' table: a row per claim, its ablation linked to its paper's results
-    page; then the counts by verdict, and the claims judged again with each variant tuned
+    page (relative to the folder ``links_from`` of the file the table goes into); then the
+    counts by verdict, and the claims judged again with each variant tuned
     (:func:`tuned_claims`)."""
     text = ""
     corrected = holm_verdicts([j for _, j in judged])
@@ -138,7 +145,7 @@ def render_claims(judged: list[tuple[Ablation, Judgement]], scale: str = "cpu") 
         mine = [i for i, (a, _) in enumerate(judged) if a is ablation]
         text += claims_table(
             [judged[i][1] for i in mine],
-            group=_label(ablation),
+            group=_label(ablation, links_from),
             holm=(family, [corrected[i] for i in mine]),
         )
     counts = verdict_counts(j.verdict for _, j in judged)
@@ -147,18 +154,23 @@ def render_claims(judged: list[tuple[Ablation, Judgement]], scale: str = "cpu") 
     return (
         merge_tables(text)
         + f"\n{said} of {len(judged)} claims; with Holm's correction over the {family} tested "
-        f"(familywise error 5%): {held}\n" + tuned_claims(list(ablations.values()), scale)
+        f"(familywise error 5%): {held}\n"
+        + tuned_claims(list(ablations.values()), scale, links_from)
     )
 
 
-def _label(ablation: Ablation) -> str:
-    """The ablation's name, linked to its paper's results (relative to where tables go) once its
-    recipe's sweep has written them."""
+def _label(ablation: Ablation, links_from: Path = Path(".")) -> str:
+    """The ablation's name, linked to its paper's results (relative to the folder ``links_from``
+    the table goes into) once its recipe's sweep has written them."""
     results = ablation.folder.parent / "RESULTS.md"
-    return f"[{ablation.name}]({results.as_posix()})" if results.is_file() else ablation.name
+    if not results.is_file():
+        return ablation.name
+    return f"[{ablation.name}]({Path(os.path.relpath(results, links_from)).as_posix()})"
 
 
-def tuned_claims(ablations: list[Ablation], scale: str = "cpu") -> str:
+def tuned_claims(
+    ablations: list[Ablation], scale: str = "cpu", links_from: Path = Path(".")
+) -> str:
     """The claims an ablation judged again with each variant at its own tuned setting
     (``segbench sweep --tune``, published as ``<group>-tuned`` in its paper's RESULTS.json),
     beside their verdicts at the recipe's shared setting; empty if no ablation has."""
@@ -171,7 +183,10 @@ def tuned_claims(ablations: list[Ablation], scale: str = "cpu") -> str:
         by_id = {c.id: c for c in ablation.claims}
         judged = [judgement_of_data(by_id[e["id"]], e) for e in report.get("claims", [])
                   if e["id"] in by_id]  # fmt: skip
-        rows += [[_label(ablation), *row] for row in before_after_rows(judged, report["tuned"])]
+        rows += [
+            [_label(ablation, links_from), *row]
+            for row in before_after_rows(judged, report["tuned"])
+        ]
     if not rows:
         return ""
     return (

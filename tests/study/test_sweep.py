@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -417,4 +418,9 @@ def test_the_repositorys_results_pages_are_their_data_rendered(monkeypatch):
     entries = read_claims(docs.with_suffix(".json"))
     assert [e["id"] for e in entries] == [c for c in claims], "one verdict per claim, in order"
     judged = [(claims[e["id"]][0], judgement_of_data(claims[e["id"]][1], e)) for e in entries]
-    assert block == render_claims(judged).strip() + "\n"
+    assert block == render_claims(judged, links_from=docs.parent).strip() + "\n"
+    # Its links resolve from the page's own folder, as GitHub reads them: they were written
+    # from the repository's root (experiments/fcn/RESULTS.md), broken in docs/results/.
+    links = re.findall(r"\]\(([^)#]+RESULTS\.md)\)", block)
+    assert links
+    assert all((docs.parent / link).is_file() for link in links), sorted(set(links))
