@@ -206,6 +206,7 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
     """Three finished FCN runs per variant (metrics.json as a sweep writes them) decide FCN's
     claims; the other ablations' claims are listed as not run."""
     import json
+    import os
     import shutil
 
     from segbench.study.claims import main
@@ -242,12 +243,21 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
         published.unlink()
     main(["--experiments", str(experiments), "--root", str(tmp_path / "runs"), "--out", str(out),
           "--into", str(readme)])  # fmt: skip
-    text = capsys.readouterr().out
-    assert out.read_text() == text
+    printed = capsys.readouterr().out
+    # Each table links the papers' pages relative to where it goes: the printed one to the
+    # working directory, --out's and --into's to their own folder (here both tmp_path).
+    text = out.read_text()
     assert text.strip() in readme.read_text()
     assert "STALE" not in readme.read_text()
     assert readme.read_text().endswith("more\n")
-    assert f"| [fcn]({(experiments / 'fcn' / 'RESULTS.md').as_posix()}) |" in text
+    assert "| [fcn](experiments/fcn/RESULTS.md) |" in text
+    assert (
+        f"| [fcn]({Path(os.path.relpath(experiments / 'fcn' / 'RESULTS.md')).as_posix()}) |"
+        in printed
+    )
+    assert [line.split(") |", 1)[-1] for line in printed.splitlines()] == [
+        line.split(") |", 1)[-1] for line in text.splitlines()
+    ]  # the same table, but for its links
     fcn16 = next(line for line in text.splitlines() if "(fcn-16s-over-32s)" in line)
     assert "**reproduced**" in fcn16  # +5.0, +6.0, +5.5 points: the paired interval is above 0
     assert "**no** (+3.0 / +0.5 in the last quarter)" in fcn16
@@ -265,10 +275,12 @@ def test_segbench_claims_judges_every_ablation_from_its_runs(tmp_path, capsys):
              "--into", str(readme)]  # fmt: skip
     main(empty)
     again = capsys.readouterr().out
-    assert next(line for line in again.splitlines() if "(fcn-16s-over-32s)" in line) == fcn16
-    assert next(line for line in again.splitlines() if "(fcn-8s-over-16s)" in line) == fcn8
+    for claim in ("(fcn-16s-over-32s)", "(fcn-8s-over-16s)"):  # both printed: the same links
+        kept = next(line for line in again.splitlines() if claim in line)
+        assert kept == next(line for line in printed.splitlines() if claim in line)
     assert f"1 reproduced, 0 contradicted, 1 inconclusive, {n - 2} not run of {n} claims" in again
-    assert again.strip() in readme.read_text()
+    assert fcn16 in readme.read_text()
+    assert fcn8 in readme.read_text()
     # The kept verdicts come from the data beside the page, not from its markdown.
     data = json.loads((tmp_path / "README.json").read_text())["claims"]
     assert [e["id"] for e in data if e["verdict"] != "not run"] == ["fcn-16s-over-32s",
