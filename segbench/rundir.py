@@ -422,14 +422,15 @@ class RunDir:
         self.update(change)
 
     def results(self) -> dict[str, float | None]:
-        """Flat numbers for reports: best validation, test after fit, size, speed, records."""
+        """Flat numbers for reports: best validation, test after fit (else a ``segbench test`` of
+        the best checkpoint on the run's own data), size, speed, records."""
         data = self.read()
         fit = data.get("fit") or {}
         out: dict[str, float | None] = {}
         out.update(
             {k: v for k, v in (fit.get("best_val") or fit.get("val") or {}).items() if "/" in k}
         )
-        out.update(fit.get("test") or {})
+        out.update(fit.get("test") or self._own_test(data)[0])
         if "total" in (fit.get("params") or {}):
             out["params"] = float(fit["params"]["total"])
         timing = fit.get("timing") or {}
@@ -441,6 +442,32 @@ class RunDir:
                 if isinstance(v, int | float):
                     out[k] = float(v)
         return out
+
+    def _own_test(self, data: dict[str, Any]) -> tuple[dict[str, float], str | None]:
+        """A ``segbench test`` of the run, for a run whose fit did not test: its metrics if it
+        measured the best checkpoint on the run's own data, else ``{}`` and why not (``None``
+        when there is no such test)."""
+        test = data.get("test") or {}
+        if not test.get("metrics"):
+            return {}, None
+        checkpoint = test.get("checkpoint")
+        if checkpoint is None or Path(checkpoint).name != self.checkpoint("best").name:
+            return {}, f"it measured checkpoint {checkpoint}, not the best"
+        changes = test.get("data_changes")
+        if changes is None:
+            return {}, "it does not say which data it measured on"
+        if changes:
+            keys = ", ".join(sorted(changes))
+            return {}, f"it measured on other data than the run trained on ({keys})"
+        return {k: v for k, v in test["metrics"].items() if k.startswith("test/")}, None
+
+    def unused_test(self) -> str | None:
+        """Why :meth:`results` leaves out this run's ``segbench test`` (``None``: it does not,
+        or there is none): a test of another checkpoint or other data is not the run's."""
+        data = self.read()
+        if (data.get("fit") or {}).get("test"):
+            return None
+        return self._own_test(data)[1]
 
     def state(self) -> RunState:
         """``done`` (trained and tested), ``partial`` (a last checkpoint to resume) or ``new``."""

@@ -301,3 +301,40 @@ def test_runs_that_did_not_finish_are_named_under_the_table(runs, caplog):
     assert "fcn32s-s2 stopped after 1 epoch (killed, failed or running)" in text
     assert "fcn32s-s0" not in text.split("Not finished")[1]
     assert "2 of 5 runs did not finish training" in caplog.text
+
+
+def test_a_separate_test_of_the_best_checkpoint_on_own_data_is_reported(tmp_path, caplog):
+    """A run fitted with ``run.test_after_fit false`` and tested later by ``segbench test``:
+    its test numbers are the run's when they measured the best checkpoint on the run's own
+    data; a test of another checkpoint or other data is left out, and the report says why."""
+    cases = {
+        "own": ("runs/own/checkpoints/best.ckpt", {}, 0.61),
+        "last": ("runs/last/checkpoints/last.ckpt", {}, 0.62),
+        "other": ("runs/other/checkpoints/best.ckpt", {"data.init_args.root": ["a", "b"]}, 0.63),
+        "unknown": ("runs/unknown/checkpoints/best.ckpt", None, 0.64),
+    }
+    for name, (checkpoint, changes, miou) in cases.items():
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        write_json(
+            run / "metrics.json",
+            {
+                "config": {"run.name": name, "model.lr": len(name)},
+                "fit": {"best_val": {"val/mIoU": 0.5}, "finished": True},
+                "test": {
+                    "metrics": {"test/mIoU": miou, "val/mIoU": 0.1},
+                    "checkpoint": checkpoint,
+                    "data_changes": changes,
+                },
+            },
+        )
+    assert RunDir(tmp_path / "runs" / "own").results() == {"val/mIoU": 0.5, "test/mIoU": 0.61}
+    text = report([str(tmp_path / "runs")], metrics=["test/mIoU"])
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
+    assert "61.00" in rows["own"]
+    for name in ("last", "other", "unknown"):
+        assert "| – |" in rows[name], rows[name]
+    assert "last: its test section is left out of the report: it measured checkpoint" in caplog.text
+    assert "other data than the run trained on (data.init_args.root)" in caplog.text
+    assert "does not say which data it measured on" in caplog.text
+    assert "/own: its test" not in caplog.text
