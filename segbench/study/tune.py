@@ -29,7 +29,8 @@ base config itself (its values of the space's keys), so the untuned recipe is me
 same budget.
 
 At the end, in ``ROOT/GROUP/``: ``best.yaml`` (the best trial's values, a config that composes
-after the base: ``segbench fit --config BASE --config ROOT/GROUP/best.yaml``), ``trials.csv``,
+after the base: ``segbench fit --config BASE --config ROOT/GROUP/best.yaml``, its first lines say
+the whole command, which trains it in ``ROOT/GROUP/best``), ``trials.csv``,
 ``tune.md`` (every trial), and Optuna's figures: ``history.png`` (the metric per trial and the
 best so far), ``importances.png`` (how much each key mattered, fANOVA) and ``parallel.png`` (each
 trial as a line through its values). Tuning reads the validation split only.
@@ -662,10 +663,14 @@ def write_results(study: Any, space: SearchSpace, group_dir: Path, fit_args: lis
     if complete:
         best = study.best_trial
         text = yaml.safe_dump(nested(best.params), sort_keys=False)
+        # The run goes beside the trials (ROOT/GROUP/best): under the base config's own name it
+        # would meet that config's earlier run, and fit refuses a run that has checkpoints.
+        where = ["--run.root", str(group_dir.parent), "--run.group", group_dir.name]
         header_text = (
             f"# The best trial of {group_dir.name} (trial {best.number}: {space.metric} "
             f"{best.value:.4f}, {space.mode} epoch). Compose it after the base config:\n"
-            f"#   segbench fit {shlex.join(fit_args)} --config {group_dir / 'best.yaml'}\n"
+            f"#   segbench fit {shlex.join(fit_args)} --config {group_dir / 'best.yaml'} "
+            f"{shlex.join([*where, '--run.name', 'best'])}\n"
         )
         atomic_write_text(group_dir / "best.yaml", header_text + text)
         lines += [

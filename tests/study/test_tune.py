@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from segbench.cli.lightning import parse_fit
 from segbench.errors import ConfigError, MissingFileError
 from segbench.study import tune
 from tests.helpers import REPO, segbench_in_process, tiny_args, wait_at_step
@@ -249,6 +251,12 @@ def test_a_study_runs_its_trials_starts_from_the_base_and_writes_what_it_found(t
         assert metrics["trial"]["number"] == int(row["trial"])
     best = max(rows, key=lambda r: float(r["val/mIoU (best)"]))
     chosen = yaml.safe_load((group / "best.yaml").read_text())
+    # best.yaml's header gives a command that trains the best trial beside the trials: under
+    # the base config's own run name it would meet that config's earlier run
+    command = (group / "best.yaml").read_text().splitlines()[1].removeprefix("#   segbench fit ")
+    config = parse_fit(shlex.split(command))
+    assert Path(config["run.root"]) / config["run.group"] / config["run.name"] == group / "best"
+    assert config["model.optimizer.init_args.lr"] == float(best["model.optimizer.init_args.lr"])
     assert chosen["model"]["optimizer"]["init_args"]["lr"] == float(
         best["model.optimizer.init_args.lr"]
     )
