@@ -20,12 +20,12 @@ export PYTHONUNBUFFERED := 1
 .PHONY: help venv demo test test-slow lint format docs bench bench-drn gpu-check gpu-wheels gpu-evidence clean
 
 help:  ## list the targets and the ablations found (experiments/*/*/ablation.yaml)
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
-	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-26s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort -t: -k1,1 | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-35s\033[0m %s\n", $$1, $$2}'
 	@for f in experiments/*/*/ablation.yaml; do \
 	  n=$$(sed -n 's/^name: *//p' $$f); d=$$(sed -n 's/^description: *//p' $$f | tr -d '"'); \
 	  m=$$(sed -n 's/^minutes_per_seed: *//p' $$f); \
-	  printf "  \033[36m%-26s\033[0m %s%s\n" "ablation-$$n" "$$d" "$${m:+ (CPU ~$$m min/seed)}"; done
+	  printf "  \033[36m%-35s\033[0m %s%s\n" "ablation-$$n" "$$d" "$${m:+ (CPU ~$$m min/seed)}"; done
 	@echo "  variables: SEEDS='$(SEEDS)' SCALE=$(SCALE) (cpu|long|paper) VARIANTS='...' TUNE=1 VENV=$(VENV) TEST_WORKERS=$(TEST_WORKERS)"
 	@echo "  an ablation is also found by its paper's folder: make ablation-drn"
 

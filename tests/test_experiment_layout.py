@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+
+import pytest
 import yaml
 
-from tests.helpers import DATASETS, EXPERIMENTS, dataset_section, run_main
+from tests.helpers import DATASETS, EXPERIMENTS, REPO, dataset_section, run_main
 
 
 def test_paper_recipes_leave_the_data_class_to_the_data_set_section():
@@ -42,3 +47,23 @@ def test_a_data_set_section_and_a_recipe_compose_into_the_real_data_module(capsy
     )
     assert args["val_batch_size"] == 1  # from the data set section
     assert cfg["model"]["net"]["init_args"]["variant"] == "8s"
+
+
+def test_make_help_lists_every_ablation_with_its_description_in_one_column():
+    """``make help`` lists each ablation found under experiments/; the descriptions of targets
+    and ablations start in one column, however long an ablation's name."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run(
+        ["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True,
+        check=True,
+    ).stdout  # fmt: skip
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    rows = [
+        line for line in plain.splitlines() if not line.lstrip().startswith(("variables", "an "))
+    ]
+    names = {line.split()[0] for line in rows}
+    for path in EXPERIMENTS.glob("*/*/ablation.yaml"):
+        assert f"ablation-{yaml.safe_load(path.read_text())['name']}" in names, path
+    starts = {len(line) - len(line.split(None, 1)[1]) for line in rows}
+    assert len(starts) == 1, rows
