@@ -40,6 +40,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from segbench.config import config_changes
 from segbench.data.base import SegmentationDataModule
 from segbench.data.files import OUTPUT_SUFFIXES
 from segbench.errors import DataError
@@ -264,11 +265,7 @@ class RunFiles(Callback):
         if self.data is None or not recorded:
             return None
         ours = {k: v for k, v in recorded.items() if k.startswith("data.")}
-        changes = {
-            key: [ours.get(key), self.data.get(key)]
-            for key in sorted(ours.keys() | self.data.keys())
-            if ours.get(key) != self.data.get(key)
-        }
+        changes = config_changes(ours, self.data, one_sided=True)
         if changes:
             log.info(
                 "%s measured on other data than %s trained on (metrics.json %s.data_changes): %s",

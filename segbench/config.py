@@ -117,6 +117,24 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {key: tree if isinstance(tree, int | float | str | bool) or tree is None else str(tree)}
 
 
+def config_changes(
+    recorded: dict[str, Any],
+    new: dict[str, Any],
+    may_change: tuple[str, ...] = (),
+    *,
+    one_sided: bool = False,
+) -> dict[str, list[Any]]:
+    """``key -> [recorded, new]`` for the keys of two flattened configs whose values differ,
+    leaving out those beginning with ``may_change``. Only keys of both count, unless
+    ``one_sided``: then a key of one side is a change too, ``None`` standing for the other."""
+    keys = recorded.keys() | new.keys() if one_sided else recorded.keys() & new.keys()
+    return {
+        key: [recorded.get(key), new.get(key)]
+        for key in sorted(keys)
+        if recorded.get(key) != new.get(key) and not key.startswith(may_change)
+    }
+
+
 def config_files(args: list[str]) -> list[str]:
     """The ``--config`` files of ``segbench fit`` arguments, in order."""
     files = []

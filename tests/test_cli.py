@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from segbench.cli import main
+from segbench.config import config_changes
 from tests.helpers import EXPERIMENTS, REPO, dataset_section, metrics, run_main
 
 
@@ -468,6 +469,19 @@ def test_a_test_on_other_data_records_the_data_it_measured_on(tiny, caplog):
     assert "test measured on other data than" in caplog.text
     run_main(["validate", *run, "--config", str(other)])
     assert record("validate")["data_changes"] == measured["data_changes"]
+
+
+def test_config_changes_compare_shared_keys_or_both_sides():
+    """What a resume or a study compares (keys of both configs; the ones that may change left
+    out), and what a test's ``data_changes`` records (a key of one side only is a change)."""
+    recorded = {"data.a": 1, "data.b": 2, "model.lr": 0.1, "run.name": "x"}
+    new = {"data.a": 1, "data.b": 3, "data.c": 4, "model.lr": 0.2, "run.name": "y"}
+    assert config_changes(recorded, new, ("run.",)) == {"data.b": [2, 3], "model.lr": [0.1, 0.2]}
+    assert config_changes(recorded, new, ("run.", "model."), one_sided=True) == {
+        "data.b": [2, 3],
+        "data.c": [None, 4],
+    }
+    assert config_changes(recorded, recorded, one_sided=True) == {}
 
 
 def test_a_resume_applies_changed_evaluation_settings(tiny):

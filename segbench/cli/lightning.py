@@ -55,6 +55,7 @@ from segbench.cli.commands import COMMANDS
 from segbench.config import (
     LINKS,
     RunConfig,
+    config_changes,
     config_files,
     flatten,
     locate_keys,
@@ -837,18 +838,6 @@ def parse_fit(args: list[str]) -> dict[str, Any]:
     with mock.patch.object(sys, "argv", sys.argv[:1]):
         cli = _ParseOnly(args=["fit", *args])
     return flatten(cli.cfg)
-
-
-def config_changes(
-    recorded: dict[str, Any], new: dict[str, Any], may_change: tuple[str, ...]
-) -> dict[str, list[Any]]:
-    """``key -> [recorded, new]`` for the keys of both flattened configs whose values differ,
-    leaving out those beginning with ``may_change``."""
-    return {
-        key: [recorded[key], new[key]]
-        for key in sorted(recorded.keys() & new.keys())
-        if recorded[key] != new[key] and not key.startswith(may_change)
-    }
 
 
 def build(

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from segbench.cli.lightning import FINISHED_MAY_DIFFER, config_changes, parse_fit
+from segbench.cli.lightning import FINISHED_MAY_DIFFER, parse_fit
+from segbench.config import config_changes
 from segbench.errors import ConfigError
 from segbench.rundir import RunDir, RunState
 from segbench.study.ablation import Step

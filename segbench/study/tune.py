@@ -55,7 +55,8 @@ import yaml
 from jsonargparse import Namespace
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from segbench.cli.lightning import FINISHED_MAY_DIFFER, build, config_changes, parse_fit
+from segbench.cli.lightning import FINISHED_MAY_DIFFER, build, parse_fit
+from segbench.config import config_changes
 from segbench.errors import BusyError, ConfigError, MissingFileError
 from segbench.metrics import CLASS_METRICS, STAGE_METRICS
 from segbench.options import command_parser
