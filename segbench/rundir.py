@@ -423,7 +423,7 @@ class RunDir:
 
     def results(self) -> dict[str, float | None]:
         """Flat numbers for reports: best validation, test after fit (else a ``segbench test`` of
-        the best checkpoint on the run's own data), size, speed, records."""
+        one of the run's checkpoints on the run's own data), size, speed, records."""
         data = self.read()
         fit = data.get("fit") or {}
         out: dict[str, float | None] = {}
@@ -445,25 +445,38 @@ class RunDir:
 
     def _own_test(self, data: dict[str, Any]) -> tuple[dict[str, float], str | None]:
         """A ``segbench test`` of the run, for a run whose fit did not test: its metrics if it
-        measured the best checkpoint on the run's own data, else ``{}`` and why not (``None``
-        when there is no such test)."""
+        measured one of the run's own checkpoints on the run's own data, else ``{}``; and what
+        a report should say of it (``None``: nothing)."""
         test = data.get("test") or {}
         if not test.get("metrics"):
             return {}, None
-        checkpoint = test.get("checkpoint")
-        if checkpoint is None or Path(checkpoint).name != self.checkpoint("best").name:
-            return {}, f"it measured checkpoint {checkpoint}, not the best"
+        left_out = "its test section is left out of the report: "
+        checkpoint = Path(test.get("checkpoint") or "")
+        if checkpoint.parent.name != self.CHECKPOINTS or checkpoint.parent.parent.name != (
+            self.path.name
+        ):
+            return (
+                {},
+                f"{left_out}it measured {test.get('checkpoint')}, not a checkpoint of the run",
+            )
         changes = test.get("data_changes")
         if changes is None:
-            return {}, "it does not say which data it measured on"
+            return {}, f"{left_out}it does not say which data it measured on"
         if changes:
             keys = ", ".join(sorted(changes))
-            return {}, f"it measured on other data than the run trained on ({keys})"
-        return {k: v for k, v in test["metrics"].items() if k.startswith("test/")}, None
+            return {}, f"{left_out}it measured on other data than the run trained on ({keys})"
+        metrics = {k: v for k, v in test["metrics"].items() if k.startswith("test/")}
+        if checkpoint.name != self.checkpoint("best").name:
+            return (
+                metrics,
+                f"its test numbers are of {checkpoint.name} (segbench test), not best.ckpt",
+            )
+        return metrics, None
 
-    def unused_test(self) -> str | None:
-        """Why :meth:`results` leaves out this run's ``segbench test`` (``None``: it does not,
-        or there is none): a test of another checkpoint or other data is not the run's."""
+    def test_note(self) -> str | None:
+        """What a report says of this run's test numbers when they are not its fit's test of the
+        best checkpoint (``None``: nothing): a ``segbench test`` of its last checkpoint, or one
+        left out (of another run's checkpoint, or of other data), and why."""
         data = self.read()
         if (data.get("fit") or {}).get("test"):
             return None

@@ -12,10 +12,11 @@ loss per epoch, mean ± std over the seeds of each row, from each run's ``metric
 still climbing when training stops?).
 
 Validation metrics are those of the best epoch (by val/mIoU), test metrics those of the best
-checkpoint: the test after fit, or for a run fitted without it a later ``segbench test`` of its best
-checkpoint on its own data (a test of another checkpoint or other data is left out, with a warning
-that says why); numbers that analysis tools stored after training (``"analysis"`` in metrics.json,
-e.g. ``gridding/impulse`` from ``segbench gridding --record``) are columns like any metric.
+checkpoint: the test after fit, or for a run fitted without it a later ``segbench test`` of one of
+its checkpoints on its own data (a warning says when it is not the best; a test of another run's
+checkpoint or of other data is left out, with a warning that says why); numbers that analysis
+tools stored after training (``"analysis"`` in metrics.json, e.g. ``gridding/impulse`` from
+``segbench gridding --record``) are columns like any metric.
 ``--paper FILE.yaml`` adds the published numbers next to ours::
 
     source: FCN, CVPR 2015, table 2 (VOC2011 val)

@@ -139,9 +139,9 @@ def load_run(path: Path) -> Run:
     """A run's config, results and provenance, from its ``metrics.json`` (see :class:`RunDir`)."""
     run = RunDir(path.parent)
     data = run.read()
-    unused = run.unused_test()
-    if unused:
-        log.warning("%s: its test section is left out of the report: %s", run.path, unused)
+    note = run.test_note()
+    if note:
+        log.warning("%s: %s", run.path, note)
     return Run(
         path.parent,
         data.get("config") or {},
