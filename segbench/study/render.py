@@ -254,7 +254,7 @@ def draw_curves(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{key} (%)" if scale == 100 else key)
         ax.grid(alpha=0.3)
-    entries = {}  # every row's line once, from whichever panel has it
+    entries: dict[str, Any] = {}  # every row's line once, from whichever panel has it
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             entries.setdefault(label, handle)
