@@ -114,8 +114,10 @@ def confusion_figure(confusion: np.ndarray, names: Sequence[str], title: str = "
                 colour = "white" if share[i, j] > 0.5 else "black"
                 ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=6,
                         color=colour)  # fmt: skip
-    ax.set_title(title or "share of each true class's pixels", fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title or "share of each true class's pixels", fontsize=9)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("share of the true class's pixels (row sums to 1)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     return fig
 
 

@@ -55,3 +55,12 @@ def test_the_figure_lays_out_four_panels_a_row_and_a_legend():
     below = pixels[row2 + panel_h + gap :]  # the legend: every class's colour (and void)
     for colour in [*palette, (40, 40, 40)]:
         assert (below == colour).all(axis=-1).any(), colour
+
+
+def test_the_confusion_matrix_names_its_axes_and_its_colour_bar():
+    from segbench.visualize import confusion_figure
+
+    fig = confusion_figure(np.eye(3, dtype=np.int64) * 10 + 1, ["a", "b", "c"], "val")
+    matrix, bar = fig.axes
+    assert (matrix.get_xlabel(), matrix.get_ylabel()) == ("predicted", "true")
+    assert "share" in bar.get_ylabel()  # what the colours mean, not a bare 0..1 scale

@@ -127,14 +127,15 @@ class CueDistance:
             finite = d[np.isfinite(d)]
             ax.plot(finite, np.arange(1, len(finite) + 1) / len(d), label=f"{c.name} (cue: "
                     f"{', '.join(c.cues)})")  # fmt: skip
-        for r in self.radii:
-            ax.axvline(r, color="grey", lw=0.6, ls=":")
+        for i, r in enumerate(self.radii):
+            ax.axvline(r, color="grey", lw=0.6, ls=":", label="radii (--radii)" if i == 0 else None)
         ax.set_xlabel("distance to the nearest cue pixel (px)")
         ax.set_ylabel("share of the class's pixels within it")
         ax.set_ylim(0, 1)
         ax.set_title(f"cue distance, {self.split}, {self.image_size[0]} x {self.image_size[1]}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        # beside the axes: the curves end at 1 along the top, where a legend inside sat on them
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
 
 
 def _px(value: float) -> str:

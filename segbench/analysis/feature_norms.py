@@ -216,11 +216,31 @@ class FeatureNorms:
         means = [max(r.mean, 1e-12) for r in self.layers]
         ax.bar(x, means, color="#4c72b0")
         ax.set_yscale("log")
+        # plain numbers (0.5, 2, 300), not 5 x 10^-1; minor ones only where a decade is short
+        plain = _plain_log_formatter()
+        ax.yaxis.set_major_formatter(plain())
+        ax.yaxis.set_minor_formatter(plain(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+        top, low = max(means, default=1.0), min(means, default=1.0)
+        decades = max(math.log10(top / low), 1.0)
+        ax.set_ylim(top=top * 10 ** (0.15 * decades))  # room for the value above the highest bar
         ax.set_xticks(x, [r.name for r in self.layers], rotation=30, ha="right")
         ax.set_ylabel("mean L2 norm over channels")
         ax.set_title(self.title, fontsize=9)
         for i, m in enumerate(means):
-            ax.text(i, m, f"{m:.3g}", ha="center", va="bottom", fontsize=8)
+            ax.text(i, m, f"{m:.3g}" if m < 1000 else f"{m:,.0f}", ha="center", va="bottom",
+                    fontsize=8)  # fmt: skip
+
+
+def _plain_log_formatter() -> type:
+    from matplotlib.ticker import LogFormatter
+
+    class Plain(LogFormatter):
+        """The ticks :class:`LogFormatter` labels, written as plain numbers (0.01, 3, 2000)."""
+
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    return Plain
 
 
 @dataclass

@@ -334,7 +334,8 @@ def draw(results: list[GriddingResult], fig: Figure, max_images: int = 1) -> Non
                 )
     fig.suptitle(
         f"gridding: activation norms and impulse responses (lattice coherence, period "
-        f"{results[0].period})",
+        f"{results[0].period}, in each impulse panel's title)\neach panel on its own colour "
+        "scale, dark its minimum to bright its maximum; impulse responses square-rooted",
         fontsize=8,
     )
 

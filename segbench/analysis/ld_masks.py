@@ -209,10 +209,20 @@ def draw(
             shown = axes[i, 2 + j].imshow(masks[i, c], cmap="jet", vmin=0.5, vmax=1.0, alpha=0.6)
     for j, title in enumerate(["image", "ground truth", *(f"M, channel {c}" for c in channels)]):
         axes[0, j].set_title(title, fontsize=8)
-    for ax in axes.flat:
-        ax.set_axis_off()
+    for ax in axes.flat:  # no ticks or frame, but room for the row's name
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    for i in range(n):
+        axes[i, 0].set_ylabel(f"image {i}", fontsize=8)
+    fig.suptitle(
+        "GALD's local-distribution masks M, each channel over the image in grey", fontsize=9
+    )
     if shown is not None:
-        fig.colorbar(shown, ax=axes, fraction=0.02, pad=0.01, label="LD mask M")
+        bar = fig.colorbar(shown, ax=axes, fraction=0.02, pad=0.01)
+        bar.set_label("LD mask M", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
 
 
 def markdown(stats: dict[str, dict[str, float | int | None]]) -> str:

@@ -111,7 +111,8 @@ class UpperBound:
         ax.set_ylabel("mIoU* (%)")
         ax.set_title(self.title or "upsampler upper bound")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        # beside the axes: inside, the upper right sat on the best upsampler's line
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
 
 
 def read_masks(

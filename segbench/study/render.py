@@ -176,28 +176,43 @@ def write_csv(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, text.getvalue())
 
 
+#: The most rows :func:`bars_size` gives room of their own; more share it (smaller labels).
+MAX_BAR_ROWS = 40
+
+
 def bars_size(rows: Sequence[Row]) -> tuple[float, float]:
-    """The figure size (inches) of :func:`draw_bars` for these rows."""
-    return 7, 0.5 * len(rows) + 1.5
+    """The figure size (inches) of :func:`draw_bars` for these rows: a row a third of an inch
+    up to :data:`MAX_BAR_ROWS` rows, no taller beyond."""
+    return 7, 0.35 * min(len(rows), MAX_BAR_ROWS) + 1.5
 
 
 def draw_bars(fig: Figure, rows: Sequence[Row], metric: str, title: str) -> None:
-    """One bar per row: the mean of ``metric`` over its seeds, ±std error bars."""
+    """A point per row: the mean of ``metric`` over its seeds, with ±std error bars and its
+    value and ``n`` written past the error bar (a dot, not a bar: the axis is zoomed on the
+    values, and a bar's length from a cut axis would overstate the differences)."""
     scale = report_scale(metric)
     stats = [row.mean_std(metric) for row in rows]
     means = [(m or 0.0) * scale for m, _, _ in stats]
     errs = [(s or 0.0) * scale for _, s, _ in stats]
     ax = fig.subplots()
-    y = range(len(rows))
-    ax.barh(list(y), means, xerr=errs, capsize=3, color="#4c72b0")
-    ax.set_yticks(list(y), [r.label for r in rows])
-    ax.invert_yaxis()
+    y = list(range(len(rows)))
+    ax.errorbar(means, y, xerr=errs, fmt="o", ms=5, capsize=3, color="#4c72b0", ecolor="black",
+                elinewidth=1)  # fmt: skip
+    fontsize = 9 if len(rows) <= 20 else 7
+    ax.set_yticks(y, [r.label for r in rows], fontsize=fontsize)
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
     ax.set_xlabel(f"{metric} (%)" if scale == 100 else metric)
     ax.set_title(title)
-    lo = min(m - e for m, e in zip(means, errs, strict=True)) if means else 0
-    ax.set_xlim(left=max(0.0, lo - 5 * scale / 100))
-    for i, (m, (_, _, n)) in enumerate(zip(means, stats, strict=True)):
-        ax.text(m, i, f" {m:.1f} (n={n})", va="center", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    if means:
+        lo = min(m - e for m, e in zip(means, errs, strict=True))
+        hi = max(m + e for m, e in zip(means, errs, strict=True))
+        pad = max(hi - lo, 1e-3 * scale)
+        # room on the right for the value written past each error bar
+        ax.set_xlim(max(0.0, lo - 0.1 * pad) if lo >= 0 else lo - 0.1 * pad, hi + 0.45 * pad)
+    for i, (m, e, (_, _, n)) in enumerate(zip(means, errs, stats, strict=True)):
+        ax.annotate(f"{m:.1f} (n={n})", (m + e, i), xytext=(6, 0), textcoords="offset points",
+                    va="center", fontsize=min(8, fontsize))  # fmt: skip
 
 
 def curves_size(keys: Sequence[str] = CURVE_KEYS) -> tuple[float, float]:
@@ -218,6 +233,7 @@ def draw_curves(
 
     curves = {(key, i): row.curves(key) for key in keys for i, row in enumerate(rows)}
     axes = fig.subplots(1, len(keys), squeeze=False)
+    styles = ("-", "--", ":", "-.")  # past the 10 colours of the cycle, the next line style
     for ax, key in zip(axes[0], keys, strict=True):
         scale = report_scale(key)
         for i, row in enumerate(rows):
@@ -227,7 +243,8 @@ def draw_curves(
                 continue
             per_epoch = [[c[e] * scale for c in runs if e in c] for e in epochs]
             mean = [statistics.fmean(v) for v in per_epoch]
-            (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=f"{row.label} (n={len(runs)})")
+            (line,) = ax.plot(epochs, mean, styles[i // 10 % len(styles)], marker="o", ms=3,
+                              label=f"{row.label} (n={len(runs)})")  # fmt: skip
             if len(runs) > 1:
                 std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
                 lo = [m - s for m, s in zip(mean, std, strict=True)]
@@ -237,7 +254,14 @@ def draw_curves(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{key} (%)" if scale == 100 else key)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    entries: dict[str, Any] = {}  # every row's line once, from whichever panel has it
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    handles, labels = list(entries.values()), list(entries)
+    if handles:  # beside the panels, not over a panel's curves
+        axes[0][-1].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1),
+                           borderaxespad=0, ncols=1 + (len(handles) - 1) // 24)  # fmt: skip
     if title:
         fig.suptitle(title)
 

@@ -49,7 +49,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from jsonargparse import Namespace
@@ -66,6 +66,9 @@ from segbench.study.launchers.base import PlannedRun
 from segbench.tables import markdown_table
 from segbench.trial import METRIC_ATTR, PRUNER_ATTR, import_optuna, journal, make_pruner
 from segbench.visualize import write_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("segbench")
 
@@ -711,29 +714,107 @@ def _show(value: Any) -> str:
     )
 
 
+def _short_key(key: str) -> str:
+    """A config key as a figure's label: ``model.optimizer.init_args.lr`` -> ``optimizer.lr``."""
+    return key.replace(".init_args.", ".").removeprefix("model.net.").removeprefix("model.")
+
+
+def draw_history(fig: Figure, study: Any) -> None:
+    """Each trial's value (pruned ones at their last validation, as crosses) and the best so
+    far, against the trial's number."""
+    from matplotlib.ticker import MaxNLocator
+
+    optuna = import_optuna()
+    states = optuna.trial.TrialState
+    metric = study.user_attrs.get(METRIC_ATTR) or "objective"
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ax = fig.subplots()
+    done = [(t.number, t.value) for t in study.trials if t.state == states.COMPLETE]
+    pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)])
+              for t in study.trials
+              if t.state == states.PRUNED and t.intermediate_values]  # fmt: skip
+    if done:
+        ax.plot(*zip(*done, strict=True), "o", color="#4c72b0", label="trial (completed)")
+        best, steps = None, []
+        for number, value in done:
+            if best is None or (value > best if maximize else value < best):
+                best = value
+            steps.append((number, best))
+        ax.step(*zip(*steps, strict=True), where="post", color="#dd8452",
+                label=f"best so far ({'highest' if maximize else 'lowest'})")  # fmt: skip
+    if pruned:
+        ax.plot(*zip(*pruned, strict=True), "x", color="grey", label="trial (pruned, last value)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{study.study_name}: {metric} of each trial")
+    ax.grid(alpha=0.3)
+    if done or pruned:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+
+
+def draw_importances(fig: Figure, study: Any) -> None:
+    """How much of the metric's variance each key explains (Optuna's fANOVA)."""
+    optuna = import_optuna()
+    metric = study.user_attrs.get(METRIC_ATTR) or "objective"
+    importances = optuna.importance.get_param_importances(study)
+    names = [_short_key(k) for k in importances]
+    ax = fig.subplots()
+    y = list(range(len(names)))
+    ax.barh(y, list(importances.values()), color="#4c72b0")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()  # the most important on top
+    ax.set_xlim(0, max(1.0, *importances.values()) * 1.05)
+    for i, v in enumerate(importances.values()):
+        ax.annotate(f"{v:.2f}", (v, i), xytext=(4, 0), textcoords="offset points", va="center",
+                    fontsize=8)  # fmt: skip
+    ax.set_xlabel(f"importance for {metric} (fANOVA; they sum to 1)")
+    ax.set_title(f"{study.study_name}: importance of each searched key")
+    ax.grid(axis="x", alpha=0.3)
+
+
 def _figures(study: Any, group_dir: Path, complete: int, n_keys: int) -> None:
     import warnings
 
+    import matplotlib
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     optuna = import_optuna()
-    vis = optuna.visualization.matplotlib
-    plots = {"history.png": vis.plot_optimization_history}
-    if complete >= 2:
-        plots["parallel.png"] = vis.plot_parallel_coordinate
-        if n_keys >= 2:
-            plots["importances.png"] = vis.plot_param_importances
-    for name, plot in plots.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "experimental" warnings of optuna's matplotlib API
-            try:
-                ax = plot(study)
-            except (ValueError, RuntimeError) as err:  # e.g. importances of constant values
-                log.warning("%s: not drawn (%s)", name, err)
-                continue
-        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-        fig.set_size_inches(8, 5)
+    drawn: dict[str, Any] = {"history.png": draw_history}
+    if complete >= 2 and n_keys >= 2:
+        drawn["importances.png"] = draw_importances
+    for name, draw in drawn.items():
+        fig = Figure(figsize=(8, 0.4 * n_keys + 3) if name == "importances.png" else (8, 4.5))
+        try:
+            draw(fig, study)
+        except (ValueError, RuntimeError) as err:  # e.g. importances of constant values
+            log.warning("%s: not drawn (%s)", name, err)
+            continue
         write_figure(fig, group_dir / name)
+    if complete < 2:
+        return
+    metric = study.user_attrs.get(METRIC_ATTR) or "objective"
+    # Optuna's parallel coordinates, in segbench's style (its plots set ggplot for the process),
+    # with the keys' names shortened rather than cut ("model.optimizer.i...").
+    with warnings.catch_warnings(), matplotlib.rc_context():
+        warnings.simplefilter("ignore")  # "experimental" warnings of optuna's matplotlib API
+        plt.style.use("default")
+        try:
+            ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study, target_name=metric)
+        except (ValueError, RuntimeError) as err:
+            log.warning("parallel.png: not drawn (%s)", err)
+            return
+        params = sorted({k for t in study.trials if t.state.is_finished() for k in t.params})
+        labels = [metric, *(_short_key(k) for k in params)]
+        if len(ax.get_xticks()) == len(labels):  # optuna's order: the metric, then sorted keys
+            ax.set_xticks(ax.get_xticks(), labels, rotation=20, ha="right")
+        ax.set_title(f"{study.study_name}: each trial through its values, coloured by {metric}")
+        for lines in ax.collections:  # Blues drew the worst trial white, on white
+            lines.set_cmap("viridis")
+        fig = ax.figure
+        fig.set_size_inches(max(8, 2.5 * (len(params) + 1)), 5)
+        write_figure(fig, group_dir / "parallel.png")
         plt.close(fig)
 
 

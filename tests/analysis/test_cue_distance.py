@@ -79,3 +79,24 @@ def test_several_cues_of_one_class_can_be_given_as_the_help_says(capsys):
           "--data.init_args.num_val", "2", "--data.init_args.image_size", "[32, 48]",
           "--data.init_args.num_workers", "0", "--cues", "boat=water,sand"])  # fmt: skip
     assert "| boat | water, sand |" in capsys.readouterr().out
+
+
+def test_the_legend_sits_beside_the_curves_not_on_them():
+    """The curves end at 1 along the top of the axes, where a legend inside covered them."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from segbench.analysis.cue_distance import ClassDistances, CueDistance
+
+    classes = [
+        ClassDistances(name, ["water"], 100, 2, 0, {}, {}, sample=list(np.linspace(0, 20, 100)))
+        for name in ("boat", "car")
+    ]
+    fig = Figure()
+    CueDistance(classes, (64, 64), 2, "val", [16, 64]).plot(fig)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    (ax,) = fig.axes
+    legend = ax.get_legend().get_window_extent(canvas.get_renderer())
+    assert not legend.overlaps(ax.get_window_extent(canvas.get_renderer()))
+    assert "radii (--radii)" in [t.get_text() for t in ax.get_legend().get_texts()]

@@ -144,3 +144,24 @@ def test_cli_on_a_trained_run_uses_its_checkpoint(tmp_path, capsys):
         "score_fr.weight"
     ]
     assert not torch.equal(fresh, state["net.score_fr.weight"])
+
+
+@pytest.mark.parametrize("means", [[1.4, 3.9, 0.96], [0.01, 3.0, 2000.0]])
+def test_the_bars_axis_reads_as_plain_numbers_with_room_for_the_values(means):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from segbench.analysis.feature_norms import FeatureNorms, LayerNorm
+
+    layers = [LayerNorm(f"l{i}", 8, (4, 4), 8.0, m, 0.1) for i, m in enumerate(means)]
+    fig = Figure()
+    FeatureNorms("t", layers).plot(fig)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    (ax,) = fig.axes
+    ticks = [t.get_text() for t in ax.get_yticklabels(which="both") if t.get_text()]
+    assert ticks
+    assert not [t for t in ticks if "times" in t or "^" in t], ticks  # not 4 x 10^0
+    inside = ax.get_window_extent(canvas.get_renderer())
+    for text in ax.texts:  # each bar's value below the top of the axes
+        assert text.get_window_extent(canvas.get_renderer()).y1 <= inside.y1

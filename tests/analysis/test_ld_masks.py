@@ -167,3 +167,19 @@ def test_mask_ablation_as_trained_is_the_plain_evaluation():
     assert set(result["constant"]) == {"mIoU", "IoU/a", "IoU/b", "IoU/c"}
     assert result["spatial_mean"] != result["trained"]  # the replacement reached the network
     assert not net.ld._forward_hooks
+
+
+def test_the_figure_names_its_rows_and_says_what_it_shows():
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from segbench.analysis.ld_masks import draw
+
+    n, h, w = 2, 8, 8
+    fig = Figure()
+    draw(np.zeros((n, h, w, 3), np.uint8), np.zeros((n, h, w), np.int64),
+         np.full((n, 4, h, w), 0.7), [1, 3], [(0, 0, 0)], fig)  # fmt: skip
+    assert fig.get_suptitle()
+    rows = [ax for ax in fig.axes if ax.get_ylabel().startswith("image")]
+    assert [ax.get_ylabel() for ax in rows] == ["image 0", "image 1"]
+    assert [ax for ax in fig.axes if ax.get_ylabel() == "LD mask M"]  # the colour bar

@@ -120,3 +120,24 @@ def test_upper_bound_tool_writes_table_json_and_plot(tmp_path, capsys):
     for r in rows:
         assert 0.0 <= r["metrics"]["mIoU"] <= 1.0
         assert "IoU/pole" in r["metrics"]
+
+
+def test_the_legend_sits_beside_the_lines_not_on_them():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from segbench.analysis.upper_bound import Result, UpperBound
+
+    results = [
+        Result(method, r, dim, {"mIoU": value - r / 100})
+        for method, dim, value in [("bilinear", None, 0.7), ("dupsample", 88, 0.95)]
+        for r in (8, 16, 32)
+    ]
+    fig = Figure()
+    UpperBound(results, ["a", "b"], title="t").plot(fig)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    (ax,) = fig.axes
+    legend = ax.get_legend().get_window_extent(canvas.get_renderer())
+    assert not legend.overlaps(ax.get_window_extent(canvas.get_renderer()))
+    assert all([ax.get_xlabel(), ax.get_ylabel(), ax.get_title()])

@@ -239,6 +239,68 @@ def test_curves_figure_means_over_seeds(runs, tmp_path):
     assert val_axis.get_ylabel() == "val/mIoU (%)"
 
 
+class _Row:
+    """What the figures read of a report's row."""
+
+    def __init__(self, label: str, mean: float, curve: dict[int, float]):
+        self.label, self.mean, self.curve = label, mean, curve
+
+    def mean_std(self, metric):
+        return self.mean, 0.02, 3
+
+    def curves(self, key):
+        return [self.curve, {e: v + 0.01 for e, v in self.curve.items()}]
+
+
+def _drawn(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def test_bars_write_each_value_past_its_error_bar_and_stay_a_readable_size():
+    from matplotlib.figure import Figure
+
+    from segbench.study.render import bars_size, draw_bars
+
+    rows = [_Row(f"variant {i}", 0.5 + 0.01 * i, {}) for i in range(6)]
+    fig = Figure(figsize=bars_size(rows))
+    draw_bars(fig, rows, "test/mIoU", "t")
+    renderer = _drawn(fig)
+    ax = fig.axes[0]
+    values = [t for t in ax.texts if "(n=3)" in t.get_text()]
+    assert len(values) == len(rows)
+    for i, (row, text) in enumerate(zip(rows, values, strict=True)):
+        bar_end = ax.transData.transform((100 * (row.mean + 0.02), i))[0]
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= bar_end, f"row {i}: its value is drawn over its error bar"
+        assert box.x1 <= ax.get_window_extent(renderer).x1, f"row {i}: its value leaves the axes"
+    # a report of many rows is not a figure metres tall
+    assert bars_size([rows[0]] * 500)[1] <= 16
+
+
+def test_the_curves_legend_is_beside_the_panels_not_over_them():
+    from matplotlib.figure import Figure
+
+    from segbench.study.render import curves_size, draw_curves
+
+    rows = [_Row(f"variant {i}", 0.5, {e: 0.1 * e + 0.01 * i for e in range(1, 6)})
+            for i in range(12)]  # fmt: skip
+    fig = Figure(figsize=curves_size())
+    draw_curves(fig, rows, title="t")
+    renderer = _drawn(fig)
+    legends = [a.get_legend() for a in fig.axes if a.get_legend() is not None]
+    assert len(legends) == 1
+    box = legends[0].get_window_extent(renderer)
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent(renderer)), "the legend covers a panel"
+    # past the ten colours of the cycle a line differs by its style
+    keys = {(line.get_color(), line.get_linestyle()) for line in fig.axes[0].get_lines()}
+    assert len(keys) == len(rows)
+
+
 def test_resumed_runs_group_with_fresh_ones(runs):
     # A resumed run's config holds the values linked from the data module (LightningCLI loads the
     # checkpoint's hyperparameters); a fresh run's leaves them unset. Same configuration.

@@ -447,3 +447,40 @@ def test_two_processes_share_one_study(tmp_path):
     for n in numbers:  # each trial trained once, by one process
         metrics = json.loads((group / f"trial-{n:03d}" / "metrics.json").read_text())
         assert len(metrics["provenance"]["attempts"]) == 1
+
+
+def test_the_study_figures_name_the_metric_and_the_keys_in_full():
+    """Optuna's own plots said "Objective Value", cut the keys to "model.optimizer.i..." and
+    numbered trials 0.5, 1.5; segbench draws the history and importances itself."""
+    import optuna
+    from matplotlib.figure import Figure
+
+    from segbench.study.tune import draw_history, draw_importances
+    from segbench.trial import METRIC_ATTR
+
+    study = optuna.create_study(study_name="s", direction="maximize")
+    study.set_user_attr(METRIC_ATTR, "val/mIoU")
+    lr = optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)
+    wd = optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)
+    for i, value in enumerate([0.2, 0.5, 0.4, 0.6]):
+        study.add_trial(optuna.trial.create_trial(
+            params={"model.optimizer.init_args.lr": 0.01 * (i + 1),
+                    "model.optimizer.init_args.weight_decay": 1e-4 / (i + 1)},
+            distributions={"model.optimizer.init_args.lr": lr,
+                           "model.optimizer.init_args.weight_decay": wd},
+            value=value,
+        ))  # fmt: skip
+    fig = Figure()
+    draw_history(fig, study)
+    (ax,) = fig.axes
+    assert ax.get_ylabel() == "val/mIoU"
+    assert ax.get_xlabel() == "trial"
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    (best,) = [line for line in ax.get_lines() if "best" in line.get_label()]
+    assert list(best.get_ydata()) == [0.2, 0.5, 0.5, 0.6]
+    fig = Figure()
+    draw_importances(fig, study)
+    (ax,) = fig.axes
+    names = {t.get_text() for t in ax.get_yticklabels()}
+    assert names == {"optimizer.lr", "optimizer.weight_decay"}
+    assert "val/mIoU" in ax.get_xlabel()
