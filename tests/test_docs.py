@@ -8,6 +8,7 @@ a config key or a notebook import that changes shows up in this build.
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import os
 import re
@@ -145,6 +146,35 @@ def test_every_commands_help_says_what_it_does_and_names_its_types() -> None:
     assert "(type: positive_int, default: 1)" in " ".join(helps["sweep"].split())
 
 
+def _article_text(page: Path) -> str:
+    """A built page's article as a reader sees it: the text without its tags."""
+    found = re.search(r"<article.*?</article>", page.read_text(), re.S)
+    assert found, f"no article in {page}"
+    return html.unescape(re.sub(r"<[^>]+>", "", found.group(0)))
+
+
+def test_a_commands_page_shows_its_description_as_text_without_restructuredtext(
+    site: Path,
+) -> None:
+    """Each command's page renders its description (the ``--help`` prose) as text and keeps the
+    usage and options as printed. The whole help in one monospace block showed the docstrings'
+    markup as typed: ``--patch``, :mod:`segbench.analysis.tool`, **Empirical**; and the table
+    of commands summed up convert-sbd by what SBD ships, not by what the command does."""
+    from segbench.cli import COMMANDS
+
+    for name in ("fit", "validate", "test", "predict", *COMMANDS):
+        text = _article_text(site / "reference" / "commands" / f"{name}.html")
+        shown = [m for m in ("``", ":class:`", ":func:`", ":meth:`", ":mod:`") if m in text]
+        assert not shown, f"the page of segbench {name} shows reStructuredText: {shown}"
+        assert "usage: segbench" in text, name
+    erf = (site / "reference/commands/erf.html").read_text()
+    assert "<strong>Empirical</strong>" in erf, "erf's description is not rendered as text"
+    benchmark = (site / "reference/commands/benchmark.html").read_text()
+    assert "<li><code>step</code>" in benchmark, "benchmark's list of measurements is no list"
+    index = _article_text(site / "reference/commands/index.html")
+    assert "segbench convert-sbd SBD's .mat class labels to PNGs" in " ".join(index.split())
+
+
 def test_the_captured_help_holds_no_control_characters() -> None:
     """jsonargparse writes ``--print_config \\b[=flags]``: a terminal erases the space before the
     backspace, the reference pages showed a box for it (fit, validate, test, predict)."""
@@ -203,9 +233,9 @@ def test_the_claims_page_carries_the_table(site: Path) -> None:
     source = (ROOT / "docs/results/claims.md").read_text()
     assert "<!-- sweep:claims" in source
     assert "<!-- /sweep:claims -->" in source
-    html = (site / "results/claims.html").read_text()
-    assert "reproduced" in html
-    assert "Test conditions" in html
+    page = (site / "results/claims.html").read_text()
+    assert "reproduced" in page
+    assert "Test conditions" in page
 
 
 def _readme() -> str:
