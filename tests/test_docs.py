@@ -210,6 +210,17 @@ def test_the_config_reference_lists_every_architecture_and_data_module(site: Pat
             assert f"segbench.data.{name}" in data, name
 
 
+def test_the_generated_reference_pages_show_no_restructuredtext(site: Path) -> None:
+    """The config keys, the ablation.yaml schema and the Python API come from docstrings written
+    in reStructuredText; inside a module's literal block nothing translates ``x``, and the data
+    modules' layouts showed it (``palette``, ``split_dir``, ``segbench convert-sbd <sbd_root>``)."""
+    pages = [*(site / "reference/config").glob("*.html"), site / "reference/python-api.html"]
+    for page in [*pages, site / "reference/ablation-yaml.html"]:
+        text = _article_text(page)
+        shown = [m for m in ("``", ":class:`", ":func:`", ":meth:`", ":mod:`") if m in text]
+        assert not shown, f"{page.relative_to(site)} shows reStructuredText: {shown}"
+
+
 def test_the_python_api_reference_documents_the_public_api(site: Path) -> None:
     """Every function and class ``segbench.__all__`` declares has its entry (the page was built
     from the notebooks' imports alone, which use none of ``load``, ``Segmenter``,
