@@ -200,6 +200,12 @@ def test_the_config_reference_lists_every_architecture_and_data_module(site: Pat
         assert f"segbench.models.{name}" in networks, name
     data = (site / "reference/config/data.html").read_text()
     assert "data.init_args.batch_size" in data
+    # A linked key's row says once that the data module sets it (model.num_classes read "K; set
+    # by the data module (linked by the CLI). (set by the data module (linked); never set by
+    # hand)").
+    for page in (site / "reference/config").glob("*.html"):
+        for row in re.findall(r"<tr>.*?</tr>", page.read_text(), re.S):
+            assert row.count("set by the data module") <= 1, (page.name, row)
     for name in segbench.data.__all__:
         cls = getattr(segbench.data, name)
         if (
