@@ -246,6 +246,19 @@ def test_the_python_api_reference_documents_the_public_api(site: Path) -> None:
     assert "from segbench.analysis.loading import load_model" in page
 
 
+def test_no_page_skips_a_heading_level(site: Path) -> None:
+    """Headings go down one level at a time: the precision results page included its
+    RESULTS.md shifted one level too deep, so its sections (h3) sat right under the title (h1)."""
+    for page in sorted(site.rglob("*.html")):
+        article = re.search(r"<article.*?</article>", page.read_text(), re.S)
+        if article is None:
+            continue
+        level = 0
+        for found in re.findall(r"<h([1-6])[\s>]", article.group(0)):
+            assert int(found) <= level + 1, f"{page.relative_to(site)}: h{level} -> h{found}"
+            level = int(found)
+
+
 def test_the_claims_page_carries_the_table(site: Path) -> None:
     source = (ROOT / "docs/results/claims.md").read_text()
     assert "<!-- sweep:claims" in source
