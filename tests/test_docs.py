@@ -8,6 +8,7 @@ a config key or a notebook import that changes shows up in this build.
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import os
 import re
@@ -145,6 +146,35 @@ def test_every_commands_help_says_what_it_does_and_names_its_types() -> None:
     assert "(type: positive_int, default: 1)" in " ".join(helps["sweep"].split())
 
 
+def _article_text(page: Path) -> str:
+    """A built page's article as a reader sees it: the text without its tags."""
+    found = re.search(r"<article.*?</article>", page.read_text(), re.S)
+    assert found, f"no article in {page}"
+    return html.unescape(re.sub(r"<[^>]+>", "", found.group(0)))
+
+
+def test_a_commands_page_shows_its_description_as_text_without_restructuredtext(
+    site: Path,
+) -> None:
+    """Each command's page renders its description (the ``--help`` prose) as text and keeps the
+    usage and options as printed. The whole help in one monospace block showed the docstrings'
+    markup as typed: ``--patch``, :mod:`segbench.analysis.tool`, **Empirical**; and the table
+    of commands summed up convert-sbd by what SBD ships, not by what the command does."""
+    from segbench.cli import COMMANDS
+
+    for name in ("fit", "validate", "test", "predict", *COMMANDS):
+        text = _article_text(site / "reference" / "commands" / f"{name}.html")
+        shown = [m for m in ("``", ":class:`", ":func:`", ":meth:`", ":mod:`") if m in text]
+        assert not shown, f"the page of segbench {name} shows reStructuredText: {shown}"
+        assert "usage: segbench" in text, name
+    erf = (site / "reference/commands/erf.html").read_text()
+    assert "<strong>Empirical</strong>" in erf, "erf's description is not rendered as text"
+    benchmark = (site / "reference/commands/benchmark.html").read_text()
+    assert "<li><code>step</code>" in benchmark, "benchmark's list of measurements is no list"
+    index = _article_text(site / "reference/commands/index.html")
+    assert "segbench convert-sbd SBD's .mat class labels to PNGs" in " ".join(index.split())
+
+
 def test_the_captured_help_holds_no_control_characters() -> None:
     """jsonargparse writes ``--print_config \\b[=flags]``: a terminal erases the space before the
     backspace, the reference pages showed a box for it (fit, validate, test, predict)."""
@@ -170,6 +200,12 @@ def test_the_config_reference_lists_every_architecture_and_data_module(site: Pat
         assert f"segbench.models.{name}" in networks, name
     data = (site / "reference/config/data.html").read_text()
     assert "data.init_args.batch_size" in data
+    # A linked key's row says once that the data module sets it (model.num_classes read "K; set
+    # by the data module (linked by the CLI). (set by the data module (linked); never set by
+    # hand)").
+    for page in (site / "reference/config").glob("*.html"):
+        for row in re.findall(r"<tr>.*?</tr>", page.read_text(), re.S):
+            assert row.count("set by the data module") <= 1, (page.name, row)
     for name in segbench.data.__all__:
         cls = getattr(segbench.data, name)
         if (
@@ -178,6 +214,17 @@ def test_the_config_reference_lists_every_architecture_and_data_module(site: Pat
             and cls is not SegmentationDataModule
         ):
             assert f"segbench.data.{name}" in data, name
+
+
+def test_the_generated_reference_pages_show_no_restructuredtext(site: Path) -> None:
+    """The config keys, the ablation.yaml schema and the Python API come from docstrings written
+    in reStructuredText; inside a module's literal block nothing translates ``x``, and the data
+    modules' layouts showed it (``palette``, ``split_dir``, ``segbench convert-sbd <sbd_root>``)."""
+    pages = [*(site / "reference/config").glob("*.html"), site / "reference/python-api.html"]
+    for page in [*pages, site / "reference/ablation-yaml.html"]:
+        text = _article_text(page)
+        shown = [m for m in ("``", ":class:`", ":func:`", ":meth:`", ":mod:`") if m in text]
+        assert not shown, f"{page.relative_to(site)} shows reStructuredText: {shown}"
 
 
 def test_the_python_api_reference_documents_the_public_api(site: Path) -> None:
@@ -199,13 +246,26 @@ def test_the_python_api_reference_documents_the_public_api(site: Path) -> None:
     assert "from segbench.analysis.loading import load_model" in page
 
 
+def test_no_page_skips_a_heading_level(site: Path) -> None:
+    """Headings go down one level at a time: the precision results page included its
+    RESULTS.md shifted one level too deep, so its sections (h3) sat right under the title (h1)."""
+    for page in sorted(site.rglob("*.html")):
+        article = re.search(r"<article.*?</article>", page.read_text(), re.S)
+        if article is None:
+            continue
+        level = 0
+        for found in re.findall(r"<h([1-6])[\s>]", article.group(0)):
+            assert int(found) <= level + 1, f"{page.relative_to(site)}: h{level} -> h{found}"
+            level = int(found)
+
+
 def test_the_claims_page_carries_the_table(site: Path) -> None:
     source = (ROOT / "docs/results/claims.md").read_text()
     assert "<!-- sweep:claims" in source
     assert "<!-- /sweep:claims -->" in source
-    html = (site / "results/claims.html").read_text()
-    assert "reproduced" in html
-    assert "Test conditions" in html
+    page = (site / "results/claims.html").read_text()
+    assert "reproduced" in page
+    assert "Test conditions" in page
 
 
 def _readme() -> str:

@@ -106,7 +106,10 @@ def key_rows(cls: type, prefix: str, skip: set[str] = frozenset()) -> list[str]:
         hint = getattr(action, "_typehint", None)
         default = action.default
         if key in linked:
-            default_text, note = "–", f" *({LINKED_NOTE})*"
+            # A help that already says the data module sets it gets the rest of the note only.
+            said = "set by the data module" in (action.help or "")
+            default_text = "–"
+            note = " *(linked; never set by hand)*" if said else f" *({LINKED_NOTE})*"
         else:
             default_text = (
                 "*required*"

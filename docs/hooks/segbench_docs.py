@@ -23,6 +23,7 @@ import posixpath
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,61 @@ def _commands_table() -> str:
 
 
 def _command(c: dict[str, str]) -> str:
-    lead = f"{c['summary']}.\n\n" if c["summary"] else ""
-    page = f"# segbench {c['name']}\n\n{lead}```text\n{c['help'].rstrip()}\n```\n"
+    """A command's page: its description (the prose of its ``--help``) as text, then the usage
+    and the options as the terminal prints them. The help's whole text in one monospace block
+    showed the docstrings' reStructuredText (``literals``, :mod:`roles`, **bold**) as typed."""
+    usage, description, options = _help_parts(c["help"])
+    if description:
+        lead = _help_markdown(description)
+    else:
+        lead = f"{c['summary']}." if c["summary"] else ""
+    block = _help_plain(f"{usage}\n\n{options}".strip())
+    page = f"# segbench {c['name']}\n\n{lead}\n\n## Usage and options\n\n```text\n{block}\n```\n"
     return "---\nhide:\n  - toc\n---\n\n" + page  # the help's lines need the width
+
+
+HELP_ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|obj|exc):`~?([^`]+)`")
+HELP_OPTIONS = re.compile(r"^(?:options|positional arguments):$", re.MULTILINE)
+
+
+def _help_parts(text: str) -> tuple[str, str, str]:
+    """A ``--help`` as (usage, description, options): the usage is its first paragraph, the
+    options start at argparse's ``options:`` (or ``positional arguments:``) heading."""
+    usage, _, rest = text.strip("\n").partition("\n\n")
+    found = HELP_OPTIONS.search(rest)
+    if found is None:
+        return usage, rest, ""
+    return usage, rest[: found.start()].strip("\n"), rest[found.start() :].rstrip()
+
+
+def _help_plain(text: str) -> str:
+    """reStructuredText's inline markup as plain text reads: ``x`` and :role:`x` as `x`."""
+    return HELP_ROLE.sub(r"`\1`", text).replace("``", "`")
+
+
+def _help_markdown(text: str) -> str:
+    """A command's description (its module docstring's reStructuredText) as markdown: literals
+    and roles as code, a ``::`` literal block fenced, a list set off from the paragraph above it."""
+    lines = _help_plain(text).splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("    ") and (not out or not out[-1].strip()):  # a literal block
+            block = []
+            while i < len(lines) and (lines[i].startswith("    ") or not lines[i].strip()):
+                block.append(lines[i])
+                i += 1
+            while block and not block[-1].strip():
+                block.pop()
+            out += ["```text", *textwrap.dedent("\n".join(block)).splitlines(), "```", ""]
+            continue
+        previous = out[-1] if out else ""
+        if re.match(r"[*-] ", line) and previous.strip() and not re.match(r"[*-] | ", previous):
+            out.append("")  # markdown starts a list only after a blank line
+        out.append(re.sub(r"(\S)::$", r"\1:", line))
+        i += 1
+    return "\n".join(out).strip()
 
 
 CLAIMS_DATA = DOCS / "results" / "claims.json"  # written by segbench claims --into claims.md

@@ -76,7 +76,7 @@ def convert_sbd(root: Path, out_dir: Path | None = None, *, overwrite: bool = Fa
 
 
 def main(argv: list[str]) -> None:
-    parser = command_parser("segbench convert-sbd", __doc__.split("\n\n")[1] if __doc__ else "")
+    parser = command_parser("segbench convert-sbd", __doc__ or "")
     parser.add_argument(
         "sbd_root", type=Path, help="SBD's benchmark_RELEASE/dataset folder (or benchmark_RELEASE)"
     )

@@ -4,8 +4,8 @@ Layout under ``root`` (names configurable)::
 
     images/<name><image_suffix>     RGB images
     masks/<name><mask_suffix>       label maps: class indices in a single-channel or palette
-                                    PNG, or RGB colours listed in ``palette``
-    train.txt val.txt test.txt      one <name> per line (in ``split_dir``, default ``root``)
+                                    PNG, or RGB colours listed in palette
+    train.txt val.txt test.txt      one <name> per line (in split_dir, default root)
 
 PASCAL VOC's own tree fits it: ``image_dir: JPEGImages``, ``mask_dir: SegmentationClass``,
 ``split_dir: ImageSets/Segmentation`` (palette PNGs hold class indices, 255 is void).

@@ -437,7 +437,7 @@ class SyntheticScenes(Dataset):
 
 
 class SyntheticSegmentation(SegmentationDataModule):
-    """The embedded synthetic scenes (see the module docstring for what they contain).
+    """The embedded synthetic scenes: procedural outdoor scenes, no files, no download.
 
     Args:
         num_train: training images.

@@ -21,7 +21,7 @@ point at ``benchmark_RELEASE``)::
         img/<name>.jpg
         cls/<name>.mat          MATLAB files, GTcls.Segmentation: 0 background, 1..20, no void
         train.txt val.txt       8,498 / 2,857 names
-        cls_png/<name>.png      written once by ``segbench convert-sbd <sbd_root>`` (needs scipy)
+        cls_png/<name>.png      written once by segbench convert-sbd <sbd_root> (needs scipy)
 
 Splits (``train_split``, ``val_split``, ``test_split``):
 
