@@ -31,7 +31,7 @@ same budget.
 At the end, in ``ROOT/GROUP/``: ``best.yaml`` (the best trial's values, a config that composes
 after the base: ``segbench fit --config BASE --config ROOT/GROUP/best.yaml``, its first lines say
 the whole command, which trains it in ``ROOT/GROUP/best``), ``trials.csv``,
-``tune.md`` (every trial), and Optuna's figures: ``history.png`` (the metric per trial and the
+``tune.md`` (every trial), and the figures: ``history.png`` (the metric per trial and the
 best so far), ``importances.png`` (how much each key mattered, fANOVA) and ``parallel.png`` (each
 trial as a line through its values). Tuning reads the validation split only.
 """
