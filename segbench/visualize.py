@@ -24,8 +24,11 @@ if TYPE_CHECKING:
 
     from segbench.data.base import SegmentationDataModule
 
-#: Colour of labels past the palette (void).
-VOID_COLOUR = 40
+#: Colours void (labels past the palette) may take, in order of preference: the first that is
+#: :data:`VOID_DISTANCE` from every class colour (dark grey would pass for the synthetic scenes'
+#: black birds and CamVid's dark olive pedestrians).
+VOID_COLOURS = ((40, 40, 40), (255, 0, 255), (0, 255, 255), (255, 255, 0))
+VOID_DISTANCE = 80.0
 
 
 def denormalise(images: Tensor, dm: SegmentationDataModule) -> Tensor:
@@ -40,9 +43,26 @@ def to_uint8(images: Tensor) -> Tensor:
     return (images * 255).round().byte()
 
 
+def void_colour(palette: Sequence[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """The colour void is drawn in beside ``palette``: the first of :data:`VOID_COLOURS` at
+    least :data:`VOID_DISTANCE` (RGB, Euclidean) from every class colour, else the farthest."""
+    if not palette:
+        return VOID_COLOURS[0]
+    classes = np.asarray(palette, np.float64)
+
+    def nearest(colour: tuple[int, int, int]) -> float:
+        return float(np.linalg.norm(classes - np.asarray(colour, np.float64), axis=1).min())
+
+    for colour in VOID_COLOURS:
+        if nearest(colour) >= VOID_DISTANCE:
+            return colour
+    return max(VOID_COLOURS, key=nearest)
+
+
 def colourise(labels: np.ndarray, palette: Sequence[tuple[int, int, int]]) -> np.ndarray:
-    """``H x W`` labels -> ``H x W x 3`` uint8 colours; labels past the palette (void) are grey."""
-    lut = np.full((256, 3), VOID_COLOUR, np.uint8)
+    """``H x W`` labels -> ``H x W x 3`` uint8 colours; labels past the palette (void) take
+    :func:`void_colour`."""
+    lut = np.full((256, 3), void_colour(palette), np.uint8)
     lut[: len(palette)] = np.asarray(palette, np.uint8)
     return lut[np.clip(labels, 0, 255).astype(np.int64)]
 
@@ -195,7 +215,10 @@ def val_examples_figure(
         acc = float((pred == target)[valid].mean()) if valid.any() else float("nan")
         name = row_labels[r] if row_labels else f"#{r}"
         labels.append(f"{name}\npixel acc {acc:.2f}")
-    legend = [*((n, tuple(palette[i])) for i, n in enumerate(names)), ("void", (VOID_COLOUR,) * 3)]
+    legend = [
+        *((n, tuple(palette[i])) for i, n in enumerate(names)),
+        ("void", void_colour(palette)),
+    ]
     per_row = max(1, (4 * (panel + gap)) // 130)
     legend_rows = -(-len(legend) // per_row)
     height = top + sum(row[0].height + gap for row in rows) + 10 + 18 * legend_rows

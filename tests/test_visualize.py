@@ -64,3 +64,26 @@ def test_the_confusion_matrix_names_its_axes_and_its_colour_bar():
     matrix, bar = fig.axes
     assert (matrix.get_xlabel(), matrix.get_ylabel()) == ("predicted", "true")
     assert "share" in bar.get_ylabel()  # what the colours mean, not a bare 0..1 scale
+
+
+def test_void_is_drawn_in_a_colour_no_class_has():
+    """Dark grey void passed for the synthetic scenes' black birds (and CamVid's dark olive
+    pedestrians): void takes the first colour far from every class colour, in the label maps
+    and in the legend alike."""
+    from segbench.data.synthetic import PALETTE
+    from segbench.visualize import VOID_DISTANCE, colourise, void_colour
+
+    assert void_colour([(128, 64, 128), (70, 130, 180)]) == (40, 40, 40)  # dark grey when free
+    void = void_colour(PALETTE)
+    assert min(np.linalg.norm(np.subtract(c, void)) for c in PALETTE) >= VOID_DISTANCE
+    labels = np.array([[0, 255], [len(PALETTE) - 1, 200]])
+    colours = colourise(labels, PALETTE)
+    assert tuple(colours[0, 1]) == tuple(colours[1, 1]) == void
+    assert tuple(colours[1, 0]) == PALETTE[-1]
+    names = [f"class {i}" for i in range(len(PALETTE))]
+    image, target, pred = np.zeros((8, 8, 3), np.uint8), np.full((8, 8), 255), np.zeros((8, 8))
+    picture = val_examples_figure([image], [target], [pred.astype(np.int64)], PALETTE, names,
+                                  panel=32)  # fmt: skip
+    pixels = np.asarray(picture)
+    assert (pixels[:, 96 + 38 : 96 + 70] == void).all(axis=-1).any()  # the ground truth panel
+    assert (pixels[-40:] == void).all(axis=-1).any()  # the legend
