@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -866,17 +867,19 @@ class PredictionWriter(BasePredictionWriter):
         for i, (name, pred) in enumerate(zip(names, preds, strict=True)):
             img = Image.fromarray(pred, mode="P")
             img.putpalette(flat_palette)
-            img.save(self._path(name, LABEL_MAP))
+            # Each file atomically: a killed prediction leaves whole files or none, never a
+            # truncated PNG under its real name.
+            atomic_write(self._path(name, LABEL_MAP), partial(img.save, format="PNG"))
             if self.overlays:
                 image = originals[i].cpu().permute(1, 2, 0).numpy()
                 picture = overlay(image, pred, palette, list(dm.class_names))
-                picture.save(self._path(name, OVERLAY))
+                atomic_write(self._path(name, OVERLAY), partial(picture.save, format="PNG"))
             if self.save_probs:
                 if prediction.get("probs") is not None:  # tiled: kept as float16
                     probs = prediction["probs"][i].numpy()
                 else:
                     probs = prediction["log_probs"][i].float().exp().to(torch.float16).cpu().numpy()
-                np.save(self._path(name, PROBS), probs)
+                atomic_write(self._path(name, PROBS), partial(np.save, arr=probs))
             self.written += 1
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
