@@ -47,14 +47,14 @@ from segbench.data.files import OUTPUT_SUFFIXES
 from segbench.errors import DataError
 from segbench.loggers import ResumableCSVLogger, log_validation_pictures
 from segbench.provenance import provenance
-from segbench.rundir import RunDir, atomic_write, atomic_write_text
+from segbench.rundir import RunDir, atomic_write, atomic_write_files, text_writer
 from segbench.visualize import (
     confusion_figure,
     denormalise,
+    figure_writer,
     overlay,
     to_uint8,
     val_examples_figure,
-    write_figure,
 )
 
 log = logging.getLogger("segbench")
@@ -697,9 +697,11 @@ def write_confusion(run: RunDir, stage: str, confusion: Tensor, names: list[str]
         f"{name}," + ",".join(str(int(v)) for v in row)
         for name, row in zip(names, counts, strict=True)
     ]
-    atomic_write_text(run.file(f"confusion_{stage}.csv"), "\n".join(lines) + "\n")
     fig = confusion_figure(counts, names, f"{stage}: share of each true class's pixels")
-    write_figure(fig, run.file(f"confusion_{stage}.png"))
+    atomic_write_files({  # one version: never an earlier command's figure beside this table
+        run.file(f"confusion_{stage}.csv"): text_writer("\n".join(lines) + "\n"),
+        run.file(f"confusion_{stage}.png"): figure_writer(fig),
+    })  # fmt: skip
 
 
 class SegmentationVisualizer(Callback):

@@ -44,7 +44,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 
@@ -74,7 +74,7 @@ def temp_path(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
+def atomic_paths(*paths: str | Path, remove: Sequence[Path] = ()) -> Iterator[list[Path]]:
     """Temporary paths for ``paths`` (:func:`temp_path`), one each, for the block to write; when
     it ends without an error each is fsynced and renamed to its path, else all are removed and
     every ``path`` is left as it was.
@@ -83,7 +83,8 @@ def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
     its figure) are one version: before the first rename, the earlier versions of all of them
     are removed, so a kill between two renames leaves some of the new files and none of the
     old, never an old file beside a new one it does not describe. The slow part, writing the
-    temporary files, leaves the whole earlier set in place.
+    temporary files, leaves the whole earlier set in place. ``remove``: files of the set that the
+    new version does not have (a figure with nothing to draw this time), removed with the rest.
     """
     finals = [Path(p) for p in paths]
     temps = [temp_path(p) for p in finals]
@@ -93,8 +94,8 @@ def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
         yield temps
         for tmp in temps:
             _fsync(tmp)
-        if len(finals) > 1:
-            for path in finals:
+        if len(finals) + len(remove) > 1:
+            for path in [*finals, *remove]:
                 path.unlink(missing_ok=True)
         for tmp, path in zip(temps, finals, strict=True):
             os.replace(tmp, path)
@@ -128,11 +129,14 @@ def _fsync(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_files(writes: dict[Path, Callable[[BinaryIO], object]]) -> None:
+def atomic_write_files(writes: Mapping[Path, Callable[[BinaryIO], object] | None]) -> None:
     """Write each ``path`` through its ``write(file)``, all as one version (:func:`atomic_paths`):
-    every file is written before any is renamed into place."""
-    with atomic_paths(*writes) as temps:
-        for tmp, write in zip(temps, writes.values(), strict=True):
+    every file is written before any is renamed into place. A path whose write is ``None`` is
+    not in this version: an earlier one is removed."""
+    written = {Path(p): w for p, w in writes.items() if w is not None}
+    gone = [Path(p) for p, w in writes.items() if w is None]
+    with atomic_paths(*written, remove=gone) as temps:
+        for tmp, write in zip(temps, written.values(), strict=True):
             with open(tmp, "wb") as f:
                 write(f)
 
