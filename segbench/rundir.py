@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import io
 import json
 import logging
@@ -68,9 +69,29 @@ log = logging.getLogger("segbench")
 # -- atomic files ------------------------------------------------------------------------------
 def temp_path(path: str | Path) -> Path:
     """Where a new version of ``path`` is written before it is renamed into place: beside it,
-    hidden, named after it and the writing process (``.NAME.tmp-PID-RANDOM``)."""
+    hidden, named after it and the writing process (``.NAME.tmp-HOST-PID-RANDOM``)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    host = socket.gethostname().replace("/", "_")
+    return path.with_name(f".{path.name}.tmp-{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temporary files of ``path`` (:func:`temp_path`) that processes of this host
+    which no longer run left behind: a ``kill -9`` mid-write leaves its temporary file, which
+    would otherwise stay (a checkpoint's size each time). Another host's, or a running
+    process's, are left alone."""
+    prefix = f".{path.name}.tmp-{socket.gethostname().replace('/', '_')}-"
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid, _, rest = tmp.name.removeprefix(prefix).partition("-")
+        if not tmp.name.startswith(prefix) or not pid.isdigit() or len(rest) != 6:
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        except OSError:  # it runs, as another user
+            pass
 
 
 @contextlib.contextmanager
@@ -118,6 +139,8 @@ def atomic_paths(*paths: str | Path, remove: Sequence[Path] = ()) -> Iterator[li
         raise
     for folder in {p.parent for p in finals}:  # make the renames themselves durable
         _fsync(folder)
+    for path in finals:
+        remove_stale_temps(path)
 
 
 def _fsync(path: Path) -> None:

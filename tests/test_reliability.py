@@ -445,6 +445,32 @@ def test_files_written_together_are_never_left_as_a_mix_of_two_versions(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.md"]
 
 
+def test_a_temporary_file_left_by_a_kill_is_removed_by_the_next_write(tmp_path):
+    """Found by SIGKILLing (and SIGTERMing) the analysis tools mid-write: each kill left its
+    .metrics.json.tmp-* in the run directory for good (a checkpoint's size, for a fit). The next
+    write of the same file removes those of dead processes of this host, and only those."""
+    target = tmp_path / "metrics.json"
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, signal\n"
+         "from segbench.rundir import atomic_paths\n"
+         f"with atomic_paths({str(target)!r}) as (tmp,):\n"
+         "    tmp.write_text('half')\n"
+         "    os.kill(os.getpid(), signal.SIGKILL)\n"],
+        cwd=REPO,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    (left,) = tmp_path.glob(".metrics.json.tmp-*")
+    alive = tmp_path / f".metrics.json.tmp-{socket.gethostname()}-{os.getpid()}-abcdef"
+    elsewhere = tmp_path / ".metrics.json.tmp-otherhost-1-abcdef"
+    other = tmp_path / f".other.json.tmp-{socket.gethostname()}-999999999-abcdef"
+    for path in (alive, elsewhere, other):
+        path.write_text("")
+    RunDir(tmp_path).write_section("fit", {"finished": True})
+    assert not left.exists()
+    assert all(p.exists() for p in (alive, elsewhere, other))
+    assert RunDir(tmp_path).section("fit") == {"finished": True}
+
+
 # -- loading never runs foreign code ---------------------------------------------------------------
 class _Evil:
     def __init__(self, marker: Path) -> None:
