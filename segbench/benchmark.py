@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -45,9 +46,9 @@ import torch
 from segbench.cli.lightning import SegbenchCLI, build
 from segbench.numerics import resolve_precision, to_channels_last, usable_device
 from segbench.options import command_parser, option_keys, options_of, split_argv
-from segbench.rundir import atomic_write_json, atomic_write_text
+from segbench.rundir import atomic_write_files, json_writer, text_writer
 from segbench.tables import markdown_table
-from segbench.visualize import save_figure
+from segbench.visualize import drawing_writer
 
 
 @dataclass
@@ -244,13 +245,13 @@ def main(argv: list[str]) -> None:
     results = run(rest, known)
     text = markdown(results)
     if known.out:
-        known.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(known.out / "benchmark.md", text)
-        atomic_write_json(known.out / "benchmark.json", [asdict(r) for r in results])
         sizes = [r for r in results if r.what.startswith("size ")]
-        if sizes:
-            save_figure(lambda fig: plot_sizes(sizes, fig), known.out / "benchmark_sizes.png",
-                        (7, 3.5))  # fmt: skip
+        plot = partial(plot_sizes, sizes)
+        atomic_write_files({  # one version (rundir.atomic_write_files)
+            known.out / "benchmark.md": text_writer(text),
+            known.out / "benchmark.json": json_writer([asdict(r) for r in results]),
+            known.out / "benchmark_sizes.png": drawing_writer(plot, (7, 3.5)) if sizes else None,
+        })  # fmt: skip
     sys.stdout.write(
         json.dumps([asdict(r) for r in results], indent=2) + "\n" if known.json else text
     )

@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +47,14 @@ from segbench.data.files import OUTPUT_SUFFIXES
 from segbench.errors import DataError
 from segbench.loggers import ResumableCSVLogger, log_validation_pictures
 from segbench.provenance import provenance
-from segbench.rundir import RunDir, atomic_write, atomic_write_text
+from segbench.rundir import RunDir, atomic_write, atomic_write_files, text_writer
 from segbench.visualize import (
     confusion_figure,
     denormalise,
+    figure_writer,
     overlay,
     to_uint8,
     val_examples_figure,
-    write_figure,
 )
 
 log = logging.getLogger("segbench")
@@ -696,9 +697,11 @@ def write_confusion(run: RunDir, stage: str, confusion: Tensor, names: list[str]
         f"{name}," + ",".join(str(int(v)) for v in row)
         for name, row in zip(names, counts, strict=True)
     ]
-    atomic_write_text(run.file(f"confusion_{stage}.csv"), "\n".join(lines) + "\n")
     fig = confusion_figure(counts, names, f"{stage}: share of each true class's pixels")
-    write_figure(fig, run.file(f"confusion_{stage}.png"))
+    atomic_write_files({  # one version: never an earlier command's figure beside this table
+        run.file(f"confusion_{stage}.csv"): text_writer("\n".join(lines) + "\n"),
+        run.file(f"confusion_{stage}.png"): figure_writer(fig),
+    })  # fmt: skip
 
 
 class SegmentationVisualizer(Callback):
@@ -866,17 +869,19 @@ class PredictionWriter(BasePredictionWriter):
         for i, (name, pred) in enumerate(zip(names, preds, strict=True)):
             img = Image.fromarray(pred, mode="P")
             img.putpalette(flat_palette)
-            img.save(self._path(name, LABEL_MAP))
+            # Each file atomically: a killed prediction leaves whole files or none, never a
+            # truncated PNG under its real name.
+            atomic_write(self._path(name, LABEL_MAP), partial(img.save, format="PNG"))
             if self.overlays:
                 image = originals[i].cpu().permute(1, 2, 0).numpy()
                 picture = overlay(image, pred, palette, list(dm.class_names))
-                picture.save(self._path(name, OVERLAY))
+                atomic_write(self._path(name, OVERLAY), partial(picture.save, format="PNG"))
             if self.save_probs:
                 if prediction.get("probs") is not None:  # tiled: kept as float16
                     probs = prediction["probs"][i].numpy()
                 else:
                     probs = prediction["log_probs"][i].float().exp().to(torch.float16).cpu().numpy()
-                np.save(self._path(name, PROBS), probs)
+                atomic_write(self._path(name, PROBS), partial(np.save, arr=probs))
             self.written += 1
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import io
 import json
 import logging
@@ -44,7 +45,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 
@@ -66,45 +67,129 @@ log = logging.getLogger("segbench")
 
 
 # -- atomic files ------------------------------------------------------------------------------
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file beside it, fsync, rename.
-
-    On a full disk the temporary file is removed, the previous ``path`` is left as it was, and
-    :class:`DiskFullError` names the file and the free space.
-    """
+def temp_path(path: str | Path) -> Path:
+    """Where a new version of ``path`` is written before it is renamed into place: beside it,
+    hidden, named after it and the writing process (``.NAME.tmp-HOST-PID-RANDOM``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    host = socket.gethostname().replace("/", "_")
+    return path.with_name(f".{path.name}.tmp-{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temporary files of ``path`` (:func:`temp_path`) that processes of this host
+    which no longer run left behind: a ``kill -9`` mid-write leaves its temporary file, which
+    would otherwise stay (a checkpoint's size each time). Another host's, or a running
+    process's, are left alone."""
+    prefix = f".{path.name}.tmp-{socket.gethostname().replace('/', '_')}-"
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid, _, rest = tmp.name.removeprefix(prefix).partition("-")
+        if not tmp.name.startswith(prefix) or not pid.isdigit() or len(rest) != 6:
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        except OSError:  # it runs, as another user
+            pass
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | Path, remove: Sequence[Path] = ()) -> Iterator[list[Path]]:
+    """Temporary paths for ``paths`` (:func:`temp_path`), one each, for the block to write; when
+    it ends without an error each is fsynced and renamed to its path, else all are removed and
+    every ``path`` is left as it was.
+
+    Files written together (a model and the side-car that describes it, a report's table and
+    its figure) are one version: before the first rename, the earlier versions of all of them
+    are removed, so a kill between two renames leaves some of the new files and none of the
+    old, never an old file beside a new one it does not describe. The slow part, writing the
+    temporary files, leaves the whole earlier set in place. ``remove``: files of the set that the
+    new version does not have (a figure with nothing to draw this time), removed with the rest.
+    """
+    finals = [Path(p) for p in paths]
+    temps = [temp_path(p) for p in finals]
+    for path in finals:
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield temps
+        for tmp in temps:
+            _fsync(tmp)
+        if len(finals) + len(remove) > 1:
+            for path in [*finals, *remove]:
+                path.unlink(missing_ok=True)
+        for tmp, path in zip(temps, finals, strict=True):
+            os.replace(tmp, path)
     except BaseException as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            kept = f"; the previous {path.name} is intact" if path.exists() else ""
+            path = finals[0]
+            kept = (
+                f"; the previous {' and '.join(p.name for p in finals)} "
+                f"{'is' if len(finals) == 1 else 'are'} intact"
+                if all(p.exists() for p in finals)
+                else ""
+            )
             raise DiskFullError(
                 f"{disk_full_message(path)}{kept}. Free some space (or point run.root "
                 "elsewhere) and resume with --ckpt_path last."
             ) from err
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
+    for folder in {p.parent for p in finals}:  # make the renames themselves durable
+        _fsync(folder)
+    for path in finals:
+        remove_stale_temps(path)
+
+
+def _fsync(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
 
 
+def atomic_write_files(writes: Mapping[Path, Callable[[BinaryIO], object] | None]) -> None:
+    """Write each ``path`` through its ``write(file)``, all as one version (:func:`atomic_paths`):
+    every file is written before any is renamed into place. A path whose write is ``None`` is
+    not in this version: an earlier one is removed."""
+    written = {Path(p): w for p, w in writes.items() if w is not None}
+    gone = [Path(p) for p, w in writes.items() if w is None]
+    with atomic_paths(*written, remove=gone) as temps:
+        for tmp, write in zip(temps, written.values(), strict=True):
+            with open(tmp, "wb") as f:
+                write(f)
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file beside it, fsync, rename.
+
+    On a full disk the temporary file is removed, the previous ``path`` is left as it was, and
+    :class:`DiskFullError` names the file and the free space.
+    """
+    atomic_write_files({Path(path): write})
+
+
+def text_writer(text: str) -> Callable[[BinaryIO], object]:
+    """A ``write(file)`` for :func:`atomic_write` / :func:`atomic_write_files`: ``text``."""
+    data = text.encode()
+    return lambda f: f.write(data)
+
+
+def json_writer(data: Any) -> Callable[[BinaryIO], object]:
+    """A ``write(file)`` of ``data`` as segbench writes JSON (indented, keys sorted)."""
+    return text_writer(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, text_writer(text))
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
+    atomic_write(path, json_writer(data))
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

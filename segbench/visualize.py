@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -141,20 +141,36 @@ def confusion_figure(confusion: np.ndarray, names: Sequence[str], title: str = "
     return fig
 
 
-def save_figure(draw: Callable[[Figure], None], path: Path, figsize: tuple[float, float]) -> None:
-    """Draw on a figure of its own (no pyplot state, no backend switch) and save it."""
+def figure_writer(fig: Figure, fmt: str = "png") -> Callable[[BinaryIO], object]:
+    """A ``write(file)`` that saves ``fig`` as ``fmt``, for :func:`segbench.rundir.atomic_write`
+    and :func:`segbench.rundir.atomic_write_files`."""
+    return lambda f: fig.savefig(f, format=fmt, dpi=120, bbox_inches="tight")
+
+
+def drawing_writer(
+    draw: Callable[[Figure], None], figsize: tuple[float, float], fmt: str = "png"
+) -> Callable[[BinaryIO], object]:
+    """A ``write(file)`` that draws a figure of its own (no pyplot state, no backend switch) and
+    saves it: the drawing happens while the file is written, before it replaces anything."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize)
-    draw(fig)
-    write_figure(fig, path)
+    def write(f: BinaryIO) -> None:
+        fig = Figure(figsize=figsize)
+        draw(fig)
+        figure_writer(fig, fmt)(f)
+
+    return write
+
+
+def save_figure(draw: Callable[[Figure], None], path: Path, figsize: tuple[float, float]) -> None:
+    """Draw on a figure of its own (no pyplot state, no backend switch) and save it."""
+    atomic_write(path, drawing_writer(draw, figsize, path.suffix.lstrip(".")))
 
 
 def write_figure(fig: Figure, path: Path) -> None:
     """Save ``fig`` to ``path`` (its format from the suffix) atomically, like every file segbench
     writes (:func:`segbench.rundir.atomic_write`)."""
-    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip("."), dpi=120,
-                                             bbox_inches="tight"))  # fmt: skip
+    atomic_write(path, figure_writer(fig, path.suffix.lstrip(".")))
 
 
 #: The error map's colours: a correct pixel, a wrong one, a void one (not scored).

@@ -229,3 +229,45 @@ def test_large_images_are_predicted_in_tiles_with_bounded_memory(tiny, capsys):
     assert tiled_probs.shape == whole_probs.shape
     assert np.allclose(tiled_probs.astype(np.float32).sum(0), 1.0, atol=1e-2)
     assert (tiled == whole).mean() > 0.9, (tiled == whole).mean()
+
+
+def test_a_prediction_that_dies_mid_write_leaves_whole_files(tiny, monkeypatch):
+    """Found by killing `segbench predict` part-way: it wrote each PNG straight under its real
+    name, so a kill mid-write left a truncated (0-byte) overlay that no reader opens. A write
+    that fails half-way (here: an overlay's save writes half its bytes, then raises) now leaves
+    the earlier prediction's file whole and no temporary file behind."""
+    import io
+
+    import segbench.callbacks as callbacks
+
+    run_main(["fit", *tiny()])
+    config = str(tiny.root / "test" / "tiny" / "config.yaml")
+    args = ["predict", "--config", config, "--ckpt_path", "best"]
+    run_main(args)
+    out = tiny.root / "test" / "tiny" / "predictions"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    class HalfWritten:
+        def __init__(self, picture: Image.Image) -> None:
+            self.picture = picture
+
+        def save(self, fp, format=None):
+            whole = io.BytesIO()
+            self.picture.save(whole, format="PNG")
+            data = whole.getvalue()[: len(whole.getvalue()) // 2]
+            if isinstance(fp, str | bytes) or hasattr(fp, "__fspath__"):
+                with open(fp, "wb") as f:
+                    f.write(data)
+            else:
+                fp.write(data)
+            raise OSError("the write died half-way")
+
+    real = callbacks.overlay
+    monkeypatch.setattr(callbacks, "overlay", lambda *a, **k: HalfWritten(real(*a, **k)))
+    with pytest.raises((OSError, SystemExit)):
+        main(args)
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after.keys() == before.keys()  # no temporary file left
+    for png in out.glob("*.png"):
+        Image.open(png).load()  # each one whole
+    assert after == before  # the failed overlay (and everything after it) is the earlier one

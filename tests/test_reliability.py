@@ -23,7 +23,7 @@ import torch
 from segbench import errors, loggers
 from segbench.cli import main
 from segbench.errors import ConfigError, SegbenchError
-from segbench.rundir import RunDir
+from segbench.rundir import RunDir, atomic_write_files, text_writer
 from tests.helpers import REPO, tiny_args
 
 
@@ -412,6 +412,63 @@ def test_records_from_concurrent_tools_are_all_kept(tmp_path):
     data = run.read()
     assert sorted(data["records"]) == [f"tool{i}" for i in range(6)]
     assert data["fit"]["test"]["test/mIoU"] == 0.5
+
+
+def test_files_written_together_are_never_left_as_a_mix_of_two_versions(tmp_path, monkeypatch):
+    """A model and its side-car, a table and its figure, are one version: a kill after the
+    first rename (here: the second rename raises) leaves part of the new set and none of the
+    old; a write that fails before any rename leaves the whole old set; no temporary file."""
+    table, figure = tmp_path / "r.md", tmp_path / "r.png"
+    atomic_write_files({table: text_writer("old table"), figure: text_writer("old figure")})
+
+    def fails(f):
+        f.write(b"half a fig")
+        raise OSError("killed mid-write")
+
+    with pytest.raises(OSError, match="mid-write"):
+        atomic_write_files({table: text_writer("new table"), figure: fails})
+    assert (table.read_text(), figure.read_text()) == ("old table", "old figure")
+
+    replace, calls = os.replace, []
+
+    def dies_at_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a kill between the two renames
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dies_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_files({table: text_writer("new table"), figure: text_writer("new figure")})
+    assert table.read_text() == "new table"
+    assert not figure.exists()  # not the old figure beside the new table
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.md"]
+
+
+def test_a_temporary_file_left_by_a_kill_is_removed_by_the_next_write(tmp_path):
+    """Found by SIGKILLing (and SIGTERMing) the analysis tools mid-write: each kill left its
+    .metrics.json.tmp-* in the run directory for good (a checkpoint's size, for a fit). The next
+    write of the same file removes those of dead processes of this host, and only those."""
+    target = tmp_path / "metrics.json"
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, signal\n"
+         "from segbench.rundir import atomic_paths\n"
+         f"with atomic_paths({str(target)!r}) as (tmp,):\n"
+         "    tmp.write_text('half')\n"
+         "    os.kill(os.getpid(), signal.SIGKILL)\n"],
+        cwd=REPO,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    (left,) = tmp_path.glob(".metrics.json.tmp-*")
+    alive = tmp_path / f".metrics.json.tmp-{socket.gethostname()}-{os.getpid()}-abcdef"
+    elsewhere = tmp_path / ".metrics.json.tmp-otherhost-1-abcdef"
+    other = tmp_path / f".other.json.tmp-{socket.gethostname()}-999999999-abcdef"
+    for path in (alive, elsewhere, other):
+        path.write_text("")
+    RunDir(tmp_path).write_section("fit", {"finished": True})
+    assert not left.exists()
+    assert all(p.exists() for p in (alive, elsewhere, other))
+    assert RunDir(tmp_path).section("fit") == {"finished": True}
 
 
 # -- loading never runs foreign code ---------------------------------------------------------------

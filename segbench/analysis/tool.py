@@ -32,12 +32,14 @@ import logging
 import re
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
     Any,
+    BinaryIO,
     ClassVar,
     Generic,
     Protocol,
@@ -59,8 +61,8 @@ from segbench.options import (
     record_options,
     split_argv,
 )
-from segbench.rundir import RunDir, atomic_write_json, atomic_write_text
-from segbench.visualize import save_figure
+from segbench.rundir import RunDir, atomic_write_files, json_writer, text_writer
+from segbench.visualize import drawing_writer
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -219,16 +221,21 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
         return results
 
     def write(self, results: Sequence[tuple[str, ResultT]], text: str, out: Path) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / f"{self.name}.md", text)
-        atomic_write_json(out / f"{self.name}.json", {n: r.to_json() for n, r in results})
+        """``TOOL.md``, ``TOOL.json`` and the figures, as one version
+        (:func:`segbench.rundir.atomic_write_files`): a kill leaves the earlier set or part of
+        this one, never an earlier figure beside this table."""
+        writes: dict[Path, Callable[[BinaryIO], object] | None] = {
+            out / f"{self.name}.md": text_writer(text),
+            out / f"{self.name}.json": json_writer({n: r.to_json() for n, r in results}),
+        }
         for name, result in results:
             stem = self.name if len(results) == 1 else f"{self.name}_{safe_name(name)}"
-            save_figure(result.plot, out / f"{stem}.png", self.figsize)
+            writes[out / f"{stem}.png"] = drawing_writer(result.plot, self.figsize)
         if len(results) > 1 and type(self).plot_together is not Tool.plot_together:
-            save_figure(
-                lambda fig: self.plot_together(results, fig), out / f"{self.name}.png", self.figsize
+            writes[out / f"{self.name}.png"] = drawing_writer(
+                partial(self.plot_together, results), self.figsize
             )
+        atomic_write_files(writes)
         log.info("%s: wrote %s/%s.{md,json,png}", self.name, out, self.name)
 
 

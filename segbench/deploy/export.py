@@ -54,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import sys
 import time
 import warnings
@@ -72,7 +71,7 @@ from segbench.analysis.loading import LoadedModel, load_model
 from segbench.data.base import Split
 from segbench.errors import ConfigError, SegbenchError, UnreadableFileError
 from segbench.options import CommandParser, command_parser, option_keys, options_of, split_argv
-from segbench.rundir import RunDir, atomic_write_json
+from segbench.rundir import RunDir, atomic_paths, json_writer
 from segbench.tables import markdown_table
 
 if TYPE_CHECKING:
@@ -502,12 +501,12 @@ def export(model: LoadedModel, options: Options, out: Path, split: Split = "val"
     size = (int(h), int(w))
     module = exportable(model.net)
     batches = check_inputs(image, size, options.dynamic)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     seconds: dict[str, float] = {}
     with torch.no_grad():  # before the export, which may leave the module in train mode
         references = [module(x) for x in batches]
-    try:
+    # The model and its side-car are one version (rundir.atomic_paths): both are written before
+    # either is renamed into place, so a kill never leaves a side-car describing another model.
+    with atomic_paths(out, Path(f"{out}.json")) as (tmp, tmp_json):
         t0 = time.perf_counter()
         write_model(module, tmp, fmt, batches[0], options.dynamic)
         seconds["export"] = time.perf_counter() - t0
@@ -530,16 +529,14 @@ def export(model: LoadedModel, options: Options, out: Path, split: Split = "val"
                 )
                 + f". Nothing was written to {out}."
             )
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    result = Export(
-        str(out), fmt, out.stat().st_size, checks, seconds=seconds, check_input=check_input
-    )
-    result.metadata = metadata(model, fmt, size, options.dynamic)
-    result.metadata["check"] = result.to_json()["checks"]
-    result.metadata["check_input"] = check_input
-    atomic_write_json(f"{out}.json", result.metadata)
+        result = Export(
+            str(out), fmt, tmp.stat().st_size, checks, seconds=seconds, check_input=check_input
+        )
+        result.metadata = metadata(model, fmt, size, options.dynamic)
+        result.metadata["check"] = result.to_json()["checks"]
+        result.metadata["check_input"] = check_input
+        with tmp_json.open("wb") as f:
+            json_writer(result.metadata)(f)
     log.info("export: wrote %s and %s.json", out, out)
     return result
 

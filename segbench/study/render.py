@@ -8,10 +8,8 @@ import io
 import logging
 import statistics
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from segbench.rundir import atomic_write_text
 from segbench.study.ablation import Claim
 from segbench.study.runs import CURVE_KEYS, Row, count_runs, learning_curve, report_scale
 from segbench.study.verdicts import Judgement, judgement_of_data
@@ -160,7 +158,7 @@ def before_after_table(judged: Sequence[Judgement], tuned: dict[str, Any]) -> st
     )
 
 
-def write_csv(path: Path, data: dict[str, Any]) -> None:
+def report_csv(data: dict[str, Any]) -> str:
     """The runs table of a report's data as CSV: mean, std and n of each metric in columns of
     their own (values as logged)."""
     stats = [f"{m}_{s}" for m in data["metrics"] for s in ("mean", "std", "n")]
@@ -173,7 +171,7 @@ def write_csv(path: Path, data: dict[str, Any]) -> None:
         )
     text = io.StringIO()
     csv.writer(text).writerows(lines)
-    atomic_write_text(path, text.getvalue())
+    return text.getvalue()
 
 
 #: The most rows :func:`bars_size` gives room of their own; more share it (smaller labels).

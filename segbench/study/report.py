@@ -40,7 +40,7 @@ from typing import Any
 
 from segbench.errors import MissingFileError
 from segbench.options import command_parser
-from segbench.rundir import atomic_write_json, atomic_write_text
+from segbench.rundir import atomic_write_files, json_writer, text_writer
 from segbench.study.ablation import Claim
 from segbench.study.render import (
     bars_size,
@@ -49,7 +49,7 @@ from segbench.study.render import (
     draw_curves,
     has_curves,
     render_report,
-    write_csv,
+    report_csv,
 )
 from segbench.study.runs import (
     DEFAULT_METRICS,
@@ -61,7 +61,7 @@ from segbench.study.runs import (
     report_data,
 )
 from segbench.study.verdicts import judge_claims, judgement_data
-from segbench.visualize import save_figure
+from segbench.visualize import drawing_writer
 
 log = logging.getLogger("segbench")
 
@@ -128,17 +128,21 @@ def build_report(
         log.warning("%d of %d runs did not finish training", len(data["unfinished"]), len(runs))
     if out:
         prefix = Path(out)
-        prefix.parent.mkdir(parents=True, exist_ok=True)
         heading = f"# {title}\n\n" if title else ""
-        atomic_write_json(prefix.with_suffix(".json"), data)
-        atomic_write_text(prefix.with_suffix(".md"), heading + render_report(data, claims))
-        write_csv(prefix.with_suffix(".csv"), data)
-        if metrics:
-            save_figure(lambda fig: draw_bars(fig, rows, metrics[0], title or prefix.name),
-                        prefix.with_suffix(".png"), bars_size(rows))  # fmt: skip
-        if has_curves(rows):
-            save_figure(lambda fig: draw_curves(fig, rows, title=title or prefix.name),
-                        prefix.with_name(prefix.name + "_curves.png"), curves_size())  # fmt: skip
+        # One version of the report (rundir.atomic_write_files): a kill leaves the earlier files
+        # or part of these, and a figure this report has not (no metric, no curves) is removed
+        # rather than left from an earlier report beside this one's table.
+        atomic_write_files({
+            prefix.with_suffix(".json"): json_writer(data),
+            prefix.with_suffix(".md"): text_writer(heading + render_report(data, claims)),
+            prefix.with_suffix(".csv"): text_writer(report_csv(data)),
+            prefix.with_suffix(".png"): drawing_writer(
+                lambda fig: draw_bars(fig, rows, metrics[0], title or prefix.name), bars_size(rows)
+            ) if metrics else None,
+            prefix.with_name(prefix.name + "_curves.png"): drawing_writer(
+                lambda fig: draw_curves(fig, rows, title=title or prefix.name), curves_size()
+            ) if has_curves(rows) else None,
+        })  # fmt: skip
     return data
 
 

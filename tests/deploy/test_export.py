@@ -167,6 +167,29 @@ def test_a_wrong_export_fails_the_check_and_is_not_kept(
     assert list(tmp_path.glob("model*")) == []
 
 
+def test_an_export_that_dies_before_its_side_car_keeps_the_earlier_pair(
+    nudged, monkeypatch, tmp_path
+):
+    """Found by SIGKILLing `segbench export` between its two files: the model was renamed into
+    place before its side-car was written, so a kill there left a new model.pt beside the
+    earlier export's model.pt.json (another input size, another checkpoint). Both are now
+    written before either replaces its file: an export that fails at its side-car leaves the
+    earlier pair as it was, and no temporary file."""
+    out = tmp_path / "fcn.pt"
+    args = [*fresh_args(tmp_path, "FCN"), "--out", str(out)]
+    export.main([*args, "--input_size", "64", "64"])
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*fcn.pt*")}
+    assert sorted(before) == ["fcn.pt", "fcn.pt.json"]
+
+    def dies(*a, **k):
+        raise OSError("killed while writing the side-car")
+
+    monkeypatch.setattr(export, "metadata", dies)
+    with pytest.raises(OSError, match="side-car"):
+        export.main([*args, "--input_size", "96", "128"])
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*fcn.pt*")} == before
+
+
 def test_the_check_allows_near_ties_only():
     ref = torch.tensor([[1.0, 1.0 + 1e-6], [0.0, 2.0]]).T.reshape(1, 2, 1, 2)  # pixel 0: a tie
     flipped_tie = ref.clone()

@@ -109,6 +109,36 @@ def test_files_and_paper_columns(runs, tmp_path):
     )
 
 
+def test_a_report_killed_while_drawing_keeps_the_earlier_files_and_never_mixes_two(
+    runs, tmp_path, monkeypatch
+):
+    """Found by SIGKILLing `segbench report --out` while it drew its figure: the json, md and
+    csv of the new report had been renamed into place already, beside the earlier report's
+    figures (one run's bars beside a two-run table). The files are now one version: a report
+    that dies while drawing leaves every earlier file as it was, no temporary file; and a figure
+    this report does not have (no curves here) is not left from an earlier report."""
+    import segbench.study.report as report_module
+
+    out = tmp_path / "results" / "fcn"
+    report([str(runs / "fcn32s-*")], out=str(out))
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    assert sorted(before) == ["fcn.csv", "fcn.json", "fcn.md", "fcn.png"]
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt  # a Ctrl-C while the bars are drawn
+
+    monkeypatch.setattr(report_module, "draw_bars", dies)
+    with pytest.raises(KeyboardInterrupt):
+        report([str(runs / "*")], out=str(out))
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before
+
+    monkeypatch.undo()
+    (out.parent / "fcn_curves.png").write_bytes(before["fcn.png"])  # an earlier report's curves
+    report([str(runs / "*")], out=str(out))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["fcn.csv", "fcn.json", "fcn.md",
+                                                            "fcn.png"]  # fmt: skip
+
+
 def test_paper_rows_by_variant_name(runs, tmp_path):
     paper = tmp_path / "paper.yaml"
     paper.write_text("key: variant\nrows:\n  fcn8s: {mIoU: 62.7}\n")
