@@ -97,3 +97,19 @@ def test_fixed_upsampling_compiles_without_a_graph_break(factor, padding):
     assert graphs.frame_count == 1
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(compiled(x), up(x))
+
+
+def test_fixed_upsampling_trains_after_a_prediction_at_the_same_size():
+    """The upsampling matrices are cached per size: one first built under inference mode (a
+    prediction, the validation figure, a benchmark's forward) was an inference tensor, and every
+    later training step at that size failed ('Inference tensors cannot be saved for
+    backward'). The size here is one no other test uses, so the cache is cold."""
+    up = BilinearConvTranspose2d(2, 8, learnable=False)
+    x = torch.randn(1, 2, 7, 9)
+    with torch.inference_mode():
+        expected = up(x)
+    x.requires_grad_(True)
+    y = up(x)
+    y.sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(y.detach(), expected)

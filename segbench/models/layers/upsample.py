@@ -52,8 +52,12 @@ def _cached_upsampling_matrix(
     n_in: int, factor: int, padding: int, device: torch.device, dtype: torch.dtype
 ) -> Tensor:
     """:func:`upsampling_matrix` in ``dtype`` on ``device``, built once (eager mode): computed in
-    float64 on the CPU, so every device and dtype gets the same rounding."""
-    return upsampling_matrix(n_in, factor, padding).to(device, dtype)
+    float64 on the CPU, so every device and dtype gets the same rounding. Built outside inference
+    mode wherever it is first asked for: an inference tensor (made by a prediction, a validation
+    figure or a benchmark's forward) cannot enter a training step's graph, and the cache would
+    have handed it to every later step at that size."""
+    with torch.inference_mode(False):
+        return upsampling_matrix(n_in, factor, padding).to(device, dtype)
 
 
 def fixed_bilinear_upsample(x: Tensor, factor: int, padding: int) -> Tensor:
