@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import glob
 import io
 import json
 import logging
@@ -75,23 +74,47 @@ def temp_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
+#: Per folder this process has written into: the name of each file -> the temporary files of it
+#: that dead processes of this host had left when the folder was first listed.
+_STALE_TEMPS: dict[Path, dict[str, list[Path]]] = {}
+
+
+def _dead(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it runs, as another user
+        return False
+    return False
+
+
+def _stale_temps(folder: Path) -> dict[str, list[Path]]:
+    """The temporary files in ``folder`` (:func:`temp_path`) of processes of this host that no
+    longer run, by the name of the file each was to become."""
+    prefix = f".tmp-{socket.gethostname().replace('/', '_')}-"
+    found: dict[str, list[Path]] = {}
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            name, sep, rest = entry.name.rpartition(prefix)
+            pid, _, tag = rest.partition("-")
+            if sep and name.startswith(".") and pid.isdigit() and len(tag) == 6 and _dead(int(pid)):
+                found.setdefault(name[1:], []).append(Path(entry.path))
+    return found
+
+
 def remove_stale_temps(path: Path) -> None:
     """Remove the temporary files of ``path`` (:func:`temp_path`) that processes of this host
     which no longer run left behind: a ``kill -9`` mid-write leaves its temporary file, which
     would otherwise stay (a checkpoint's size each time). Another host's, or a running
-    process's, are left alone."""
-    prefix = f".{path.name}.tmp-{socket.gethostname().replace('/', '_')}-"
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        pid, _, rest = tmp.name.removeprefix(prefix).partition("-")
-        if not tmp.name.startswith(prefix) or not pid.isdigit() or len(rest) != 6:
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        except OSError:  # it runs, as another user
-            pass
+    process's, are left alone. A folder is listed once per process, at its first write: listing
+    it at every write made writing N new files into it (a predictions folder) cost N^2."""
+    folder = path.parent
+    if folder not in _STALE_TEMPS:
+        _STALE_TEMPS[folder] = _stale_temps(folder)
+    for tmp in _STALE_TEMPS[folder].pop(path.name, []):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 @contextlib.contextmanager

@@ -471,6 +471,26 @@ def test_a_temporary_file_left_by_a_kill_is_removed_by_the_next_write(tmp_path):
     assert RunDir(tmp_path).section("fit") == {"finished": True}
 
 
+def test_writing_many_files_into_a_folder_lists_it_once(tmp_path, monkeypatch):
+    """The cleanup of killed writers' temporary files listed the folder at every write, so N
+    predictions into one folder cost N listings of a growing folder (N^2); it lists a folder once
+    per process, at its first write."""
+    from segbench import rundir
+
+    listed: list[str] = []
+    scandir = os.scandir
+
+    def counting(path):
+        listed.append(str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(rundir.os, "scandir", counting)
+    for i in range(5):
+        rundir.atomic_write_text(tmp_path / f"{i}.png", "x")
+    assert listed == [str(tmp_path)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i}.png" for i in range(5)]
+
+
 # -- loading never runs foreign code ---------------------------------------------------------------
 class _Evil:
     def __init__(self, marker: Path) -> None:
