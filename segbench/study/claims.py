@@ -28,14 +28,14 @@ from pathlib import Path
 
 from segbench.errors import MissingFileError
 from segbench.options import command_parser
-from segbench.rundir import atomic_write_json, atomic_write_text
+from segbench.rundir import atomic_write_text
 from segbench.study.ablation import Ablation, find_ablations
 from segbench.study.publish import (
     keep_decided,
+    publish_data_and_page,
     published_claims,
     read_claims,
     read_results,
-    write_results,
 )
 from segbench.study.render import BEFORE_AFTER, before_after_rows, claims_table, merge_tables
 from segbench.study.verdicts import (
@@ -124,9 +124,9 @@ def main(argv: list[str]) -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, render_claims(judged, args.scale, Path(args.out).parent))
     if args.into and data_file:
-        atomic_write_json(data_file, {"claims": entries})
         into = Path(args.into)
-        write_results(into, "claims", render_claims(judged, args.scale, into.parent))
+        table = render_claims(judged, args.scale, into.parent)
+        publish_data_and_page(data_file, {"claims": entries}, into, "claims", table)
     sys.stdout.write(render_claims(judged, args.scale))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from segbench.errors import DataError
-from segbench.rundir import atomic_write_json, atomic_write_text
+from segbench.rundir import atomic_write_files, json_writer, text_writer
 from segbench.study.ablation import Ablation, Claim
 from segbench.study.render import render_report
 from segbench.study.runs import count_runs
@@ -20,24 +20,31 @@ from segbench.study.runs import count_runs
 log = logging.getLogger("segbench")
 
 
-def write_results(path: Path, group: str, table: str) -> None:
-    """Put ``table`` between the ``<!-- sweep:GROUP ... -->`` and ``<!-- /sweep:GROUP -->`` marks
-    of a markdown page (a new section at its end if it has none); the rest of the page, the
-    reading of the numbers, is left as written."""
+def results_page(path: Path, group: str, table: str) -> str:
+    """The markdown page ``path`` with ``table`` between its ``<!-- sweep:GROUP ... -->`` and
+    ``<!-- /sweep:GROUP -->`` marks (a new section at its end if it has none); the rest of the
+    page, the reading of the numbers, is left as written."""
     text = path.read_text() if path.is_file() else "# Results\n"
     begin = f"<!-- sweep:{group}"
     end = f"<!-- /sweep:{group} -->"
     if begin in text and end in text:
         eol = text.index("\n", text.index(begin))
-        text = text[: eol + 1] + table.strip() + "\n" + text[text.index(end) :]
-    else:
-        text = (
-            text.rstrip()
-            + f"\n\n## {group}\n\n{begin} (rendered from {path.stem}.json by segbench sweep) -->\n"
-            + table.strip()
-            + f"\n{end}\n"
-        )
-    atomic_write_text(path, text)
+        return text[: eol + 1] + table.strip() + "\n" + text[text.index(end) :]
+    return (
+        text.rstrip()
+        + f"\n\n## {group}\n\n{begin} (rendered from {path.stem}.json by segbench sweep) -->\n"
+        + table.strip()
+        + f"\n{end}\n"
+    )
+
+
+def publish_data_and_page(store: Path, data: Any, page: Path, group: str, table: str) -> None:
+    """The data file and the page rendered from it, as one version
+    (:func:`segbench.rundir.atomic_write_files`): a kill between the two writes left the new data
+    beside the page of the old."""
+    atomic_write_files(
+        {store: json_writer(data), page: text_writer(results_page(page, group, table))}
+    )
 
 
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
@@ -72,8 +79,7 @@ def publish_results(
         )  # fmt: skip
         return False
     groups[group] = data
-    atomic_write_json(store, {"groups": groups})
-    write_results(page, group, render_report(data, claims))
+    publish_data_and_page(store, {"groups": groups}, page, group, render_report(data, claims))
     return True
 
 

@@ -163,7 +163,10 @@ def test_an_ablation_sweep_runs_its_steps_and_skips_recorded_runs(tmp_path, monk
 
 
 def test_results_tables_are_rewritten_between_the_marks_only(tmp_path):
-    from segbench.study.publish import write_results
+    from segbench.study.publish import results_page
+
+    def write_results(path, group, table):
+        path.write_text(results_page(path, group, table))
 
     path = tmp_path / "RESULTS.md"
     path.write_text(
@@ -178,6 +181,30 @@ def test_results_tables_are_rewritten_between_the_marks_only(tmp_path):
     write_results(path, "h", "| other |")  # a group without marks gets its own section
     assert "## h" in path.read_text()
     assert "| new |" in path.read_text()
+
+
+def test_results_data_and_page_are_one_version(tmp_path, monkeypatch):
+    """RESULTS.json and the RESULTS.md rendered from it are written together: a page that fails
+    to be written (a kill, a full disk) leaves the earlier data too, not new data beside the
+    old page (the claims data and page the same way)."""
+    from segbench.study import publish
+
+    page, store = tmp_path / "RESULTS.md", tmp_path / "RESULTS.json"
+    publish.publish_data_and_page(store, {"groups": {"g": 1}}, page, "g", "| one |")
+    before = {p.name: p.read_bytes() for p in (page, store)}
+
+    def failing(text):
+        def write(f):
+            f.write(text.encode()[:5])
+            raise OSError("the page's write failed")
+
+        return write
+
+    monkeypatch.setattr(publish, "text_writer", failing)
+    with pytest.raises(OSError, match="the page's write failed"):
+        publish.publish_data_and_page(store, {"groups": {"g": 2}}, page, "g", "| two |")
+    assert {p.name: p.read_bytes() for p in (page, store)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.json", "RESULTS.md"]
 
 
 def test_a_second_sweep_of_a_group_is_refused_and_seeds_are_run_once(tmp_path, capsys):
