@@ -19,7 +19,7 @@ from typing import Any
 import torch.distributed as dist
 
 from segbench.errors import ConfigError
-from segbench.rundir import atomic_torch_save, safe_load
+from segbench.rundir import atomic_paths, atomic_torch_save, safe_load
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,9 @@ def written_once(path: Path, write: Callable[[Path], None], *, what: str = "file
 
     Processes that need it at the same time (the ranks of a DDP run, the runs of a parallel
     sweep) wait on a lock file while the first one writes; the file appears whole (renamed into
-    place) or not at all. No collective call: any subset of processes may ask.
+    place, :func:`segbench.rundir.atomic_paths`) or not at all, and a writer killed part-way
+    leaves a temporary file that the next write removes. No collective call: any subset of
+    processes may ask.
     """
     if path.exists():
         return path
@@ -54,12 +56,8 @@ def written_once(path: Path, write: Callable[[Path], None], *, what: str = "file
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
-            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-            try:
+            with atomic_paths(path) as (tmp,):
                 write(tmp)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
             log.info("%s cached in %s", what, path)
     return path
 
