@@ -162,11 +162,6 @@ def drawing_writer(
     return write
 
 
-def save_figure(draw: Callable[[Figure], None], path: Path, figsize: tuple[float, float]) -> None:
-    """Draw on a figure of its own (no pyplot state, no backend switch) and save it."""
-    atomic_write(path, drawing_writer(draw, figsize, path.suffix.lstrip(".")))
-
-
 def write_figure(fig: Figure, path: Path) -> None:
     """Save ``fig`` to ``path`` (its format from the suffix) atomically, like every file segbench
     writes (:func:`segbench.rundir.atomic_write`)."""

@@ -1,5 +1,5 @@
 """Studies rendered for people: markdown tables (runs, claims), a CSV, and figures drawn on a
-figure they are given (:func:`segbench.visualize.save_figure` saves them)."""
+figure they are given (:func:`segbench.visualize.drawing_writer` saves them)."""
 
 from __future__ import annotations
 
