@@ -20,7 +20,10 @@ Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts in a n
 own directory would wipe its history. It also only knows the columns logged by the current
 process, so rewriting the header for a new column would drop the earlier columns. This writer
 keeps the file and starts from its header: rows are only ever appended, or re-written with more
-columns, never fewer; every rewrite is atomic.
+columns, never fewer; every rewrite is atomic. Every write is made under the run's record lock
+(:meth:`segbench.rundir.RunDir.record_lock`) in the columns of the file as it is then, so two
+commands writing one run at once (a ``segbench test`` of a run still training) keep each other's
+rows and columns; ``hparams.yaml`` is written whole too.
 
 **W&B** never blocks a run: :func:`choose_wandb_mode` never picks a mode that prompts for a key or
 waits on a server that does not answer (see ``run.wandb`` in :class:`segbench.config.RunConfig`).
@@ -36,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import importlib.util
 import io
 import logging
@@ -45,12 +47,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import (
     CSVLogger,
     Logger,
@@ -62,7 +65,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from torch import Tensor
 
 from segbench.errors import ConfigError, SegbenchError
-from segbench.rundir import RunDir, atomic_write_text
+from segbench.rundir import RunDir, atomic_paths, atomic_write_text, file_lock
 from segbench.visualize import confusion_figure, figure_to_array
 
 log = logging.getLogger("segbench")
@@ -78,20 +81,60 @@ def _write_rows(path: str, fieldnames: list[str], rows: list[dict[str, str]]) ->
     atomic_write_text(path, buffer.getvalue())
 
 
+def _header(path: str) -> list[str]:
+    """The columns of the CSV file at ``path`` as they are now (``[]`` if there is none)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
 class _ResumableWriter(ExperimentWriter):
     def __init__(self, log_dir: str, *, mode: CSVMode) -> None:
         super().__init__(log_dir)
+        self._run = RunDir(log_dir)
         self._drop_from_first_step = mode == "resume"
         self._written_ahead: tuple[dict[str, float], int | None] | None = None
-        if os.path.isfile(self.metrics_file_path):
-            if mode != "new":
-                with open(self.metrics_file_path, newline="") as f:
-                    self.metrics_keys = next(csv.reader(f), [])
-            else:  # a fresh run never continues an old file
-                os.remove(self.metrics_file_path)
+        if mode == "new" and os.path.isfile(self.metrics_file_path):
+            os.remove(self.metrics_file_path)  # a fresh run never continues an old file
 
     def _check_log_dir_exists(self) -> None:
         """Keep what the directory holds (the base class deletes ``metrics.csv``)."""
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        """``hparams.yaml`` written whole (Lightning truncates it, then writes: a kill between
+        the two left it empty)."""
+        self.hparams.update(params)
+        path = os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)
+        with atomic_paths(path) as (tmp,):
+            save_hparams_to_yaml(tmp, self.hparams)
+
+    def save(self) -> None:
+        """Append the rows logged since the last save, under the run's record lock.
+
+        Another command may write the same file meanwhile (a ``segbench test`` of a run still
+        training): the columns are those of the file as it is now, widened by this writer's new
+        keys (the whole file rewritten once, atomically, when they are), so no command's rows
+        land under another's columns and no rewrite drops rows or columns another has written.
+        Lightning's writer keeps the columns it knew when it started, so one command's new
+        column shifted the other's values into the wrong columns, or made its rewrite fail.
+        """
+        if not self.metrics:
+            return
+        with self._run.record_lock():
+            header = _header(self.metrics_file_path)
+            fieldnames = sorted(set(header).union(*self.metrics))
+            if header and fieldnames != header:
+                self._rewrite_with_new_header(fieldnames)
+            buffer = io.StringIO(newline="")
+            writer = csv.DictWriter(buffer, fieldnames=fieldnames)
+            if not header:
+                writer.writeheader()
+            writer.writerows(self.metrics)
+            with open(self.metrics_file_path, "a", newline="") as f:
+                f.write(buffer.getvalue())  # one write: whole rows, even beside another writer
+        self.metrics_keys = fieldnames
+        self.metrics = []
 
     def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
         if self._written_ahead is not None:
@@ -115,15 +158,16 @@ class _ResumableWriter(ExperimentWriter):
         self._written_ahead = (dict(metrics_dict), step)
 
     def _drop_rows_from(self, step: int) -> None:
-        if not os.path.isfile(self.metrics_file_path):
-            return
-        with open(self.metrics_file_path, newline="") as f:
-            reader = csv.DictReader(f)
-            fieldnames = list(reader.fieldnames or [])
-            rows = list(reader)
-        kept = [r for r in rows if not (r.get("step") and int(float(r["step"])) >= step)]
-        if len(kept) < len(rows):
-            _write_rows(self.metrics_file_path, fieldnames, kept)
+        with self._run.record_lock():
+            if not os.path.isfile(self.metrics_file_path):
+                return
+            with open(self.metrics_file_path, newline="") as f:
+                reader = csv.DictReader(f)
+                fieldnames = list(reader.fieldnames or [])
+                rows = list(reader)
+            kept = [r for r in rows if not (r.get("step") and int(float(r["step"])) >= step)]
+            if len(kept) < len(rows):
+                _write_rows(self.metrics_file_path, fieldnames, kept)
 
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         with open(self.metrics_file_path, newline="") as f:
@@ -255,18 +299,6 @@ def mlflow_uri(root: str | Path, uri: str | None) -> str:
     return uri or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` (created), held for the block: one process at a time."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 class RunMLFlowLogger(MLFlowLogger):
     """Lightning's MLflow logger for one segbench run.
 
@@ -294,7 +326,7 @@ class RunMLFlowLogger(MLFlowLogger):
                 if uri.startswith("sqlite:///")
                 else None
             )
-            with _file_lock(lock) if lock else contextlib.nullcontext():
+            with file_lock(lock) if lock else contextlib.nullcontext():
                 client = super().experiment
         else:
             client = super().experiment

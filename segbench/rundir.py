@@ -66,6 +66,19 @@ log = logging.getLogger("segbench")
 
 
 # -- atomic files ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created), held for the block: one process at a time
+    (an advisory ``flock``, which the kernel drops when the holder dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def temp_path(path: str | Path) -> Path:
     """Where a new version of ``path`` is written before it is renamed into place: beside it,
     hidden, named after it and the writing process (``.NAME.tmp-HOST-PID-RANDOM``)."""
@@ -477,19 +490,16 @@ class RunDir:
             raise SegbenchError(f"{self.metrics_file}: expected a JSON object")
         return _upgrade(data)
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".metrics.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def record_lock(self) -> contextlib.AbstractContextManager[None]:
+        """The run's record held by this process for a block: every change to ``metrics.json``
+        and every write of ``metrics.csv`` is made under it, so commands recording on one run
+        at once (a fit and a ``segbench test`` of its best checkpoint, six analysis tools)
+        each see the others' writes and lose none."""
+        return file_lock(self.path / ".metrics.lock")
 
     def update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Read ``metrics.json``, apply ``change`` to it, write it back: locked and atomic."""
-        with self._lock():
+        with self.record_lock():
             data = self.read()
             change(data)
             atomic_write_json(self.metrics_file, _clean(data))

@@ -71,6 +71,93 @@ def test_a_fresh_run_starts_a_new_file(tmp_path):
     assert got == [{"step": "0", "val/mIoU": "0.5"}]
 
 
+def test_a_test_beside_a_training_fit_keeps_every_value_in_its_column(tmp_path):
+    """A ``segbench test`` of a run still training writes the same metrics.csv as the fit.
+    Lightning's writer kept the columns it knew at its start: the fit's new column (sorted in)
+    shifted the test's values under other headers, and the test's own new column made its
+    rewrite fail ("dict contains fields not in fieldnames")."""
+    fit = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="")
+    fit.log_metrics({"train/loss": 1.0}, step=0)
+    fit.save()
+    test = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", mode="append")
+    _ = test.experiment  # started (it reads the file) before the fit's next column
+    fit.log_metrics({"epoch": 0.0, "val/mIoU": 0.5}, step=1)
+    fit.save()
+    test.log_metrics({"test/mIoU": 0.4}, step=1)
+    test.save()
+    fit.log_metrics({"train/loss": 0.5}, step=2)
+    fit.save()
+    test.log_metrics({"test/loss": 0.7}, step=1)
+    test.save()
+    fit.log_metrics({"lr": 0.1}, step=3)
+    fit.save()
+    got = [{k: v for k, v in r.items() if v} for r in rows(tmp_path / "metrics.csv")]
+    assert got == [
+        {"step": "0", "train/loss": "1.0"},
+        {"step": "1", "epoch": "0.0", "val/mIoU": "0.5"},
+        {"step": "1", "test/mIoU": "0.4"},
+        {"step": "2", "train/loss": "0.5"},
+        {"step": "1", "test/loss": "0.7"},
+        {"step": "3", "lr": "0.1"},
+    ]
+
+
+def test_commands_writing_one_run_record_at_once_lose_no_row(tmp_path):
+    """Four processes append to one metrics.csv at once, each adding columns as it goes (the
+    whole file rewritten each time): every row is kept, every value under its own column."""
+    go = tmp_path / "go"
+    script = (
+        "import pathlib, sys, time\n"
+        "from segbench.loggers import ResumableCSVLogger\n"
+        "w = int(sys.argv[1])\n"
+        f"log = ResumableCSVLogger(save_dir={str(tmp_path)!r}, name='', version='',"
+        " mode='append')\n"
+        f"pathlib.Path({str(tmp_path)!r}, f'ready{{w}}').touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.001)\n"
+        "for i in range(40):\n"
+        "    log.log_metrics({f'w{w}/k{i // 8}': float(i)}, step=100 * w + i)\n"
+        "    log.save()\n"
+    )
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(w)], cwd=REPO) for w in range(4)]
+    # all four started (or one died: its exit code fails below), then they write together
+    while len(list(tmp_path.glob("ready*"))) < 4 and all(p.poll() is None for p in writers):
+        time.sleep(0.01)
+    go.touch()
+    assert [p.wait() for p in writers] == [0, 0, 0, 0]
+    got = [{k: v for k, v in r.items() if v} for r in rows(tmp_path / "metrics.csv")]
+    expected = [
+        {"step": str(100 * w + i), f"w{w}/k{i // 8}": f"{float(i)}"}
+        for w in range(4)
+        for i in range(40)
+    ]
+    assert sorted(got, key=lambda r: int(r["step"])) == expected
+
+
+def test_hparams_yaml_is_never_left_half_written(tmp_path, monkeypatch):
+    """Lightning wrote hparams.yaml by truncating it, then dumping: a kill in between left it
+    empty. A write that dies part-way now leaves the earlier file whole."""
+    from lightning.pytorch.core import saving
+
+    logger = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", mode="append")
+    logger.log_hyperparams({"lr": 0.01})
+    before = (tmp_path / "hparams.yaml").read_text()
+
+    class DiesMidWrite:
+        @staticmethod
+        def dump(data, stream=None, **kwargs):
+            if stream is None:  # Lightning's check that a value can be written
+                return ""
+            stream.write("l")
+            raise KeyboardInterrupt  # a kill mid-write
+
+    monkeypatch.setattr(saving, "_OMEGACONF_AVAILABLE", False)
+    monkeypatch.setattr(saving, "yaml", DiesMidWrite)
+    with pytest.raises(KeyboardInterrupt):
+        logger.log_hyperparams({"lr": 0.02})
+    assert (tmp_path / "hparams.yaml").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["hparams.yaml"]  # no temporary file
+
+
 # -- TensorBoard and MLflow -----------------------------------------------------------------------
 needs_tensorboard = pytest.mark.skipif(
     importlib.util.find_spec("tensorboard") is None,
