@@ -47,7 +47,13 @@ from segbench.data.files import OUTPUT_SUFFIXES
 from segbench.errors import DataError
 from segbench.loggers import ResumableCSVLogger, log_validation_pictures
 from segbench.provenance import provenance
-from segbench.rundir import RunDir, atomic_write, atomic_write_files, text_writer
+from segbench.rundir import (
+    RunDir,
+    atomic_write,
+    atomic_write_files,
+    checkpoint_step,
+    text_writer,
+)
 from segbench.visualize import (
     confusion_figure,
     denormalise,
@@ -248,6 +254,9 @@ class RunFiles(Callback):
             {
                 "metrics": _floats(trainer.callback_metrics, prefix),
                 "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+                "checkpoint_step": checkpoint_step(trainer.ckpt_path)
+                if trainer.ckpt_path
+                else None,
                 "protocol": protocol.to_dict() if protocol is not None else None,
                 "eval_timing": self._eval_seconds(),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -236,11 +236,12 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 # -- safe loading ------------------------------------------------------------------------------
-def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
+def safe_load(path: str | Path, what: str = "checkpoint", *, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, with errors that name the file.
 
     A file that needs pickled Python objects (anything but tensors and plain containers) is
-    refused before any of its code can run.
+    refused before any of its code can run. ``mmap``: tensors are mapped, not read (to look at a
+    checkpoint's plain values, such as its step, in milliseconds).
     """
     path = Path(path)
     if not path.exists():
@@ -250,7 +251,7 @@ def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a {what}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         text = str(err)
         if "Unsupported global" in text or "GLOBAL" in text:
@@ -267,6 +268,16 @@ def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
             f"{path}: not a readable {what}: truncated, corrupt or not a torch file "
             f"({type(err).__name__}: {_first_line(str(err))})"
         ) from None
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The training step a checkpoint file was saved at (its ``global_step``), read without
+    loading its tensors; ``None`` if there is no such file or it cannot be read."""
+    try:
+        step = safe_load(path, mmap=True).get("global_step")
+    except (CheckpointError, AttributeError):
+        return None
+    return int(step) if isinstance(step, int) else None
 
 
 def _first_line(text: str) -> str:
@@ -527,11 +538,14 @@ class RunDir:
         if not self.metrics_file.is_file():
             raise MissingFileError(f"no {self.METRICS} in {self.path}")
 
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        step = checkpoint_step(ckpt) if ckpt is not None else None
+
         def change(d: dict[str, Any]) -> None:
-            ckpt = Path(checkpoint) if checkpoint is not None else None
             d.setdefault("records", {})[tool] = {
                 "checkpoint": None if checkpoint is None else str(checkpoint),
                 "checkpoint_mtime": ckpt.stat().st_mtime if ckpt and ckpt.is_file() else None,
+                "checkpoint_step": step,
                 "values": {k: float(v) for k, v in values.items()},
                 "options": options,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -556,10 +570,33 @@ class RunDir:
             if k in timing:
                 out[k] = float(timing[k])
         for record in (data.get("records") or {}).values():
+            if self.changed_since(record):
+                continue
             for k, v in (record.get("values") or {}).items():
                 if isinstance(v, int | float):
                     out[k] = float(v)
         return out
+
+    def changed_since(self, measured: dict[str, Any]) -> str | None:
+        """Why the checkpoint a test section or a tool's record measured is no longer the one
+        this run holds under that name (``None``: it still is, or the entry names none).
+
+        An entry keeps the step its checkpoint was saved at; a run trained on since (resumed,
+        ``--run.resume_with_changes``), or a ``segbench test`` of a run still training, has
+        another file under the same name, so the entry's numbers are no longer the run's.
+        Entries made before steps were kept (or of a file without one) are taken as they are."""
+        if not measured.get("checkpoint") or measured.get("checkpoint_step") is None:
+            return None
+        name = Path(measured["checkpoint"]).name
+        now = checkpoint_step(self.path / self.CHECKPOINTS / name)
+        if now is None:
+            return f"it measured {name}, which this run no longer holds"
+        if now != measured["checkpoint_step"]:
+            return (
+                f"it measured {name} of step {measured['checkpoint_step']}, and {name} is now "
+                f"of step {now} (trained on since)"
+            )
+        return None
 
     def _own_test(self, data: dict[str, Any]) -> tuple[dict[str, float], str | None]:
         """A ``segbench test`` of the run, for a run whose fit did not test: its metrics if it
@@ -583,6 +620,9 @@ class RunDir:
         if changes:
             keys = ", ".join(sorted(changes))
             return {}, f"{left_out}it measured on other data than the run trained on ({keys})"
+        changed = self.changed_since(test)
+        if changed:
+            return {}, f"{left_out}{changed}; run segbench test again"
         metrics = {k: v for k, v in test["metrics"].items() if k.startswith("test/")}
         if checkpoint.name != self.checkpoint("best").name:
             return (
@@ -591,14 +631,19 @@ class RunDir:
             )
         return metrics, None
 
-    def test_note(self) -> str | None:
-        """What a report says of this run's test numbers when they are not its fit's test of the
-        best checkpoint (``None``: nothing): a ``segbench test`` of its last checkpoint, or one
-        left out (of another run's checkpoint, or of other data), and why."""
+    def notes(self) -> list[str]:
+        """What a report says of this run's numbers beside them: of its test numbers when they
+        are not its fit's test of the best checkpoint (a ``segbench test`` of its last
+        checkpoint, or one left out: of another run's checkpoint, of other data, of a checkpoint
+        trained on since), and of each tool's record left out because its checkpoint changed."""
         data = self.read()
-        if (data.get("fit") or {}).get("test"):
-            return None
-        return self._own_test(data)[1]
+        notes = []
+        if not (data.get("fit") or {}).get("test"):
+            notes.append(self._own_test(data)[1])
+        for tool, record in sorted((data.get("records") or {}).items()):
+            changed = self.changed_since(record)
+            notes.append(f"its {tool} record is left out: {changed}" if changed else None)
+        return [n for n in notes if n]
 
     def state(self) -> RunState:
         """``done`` (trained and tested), ``partial`` (a last checkpoint to resume) or ``new``."""

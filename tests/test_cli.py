@@ -151,6 +151,7 @@ def test_fit_then_test_writes_a_complete_run_directory(tiny):
     data = json.loads((run_dir / "metrics.json").read_text())
     assert data["test"]["metrics"] == test_after_fit
     assert data["test"]["checkpoint"].endswith("checkpoints/best.ckpt")
+    assert data["test"]["checkpoint_step"] == m["best_val"]["step"]  # which best.ckpt it was
     assert data["test"]["protocol"]["mode"] == "whole"
     # ... and its confusion matrix: pixel counts whose diagonal gives the pixel accuracy.
     confusion = read_confusion(run_dir / "confusion_test.csv")

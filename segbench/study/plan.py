@@ -169,9 +169,8 @@ def recorded_for_current_checkpoint(run: RunDir, tool: str, options: list[str]) 
     their options counts as made with them)."""
     record = (run.read().get("records") or {}).get(tool) or {}
     best = run.checkpoint("best")
-    return (
-        bool(record)
-        and best.is_file()
-        and record.get("checkpoint_mtime") == best.stat().st_mtime
-        and record.get("options") in (None, options)
-    )
+    if not record or not best.is_file() or record.get("options") not in (None, options):
+        return False
+    if record.get("checkpoint_step") is None:  # a record made before steps were kept
+        return bool(record.get("checkpoint_mtime") == best.stat().st_mtime)
+    return Path(record["checkpoint"]).name == best.name and run.changed_since(record) is None

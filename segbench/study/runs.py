@@ -139,8 +139,7 @@ def load_run(path: Path) -> Run:
     """A run's config, results and provenance, from its ``metrics.json`` (see :class:`RunDir`)."""
     run = RunDir(path.parent)
     data = run.read()
-    note = run.test_note()
-    if note:
+    for note in run.notes():
         log.warning("%s: %s", run.path, note)
     return Run(
         path.parent,

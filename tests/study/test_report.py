@@ -436,3 +436,56 @@ def test_a_separate_test_of_the_runs_checkpoint_on_its_own_data_is_reported(tmp_
     assert "other data than the run trained on (data.init_args.root)" in caplog.text
     assert "does not say which data it measured on" in caplog.text
     assert "/own:" not in caplog.text
+
+
+def test_numbers_of_a_checkpoint_trained_on_since_are_left_out(tmp_path, caplog):
+    """A ``segbench test`` of last.ckpt, then the run resumed for more epochs (CamVid's final
+    model, ``test_after_fit false``): the test section, and a tool's record of best.ckpt, stayed
+    in metrics.json and read as the retrained model's numbers. Each keeps the step of the
+    checkpoint it measured; one whose file has moved on since is left out, with a warning that
+    says why. A run copied elsewhere (other mtimes, the same checkpoints) keeps its numbers."""
+    import os
+
+    import torch
+
+    from segbench.rundir import checkpoint_step
+    from segbench.study.plan import recorded_for_current_checkpoint
+
+    run = RunDir(tmp_path / "runs" / "final")
+    run.checkpoints.mkdir(parents=True)
+    for name in ("last", "best"):
+        torch.save({"global_step": 40, "state_dict": {}}, run.checkpoint(name))
+    write_json(
+        run.metrics_file,
+        {
+            "config": {"run.name": "final"},
+            "fit": {"best_val": {"val/mIoU": 0.5}, "finished": True},
+            "test": {
+                "metrics": {"test/mIoU": 0.61},
+                "checkpoint": str(run.checkpoint("last")),
+                "checkpoint_step": checkpoint_step(run.checkpoint("last")),
+                "data_changes": {},
+            },
+        },
+    )
+    run.record("erf", {"erf/area": 0.3}, checkpoint=run.checkpoint("best"), options=[])
+    assert run.results() == {"val/mIoU": 0.5, "test/mIoU": 0.61, "erf/area": 0.3}
+    for name in ("last", "best"):  # copied: new mtimes, same files
+        os.utime(run.checkpoint(name), (1, 1))
+    assert run.results() == {"val/mIoU": 0.5, "test/mIoU": 0.61, "erf/area": 0.3}
+    assert recorded_for_current_checkpoint(run, "erf", [])
+
+    for name in ("last", "best"):  # trained on: the same names hold later states
+        torch.save({"global_step": 80, "state_dict": {}}, run.checkpoint(name))
+    assert run.results() == {"val/mIoU": 0.5}
+    assert not recorded_for_current_checkpoint(run, "erf", [])
+    with caplog.at_level("WARNING", logger="segbench"):
+        text = report([str(tmp_path / "runs")], metrics=["test/mIoU", "erf/area"])
+    assert "| – | – |" in text
+    assert (
+        "its test section is left out of the report: it measured last.ckpt of step 40, and "
+        "last.ckpt is now of step 80 (trained on since); run segbench test again"
+    ) in caplog.text
+    assert "its erf record is left out: it measured best.ckpt of step 40" in caplog.text
+    run.checkpoint("last").unlink()
+    assert "it measured last.ckpt, which this run no longer holds" in run.notes()[0]
