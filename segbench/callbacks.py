@@ -141,6 +141,12 @@ class RunFiles(Callback):
             "trainable": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
         }
         self.fit["finished"] = False
+        # A finished run trained on (run.resume_with_changes) is another model from here: its
+        # old test goes (report would read it as the new model's, the sweep as done) until the
+        # test after this fit writes its own.
+        for key in ("test", "test_checkpoint"):
+            self.fit.pop(key, None)
+        self.fit.get("eval_timing", {}).pop("test", None)
         # A resumed run adds to the throughput totals of the runs before it.
         timing = self.fit.get("timing", {})
         self._train_images = timing.get("train_images", 0)

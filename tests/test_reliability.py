@@ -745,3 +745,24 @@ def test_a_batch_size_changes_on_a_resume_only_at_an_epoch_end(tiny, capsys):
     done = section(tiny.root / "test" / "tiny")
     assert done["finished"] is True
     assert done["global_step"] == 4 + 4 + 2  # epoch 2 in batches of 8
+
+
+def test_a_finished_run_trained_on_drops_its_test_until_it_tests_again(tiny):
+    """A finished, tested run resumed for more epochs (``run.resume_with_changes``) and killed
+    part-way kept its old model's ``fit.test``: the report read it as the new model's number
+    and the sweep counted the run as done, so it never finished. The test goes when training
+    goes on; the run is ``partial`` until its own test is written again."""
+    tested = ["--run.test_after_fit", "true"]
+    fit(tiny(epochs=1, extra=tested))
+    run = RunDir(tiny.root / "test" / "tiny")
+    assert section(run.path)["test"]
+    assert run.state() == "done"
+    more = ["--ckpt_path", "last", "--run.resume_with_changes", "true", "--trainer.max_epochs", "2"]
+    kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=6"]
+    assert run_process([*tiny(epochs=1, extra=tested), *more, *kill]) == -9
+    assert "test" not in section(run.path)
+    assert "test" not in run.results()
+    assert run.state() == "partial"
+    fit([*tiny(epochs=2, extra=tested), "--ckpt_path", "last"])
+    assert section(run.path)["test"]
+    assert run.state() == "done"
