@@ -266,6 +266,10 @@ def test_the_claims_page_carries_the_table(site: Path) -> None:
     page = (site / "results/claims.html").read_text()
     assert "reproduced" in page
     assert "Test conditions" in page
+    # The repository files its paper column names are links to their pages (they were text).
+    table = page[page.index("<table>") : page.index("</table>", page.index("Holm ("))]
+    assert 'href="../papers/dupsampling.html"' in table
+    assert 'href="../explanation/numerics.html"' in table
 
 
 #: The longest word a wide table's cell may hold (characters between two places a line may break).
