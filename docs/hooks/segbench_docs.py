@@ -12,7 +12,8 @@
   ``experiments/fcn/RESULTS.md``, copied in at build time). It rewrites relative links: to a file
   that a page includes -> that page; to another repository file (a YAML recipe, a test) -> its
   path as code, since the site does not carry the repository's files. Last, claims tables show
-  their long condition cells as a list under the table (display only).
+  their long condition cells as a list under the table, and every table's words may break after
+  ``/``, ``_`` and ``.``, its ``mean ± std`` before the ``±`` only (display only).
 """
 
 from __future__ import annotations
@@ -333,6 +334,39 @@ def _claims_for_reading(markdown: str) -> str:
     return "\n".join(out) + ("\n" if markdown.endswith("\n") else "")
 
 
+#: Where a table cell may break besides its spaces: after a '/', '_' or '.' followed by a letter.
+CELL_BREAK = re.compile(r"([/_.])(?=[A-Za-z])")
+#: What of a cell is left as written: code spans, HTML tags, a link's target.
+CELL_KEEP = re.compile(r"(`[^`]*`|<[^>]*>|\]\([^)]*\))")
+
+
+def _tables_for_reading(markdown: str) -> str:
+    """Tables made to fit the page's width (display only, as :func:`_claims_for_reading`): a
+    cell's words may break after ``/``, ``_`` or ``.`` (``test/IoU/SignSymbol (%)``,
+    ``remove_max_pooling``, ``docs/papers/gald.md``), not only at its spaces, and a
+    ``mean ± std`` breaks before the ``±`` only. Such unbreakable words and three-line numbers
+    made the sweeps' runs tables (12 to 14 columns) wider than a 1400 px page; the CSS
+    (``docs/stylesheets/extra.css``) does the rest.
+    """
+    out, fenced = [], False
+    for line in markdown.splitlines():
+        if FENCE.match(line):
+            fenced = not fenced
+        cells = None if fenced else _cells(line)
+        # A cell split inside a code span (a '|' in the code) is left alone.
+        if cells and all(cell.count("`") % 2 == 0 for cell in cells):
+            broken = [
+                "".join(p if i % 2 else CELL_BREAK.sub(r"\1<wbr>", p)
+                        for i, p in enumerate(CELL_KEEP.split(cell)))
+                for cell in cells
+            ]  # fmt: skip
+            if broken != cells:
+                line = "| " + " | ".join(broken) + " |"
+            line = line.replace(" ± ", " ±\u00a0")
+        out.append(line)
+    return "\n".join(out) + ("\n" if markdown.endswith("\n") else "")
+
+
 def _cells(line: str) -> list[str] | None:
     """The cells of a markdown table row (``segbench`` writes no ``|`` inside a cell)."""
     if not line.startswith("|") or line.startswith("|---"):
@@ -358,4 +392,4 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
     markdown = _rewrite_links(markdown, posixpath.dirname(f"docs/{uri}"), uri)
     markdown = INCLUDE.sub(lambda m: _include(m.group(1), m.group(2), uri), markdown)
     markdown = GENERATED.sub(generated, markdown)
-    return _claims_for_reading(markdown)
+    return _tables_for_reading(_claims_for_reading(markdown))

@@ -46,7 +46,9 @@ class Claim:
         id: a short stable name (``fcn-8s-over-16s``), unique across the experiments.
         claim: the paper's statement, in a sentence.
         paper: the paper's number(s) behind it, as text.
-        source: where the number stands (paper, table or section, data set).
+        source: where the number stands (paper, table or section, data set). A repository file
+            that ``paper`` or ``source`` names by its path from the repository's root
+            (``docs/papers/gald.md``) is a link in the claims tables.
         metric: the metric compared (a report column: ``test/mIoU``, ``test/IoU/pole``, ...),
             or a list of them, compared by their mean per run (CamVid's thin classes: Pole,
             SignSymbol, Pedestrian, Bicyclist). Checked when the file is loaded: a metric the

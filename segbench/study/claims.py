@@ -147,6 +147,8 @@ def render_claims(
             [judged[i][1] for i in mine],
             group=_label(ablation, links_from),
             holm=(family, [corrected[i] for i in mine]),
+            links_from=links_from,
+            root=ablation.folder.parent.parent.parent,  # experiments/<paper>/<set> -> the repo
         )
     counts = verdict_counts(j.verdict for _, j in judged)
     said = ", ".join(f"{n} {v}" for v, n in counts.items())

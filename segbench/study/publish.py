@@ -79,7 +79,9 @@ def publish_results(
         )  # fmt: skip
         return False
     groups[group] = data
-    publish_data_and_page(store, {"groups": groups}, page, group, render_report(data, claims))
+    # experiments/<paper>/RESULTS.md: the repository is two folders up.
+    table = render_report(data, claims, links_from=page.parent, root=page.parent.parent.parent)
+    publish_data_and_page(store, {"groups": groups}, page, group, table)
     return True
 
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
+import re
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segbench.study.ablation import Claim
@@ -33,6 +36,10 @@ def _fmt(mean: float | None, std: float | None, n: int, scale: float) -> str:
     return f"{mean * scale:.2f}"
 
 
+def _config_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def build_table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the runs table of a report's data
     (:func:`segbench.study.runs.report_data`)."""
@@ -48,7 +55,9 @@ def build_table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     ]
     cells = []
     for row in data["rows"]:
-        line = [row["label"], *(str(row["config"].get(k)) for k in differing)]
+        # A float to 4 significant digits, as the tuned table shows it: a tuned learning rate
+        # in full (0.0978988814188657) made the runs table wider than a page.
+        line = [row["label"], *(_config_value(row["config"].get(k)) for k in differing)]
         line += [row["provenance"][k] for k in provenance]
         line.append(str(row["n"]))
         for m in metrics:
@@ -59,9 +68,16 @@ def build_table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
-def render_report(data: dict[str, Any], claims: Sequence[Claim] = ()) -> str:
+def render_report(
+    data: dict[str, Any],
+    claims: Sequence[Claim] = (),
+    links_from: Path | None = None,
+    root: Path = Path("."),
+) -> str:
     """A report's markdown, from its data: the runs table, the runs that did not finish, the
-    paper's source, and the verdicts on ``claims`` (those the data judged)."""
+    paper's source, and the verdicts on ``claims`` (those the data judged); the files of the
+    repository ``root`` that the claims' paper cells name are linked relative to the folder
+    ``links_from`` of the file the report goes into (:func:`claims_table`)."""
     text = markdown_table(*build_table(data))
     stopped = data["unfinished"]
     if stopped:  # their numbers are in the table: say which are not final
@@ -78,7 +94,7 @@ def render_report(data: dict[str, Any], claims: Sequence[Claim] = ()) -> str:
               if e["id"] in by_id]  # fmt: skip
     if judged:
         heading = "Claims, each variant at its own tuned setting" if tuned else "Claims"
-        text += f"\n## {heading}\n\n" + claims_table(judged)
+        text += f"\n## {heading}\n\n" + claims_table(judged, links_from=links_from, root=root)
     if tuned and judged:
         text += "\n" + before_after_table(judged, tuned)
     return text
@@ -290,14 +306,37 @@ def _flat(j: Judgement) -> str:
     return ("yes" if j.flat else "**no**") + f" ({gains} in the last quarter)"
 
 
+#: A repository file named in a claim's paper or source (``docs/papers/gald.md``).
+REPO_PATH = re.compile(r"\b(?:docs|experiments|segbench)/[\w./-]*\w\.(?:md|yaml|json|py)\b")
+
+
+def link_paths(text: str, links_from: Path, root: Path = Path(".")) -> str:
+    """``text`` with each file of the repository ``root`` it names (``docs/papers/gald.md``)
+    linked relative to the folder ``links_from``, where the table goes: the link works on
+    GitHub, and the docs' hook turns it into the site's page. A path that is not a file there
+    stays text."""
+
+    def link(m: re.Match[str]) -> str:
+        path = m.group(0)
+        if not (root / path).is_file():
+            return path
+        return f"[{path}]({Path(os.path.relpath(root / path, links_from)).as_posix()})"
+
+    return REPO_PATH.sub(link, text)
+
+
 def claims_table(
     judgements: Sequence[Judgement],
     *,
     group: str | None = None,
     holm: tuple[int, Sequence[str]] | None = None,
+    links_from: Path | None = None,
+    root: Path = Path("."),
 ) -> str:
     """The markdown table of the verdicts (one row per claim); ``holm``: the size of the family
-    and each claim's verdict under Holm's correction over it, as a column after the verdict."""
+    and each claim's verdict under Holm's correction over it, as a column after the verdict;
+    ``links_from``: the folder of the file the table goes into, to link the files of the
+    repository ``root`` that the paper cells name (:func:`link_paths`; text without it)."""
     header = ["claim", "paper", "compared", "a", "b", "a - b", "test", "verdict", "flat",
               "condition"]  # fmt: skip
     if holm is not None:
@@ -313,9 +352,10 @@ def claims_table(
         if j.note:
             verdict += f"; {j.note}"
         margin = f" (±{c.margin:g})" if c.direction == "equal" else ""
+        paper = f"{c.paper}; {c.source}" if c.source else c.paper
         cells = [
             f"{c.claim} ({c.id})",
-            f"{c.paper}; {c.source}" if c.source else c.paper,
+            link_paths(paper, links_from, root) if links_from is not None else paper,
             f"{c.metric_label}: {c.a} {_SYMBOL[c.direction]} {c.b}{margin}",
             _fmt_stat(j.a),
             _fmt_stat(j.b),

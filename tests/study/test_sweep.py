@@ -436,8 +436,11 @@ def test_the_repositorys_results_pages_are_their_data_rendered(monkeypatch):
         for group, data in read_results(data_file).items():
             begin = page.index("\n", page.index(f"<!-- sweep:{group} ")) + 1
             block = page[begin : page.index(f"<!-- /sweep:{group} -->")]
-            rendered = render_report(data, [c for _, c in claims.values()])
+            rendered = render_report(data, [c for _, c in claims.values()], data_file.parent, REPO)
             assert block == rendered.strip() + "\n", group
+            # Its links (the files a claim's paper cell names) resolve from the page's folder.
+            for link in re.findall(r"\]\(([^):#]+)[)#]", block):
+                assert (data_file.parent / link).is_file(), (data_file, link)
     docs = REPO / "docs" / "results" / "claims.md"
     page = docs.read_text()
     begin = page.index("\n", page.index("<!-- sweep:claims")) + 1
@@ -450,4 +453,9 @@ def test_the_repositorys_results_pages_are_their_data_rendered(monkeypatch):
     # from the repository's root (experiments/fcn/RESULTS.md), broken in docs/results/.
     links = re.findall(r"\]\(([^)#]+RESULTS\.md)\)", block)
     assert links
+    assert all((docs.parent / link).is_file() for link in links), sorted(set(links))
+    # The repository files the paper column names are links too (they were plain text), and
+    # resolve from there as well.
+    assert "[docs/papers/dupsampling.md](../papers/dupsampling.md)" in block
+    links = re.findall(r"\]\(([^):#]+)[)#]", block)
     assert all((docs.parent / link).is_file() for link in links), sorted(set(links))
