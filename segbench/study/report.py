@@ -112,7 +112,7 @@ def build_report(
         for m in unknown:
             near = difflib.get_close_matches(m, sorted(available), n=2)
             log.warning(
-                "--metrics %s: no run here logs it, its column stays empty%s",
+                "--metrics %s: no run here has it, its column stays empty%s",
                 m,
                 f" (did you mean {' or '.join(near)}?)" if near else "",
             )

@@ -368,7 +368,7 @@ def test_a_metric_no_run_logs_is_named(runs, caplog):
     with caplog.at_level("WARNING", logger="segbench"):
         text = report([str(runs)], metrics=["test/mIoU", "test/mIOU"])
     assert "| test/mIOU |" in text.splitlines()[0]  # the column stays, empty
-    assert "--metrics test/mIOU: no run here logs it" in caplog.text
+    assert "--metrics test/mIOU: no run here has it" in caplog.text
     assert "did you mean test/mIoU" in caplog.text
 
 
