@@ -671,7 +671,7 @@ def test_a_test_stopped_by_sigterm_exits_143_and_records_nothing(tiny):
     saying so, run as the console script or from Python, and the run's record is as it was."""
     fit(tiny())
     run = RunDir(tiny.root / "test" / "tiny")
-    record = run.metrics_file.read_bytes()
+    record = run.metrics_file.read_bytes(), run.csv.read_bytes()
     # 6 test images in batches of 4: the signal comes after the first of two batches.
     test = ["test", "--config", str(run.config), "--ckpt_path", "best",
             "--trainer.callbacks+=tests.faults.kill.SignalAt",
@@ -682,11 +682,11 @@ def test_a_test_stopped_by_sigterm_exits_143_and_records_nothing(tiny):
     assert stopped.stderr.splitlines()[-1] == (
         "segbench test: stopped by SIGTERM before it finished; nothing partial was recorded"
     )
-    assert run.metrics_file.read_bytes() == record
+    assert (run.metrics_file.read_bytes(), run.csv.read_bytes()) == record
     with pytest.raises(SystemExit) as exit_:
         main(test)
     assert exit_.value.code == 143
-    assert run.metrics_file.read_bytes() == record
+    assert (run.metrics_file.read_bytes(), run.csv.read_bytes()) == record
     assert not list(run.path.glob(".*.tmp-*"))
 
 
