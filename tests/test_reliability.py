@@ -651,6 +651,82 @@ def test_a_stop_asked_where_the_state_cannot_be_saved_waits_for_the_next_one(
         assert torch.equal(tensor, b["state_dict"][name]), name
 
 
+# -- other commands stopped by a signal ------------------------------------------------------------
+def segbench_process(argv: list[str], before: str = "") -> subprocess.CompletedProcess:
+    """``segbench ARGV`` as the console script runs it (``main()`` reading ``sys.argv``), in a
+    process of its own, after the Python lines ``before`` (a fault to inject)."""
+    script = (
+        f"import sys\n{before}\nfrom segbench.cli import main\n"
+        f"sys.argv = {['segbench', *argv]!r}\nmain()\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_a_test_stopped_by_sigterm_exits_143_and_records_nothing(tiny):
+    """Lightning stops a test on SIGTERM with a SystemExit of code 0: ``segbench test`` killed
+    half-way through the test split exited 0, as if it had finished. It exits 143 with one line
+    saying so, run as the console script or from Python, and the run's record is as it was."""
+    fit(tiny())
+    run = RunDir(tiny.root / "test" / "tiny")
+    record = run.metrics_file.read_bytes(), run.csv.read_bytes()
+    # 6 test images in batches of 4: the signal comes after the first of two batches.
+    test = ["test", "--config", str(run.config), "--ckpt_path", "best",
+            "--trainer.callbacks+=tests.faults.kill.SignalAt",
+            f"--trainer.callbacks.signum={int(signal.SIGTERM)}",
+            "--trainer.callbacks.test_batch=0"]  # fmt: skip
+    stopped = segbench_process(test)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert stopped.stderr.splitlines()[-1] == (
+        "segbench test: stopped by SIGTERM before it finished; nothing partial was recorded"
+    )
+    assert (run.metrics_file.read_bytes(), run.csv.read_bytes()) == record
+    with pytest.raises(SystemExit) as exit_:
+        main(test)
+    assert exit_.value.code == 143
+    assert (run.metrics_file.read_bytes(), run.csv.read_bytes()) == record
+    assert not list(run.path.glob(".*.tmp-*"))
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_an_analysis_tool_stopped_mid_write_leaves_its_earlier_files_and_no_temporary_file(
+    tmp_path, signum, code
+):
+    """An analysis tool SIGTERMed while writing its figure died at once (exit -15, no message)
+    and left its three temporary files in --out for good; Ctrl-C printed a traceback. Both end
+    the tool with 128 + the signal and one line; the earlier version of its files is whole."""
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {name: f"earlier {name}" for name in ("erf.md", "erf.json", "erf.png")}
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    signal_mid_write = (
+        "import os, signal\n"
+        "from segbench.analysis import tool\n"
+        "drawing_writer = tool.drawing_writer\n"
+        "def dies_mid_write(*args):\n"
+        "    write = drawing_writer(*args)\n"
+        "    def half(f):\n"
+        "        f.write(b'half a figure')\n"
+        f"        os.kill(os.getpid(), {int(signum)})\n"
+        "        return write(f)\n"
+        "    return half\n"
+        "tool.drawing_writer = dies_mid_write\n"
+    )
+    argv = ["erf", *tiny_args(tmp_path), "--layer", "backbone.fc7", "--images", "1", "--patch",
+            "16", "--stride", "16", "--canvas", "0", "--out", str(out)]  # fmt: skip
+    stopped = segbench_process(argv, before=signal_mid_write)
+    name = signal.Signals(signum).name
+    assert stopped.returncode == code, stopped.stderr[-2000:]
+    assert stopped.stderr.splitlines()[-1] == (
+        f"segbench erf: stopped by {name} before it finished; nothing partial was recorded"
+    )
+    assert "Traceback" not in stopped.stderr
+    assert {p.name: p.read_text() for p in out.iterdir()} == earlier
+
+
 def test_a_refused_resume_leaves_the_run_record_as_it_was(tiny, capsys):
     """Resuming an FCN-8s run as FCN-16s fails on the checkpoint; config.yaml (what every tool
     and the documented resume command read) still describes the run that exists."""

@@ -16,8 +16,10 @@ here, the same for every tool::
   module, unaugmented.
 * **The output.** The markdown table on stdout; ``--out DIR`` also writes ``DIR/TOOL.md``,
   ``DIR/TOOL.json`` and the figure ``DIR/TOOL.png`` (``DIR/TOOL_<model>.png`` per model when
-  there are several). Figures are drawn by :meth:`Result.plot` on a figure it is given, so a
-  notebook draws the same figure inline: ``fig = plt.figure(); result.plot(fig)``.
+  there are several), as one version: a rerun removes the earlier figures it does not write
+  again (a model not measured this time). Figures are drawn by :meth:`Result.plot` on a figure
+  it is given, so a notebook draws the same figure inline:
+  ``fig = plt.figure(); result.plot(fig)``.
 * **The record.** ``--record`` stores :meth:`Result.summary` in each run's ``metrics.json``
   (``records`` section, with the checkpoint measured), where ``segbench report --metrics``
   reads it as a column.
@@ -28,6 +30,7 @@ errors naming an unknown key. A list option takes ``--dims [16,32]`` or ``--dims
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -223,20 +226,38 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
     def write(self, results: Sequence[tuple[str, ResultT]], text: str, out: Path) -> None:
         """``TOOL.md``, ``TOOL.json`` and the figures, as one version
         (:func:`segbench.rundir.atomic_write_files`): a kill leaves the earlier set or part of
-        this one, never an earlier figure beside this table."""
+        this one, never an earlier figure beside this table. The figures of the earlier version
+        that this one has not (``TOOL_<model>.png`` of a model not measured this time) are
+        removed with it; other files in ``out`` are left alone."""
         writes: dict[Path, Callable[[BinaryIO], object] | None] = {
             out / f"{self.name}.md": text_writer(text),
             out / f"{self.name}.json": json_writer({n: r.to_json() for n, r in results}),
         }
         for name, result in results:
-            stem = self.name if len(results) == 1 else f"{self.name}_{safe_name(name)}"
-            writes[out / f"{stem}.png"] = drawing_writer(result.plot, self.figsize)
+            writes[self.figure(out, name, len(results))] = drawing_writer(result.plot, self.figsize)
         if len(results) > 1 and type(self).plot_together is not Tool.plot_together:
             writes[out / f"{self.name}.png"] = drawing_writer(
                 partial(self.plot_together, results), self.figsize
             )
+        for earlier in self.figures_written(out):
+            writes.setdefault(earlier, None)  # not in this version: removed
         atomic_write_files(writes)
         log.info("%s: wrote %s/%s.{md,json,png}", self.name, out, self.name)
+
+    def figure(self, out: Path, model: str, models: int) -> Path:
+        """The figure of ``model`` in ``out``, when a version holds ``models`` models:
+        ``TOOL.png`` for one, ``TOOL_<model>.png`` for each of several."""
+        return out / (f"{self.name}.png" if models == 1 else f"{self.name}_{safe_name(model)}.png")
+
+    def figures_written(self, out: Path) -> list[Path]:
+        """The figures the version of this tool's files in ``out`` may have: ``TOOL.png``, and one
+        per model its ``TOOL.json`` names (the models it measured)."""
+        try:
+            models = json.loads((out / f"{self.name}.json").read_text())
+        except (OSError, ValueError):
+            models = {}
+        names = list(models) if isinstance(models, dict) else []
+        return [out / f"{self.name}.png", *(self.figure(out, n, len(names)) for n in names)]
 
 
 def model_name(model: LoadedModel, args: Sequence[str]) -> str:

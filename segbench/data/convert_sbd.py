@@ -15,6 +15,7 @@ segbench for this one-off conversion (``pip install 'segbench[sbd]'`` or ``pip i
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from segbench.data.base import default_palette
 from segbench.data.voc import SBD_PNG_DIR, sbd_dataset_dir
 from segbench.errors import DataError, UnavailableError
 from segbench.options import command_parser
+from segbench.rundir import atomic_write
 
 #: SBD's classes: background + the 20 VOC classes.
 SBD_NUM_CLASSES = 21
@@ -70,7 +72,9 @@ def convert_sbd(root: Path, out_dir: Path | None = None, *, overwrite: bool = Fa
                     f"{mat}: GTcls.Segmentation should be a 2-D map of values 0..20, got shape "
                     f"{label.shape} with values up to {label.max(initial=0)}"
                 )
-            voc_palette_png(label).save(target)
+            # Written whole or not at all (rundir.atomic_write): a PNG cut short by a kill was
+            # kept by every rerun (existing PNGs are), a label map no reader could open.
+            atomic_write(target, partial(voc_palette_png(label).save, format="PNG"))
             written += 1
     return written
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from segbench.errors import MissingFileError
 from segbench.options import command_parser
-from segbench.rundir import atomic_write_text
+from segbench.rundir import atomic_write_files, text_writer
 from segbench.study.ablation import Ablation, find_ablations
 from segbench.study.publish import (
     keep_decided,
@@ -120,13 +120,19 @@ def main(argv: list[str]) -> None:
     # Each table links its papers' results relative to the file it goes into (the working
     # directory for the printed one): docs/results/claims.md read on GitHub resolves its links
     # from docs/results/.
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, render_claims(judged, args.scale, Path(args.out).parent))
+    # --out's table and --into's data and page are one version (rundir.atomic_write_files): a
+    # kill between the writes left the new table beside the page and data of the old.
+    out = (
+        {Path(args.out): text_writer(render_claims(judged, args.scale, Path(args.out).parent))}
+        if args.out
+        else {}
+    )
     if args.into and data_file:
         into = Path(args.into)
         table = render_claims(judged, args.scale, into.parent)
-        publish_data_and_page(data_file, {"claims": entries}, into, "claims", table)
+        publish_data_and_page(data_file, {"claims": entries}, into, "claims", table, also=out)
+    elif out:
+        atomic_write_files(out)
     sys.stdout.write(render_claims(judged, args.scale))
 
 

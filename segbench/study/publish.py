@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from segbench.errors import DataError
 from segbench.rundir import atomic_write_files, json_writer, text_writer
@@ -38,12 +38,24 @@ def results_page(path: Path, group: str, table: str) -> str:
     )
 
 
-def publish_data_and_page(store: Path, data: Any, page: Path, group: str, table: str) -> None:
+def publish_data_and_page(
+    store: Path,
+    data: Any,
+    page: Path,
+    group: str,
+    table: str,
+    also: Mapping[Path, Callable[[BinaryIO], object]] | None = None,
+) -> None:
     """The data file and the page rendered from it, as one version
     (:func:`segbench.rundir.atomic_write_files`): a kill between the two writes left the new data
-    beside the page of the old."""
+    beside the page of the old. ``also``: other files of the same version (``segbench claims
+    --out``'s table), by path, each with its ``write(file)``."""
     atomic_write_files(
-        {store: json_writer(data), page: text_writer(results_page(page, group, table))}
+        {
+            **(also or {}),
+            store: json_writer(data),
+            page: text_writer(results_page(page, group, table)),
+        }
     )
 
 

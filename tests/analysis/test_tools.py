@@ -155,3 +155,44 @@ def test_a_record_keeps_the_options_it_measured_with_not_where_it_wrote():
         "--images",
         "2",
     ]
+
+
+class _Drawn:
+    """A result that draws a line: what :meth:`Tool.write` writes, without measuring."""
+
+    def markdown(self) -> str:
+        return "| x |\n|---|\n"
+
+    def to_json(self) -> dict:
+        return {}
+
+    def summary(self) -> dict[str, float]:
+        return {}
+
+    def plot(self, fig) -> None:
+        fig.add_subplot().plot([0, 1])
+
+
+def test_a_rerun_over_other_models_leaves_no_figure_of_the_earlier_ones(tmp_path):
+    """``--out DIR`` over three runs, then over one: the three runs' figures stayed beside the
+    one run's table, a set that no version was. The earlier version's figures that the new one
+    has not are removed with it; no other file in DIR is (another tool's, one named like this
+    tool's figures that no version of it wrote)."""
+    tool = TOOLS["feature-norms"]  # one figure per model, none of them together
+    out = tmp_path / "out"
+    out.mkdir()
+    others = ["notes.png", "erf_a.png", "feature-norms_mine.png", "feature-norms_a.txt"]
+    for name in others:
+        (out / name).write_text("not the tool's")
+
+    def written() -> set[str]:
+        return {p.name for p in out.iterdir()} - set(others)
+
+    tables = {"feature-norms.md", "feature-norms.json"}
+    tool.write([(n, _Drawn()) for n in ("a", "b", "c d")], "three", out)
+    assert written() == tables | {f"feature-norms_{n}.png" for n in ("a", "b", "c_d")}
+    tool.write([("a", _Drawn())], "one", out)
+    assert written() == tables | {"feature-norms.png"}
+    tool.write([(n, _Drawn()) for n in ("a", "b")], "two", out)
+    assert written() == tables | {"feature-norms_a.png", "feature-norms_b.png"}
+    assert all((out / name).read_text() == "not the tool's" for name in others)

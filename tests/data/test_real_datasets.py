@@ -7,6 +7,7 @@ writes), Cityscapes' city folders and labelIds, ADE20K's 0..150 maps, PASCAL-Con
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
 from pathlib import Path
@@ -222,6 +223,38 @@ def test_convert_sbd_writes_palette_pngs_of_every_listed_label(tmp_path, monkeyp
         np.save(f, np.full((H, W), 21, np.uint8))
     with pytest.raises(ValueError, match=r"2007_000032\.mat: .*values 0\.\.20"):
         convert_sbd(sbd, overwrite=True)
+
+
+def test_convert_sbd_stopped_mid_file_leaves_no_half_png_for_a_rerun_to_keep(tmp_path, monkeypatch):
+    """A kill while a label PNG was saved left it cut short under its real name, and a rerun
+    keeps existing PNGs: the label map stayed unreadable. Each PNG is written whole or not at
+    all, so the rerun converts what the stopped one had not."""
+    fake_scipy(monkeypatch)
+    sbd = sbd_tree(tmp_path, converted=False)
+    for i, name in enumerate(SBD_TRAIN + SBD_VAL):
+        with (sbd / "cls" / f"{name}.mat").open("wb") as f:
+            np.save(f, sbd_label(i))
+    save, calls = Image.Image.save, []
+
+    def stopped_at_the_second(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) == 2:
+            with contextlib.ExitStack() as stack:
+                f = stack.enter_context(open(fp, "wb")) if isinstance(fp, str | Path) else fp
+                f.write(b"\x89PNG\r\n\x1a\n half a label map")
+            raise KeyboardInterrupt  # the signal, half-way through the file
+        return save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", stopped_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        convert_sbd(sbd)
+    monkeypatch.setattr(Image.Image, "save", save)
+    assert convert_sbd(sbd) == 5
+    for i, name in enumerate(SBD_TRAIN + SBD_VAL):
+        assert np.array_equal(np.asarray(Image.open(sbd / "cls_png" / f"{name}.png")), sbd_label(i))
+    assert sorted(p.name for p in (sbd / "cls_png").iterdir()) == sorted(
+        f"{name}.png" for name in SBD_TRAIN + SBD_VAL
+    )
 
 
 def test_convert_sbd_without_scipy_says_how_to_get_it(tmp_path, monkeypatch):

@@ -70,16 +70,25 @@ class KillDuringStep(Callback):
 
 class SignalAt(Callback):
     """Send this process ``signum`` at the end of training batch ``batch`` (its index in epoch
-    0) or of validation batch ``val_batch`` of epoch 0's validation, once.
+    0), of validation batch ``val_batch`` of epoch 0's validation, or of test batch
+    ``test_batch``, once.
 
     Args:
         signum: the signal (``signal.SIGTERM``, ``signal.SIGINT``).
         batch: the training batch after which to send it.
         val_batch: the validation batch after which to send it.
+        test_batch: the test batch after which to send it.
     """
 
-    def __init__(self, signum: int, batch: int | None = None, val_batch: int | None = None):
+    def __init__(
+        self,
+        signum: int,
+        batch: int | None = None,
+        val_batch: int | None = None,
+        test_batch: int | None = None,
+    ):
         self.signum, self.batch, self.val_batch = signum, batch, val_batch
+        self.test_batch = test_batch
         self._sent = False
 
     def _send(self) -> None:
@@ -99,4 +108,9 @@ class SignalAt(Callback):
             and not trainer.sanity_checking
             and batch_idx == self.val_batch
         ):
+            self._send()
+
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+        if batch_idx == self.test_batch:
             self._send()

@@ -429,3 +429,38 @@ def test_under_holm_a_decided_claim_stands_only_at_the_corrected_level():
     table = claims_table([weak], holm=(2, ["inconclusive"]))
     assert "| Holm (2 claims) |" in table.splitlines()[0]
     assert "| **reproduced** | inconclusive |" in table
+
+
+def test_claims_out_and_into_are_one_version(tmp_path, monkeypatch):
+    """``segbench claims --out TABLE --into PAGE`` wrote the table, then the page and its data:
+    SIGKILLed at each step of its writes, a kill between the two left the new table beside the
+    page and data of the earlier run. They are one version: a write that fails (a kill, a full
+    disk) leaves the three files of the earlier run."""
+    from segbench.study import publish
+    from segbench.study.claims import main
+    from tests.helpers import REPO
+
+    (tmp_path / "none").mkdir()  # no runs: every claim 'not run'
+    out, page, data = tmp_path / "claims.md", tmp_path / "README.md", tmp_path / "README.json"
+    args = ["--experiments", str(REPO / "experiments"), "--root", str(tmp_path / "none"),
+            "--fresh", "--out", str(out), "--into", str(page)]  # fmt: skip
+    main(args)
+    earlier = {p: p.read_bytes() for p in (out, page, data)}
+
+    def fails(data):
+        def write(f):
+            f.write(b"half")
+            raise OSError("killed mid-write")
+
+        return write
+
+    monkeypatch.setattr(publish, "json_writer", fails)
+    with pytest.raises(OSError, match="mid-write"):
+        main([*args, "--scale", "long"])  # another table
+    assert {p: p.read_bytes() for p in earlier} == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "README.json",
+        "README.md",
+        "claims.md",
+        "none",
+    ]
