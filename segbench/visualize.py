@@ -8,16 +8,14 @@ return one built without pyplot) and never choose a backend.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
-
-from segbench.rundir import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -162,10 +160,14 @@ def drawing_writer(
     return write
 
 
-def write_figure(fig: Figure, path: Path) -> None:
-    """Save ``fig`` to ``path`` (its format from the suffix) atomically, like every file segbench
-    writes (:func:`segbench.rundir.atomic_write`)."""
-    atomic_write(path, figure_writer(fig, path.suffix.lstrip(".")))
+def saved_writer(fig: Figure, fmt: str = "png") -> Callable[[BinaryIO], object]:
+    """A ``write(file)`` of ``fig`` saved now, into memory (:func:`figure_writer` saves when it
+    writes): for a figure drawn inside a style or rc context that is gone when the file is
+    written, or a figure closed before then."""
+    buffer = io.BytesIO()
+    figure_writer(fig, fmt)(buffer)
+    data = buffer.getvalue()
+    return lambda f: f.write(data)
 
 
 #: The error map's colours: a correct pixel, a wrong one, a void one (not scored).

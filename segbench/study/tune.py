@@ -47,9 +47,10 @@ import os
 import shlex
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import yaml
 from jsonargparse import Namespace
@@ -60,12 +61,12 @@ from segbench.config import config_changes
 from segbench.errors import BusyError, ConfigError, MissingFileError
 from segbench.metrics import CLASS_METRICS, STAGE_METRICS
 from segbench.options import command_parser
-from segbench.rundir import RunDir, WriterLock, atomic_write_text
+from segbench.rundir import RunDir, WriterLock, atomic_write_files, file_lock, text_writer
 from segbench.study.launchers import add_launcher_options, make_launcher
 from segbench.study.launchers.base import PlannedRun
 from segbench.tables import markdown_table
 from segbench.trial import METRIC_ATTR, PRUNER_ATTR, import_optuna, journal, make_pruner
-from segbench.visualize import write_figure
+from segbench.visualize import figure_writer, saved_writer
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -626,7 +627,17 @@ def remove_dead_workers(group_dir: Path, study: Any) -> None:
 
 
 def write_results(study: Any, space: SearchSpace, group_dir: Path, fit_args: list[str]) -> None:
-    """best.yaml, trials.csv, tune.md and the three figures into ``group_dir``."""
+    """best.yaml, trials.csv, tune.md and the three figures into ``group_dir``, as one version
+    (:func:`segbench.rundir.atomic_write_files`), one process at a time: a kill part-way, or two
+    workers ending together, left a tune.md naming another best trial than best.yaml's."""
+    with file_lock(group_dir / ".tune-results.lock"):
+        atomic_write_files(_results(study, space, group_dir, fit_args))
+
+
+def _results(
+    study: Any, space: SearchSpace, group_dir: Path, fit_args: list[str]
+) -> dict[Path, Callable[[BinaryIO], object] | None]:
+    """What :func:`write_results` writes: each file's path and its ``write(file)``."""
     optuna = import_optuna()
     s = optuna.trial.TrialState
     trials = study.get_trials(deepcopy=False)
@@ -641,7 +652,7 @@ def write_results(study: Any, space: SearchSpace, group_dir: Path, fit_args: lis
     header = ["trial", "state", f"{space.metric} ({space.mode})", *keys, "pruned at epoch"]
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
-    atomic_write_text(group_dir / "trials.csv", buffer.getvalue())
+    writes = {group_dir / "trials.csv": text_writer(buffer.getvalue())}
     complete = [t for t in trials if t.state == s.COMPLETE]
     counts = {
         state: sum(t.state == state for t in trials)
@@ -676,7 +687,7 @@ def write_results(study: Any, space: SearchSpace, group_dir: Path, fit_args: lis
             f"#   segbench fit {shlex.join(fit_args)} --config {group_dir / 'best.yaml'} "
             f"{shlex.join([*where, '--run.name', 'best'])}\n"
         )
-        atomic_write_text(group_dir / "best.yaml", header_text + text)
+        writes[group_dir / "best.yaml"] = text_writer(header_text + text)
         lines += [
             f"Best: trial {best.number}, {space.metric} **{best.value:.4f}**: "
             + ", ".join(f"`{k}` = {_show(best.params[k])}" for k in keys)
@@ -685,8 +696,8 @@ def write_results(study: Any, space: SearchSpace, group_dir: Path, fit_args: lis
         ]
     shown = [["–" if v is None else _show(v) for v in row] for row in rows]
     lines += [markdown_table(header, shown), ""]
-    atomic_write_text(group_dir / "tune.md", "\n".join(lines))
-    _figures(study, group_dir, len(complete), len(keys))
+    writes[group_dir / "tune.md"] = text_writer("\n".join(lines))
+    return {**writes, **_figures(study, group_dir, len(complete), len(keys))}
 
 
 def best_of(group_dir: Path) -> dict[str, Any] | None:
@@ -773,7 +784,10 @@ def draw_importances(fig: Figure, study: Any) -> None:
     ax.grid(axis="x", alpha=0.3)
 
 
-def _figures(study: Any, group_dir: Path, complete: int, n_keys: int) -> None:
+def _figures(
+    study: Any, group_dir: Path, complete: int, n_keys: int
+) -> dict[Path, Callable[[BinaryIO], object]]:
+    """The study's figures, drawn now: each one's path and its ``write(file)``."""
     import warnings
 
     import matplotlib
@@ -781,6 +795,7 @@ def _figures(study: Any, group_dir: Path, complete: int, n_keys: int) -> None:
     from matplotlib.figure import Figure
 
     optuna = import_optuna()
+    writes: dict[Path, Callable[[BinaryIO], object]] = {}
     drawn: dict[str, Any] = {"history.png": draw_history}
     if complete >= 2 and n_keys >= 2:
         drawn["importances.png"] = draw_importances
@@ -791,9 +806,9 @@ def _figures(study: Any, group_dir: Path, complete: int, n_keys: int) -> None:
         except (ValueError, RuntimeError) as err:  # e.g. importances of constant values
             log.warning("%s: not drawn (%s)", name, err)
             continue
-        write_figure(fig, group_dir / name)
+        writes[group_dir / name] = figure_writer(fig)
     if complete < 2:
-        return
+        return writes
     metric = study.user_attrs.get(METRIC_ATTR) or "objective"
     # Optuna's parallel coordinates, in segbench's style (its plots set ggplot for the process),
     # with the keys' names shortened rather than cut ("model.optimizer.i...").
@@ -804,7 +819,7 @@ def _figures(study: Any, group_dir: Path, complete: int, n_keys: int) -> None:
             ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study, target_name=metric)
         except (ValueError, RuntimeError) as err:
             log.warning("parallel.png: not drawn (%s)", err)
-            return
+            return writes
         params = sorted({k for t in study.trials if t.state.is_finished() for k in t.params})
         labels = [metric, *(_short_key(k) for k in params)]
         if len(ax.get_xticks()) == len(labels):  # optuna's order: the metric, then sorted keys
@@ -814,8 +829,9 @@ def _figures(study: Any, group_dir: Path, complete: int, n_keys: int) -> None:
             lines.set_cmap("viridis")
         fig = ax.figure
         fig.set_size_inches(max(8, 2.5 * (len(params) + 1)), 5)
-        write_figure(fig, group_dir / "parallel.png")
+        writes[group_dir / "parallel.png"] = saved_writer(fig)  # saved in optuna's style, in it
         plt.close(fig)
+    return writes
 
 
 # -- the command ----------------------------------------------------------------------------------

@@ -368,6 +368,40 @@ def test_a_page_written_while_a_trial_runs_says_so(tmp_path):
     slot.release()
 
 
+def test_what_a_study_found_is_written_as_one_version(tmp_path, monkeypatch):
+    """best.yaml, trials.csv, tune.md and the figures were written one after another: a kill
+    between two of them left a tune.md of the earlier trials beside a best.yaml of the later.
+    A kill now leaves part of the new version and none of the earlier one."""
+    import os
+
+    space = tune.SearchSpace.load(space_file(tmp_path))
+    group = tmp_path / "g"
+    study, slot = tune.join_study(group, "g", space, sampler="tpe", seed=7, pruner=PRUNER,
+                                  trains=TRAINS)  # fmt: skip
+    proposals(study, space, 2)
+    tune.write_results(study, space, group, [])
+    earlier = {p.name: p.read_bytes() for p in group.iterdir() if not p.name.startswith(".")}
+    assert {"best.yaml", "trials.csv", "tune.md", "history.png"} <= set(earlier)
+    proposals(study, space, 2)
+    replace, renamed = os.replace, []
+
+    def killed_at_the_third(src, dst):
+        if len(renamed) == 2:
+            raise KeyboardInterrupt  # a kill between the renames
+        renamed.append(dst)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        tune.write_results(study, space, group, [])
+    left = {p.name: p.read_bytes() for p in group.iterdir() if not p.name.startswith(".")}
+    assert len(renamed) == 2
+    assert not [name for name in left if name in earlier and left[name] == earlier[name]]
+    if "tune.md" in left:  # renamed before the kill: the new page
+        assert "4 trials" in left["tune.md"].decode()
+    slot.release()
+
+
 def test_a_study_refuses_trials_trained_otherwise_than_its_own(tmp_path, capsys):
     """A study records what its trials train; the same study continued with another budget (or
     seed, data, network) would compare trials of both as one search, and is refused before any
