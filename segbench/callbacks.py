@@ -28,9 +28,10 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import lightning as L
 import numpy as np
@@ -884,19 +885,29 @@ class PredictionWriter(BasePredictionWriter):
         for i, (name, pred) in enumerate(zip(names, preds, strict=True)):
             img = Image.fromarray(pred, mode="P")
             img.putpalette(flat_palette)
-            # Each file atomically: a killed prediction leaves whole files or none, never a
-            # truncated PNG under its real name.
-            atomic_write(self._path(name, LABEL_MAP), partial(img.save, format="PNG"))
+            # An image's files as one version (rundir.atomic_write_files): a killed prediction
+            # leaves whole files or none, never a truncated PNG under its real name, and never
+            # an earlier prediction's overlay or probabilities beside this label map (those
+            # this prediction does not write are removed with it).
+            label_map, overlay_file, probs_file = (
+                self._path(name, kind) for kind in (LABEL_MAP, OVERLAY, PROBS)
+            )
+            writes: dict[Path, Callable[[BinaryIO], object] | None] = {
+                label_map: partial(img.save, format="PNG"),
+                overlay_file: None,
+                probs_file: None,
+            }
             if self.overlays:
                 image = originals[i].cpu().permute(1, 2, 0).numpy()
                 picture = overlay(image, pred, palette, list(dm.class_names))
-                atomic_write(self._path(name, OVERLAY), partial(picture.save, format="PNG"))
+                writes[overlay_file] = partial(picture.save, format="PNG")
             if self.save_probs:
                 if prediction.get("probs") is not None:  # tiled: kept as float16
                     probs = prediction["probs"][i].numpy()
                 else:
                     probs = prediction["log_probs"][i].float().exp().to(torch.float16).cpu().numpy()
-                atomic_write(self._path(name, PROBS), partial(np.save, arr=probs))
+                writes[probs_file] = partial(np.save, arr=probs)
+            atomic_write_files(writes)
             self.written += 1
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -271,3 +271,21 @@ def test_a_prediction_that_dies_mid_write_leaves_whole_files(tiny, monkeypatch):
     for png in out.glob("*.png"):
         Image.open(png).load()  # each one whole
     assert after == before  # the failed overlay (and everything after it) is the earlier one
+
+
+def test_an_images_files_are_one_prediction(tiny):
+    """A label map, its overlay and its probabilities are one version: predicting again into
+    the same folder without overlays or probabilities left the earlier prediction's beside the
+    new label maps, describing another model's (or checkpoint's) output. They are removed with
+    the new label map; files of other names are left alone."""
+    run_main(["fit", *tiny()])
+    config = str(tiny.root / "test" / "tiny" / "config.yaml")
+    out = tiny.root / "test" / "tiny" / "predictions"
+    run_main(["predict", "--config", config, "--ckpt_path", "best", "--save_probs", "true"])
+    first = sorted(p.name for p in out.iterdir())
+    assert {n.rsplit("_", 1)[-1] for n in first if "_" in n} >= {"overlay.png", "probs.npy"}
+    (out / "notes.txt").write_text("mine")
+    run_main(["predict", "--config", config, "--ckpt_path", "last", "--overlays", "false"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [n for n in first if not n.endswith(("_overlay.png", "_probs.npy"))] + ["notes.txt"]
+    )
