@@ -52,6 +52,7 @@ from segbench.rundir import (
     RunDir,
     atomic_write,
     atomic_write_files,
+    checkpoint_step,
     text_writer,
 )
 from segbench.visualize import (
@@ -260,8 +261,7 @@ class RunFiles(Callback):
             {
                 "metrics": _floats(trainer.callback_metrics, prefix),
                 "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
-                # of the weights loaded: the file may be replaced since (a run still training)
-                "checkpoint_step": getattr(pl_module, "checkpoint_step", None)
+                "checkpoint_step": checkpoint_step(trainer.ckpt_path)
                 if trainer.ckpt_path
                 else None,
                 "protocol": protocol.to_dict() if protocol is not None else None,

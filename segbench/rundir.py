@@ -529,24 +529,23 @@ class RunDir:
         values: dict[str, float],
         *,
         checkpoint: str | Path | None,
-        checkpoint_step: int | None = None,
         options: list[str] | None = None,
     ) -> None:
         """An analysis tool's summary (``--record``), with the checkpoint it measured (``None``
-        for a tool that reads only the run's data), the step that checkpoint was saved at as the
-        tool read it (:meth:`changed_since`) and the options it measured with
+        for a tool that reads only the run's data) and the options it measured with
         (:func:`segbench.options.record_options`). ``segbench report --metrics NAME`` shows them
         as columns; a tool's earlier record is replaced, other tools' kept."""
         if not self.metrics_file.is_file():
             raise MissingFileError(f"no {self.METRICS} in {self.path}")
 
         ckpt = Path(checkpoint) if checkpoint is not None else None
+        step = checkpoint_step(ckpt) if ckpt is not None else None
 
         def change(d: dict[str, Any]) -> None:
             d.setdefault("records", {})[tool] = {
                 "checkpoint": None if checkpoint is None else str(checkpoint),
                 "checkpoint_mtime": ckpt.stat().st_mtime if ckpt and ckpt.is_file() else None,
-                "checkpoint_step": checkpoint_step,
+                "checkpoint_step": step,
                 "values": {k: float(v) for k, v in values.items()},
                 "options": options,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

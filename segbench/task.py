@@ -314,13 +314,6 @@ class SegmentationTask(L.LightningModule):
             group["weight_decay"] = self.bias_weight_decay
         return optimizer
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the step of the checkpoint these weights come from (:attr:`checkpoint_step`): a
-        ``segbench test`` records it, since the file may be replaced while the test runs (a run
-        still training saves a new best)."""
-        step = checkpoint.get("global_step")
-        self.checkpoint_step: int | None = step if isinstance(step, int) else None
-
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = self.make_optimizer()
         total = max(1, int(self.trainer.estimated_stepping_batches))

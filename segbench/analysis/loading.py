@@ -38,9 +38,6 @@ class LoadedModel:
     checkpoint: Path | None
     #: The model's label in tables and file names (set by the tool skeleton).
     label: str = ""
-    #: The training step of the checkpoint as it was read (``None``: no checkpoint, or none
-    #: kept): what a record names, since the file may be replaced while the tool measures.
-    checkpoint_step: int | None = None
 
     @property
     def net(self) -> nn.Module:
@@ -93,10 +90,8 @@ def load_model(args: list[str], *, ckpt: str | None = None, network: bool = True
         )
     with contextlib.nullcontext() if network else torch.device("meta"):
         task, dm, cfg = build(args)
-    step = None
     if checkpoint is not None:
         state = safe_load(checkpoint)
-        step = state.get("global_step") if isinstance(state, dict) else None
         state = state.get("state_dict", state) if isinstance(state, dict) else {}
         net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
         try:
@@ -106,9 +101,7 @@ def load_model(args: list[str], *, ckpt: str | None = None, network: bool = True
                 f"{checkpoint} does not fit the network of {args[1]}: {str(err).splitlines()[0]}"
             ) from None
     task.net.eval()
-    return LoadedModel(
-        task, dm, cfg, run_dir, checkpoint, checkpoint_step=step if isinstance(step, int) else None
-    )
+    return LoadedModel(task, dm, cfg, run_dir, checkpoint)
 
 
 def sample_images(dm: SegmentationDataModule, num: int, split: Split = "val") -> Tensor:

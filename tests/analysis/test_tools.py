@@ -75,11 +75,8 @@ def test_every_tool_on_every_architecture(tool_name, arch, trained_run, tmp_path
     assert record["values"] == pytest.approx(summary)
     if tool.uses_network:
         assert record["checkpoint"].endswith("best.ckpt")
-        best = json.loads((run / "metrics.json").read_text())["fit"]["best_val"]
-        assert record["checkpoint_step"] == best["step"]  # the weights it measured
     else:
         assert record["checkpoint"] is None
-        assert record["checkpoint_step"] is None
 
 
 def test_every_tool_s_records_can_be_named_by_an_ablation():

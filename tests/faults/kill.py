@@ -114,24 +114,3 @@ class SignalAt(Callback):
                           batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
         if batch_idx == self.test_batch:
             self._send()
-
-
-class CheckpointSavedMeanwhile(Callback):
-    """After the first test batch, ``path`` is replaced by a checkpoint of step ``step``, as a
-    run still training replaces its best.ckpt while a ``segbench test`` of it runs.
-
-    Args:
-        path: the checkpoint file to replace.
-        step: the ``global_step`` the new file says it was saved at.
-    """
-
-    def __init__(self, path: str, step: int) -> None:
-        self.path, self.step = path, step
-
-    def on_test_batch_end(self, trainer: Any, *args: Any) -> None:
-        import torch
-
-        from segbench.rundir import atomic_torch_save
-
-        checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
-        atomic_torch_save({**checkpoint, "global_step": self.step}, self.path)

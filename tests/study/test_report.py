@@ -468,8 +468,7 @@ def test_numbers_of_a_checkpoint_trained_on_since_are_left_out(tmp_path, caplog)
             },
         },
     )
-    run.record("erf", {"erf/area": 0.3}, checkpoint=run.checkpoint("best"),
-               checkpoint_step=40, options=[])  # fmt: skip
+    run.record("erf", {"erf/area": 0.3}, checkpoint=run.checkpoint("best"), options=[])
     assert run.results() == {"val/mIoU": 0.5, "test/mIoU": 0.61, "erf/area": 0.3}
     for name in ("last", "best"):  # copied: new mtimes, same files
         os.utime(run.checkpoint(name), (1, 1))
