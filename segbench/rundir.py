@@ -30,9 +30,11 @@ not lose each other's sections. Checkpoints, state dicts and caches are loaded w
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
+import glob
 import io
 import json
 import logging
@@ -307,8 +309,8 @@ class WriterLock:
     once: an ``flock`` is shared by every copy, so a worker outliving a killed fit by a few seconds
     would otherwise keep the run locked against its resume."""
 
-    def __init__(self, path: Path, what: str) -> None:
-        self.path, self.what = path, what
+    def __init__(self, path: Path, what: str, *, doing: str = "written") -> None:
+        self.path, self.what, self.doing = path, what, doing
         self._file: Any = None
 
     def acquire(self) -> WriterLock:
@@ -321,8 +323,8 @@ class WriterLock:
             holder = file.read().strip() or "another process"
             file.close()
             raise BusyError(
-                f"{self.what} is being written by {holder}. One process at a time: wait for it "
-                f"to end (or stop it), or choose another name. (Lock file: {self.path})"
+                f"{self.what} is being {self.doing} by {holder}. One process at a time: wait for "
+                f"it to end (or stop it), or choose another name. (Lock file: {self.path})"
             ) from None
         file.seek(0)
         file.truncate()
@@ -340,6 +342,16 @@ class WriterLock:
             self._file.close()  # closing the (last) descriptor drops the flock
             self._file = None
         _HELD.discard(self)
+
+
+def release_reader(lock: WriterLock | None) -> None:
+    """A reader's claim (:meth:`RunDir.reader`) released and its file removed, at the command's
+    end (one left by a killed reader is removed by the next :meth:`RunDir.refuse_readers`)."""
+    if lock is None:
+        return
+    if lock._file is not None:
+        lock.path.unlink(missing_ok=True)
+        lock.release()
 
 
 #: The claims this process holds, closed (not unlocked: the parent keeps them) in forked children.
@@ -411,6 +423,46 @@ class RunDir:
         return WriterLock(
             self.path.with_name(f".{self.path.name}.writer"), f"run {self.path}"
         ).acquire()
+
+    def reader(self) -> WriterLock:
+        """This run's claim by a command that reads it and records or writes into it (``segbench
+        test``/``validate``/``predict``, an analysis tool, ``export``), acquired and held to the
+        process's end: a ``fit --run.overwrite`` of the run is refused meanwhile
+        (:meth:`refuse_readers`). Without it the overwrite moved the run aside under the reader,
+        which then recorded the old model's numbers in the new run's ``metrics.json`` and
+        ``metrics.csv``, with the step of the new run's checkpoint: they read as the new model's.
+        A file of its own per reader (``.<name>.reader-<pid>``), so that readers do not exclude
+        each other and the refusal names them."""
+        path = self._reader_file(os.getpid())
+        held = next((c for c in _HELD if c.path == path), None)
+        if held is not None:  # this process read the run before (commands run in one process)
+            return held
+        lock = WriterLock(path, f"run {self.path}", doing="read")
+        with self._readers_gate():
+            lock.acquire()
+        atexit.register(release_reader, lock)
+        return lock
+
+    def _reader_file(self, pid: int) -> Path:
+        return self.path.with_name(f".{self.path.name}.reader-{pid}")
+
+    def _readers_gate(self) -> contextlib.AbstractContextManager[None]:
+        """Held while a reader claims the run and while a fit checks for readers and moves the
+        run aside: a reader either is seen, or comes after the move and reads the new run."""
+        return file_lock(self.path.with_name(f".{self.path.name}.readers"))
+
+    @contextlib.contextmanager
+    def refuse_readers(self) -> Iterator[None]:
+        """Held around ``--run.overwrite``'s :meth:`set_aside`: :class:`~segbench.errors.BusyError`
+        (naming the run and the process) if a command reads the run (:meth:`reader`); the claim
+        files of readers that have ended are removed."""
+        with self._readers_gate():
+            for path in sorted(self.path.parent.glob(f".{glob.escape(self.path.name)}.reader-*")):
+                if path == self._reader_file(os.getpid()):
+                    continue  # this process's: an earlier command of it, which has ended
+                WriterLock(path, f"run {self.path}", doing="read").acquire().release()
+                path.unlink(missing_ok=True)
+            yield
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

@@ -74,6 +74,7 @@ def load_model(args: list[str], *, ckpt: str | None = None, network: bool = True
     checkpoint: Path | None = None
     if not args[0].startswith("-"):
         run = RunDir.given(args[0])
+        run.reader()  # before its checkpoint is read: no --run.overwrite moves it meanwhile
         run_dir = run.path
         args = ["--config", str(run.config), *args[1:]]
         if network:
