@@ -581,17 +581,22 @@ class RunDir:
         values: dict[str, float],
         *,
         checkpoint: str | Path | None,
+        step: int | None = None,
         options: list[str] | None = None,
     ) -> None:
         """An analysis tool's summary (``--record``), with the checkpoint it measured (``None``
         for a tool that reads only the run's data) and the options it measured with
         (:func:`segbench.options.record_options`). ``segbench report --metrics NAME`` shows them
-        as columns; a tool's earlier record is replaced, other tools' kept."""
+        as columns; a tool's earlier record is replaced, other tools' kept. ``step`` is the
+        checkpoint's training step as the tool loaded it; without it the file is read now, which
+        a run still training may have replaced since: its later step would make the earlier
+        model's numbers read as current."""
         if not self.metrics_file.is_file():
             raise MissingFileError(f"no {self.METRICS} in {self.path}")
 
         ckpt = Path(checkpoint) if checkpoint is not None else None
-        step = checkpoint_step(ckpt) if ckpt is not None else None
+        if step is None and ckpt is not None:
+            step = checkpoint_step(ckpt)
 
         def change(d: dict[str, Any]) -> None:
             d.setdefault("records", {})[tool] = {
@@ -773,8 +778,11 @@ class RunCheckpointIO(TorchCheckpointIO):
     """How Lightning writes and reads the run's checkpoints: atomically, finite, weights only.
 
     A checkpoint whose weights hold a NaN or an infinity is never written (the previous file
-    stays): a diverged run cannot leave a NaN ``best.ckpt`` or ``last.ckpt``.
+    stays): a diverged run cannot leave a NaN ``best.ckpt`` or ``last.ckpt``. ``loaded_step`` is
+    the training step of the checkpoint it last read (what a ``segbench test`` measured).
     """
+
+    loaded_step: int | None = None
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
@@ -799,4 +807,6 @@ class RunCheckpointIO(TorchCheckpointIO):
                 f"{path}: not a Lightning checkpoint of a segbench run (no 'state_dict'); a plain "
                 "state dict initialises a network through model.init_from instead"
             )
+        step = checkpoint.get("global_step")
+        self.loaded_step = step if isinstance(step, int) else None
         return checkpoint

@@ -572,7 +572,9 @@ def main(argv: list[str]) -> Export:
     model = load_model([*runs, *fit_args], ckpt=where.ckpt)
     result = export(model, options, out, where.split)
     if where.record and model.run_dir is not None:
-        RunDir(model.run_dir).record("export", result.summary(), checkpoint=model.checkpoint)
+        RunDir(model.run_dir).record(
+            "export", result.summary(), checkpoint=model.checkpoint, step=model.checkpoint_step
+        )
         log.info("export: recorded in %s", model.run_dir / "metrics.json")
     sys.stdout.write(result.markdown())
     return result
