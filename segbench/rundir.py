@@ -424,6 +424,21 @@ class RunDir:
             self.path.with_name(f".{self.path.name}.writer"), f"run {self.path}"
         ).acquire()
 
+    def training_by(self) -> str | None:
+        """The process that holds this run's :meth:`writer` claim now, a ``fit`` training it
+        (``pid N on HOST since HH:MM:SS``), or ``None``: nothing of the claim is changed."""
+        path = self.path.with_name(f".{self.path.name}.writer")
+        try:
+            with open(path) as file:
+                try:
+                    fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return file.read().split(" (", 1)[0].strip() or "another process"
+                fcntl.flock(file, fcntl.LOCK_UN)
+        except FileNotFoundError:
+            pass
+        return None
+
     def reader(self) -> WriterLock:
         """This run's claim by a command that reads it and records or writes into it (``segbench
         test``/``validate``/``predict``, an analysis tool, ``export``), acquired and held to the

@@ -146,21 +146,27 @@ def load_run(path: Path) -> Run:
         data.get("config") or {},
         run.results(),
         flatten(data.get("provenance") or {}, "provenance."),
-        unfinished(data),
+        unfinished(data, run),
     )
 
 
-def unfinished(data: dict[str, Any]) -> str | None:
-    """What became of a run whose training did not finish (``None`` if it did)."""
+def unfinished(data: dict[str, Any], run: RunDir | None = None) -> str | None:
+    """What became of a run whose training did not finish (``None`` if it did): the process
+    training it now, when one does (``run`` given)."""
     fit = data.get("fit")
-    if fit is None:
-        return None if data.get("test") or data.get("validate") else "never trained"
-    if fit.get("finished", True):  # runs recorded before the key was written: not known
+    if fit is None and (data.get("test") or data.get("validate")):
         return None
+    if fit is not None and fit.get("finished", True):  # recorded before the key was: not known
+        return None
+    epochs = (fit or {}).get("completed_epochs")
+    at = f" after {epochs} epoch{'s' * (epochs != 1)}" if epochs is not None else ""
+    training = run.training_by() if run is not None else None
+    if training:
+        return f"still training{at}, by {training}"
+    if fit is None:
+        return "never trained"
     attempts = (data.get("provenance") or {}).get("attempts") or [{}]
     why = attempts[-1].get("interrupted")
-    epochs = fit.get("completed_epochs")
-    at = f" after {epochs} epoch{'s' * (epochs != 1)}" if epochs is not None else ""
     return f"interrupted ({why}){at}" if why else f"stopped{at} (killed, failed or running)"
 
 

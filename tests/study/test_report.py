@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -386,13 +387,19 @@ def test_runs_that_did_not_finish_are_named_under_the_table(runs, caplog):
     stop("fcn8s-s1", interrupted)
     stop("fcn32s-s2", lambda d: d["fit"].update(finished=False, completed_epochs=1))
     stop("fcn32s-s0", lambda d: d["fit"].update(finished=True))
-    with caplog.at_level("WARNING", logger="segbench"):
-        text = report([str(runs)])
-    assert "**Not finished: 2 of 5 runs**" in text
+    stop("fcn8s-s0", lambda d: d["fit"].update(finished=False, completed_epochs=1))
+    claim = RunDir(runs / "fcn8s-s0").writer()  # a fit training it now (this process)
+    try:
+        with caplog.at_level("WARNING", logger="segbench"):
+            text = report([str(runs)])
+    finally:
+        claim.release()
+    assert "**Not finished: 3 of 5 runs**" in text
+    assert f"fcn8s-s0 still training after 1 epoch, by pid {os.getpid()} on " in text
     assert "fcn8s-s1 interrupted (SIGTERM) after 2 epochs" in text
     assert "fcn32s-s2 stopped after 1 epoch (killed, failed or running)" in text
     assert "fcn32s-s0" not in text.split("Not finished")[1]
-    assert "2 of 5 runs did not finish training" in caplog.text
+    assert "3 of 5 runs did not finish training" in caplog.text
 
 
 def test_a_separate_test_of_the_runs_checkpoint_on_its_own_data_is_reported(tmp_path, caplog):
