@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import logging
 import math
@@ -177,16 +178,21 @@ def learning_curve(run_dir: Path, key: str = "val/mIoU") -> dict[int, float]:
     Rows at step 0 are left out: training logs after at least one step, and ``segbench
     validate`` / ``test`` of a checkpoint append their numbers as epoch 0, step 0 (they once
     replaced the first epoch's validation by the best checkpoint's on ``report``'s curves).
+    A last line without its end is left out: a run still training (a sweep's) may be appending
+    it as the report reads, and its last value cut short read as another number ('0.4' of
+    '0.4521').
     """
     path = RunDir(run_dir).csv
     curve: dict[int, float] = {}
     if path.is_file():
         with path.open(newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get("step") in ("0", "0.0"):
-                    continue
-                if row.get(key) and row.get("epoch"):
-                    curve[int(row["epoch"])] = float(row[key])
+            text = f.read()
+        whole = text[: text.rfind("\n") + 1]
+        for row in csv.DictReader(io.StringIO(whole, newline="")):
+            if row.get("step") in ("0", "0.0"):
+                continue
+            if row.get(key) and row.get("epoch"):
+                curve[int(row["epoch"])] = float(row[key])
     return curve
 
 

@@ -234,6 +234,21 @@ def test_learning_curve_per_epoch_last_value_wins(tmp_path):
     assert learning_curve(tmp_path / "missing") == {}
 
 
+def test_a_row_still_being_appended_is_left_off_the_learning_curve(tmp_path):
+    """A report read beside a run still training: the row the fit is appending is half written
+    ('0.4' of '0.4521'), and was read as epoch 2's value."""
+    from segbench.study.runs import learning_curve
+
+    write_history(tmp_path, [(0, "0.2", ""), (1, "0.3", "")])
+    csv_file = tmp_path / "metrics.csv"
+    whole = csv_file.read_text()
+    row = "2,29,0.9,0.4521,"  # epoch 2's, as the fit appends it
+    csv_file.write_text(whole + row[: row.index("0.4521") + 3])
+    assert learning_curve(tmp_path) == {0: 0.2, 1: 0.3}
+    csv_file.write_text(whole + row + "\n")  # once it is whole
+    assert learning_curve(tmp_path)[2] == 0.4521
+
+
 def test_a_later_validate_of_a_checkpoint_leaves_the_learning_curve_alone(tmp_path):
     from segbench.study.runs import learning_curve
 
