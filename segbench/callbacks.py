@@ -49,6 +49,7 @@ from segbench.errors import DataError
 from segbench.loggers import ResumableCSVLogger, log_validation_pictures
 from segbench.provenance import provenance
 from segbench.rundir import (
+    RunCheckpointIO,
     RunDir,
     atomic_write,
     atomic_write_files,
@@ -77,6 +78,19 @@ def datamodule_of(trainer: L.Trainer) -> SegmentationDataModule:
     if not isinstance(dm, SegmentationDataModule):
         raise TypeError(f"segbench's callbacks need a SegmentationDataModule, got {dm!r}")
     return dm
+
+
+def _measured_step(trainer: L.Trainer) -> int | None:
+    """The training step of the checkpoint a ``segbench validate`` / ``test`` measured, as it
+    was loaded: read from the file when the command ends, it was a later one's when the run
+    trained on meanwhile (its ``last.ckpt`` saved again), and the earlier model's numbers read
+    as current (:meth:`RunDir.changed_since`)."""
+    if not trainer.ckpt_path:
+        return None
+    io = trainer.strategy.checkpoint_io
+    if isinstance(io, RunCheckpointIO) and io.loaded_step is not None:
+        return io.loaded_step
+    return checkpoint_step(trainer.ckpt_path)
 
 
 def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float | None]:
@@ -261,9 +275,7 @@ class RunFiles(Callback):
             {
                 "metrics": _floats(trainer.callback_metrics, prefix),
                 "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
-                "checkpoint_step": checkpoint_step(trainer.ckpt_path)
-                if trainer.ckpt_path
-                else None,
+                "checkpoint_step": _measured_step(trainer),
                 "protocol": protocol.to_dict() if protocol is not None else None,
                 "eval_timing": self._eval_seconds(),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -299,13 +299,25 @@ def mlflow_uri(root: str | Path, uri: str | None) -> str:
     return uri or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
+def _store_lock(uri: str) -> contextlib.AbstractContextManager[None]:
+    """One process at a time creates or migrates a local SQLite store (``sqlite:///PATH``: a
+    lock on ``PATH.lock``); a server (``http://``) needs none."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    return file_lock(Path(uri.removeprefix("sqlite:///") + ".lock"))
+
+
 class RunMLFlowLogger(MLFlowLogger):
     """Lightning's MLflow logger for one segbench run.
 
     * A resume continues the run's own MLflow run: its id is written to ``id_file`` when the
       MLflow run is created and read back when ``resume`` is true.
     * The local SQLite store is created (its schema migrated, ~20 s once per store) by one
-      process at a time, so runs started together (``segbench sweep --jobs N``) share it.
+      process at a time, so runs started together (``segbench sweep --jobs N``, fits started
+      by hand beside one another) share it: MLflow creates it when the client is made (in
+      Lightning's ``__init__``) and again when the experiment is first used, both under the
+      store's lock. (Under it only at the second, two of three fits started together on a new
+      store died in its migration: 'duplicate column name', 'expected to match one row'.)
     * Hyperparameters are logged once: MLflow refuses to change a parameter's value, so a
       resume logs only keys new to the run, and a changed value
       (``run.resume_with_changes``) as the tag ``changed.<key>`` = ``old -> new``.
@@ -313,20 +325,15 @@ class RunMLFlowLogger(MLFlowLogger):
 
     def __init__(self, *, id_file: Path, resume: bool, **kwargs: Any) -> None:
         run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
-        super().__init__(run_id=run_id, **kwargs)
+        with _store_lock(kwargs.get("tracking_uri") or ""):
+            super().__init__(run_id=run_id, **kwargs)
         self._id_file = id_file
         self._id_written = run_id is not None
 
     @property
     def experiment(self) -> Any:
         if not self._initialized:
-            uri = self._tracking_uri or ""
-            lock = (
-                Path(uri.removeprefix("sqlite:///") + ".lock")
-                if uri.startswith("sqlite:///")
-                else None
-            )
-            with file_lock(lock) if lock else contextlib.nullcontext():
+            with _store_lock(self._tracking_uri or ""):
                 client = super().experiment
         else:
             client = super().experiment

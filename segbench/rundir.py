@@ -30,9 +30,11 @@ not lose each other's sections. Checkpoints, state dicts and caches are loaded w
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
+import glob
 import io
 import json
 import logging
@@ -307,8 +309,8 @@ class WriterLock:
     once: an ``flock`` is shared by every copy, so a worker outliving a killed fit by a few seconds
     would otherwise keep the run locked against its resume."""
 
-    def __init__(self, path: Path, what: str) -> None:
-        self.path, self.what = path, what
+    def __init__(self, path: Path, what: str, *, doing: str = "written") -> None:
+        self.path, self.what, self.doing = path, what, doing
         self._file: Any = None
 
     def acquire(self) -> WriterLock:
@@ -321,8 +323,8 @@ class WriterLock:
             holder = file.read().strip() or "another process"
             file.close()
             raise BusyError(
-                f"{self.what} is being written by {holder}. One process at a time: wait for it "
-                f"to end (or stop it), or choose another name. (Lock file: {self.path})"
+                f"{self.what} is being {self.doing} by {holder}. One process at a time: wait for "
+                f"it to end (or stop it), or choose another name. (Lock file: {self.path})"
             ) from None
         file.seek(0)
         file.truncate()
@@ -340,6 +342,16 @@ class WriterLock:
             self._file.close()  # closing the (last) descriptor drops the flock
             self._file = None
         _HELD.discard(self)
+
+
+def release_reader(lock: WriterLock | None) -> None:
+    """A reader's claim (:meth:`RunDir.reader`) released and its file removed, at the command's
+    end (one left by a killed reader is removed by the next :meth:`RunDir.refuse_readers`)."""
+    if lock is None:
+        return
+    if lock._file is not None:
+        lock.path.unlink(missing_ok=True)
+        lock.release()
 
 
 #: The claims this process holds, closed (not unlocked: the parent keeps them) in forked children.
@@ -411,6 +423,61 @@ class RunDir:
         return WriterLock(
             self.path.with_name(f".{self.path.name}.writer"), f"run {self.path}"
         ).acquire()
+
+    def training_by(self) -> str | None:
+        """The process that holds this run's :meth:`writer` claim now, a ``fit`` training it
+        (``pid N on HOST since HH:MM:SS``), or ``None``: nothing of the claim is changed."""
+        path = self.path.with_name(f".{self.path.name}.writer")
+        try:
+            with open(path) as file:
+                try:
+                    fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return file.read().split(" (", 1)[0].strip() or "another process"
+                fcntl.flock(file, fcntl.LOCK_UN)
+        except FileNotFoundError:
+            pass
+        return None
+
+    def reader(self) -> WriterLock:
+        """This run's claim by a command that reads it and records or writes into it (``segbench
+        test``/``validate``/``predict``, an analysis tool, ``export``), acquired and held to the
+        process's end: a ``fit --run.overwrite`` of the run is refused meanwhile
+        (:meth:`refuse_readers`). Without it the overwrite moved the run aside under the reader,
+        which then recorded the old model's numbers in the new run's ``metrics.json`` and
+        ``metrics.csv``, with the step of the new run's checkpoint: they read as the new model's.
+        A file of its own per reader (``.<name>.reader-<pid>``), so that readers do not exclude
+        each other and the refusal names them."""
+        path = self._reader_file(os.getpid())
+        held = next((c for c in _HELD if c.path == path), None)
+        if held is not None:  # this process read the run before (commands run in one process)
+            return held
+        lock = WriterLock(path, f"run {self.path}", doing="read")
+        with self._readers_gate():
+            lock.acquire()
+        atexit.register(release_reader, lock)
+        return lock
+
+    def _reader_file(self, pid: int) -> Path:
+        return self.path.with_name(f".{self.path.name}.reader-{pid}")
+
+    def _readers_gate(self) -> contextlib.AbstractContextManager[None]:
+        """Held while a reader claims the run and while a fit checks for readers and moves the
+        run aside: a reader either is seen, or comes after the move and reads the new run."""
+        return file_lock(self.path.with_name(f".{self.path.name}.readers"))
+
+    @contextlib.contextmanager
+    def refuse_readers(self) -> Iterator[None]:
+        """Held around ``--run.overwrite``'s :meth:`set_aside`: :class:`~segbench.errors.BusyError`
+        (naming the run and the process) if a command reads the run (:meth:`reader`); the claim
+        files of readers that have ended are removed."""
+        with self._readers_gate():
+            for path in sorted(self.path.parent.glob(f".{glob.escape(self.path.name)}.reader-*")):
+                if path == self._reader_file(os.getpid()):
+                    continue  # this process's: an earlier command of it, which has ended
+                WriterLock(path, f"run {self.path}", doing="read").acquire().release()
+                path.unlink(missing_ok=True)
+            yield
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -529,17 +596,22 @@ class RunDir:
         values: dict[str, float],
         *,
         checkpoint: str | Path | None,
+        step: int | None = None,
         options: list[str] | None = None,
     ) -> None:
         """An analysis tool's summary (``--record``), with the checkpoint it measured (``None``
         for a tool that reads only the run's data) and the options it measured with
         (:func:`segbench.options.record_options`). ``segbench report --metrics NAME`` shows them
-        as columns; a tool's earlier record is replaced, other tools' kept."""
+        as columns; a tool's earlier record is replaced, other tools' kept. ``step`` is the
+        checkpoint's training step as the tool loaded it; without it the file is read now, which
+        a run still training may have replaced since: its later step would make the earlier
+        model's numbers read as current."""
         if not self.metrics_file.is_file():
             raise MissingFileError(f"no {self.METRICS} in {self.path}")
 
         ckpt = Path(checkpoint) if checkpoint is not None else None
-        step = checkpoint_step(ckpt) if ckpt is not None else None
+        if step is None and ckpt is not None:
+            step = checkpoint_step(ckpt)
 
         def change(d: dict[str, Any]) -> None:
             d.setdefault("records", {})[tool] = {
@@ -721,8 +793,11 @@ class RunCheckpointIO(TorchCheckpointIO):
     """How Lightning writes and reads the run's checkpoints: atomically, finite, weights only.
 
     A checkpoint whose weights hold a NaN or an infinity is never written (the previous file
-    stays): a diverged run cannot leave a NaN ``best.ckpt`` or ``last.ckpt``.
+    stays): a diverged run cannot leave a NaN ``best.ckpt`` or ``last.ckpt``. ``loaded_step`` is
+    the training step of the checkpoint it last read (what a ``segbench test`` measured).
     """
+
+    loaded_step: int | None = None
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
@@ -747,4 +822,6 @@ class RunCheckpointIO(TorchCheckpointIO):
                 f"{path}: not a Lightning checkpoint of a segbench run (no 'state_dict'); a plain "
                 "state dict initialises a network through model.init_from instead"
             )
+        step = checkpoint.get("global_step")
+        self.loaded_step = step if isinstance(step, int) else None
         return checkpoint

@@ -308,3 +308,41 @@ def test_a_run_logs_to_a_real_mlflow_server(tmp_path, mlflow_store):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@needs_mlflow
+def test_the_mlflow_store_is_opened_by_one_process_at_a_time(tmp_path, mlflow_store, monkeypatch):
+    """MLflow creates (migrates) a local store as its client is made, in the logger's
+    ``__init__``: three fits started at once on a new store under one ``run.root`` left two
+    dead in the migration ('duplicate column name: step'). The client is made under the store's
+    lock, as the experiment's first use is."""
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    from segbench.loggers import RunMLFlowLogger
+
+    shutil.copy(mlflow_store, tmp_path / "mlflow.db")
+    held: list[bool] = []
+    real = MlflowClient.__init__
+
+    def made(self, *args, **kwargs):
+        with open(tmp_path / "mlflow.db.lock", "a") as other:  # another open file: as a process
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(True)
+            else:
+                held.append(False)
+                fcntl.flock(other, fcntl.LOCK_UN)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "__init__", made)
+    RunMLFlowLogger(
+        id_file=tmp_path / "mlflow_run_id",
+        resume=False,
+        experiment_name="g",
+        run_name="r",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
+    assert held == [True]

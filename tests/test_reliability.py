@@ -17,14 +17,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from segbench import errors, loggers
 from segbench.cli import main
 from segbench.errors import ConfigError, SegbenchError
-from segbench.rundir import RunDir, atomic_write_files, text_writer
-from tests.helpers import REPO, tiny_args
+from segbench.rundir import RunDir, atomic_write_files, checkpoint_step, text_writer
+from tests.helpers import REPO, tiny_args, write_png
 
 
 def fit(args: list[str]) -> None:
@@ -574,6 +575,110 @@ def test_a_second_fit_into_a_run_being_trained_is_refused_and_a_dead_holder_is_t
             holder.kill()
     fit([*args, "--run.overwrite", "true", "--trainer.max_epochs", "1"])
     assert section(run.path)["completed_epochs"] == 1
+
+
+def held_at_evaluation(args: list[str], release: Path) -> subprocess.Popen:
+    """A ``segbench test`` / ``predict`` process (``args``) that stops after its first batch
+    until ``release`` exists; returns once it is waiting there (its stderr piped)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segbench.cli", *args, "--trainer.callbacks+=tests.faults.kill."
+         "WaitAtEvaluation", f"--trainer.callbacks.release={release}"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    while not Path(f"{release}.waiting").exists():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        time.sleep(0.1)
+    return process
+
+
+@pytest.mark.parametrize("command", ["test", "predict"])
+def test_a_fit_overwriting_a_run_that_a_command_is_reading_is_refused(tmp_path, capsys, command):
+    """Two processes: while a ``segbench test`` (or ``predict``) of a run's best checkpoint
+    runs, ``fit --run.overwrite true`` of that run is refused, naming the reader, and moves
+    nothing; the reader then records into its own run. (The overwrite used to move the run aside
+    under it: the test then wrote the old model's numbers into the new run's metrics.json, with
+    the new best.ckpt's step, and the predictions into the new run's folder.)"""
+    args = tiny_args(tmp_path)
+    run = RunDir(tmp_path / "test" / "tiny")
+    fit(args)
+    release = tmp_path / "release"
+    extra = ["--images", str(tmp_path / "images")] if command == "predict" else []
+    if command == "predict":
+        (tmp_path / "images").mkdir()
+        for i in range(2):
+            write_png(tmp_path / "images" / f"{i}.png", np.zeros((64, 64, 3), np.uint8))
+    reader = held_at_evaluation([command, "--config", str(run.config), "--ckpt_path", "best",
+                                 *extra], release)  # fmt: skip
+    try:
+        before = run.metrics_file.read_text()
+        err = fails(["fit", *args, "--run.overwrite", "true"], capsys)
+        assert f"run {run.path} is being read by pid {reader.pid}" in err
+        assert f"cli/__main__.py {command} --config" in err, err  # the reader's command
+        assert "Traceback" not in err
+        assert run.metrics_file.read_text() == before  # the run was not moved
+        assert not list(run.path.parent.glob(".tiny.replaced-*"))
+    finally:
+        release.touch()
+        _, out = reader.communicate(timeout=120)
+    assert reader.returncode == 0, out[-2000:]
+    assert not list(run.path.parent.glob(".tiny.reader-*"))  # the reader's claim went with it
+    fit([*args, "--run.overwrite", "true"])  # now that it has ended
+
+
+def test_a_test_of_a_run_training_on_keeps_the_step_it_loaded(tmp_path):
+    """Three processes: ``segbench test --ckpt_path last`` of a run held mid-training, which
+    trains on to step 8 while the test measures. The test section keeps the step of the file it
+    loaded (it read the file again when it ended, and kept step 8: the earlier model's numbers
+    read as the finished run's), so a report leaves them out."""
+    args = tiny_args(tmp_path, epochs=2, extra=["--run.checkpoint_every_n_steps", "1"])
+    run = RunDir(tmp_path / "test" / "tiny")
+    fit_release, test_release = tmp_path / "fit-release", tmp_path / "test-release"
+    trainer = fit_held_at_step_2(args, fit_release)
+    loaded = checkpoint_step(run.checkpoint("last"))
+    try:
+        tester = held_at_evaluation(
+            ["test", "--config", str(run.config), "--ckpt_path", "last"], test_release
+        )
+        try:
+            fit_release.touch()
+            assert trainer.wait(timeout=120) == 0
+        finally:
+            test_release.touch()
+            _, err = tester.communicate(timeout=120)
+    finally:
+        fit_release.touch()
+        if trainer.poll() is None:
+            trainer.kill()
+    assert tester.returncode == 0, err[-2000:]
+    test = section(run.path, "test")
+    assert loaded is not None
+    assert loaded < 8
+    assert test["checkpoint_step"] == loaded
+    assert f"of step {loaded}, and last.ckpt is now of step 8" in (run.changed_since(test) or "")
+
+
+def test_a_fit_overwriting_a_run_that_an_analysis_tool_has_loaded_is_refused(tmp_path, capsys):
+    """An analysis tool (or ``export``) that has loaded a run's checkpoint holds the run until
+    it ends: its ``--record`` would otherwise land in the new run's metrics.json."""
+    args = tiny_args(tmp_path)
+    run = RunDir(tmp_path / "test" / "tiny")
+    fit(args)
+    tool = subprocess.Popen(
+        [sys.executable, "-c", "from segbench.analysis.loading import load_model; import sys; "
+         f"load_model([{str(run.path)!r}]); print('loaded', flush=True); sys.stdin.read()"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert tool.stdout is not None
+        assert tool.stdout.readline() == "loaded\n"
+        err = fails(["fit", *args, "--run.overwrite", "true"], capsys)
+        assert f"run {run.path} is being read by pid {tool.pid}" in err
+        assert run.has_checkpoints()
+        assert not list(run.path.parent.glob(".tiny.replaced-*"))
+    finally:
+        tool.communicate("", timeout=60)
+    fit([*args, "--run.overwrite", "true"])  # once it has ended, its claim is gone
 
 
 @pytest.mark.parametrize("name", ["../../escaped", "..", "a/b", ""])

@@ -38,6 +38,9 @@ class LoadedModel:
     checkpoint: Path | None
     #: The model's label in tables and file names (set by the tool skeleton).
     label: str = ""
+    #: The training step of the checkpoint as it was loaded (what a ``--record`` keeps: the file
+    #: may hold a later step by the time the tool records, if the run trains on meanwhile).
+    checkpoint_step: int | None = None
 
     @property
     def net(self) -> nn.Module:
@@ -74,6 +77,7 @@ def load_model(args: list[str], *, ckpt: str | None = None, network: bool = True
     checkpoint: Path | None = None
     if not args[0].startswith("-"):
         run = RunDir.given(args[0])
+        run.reader()  # before its checkpoint is read: no --run.overwrite moves it meanwhile
         run_dir = run.path
         args = ["--config", str(run.config), *args[1:]]
         if network:
@@ -92,6 +96,7 @@ def load_model(args: list[str], *, ckpt: str | None = None, network: bool = True
         task, dm, cfg = build(args)
     if checkpoint is not None:
         state = safe_load(checkpoint)
+        step = state.get("global_step") if isinstance(state, dict) else None
         state = state.get("state_dict", state) if isinstance(state, dict) else {}
         net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
         try:
@@ -101,7 +106,9 @@ def load_model(args: list[str], *, ckpt: str | None = None, network: bool = True
                 f"{checkpoint} does not fit the network of {args[1]}: {str(err).splitlines()[0]}"
             ) from None
     task.net.eval()
-    return LoadedModel(task, dm, cfg, run_dir, checkpoint)
+    loaded = LoadedModel(task, dm, cfg, run_dir, checkpoint)
+    loaded.checkpoint_step = step if checkpoint is not None and isinstance(step, int) else None
+    return loaded
 
 
 def sample_images(dm: SegmentationDataModule, num: int, split: Split = "val") -> Tensor:

@@ -214,6 +214,7 @@ class Tool(ABC, Generic[OptionsT, ResultT]):
                     self.name,
                     result.summary(),
                     checkpoint=model.checkpoint,
+                    step=model.checkpoint_step,
                     options=record_options(argv, runs),
                 )
                 log.info("%s: recorded in %s", self.name, model.run_dir / "metrics.json")

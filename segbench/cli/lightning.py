@@ -66,7 +66,13 @@ from segbench.errors import CheckpointError, ConfigError, SegbenchError, listed
 from segbench.loggers import CSVMode, check_loggers, choose_wandb_mode, make_loggers, mlflow_uri
 from segbench.numerics import SegbenchTrainer
 from segbench.options import plain_choices
-from segbench.rundir import RunCheckpointIO, RunDir, WriterLock, atomic_write_text
+from segbench.rundir import (
+    RunCheckpointIO,
+    RunDir,
+    WriterLock,
+    atomic_write_text,
+    release_reader,
+)
 from segbench.task import DEFAULT_OPTIMIZER, SegmentationTask
 from segbench.trial import TrialPruning
 
@@ -190,6 +196,7 @@ class SegbenchCLI(LightningCLI):
         self._aside: Path | None = None
         self._made_dir: Path | None = None  # the run directory a fresh fit made, until it trains
         self._writer: WriterLock | None = None
+        self._reader: WriterLock | None = None  # held to the process's end
         self._smoke_dir: Path | None = None
         self._skip_fit = ""
         self._test_after_skip = False
@@ -213,6 +220,7 @@ class SegbenchCLI(LightningCLI):
         finally:
             if self._writer is not None:
                 self._writer.release()
+            release_reader(self._reader)
             if self._smoke_dir is not None:
                 shutil.rmtree(self._smoke_dir, ignore_errors=True)
 
@@ -271,6 +279,8 @@ class SegbenchCLI(LightningCLI):
             return
         cfg = self.config[sub]
         self._run_at_its_config(cfg.run)
+        if sub != "fit":  # before its checkpoint is read: no --run.overwrite moves it meanwhile
+            self._reader = RunDir.of(cfg.run).reader()
         if cfg.ckpt_path in ("best", "last"):
             cfg.ckpt_path = str(RunDir.of(cfg.run).require_checkpoint(cfg.ckpt_path))
         elif not Path(cfg.ckpt_path).is_file():
@@ -558,7 +568,9 @@ class SegbenchCLI(LightningCLI):
                 "--ckpt_path last, start over with --run.overwrite true (it is moved aside and "
                 "deleted once the new run trains), or choose another --run.name."
             )
-        self._aside = run.set_aside()  # deleted once training starts
+        # A test, predict or tool reading the run's checkpoints: refused, naming it.
+        with run.refuse_readers() if run.has_checkpoints() else contextlib.nullcontext():
+            self._aside = run.set_aside()  # deleted once training starts
         log.info("moved the earlier files of %s aside to %s", run.path, self._aside)
 
     def _discard_aside(self, *_: Any) -> None:

@@ -41,6 +41,7 @@ from segbench.data.files import batches_by_size, image_tensor, prepare_image, re
 from segbench.data.transforms import eval_transform
 from segbench.errors import DataError
 from segbench.numerics import resolve_precision
+from segbench.rundir import RunDir, release_reader
 from segbench.task import SegmentationTask
 from segbench.visualize import colourise, overlay
 
@@ -249,6 +250,9 @@ def load(
         device: where the network runs (``"cpu"``, ``"cuda"``, ...).
     """
     loaded = load_model([str(run_dir)], ckpt=ckpt)
+    # The weights are in memory and nothing is written into the run: a notebook holding the
+    # model does not keep the run from a `fit --run.overwrite` (RunDir.reader) until it exits.
+    release_reader(RunDir.given(run_dir).reader())
     trainer = loaded.config.get("trainer") or {}
     precision = resolve_precision(trainer.get("precision") or "32-true", torch.device(device).type)
     return Segmenter(

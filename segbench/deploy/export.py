@@ -44,9 +44,10 @@ the export size is the data image's, and an unreadable data set is an error that
 **Beside it,** ``FILE.json`` (the file name with ``.json`` appended: ``model.onnx.json``): the
 class names, palette and void label, the normalisation (``mean``, ``std`` on the 0..1 scale: the
 input is ``(rgb / 255 - mean) / std``), the input and output names and shapes, the format,
-exporter and ``dynamic`` flag, the source (run directory, checkpoint, architecture and its
-arguments), the segbench and torch versions and the check's numbers. ``--record`` stores the
-check's summary in the run's ``metrics.json``.
+exporter and ``dynamic`` flag, the source (run directory, checkpoint and its training step,
+whether a ``fit`` was still training the run and which: the checkpoint is then not its final
+model, architecture and its arguments), the segbench and torch versions and the check's
+numbers. ``--record`` stores the check's summary in the run's ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -430,6 +431,24 @@ def check_inputs(image: Tensor, size: tuple[int, int], dynamic: bool) -> list[Te
     return batches
 
 
+def training_when_exported(model: LoadedModel) -> str | None:
+    """Whether the run was still training when its checkpoint was exported, and by which
+    process (``None``: it was not, or the model is not a run's): its best or last checkpoint
+    is then not the run's final one, which the side-car and a warning say."""
+    if model.run_dir is None or model.checkpoint is None:
+        return None
+    training = RunDir(model.run_dir).training_by()
+    if training:
+        log.warning(
+            "export: %s is still training (%s): %s is of step %s, not the run's final model",
+            model.run_dir,
+            training,
+            model.checkpoint.name,
+            model.checkpoint_step,
+        )
+    return training
+
+
 def metadata(model: LoadedModel, fmt: Format, size: tuple[int, int], dynamic: bool) -> dict:
     """The side-car's contents (without the check)."""
     dm = model.datamodule
@@ -467,7 +486,9 @@ def metadata(model: LoadedModel, fmt: Format, size: tuple[int, int], dynamic: bo
         "source": {
             "run_dir": str(model.run_dir) if model.run_dir is not None else None,
             "checkpoint": str(model.checkpoint) if model.checkpoint is not None else None,
+            "checkpoint_step": model.checkpoint_step,
             "trained": model.trained,
+            "run_training": training_when_exported(model),
         },
         "segbench_version": segbench.__version__,
         "torch_version": torch.__version__,
@@ -572,7 +593,9 @@ def main(argv: list[str]) -> Export:
     model = load_model([*runs, *fit_args], ckpt=where.ckpt)
     result = export(model, options, out, where.split)
     if where.record and model.run_dir is not None:
-        RunDir(model.run_dir).record("export", result.summary(), checkpoint=model.checkpoint)
+        RunDir(model.run_dir).record(
+            "export", result.summary(), checkpoint=model.checkpoint, step=model.checkpoint_step
+        )
         log.info("export: recorded in %s", model.run_dir / "metrics.json")
     sys.stdout.write(result.markdown())
     return result

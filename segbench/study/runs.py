@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import logging
 import math
@@ -146,21 +147,27 @@ def load_run(path: Path) -> Run:
         data.get("config") or {},
         run.results(),
         flatten(data.get("provenance") or {}, "provenance."),
-        unfinished(data),
+        unfinished(data, run),
     )
 
 
-def unfinished(data: dict[str, Any]) -> str | None:
-    """What became of a run whose training did not finish (``None`` if it did)."""
+def unfinished(data: dict[str, Any], run: RunDir | None = None) -> str | None:
+    """What became of a run whose training did not finish (``None`` if it did): the process
+    training it now, when one does (``run`` given)."""
     fit = data.get("fit")
-    if fit is None:
-        return None if data.get("test") or data.get("validate") else "never trained"
-    if fit.get("finished", True):  # runs recorded before the key was written: not known
+    if fit is None and (data.get("test") or data.get("validate")):
         return None
+    if fit is not None and fit.get("finished", True):  # recorded before the key was: not known
+        return None
+    epochs = (fit or {}).get("completed_epochs")
+    at = f" after {epochs} epoch{'s' * (epochs != 1)}" if epochs is not None else ""
+    training = run.training_by() if run is not None else None
+    if training:
+        return f"still training{at}, by {training}"
+    if fit is None:
+        return "never trained"
     attempts = (data.get("provenance") or {}).get("attempts") or [{}]
     why = attempts[-1].get("interrupted")
-    epochs = fit.get("completed_epochs")
-    at = f" after {epochs} epoch{'s' * (epochs != 1)}" if epochs is not None else ""
     return f"interrupted ({why}){at}" if why else f"stopped{at} (killed, failed or running)"
 
 
@@ -171,16 +178,21 @@ def learning_curve(run_dir: Path, key: str = "val/mIoU") -> dict[int, float]:
     Rows at step 0 are left out: training logs after at least one step, and ``segbench
     validate`` / ``test`` of a checkpoint append their numbers as epoch 0, step 0 (they once
     replaced the first epoch's validation by the best checkpoint's on ``report``'s curves).
+    A last line without its end is left out: a run still training (a sweep's) may be appending
+    it as the report reads, and its last value cut short read as another number ('0.4' of
+    '0.4521').
     """
     path = RunDir(run_dir).csv
     curve: dict[int, float] = {}
     if path.is_file():
         with path.open(newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get("step") in ("0", "0.0"):
-                    continue
-                if row.get(key) and row.get("epoch"):
-                    curve[int(row["epoch"])] = float(row[key])
+            text = f.read()
+        whole = text[: text.rfind("\n") + 1]
+        for row in csv.DictReader(io.StringIO(whole, newline="")):
+            if row.get("step") in ("0", "0.0"):
+                continue
+            if row.get(key) and row.get("epoch"):
+                curve[int(row["epoch"])] = float(row[key])
     return curve
 
 

@@ -196,3 +196,35 @@ def test_a_rerun_over_other_models_leaves_no_figure_of_the_earlier_ones(tmp_path
     tool.write([(n, _Drawn()) for n in ("a", "b")], "two", out)
     assert written() == tables | {"feature-norms_a.png", "feature-norms_b.png"}
     assert all((out / name).read_text() == "not the tool's" for name in others)
+
+
+def test_a_record_keeps_the_step_of_the_checkpoint_it_loaded(trained_run, tmp_path, monkeypatch):
+    """A tool records the training step of the checkpoint as it loaded it. Read from the file
+    when recording, it was a later one's whenever the run saved that checkpoint again meanwhile
+    (a run still training): the earlier model's numbers then read as the run's current ones."""
+    import shutil
+
+    import torch
+
+    from segbench.rundir import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run("FCN"), run)
+    best = run / "checkpoints" / "best.ckpt"
+    loaded = torch.load(best, weights_only=True)["global_step"]
+    tool = TOOLS["feature-norms"]
+    measure = tool.measure
+
+    def measure_while_the_run_trains_on(*args, **kwargs):
+        result = measure(*args, **kwargs)
+        later = torch.load(best, weights_only=True)
+        later["global_step"] = loaded + 100
+        torch.save(later, best)
+        return result
+
+    monkeypatch.setattr(tool, "measure", measure_while_the_run_trains_on)
+    tool.main([str(run), *tool.test_options, "--record"])
+    record = RunDir(run).read()["records"][tool.name]
+    assert record["checkpoint_step"] == loaded
+    assert "trained on since" in (RunDir(run).changed_since(record) or "")
+    assert not any(k.startswith(f"{tool.record_prefix}/") for k in RunDir(run).results())

@@ -56,6 +56,16 @@ def test_the_api_labels_equal_the_command_line_s(trained):
     assert np.array_equal(one.labels, results[-1].labels)
 
 
+def test_a_loaded_model_leaves_the_run_free_to_start_over(trained):
+    """segbench.load reads the checkpoint and writes nothing into the run: it lets go of the
+    run at once (a notebook holding the model kept a `fit --run.overwrite` of it refused)."""
+    import os
+
+    run_dir = trained / "test" / "api"
+    segbench.load(run_dir)
+    assert not (run_dir.parent / f".api.reader-{os.getpid()}").exists()
+
+
 def test_every_kind_of_input_gives_the_same_labels(trained):
     model = segbench.load(trained / "test" / "api", ckpt="last")
     path = trained / "images" / "scene0.png"

@@ -9,6 +9,8 @@ wrong on purpose.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 
 import pytest
@@ -20,7 +22,7 @@ from segbench.data.synthetic import CLASS_NAMES, PALETTE
 from segbench.deploy import export
 from segbench.deploy.export import compare, run_model
 from segbench.models import architectures
-from tests.helpers import fresh_args
+from tests.helpers import fresh_args, segbench_log
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -73,7 +75,8 @@ def test_every_architecture_exports_both_ways(arch, fmt, nudged, tmp_path, capsy
     assert meta["input"]["shape"] == ["batch", 3, "height", "width"]
     assert meta["input"]["dynamic"] is True
     assert meta["input"]["size"] == [64, 64]
-    assert meta["source"] == {"run_dir": None, "checkpoint": None, "trained": False}
+    assert meta["source"] == {"run_dir": None, "checkpoint": None, "checkpoint_step": None,
+                              "trained": False, "run_training": None}  # fmt: skip
     assert meta["segbench_version"]
     assert all(c["passed"] for c in meta["check"])
     # The file alone, at sizes it was not checked at: K logits per pixel, at the input size.
@@ -241,6 +244,31 @@ def test_a_run_directory_exports_its_checkpoint_and_records_the_check(trained_ru
     assert meta["source"]["run_dir"] == str(run)
     assert meta["source"]["trained"] is True
     assert meta["source"]["checkpoint"].endswith("last.ckpt")
+    assert meta["source"]["checkpoint_step"] == 4
+    assert meta["source"]["run_training"] is None
     record = json.loads((run / "metrics.json").read_text())["records"]["export"]
     assert record["values"] == pytest.approx(result.summary())
     assert record["values"]["export/torchscript/label_agreement"] == 1.0
+
+
+def test_an_export_of_a_run_still_training_says_so(trained_run, tmp_path):
+    """An export of a run that a ``fit`` is training (its claim held: here by this process) says
+    in its side-car and a warning that the checkpoint is not the run's final model, with its
+    step; the side-car named only the checkpoint file, which then reads as the finished run's."""
+    from segbench.rundir import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run("FCN"), run)
+    out = tmp_path / "fcn.pt"
+    claim = RunDir(run).writer()
+    try:
+        with segbench_log() as lines:
+            export.main([str(run), "--out", str(out)])
+    finally:
+        claim.release()
+    source = sidecar(out)["source"]
+    assert source["run_training"].startswith(f"pid {os.getpid()} on ")
+    assert isinstance(source["checkpoint_step"], int)
+    said = "\n".join(lines)
+    assert f"{run} is still training (pid {os.getpid()}" in said
+    assert f"best.ckpt is of step {source['checkpoint_step']}, not the run's final" in said

@@ -46,6 +46,32 @@ class WaitAtStep(Callback):
                 time.sleep(0.05)
 
 
+class WaitAtEvaluation(Callback):
+    """Block after the first test or prediction batch until the file ``release`` exists (a
+    ``segbench test`` or ``predict`` that is surely reading its run while a test starts another
+    process beside it); ``release.waiting`` holds the pid once it waits.
+
+    Args:
+        release: the file whose appearance lets the command go on.
+    """
+
+    def __init__(self, release: str) -> None:
+        self.release = release
+
+    def _wait(self) -> None:
+        if not os.path.exists(self.release + ".waiting"):
+            with open(self.release + ".waiting", "w") as f:
+                f.write(str(os.getpid()))
+            while not os.path.exists(self.release):
+                time.sleep(0.05)
+
+    def on_test_batch_end(self, *args: Any) -> None:
+        self._wait()
+
+    def on_predict_batch_end(self, *args: Any) -> None:
+        self._wait()
+
+
 class KillDuringStep(Callback):
     """``kill -9`` this process ``delay`` seconds after optimiser step ``step`` began: in the
     middle of the forward or backward pass, the checkpoint's write, validation, or the loader,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -233,6 +234,21 @@ def test_learning_curve_per_epoch_last_value_wins(tmp_path):
     assert learning_curve(tmp_path / "missing") == {}
 
 
+def test_a_row_still_being_appended_is_left_off_the_learning_curve(tmp_path):
+    """A report read beside a run still training: the row the fit is appending is half written
+    ('0.4' of '0.4521'), and was read as epoch 2's value."""
+    from segbench.study.runs import learning_curve
+
+    write_history(tmp_path, [(0, "0.2", ""), (1, "0.3", "")])
+    csv_file = tmp_path / "metrics.csv"
+    whole = csv_file.read_text()
+    row = "2,29,0.9,0.4521,"  # epoch 2's, as the fit appends it
+    csv_file.write_text(whole + row[: row.index("0.4521") + 3])
+    assert learning_curve(tmp_path) == {0: 0.2, 1: 0.3}
+    csv_file.write_text(whole + row + "\n")  # once it is whole
+    assert learning_curve(tmp_path)[2] == 0.4521
+
+
 def test_a_later_validate_of_a_checkpoint_leaves_the_learning_curve_alone(tmp_path):
     from segbench.study.runs import learning_curve
 
@@ -386,13 +402,19 @@ def test_runs_that_did_not_finish_are_named_under_the_table(runs, caplog):
     stop("fcn8s-s1", interrupted)
     stop("fcn32s-s2", lambda d: d["fit"].update(finished=False, completed_epochs=1))
     stop("fcn32s-s0", lambda d: d["fit"].update(finished=True))
-    with caplog.at_level("WARNING", logger="segbench"):
-        text = report([str(runs)])
-    assert "**Not finished: 2 of 5 runs**" in text
+    stop("fcn8s-s0", lambda d: d["fit"].update(finished=False, completed_epochs=1))
+    claim = RunDir(runs / "fcn8s-s0").writer()  # a fit training it now (this process)
+    try:
+        with caplog.at_level("WARNING", logger="segbench"):
+            text = report([str(runs)])
+    finally:
+        claim.release()
+    assert "**Not finished: 3 of 5 runs**" in text
+    assert f"fcn8s-s0 still training after 1 epoch, by pid {os.getpid()} on " in text
     assert "fcn8s-s1 interrupted (SIGTERM) after 2 epochs" in text
     assert "fcn32s-s2 stopped after 1 epoch (killed, failed or running)" in text
     assert "fcn32s-s0" not in text.split("Not finished")[1]
-    assert "2 of 5 runs did not finish training" in caplog.text
+    assert "3 of 5 runs did not finish training" in caplog.text
 
 
 def test_a_separate_test_of_the_runs_checkpoint_on_its_own_data_is_reported(tmp_path, caplog):
