@@ -439,7 +439,7 @@ class RunDir:
             pass
         return None
 
-    def reader(self) -> WriterLock:
+    def reader(self) -> WriterLock | None:
         """This run's claim by a command that reads it and records or writes into it (``segbench
         test``/``validate``/``predict``, an analysis tool, ``export``), acquired and held to the
         process's end: a ``fit --run.overwrite`` of the run is refused meanwhile
@@ -447,14 +447,22 @@ class RunDir:
         which then recorded the old model's numbers in the new run's ``metrics.json`` and
         ``metrics.csv``, with the step of the new run's checkpoint: they read as the new model's.
         A file of its own per reader (``.<name>.reader-<pid>``), so that readers do not exclude
-        each other and the refusal names them."""
+        each other and the refusal names them. ``None`` where this user cannot write beside the
+        run (someone else's runs, a read-only copy): it is read without a claim, as tools that
+        only read (``segbench erf RUN`` without ``--record``) always could."""
         path = self._reader_file(os.getpid())
         held = next((c for c in _HELD if c.path == path), None)
         if held is not None:  # this process read the run before (commands run in one process)
             return held
         lock = WriterLock(path, f"run {self.path}", doing="read")
-        with self._readers_gate():
-            lock.acquire()
+        try:
+            with self._readers_gate():
+                lock.acquire()
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            log.debug("%s: read without a reader's claim (%s)", self.path, err)
+            return None
         atexit.register(release_reader, lock)
         return lock
 

@@ -947,3 +947,22 @@ def test_a_finished_run_trained_on_drops_its_test_until_it_tests_again(tiny):
     fit([*tiny(epochs=2, extra=tested), "--ckpt_path", "last"])
     assert section(run.path)["test"]
     assert run.state() == "done"
+
+
+def test_a_run_this_user_cannot_write_beside_is_read_without_a_claim(tmp_path, monkeypatch):
+    """A reader's claim is a file beside the run; someone else's runs, or a read-only copy, have
+    no room for it. An analysis tool without --record (or segbench.load) only reads: it failed
+    there with 'permission denied' once readers claimed runs, and reads without a claim now."""
+    import errno
+
+    import segbench.rundir as rundir
+
+    run = RunDir(tmp_path / "group" / "run")
+    run.path.mkdir(parents=True)
+
+    def denied(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(rundir, "file_lock", denied)
+    assert run.reader() is None
+    assert not list(tmp_path.rglob(".*reader*"))
