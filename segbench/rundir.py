@@ -317,7 +317,16 @@ class WriterLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         file = open(self.path, "a+")  # noqa: SIM115 (held until release)
         try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Twice more, 50 ms apart: a look at the claim (RunDir.training_by, a check for
+            # readers) holds it for microseconds, and a claim taken then is not the holder's.
+            for attempt in range(3):
+                try:
+                    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == 2:
+                        raise
+                    time.sleep(0.05)
         except BlockingIOError:
             file.seek(0)
             holder = file.read().strip() or "another process"

@@ -23,7 +23,7 @@ import torch
 
 from segbench import errors, loggers
 from segbench.cli import main
-from segbench.errors import ConfigError, SegbenchError
+from segbench.errors import BusyError, ConfigError, SegbenchError
 from segbench.rundir import RunDir, atomic_write_files, checkpoint_step, text_writer
 from tests.helpers import REPO, tiny_args, write_png
 
@@ -966,3 +966,28 @@ def test_a_run_this_user_cannot_write_beside_is_read_without_a_claim(tmp_path, m
     monkeypatch.setattr(rundir, "file_lock", denied)
     assert run.reader() is None
     assert not list(tmp_path.rglob(".*reader*"))
+
+
+def test_a_look_at_a_claim_does_not_refuse_the_fit_taking_it(tmp_path, monkeypatch):
+    """report and export look at a run's claim (RunDir.training_by) by locking it for a moment;
+    a fit claiming the run at that moment was refused as if another fit trained it. A claim
+    found held is tried again before it is refused; one really held is still refused."""
+    import fcntl as real
+
+    import segbench.rundir as rundir
+
+    run = RunDir(tmp_path / "group" / "run")
+    flock, looks = real.flock, [1]
+
+    def looked_at_once(file, op):
+        if looks and op & real.LOCK_EX:
+            looks.pop()
+            raise BlockingIOError  # held by a look, for a moment
+        return flock(file, op)
+
+    monkeypatch.setattr(rundir.fcntl, "flock", looked_at_once)
+    claim = run.writer()
+    assert run.training_by() is not None
+    with pytest.raises(BusyError, match="is being written by pid"):
+        run.writer()
+    claim.release()
