@@ -105,25 +105,24 @@ def test_a_test_beside_a_training_fit_keeps_every_value_in_its_column(tmp_path):
 def test_commands_writing_one_run_record_at_once_lose_no_row(tmp_path):
     """Four processes append to one metrics.csv at once, each adding columns as it goes (the
     whole file rewritten each time): every row is kept, every value under its own column."""
-    go = tmp_path / "go"
-    script = (
-        "import pathlib, sys, time\n"
-        "from segbench.loggers import ResumableCSVLogger\n"
-        "w = int(sys.argv[1])\n"
-        f"log = ResumableCSVLogger(save_dir={str(tmp_path)!r}, name='', version='',"
-        " mode='append')\n"
-        f"pathlib.Path({str(tmp_path)!r}, f'ready{{w}}').touch()\n"
-        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.001)\n"
-        "for i in range(40):\n"
-        "    log.log_metrics({f'w{w}/k{i // 8}': float(i)}, step=100 * w + i)\n"
-        "    log.save()\n"
-    )
-    writers = [subprocess.Popen([sys.executable, "-c", script, str(w)], cwd=REPO) for w in range(4)]
-    # all four started (or one died: its exit code fails below), then they write together
-    while len(list(tmp_path.glob("ready*"))) < 4 and all(p.poll() is None for p in writers):
-        time.sleep(0.01)
-    go.touch()
-    assert [p.wait() for p in writers] == [0, 0, 0, 0]
+    import multiprocessing
+
+    start = multiprocessing.get_context("fork").Barrier(4)
+
+    def write(w: int) -> None:  # in a process forked from this one (segbench imported)
+        log = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", mode="append")
+        start.wait(timeout=60)  # all four write together
+        for i in range(40):
+            log.log_metrics({f"w{w}/k{i // 8}": float(i)}, step=100 * w + i)
+            log.save()
+
+    fork = multiprocessing.get_context("fork")
+    writers = [fork.Process(target=write, args=(w,)) for w in range(4)]
+    for p in writers:
+        p.start()
+    for p in writers:
+        p.join(timeout=120)
+    assert [p.exitcode for p in writers] == [0, 0, 0, 0]
     got = [{k: v for k, v in r.items() if v} for r in rows(tmp_path / "metrics.csv")]
     expected = [
         {"step": str(100 * w + i), f"w{w}/k{i // 8}": f"{float(i)}"}
