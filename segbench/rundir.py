@@ -34,6 +34,7 @@ import atexit
 import contextlib
 import errno
 import fcntl
+import functools
 import glob
 import io
 import json
@@ -274,7 +275,18 @@ def safe_load(path: str | Path, what: str = "checkpoint", *, mmap: bool = False)
 
 def checkpoint_step(path: str | Path) -> int | None:
     """The training step a checkpoint file was saved at (its ``global_step``), read without
-    loading its tensors; ``None`` if there is no such file or it cannot be read."""
+    loading its tensors; ``None`` if there is no such file or it cannot be read. A file read
+    before, unchanged since (same inode, size and mtime), is not read again: a report asks of
+    each run's checkpoints once per test section and tool record, for its table and its notes."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return _step_of(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _step_of(path: str, inode: int, size: int, mtime_ns: int) -> int | None:
     try:
         step = safe_load(path, mmap=True).get("global_step")
     except (CheckpointError, AttributeError):
@@ -346,21 +358,15 @@ class WriterLock:
         _HELD.add(self)
         return self
 
-    def release(self) -> None:
+    def release(self, *, remove: bool = False) -> None:
+        """Let go of the claim; ``remove``: its file too, if this process held it (a reader's
+        claim, :meth:`RunDir.reader`, whose file is its own)."""
+        if remove and self._file is not None:
+            self.path.unlink(missing_ok=True)
         if self._file is not None:
             self._file.close()  # closing the (last) descriptor drops the flock
             self._file = None
         _HELD.discard(self)
-
-
-def release_reader(lock: WriterLock | None) -> None:
-    """A reader's claim (:meth:`RunDir.reader`) released and its file removed, at the command's
-    end (one left by a killed reader is removed by the next :meth:`RunDir.refuse_readers`)."""
-    if lock is None:
-        return
-    if lock._file is not None:
-        lock.path.unlink(missing_ok=True)
-        lock.release()
 
 
 #: The claims this process holds, closed (not unlocked: the parent keeps them) in forked children.
@@ -429,16 +435,16 @@ class RunDir:
         from before it touches the directory until it ends. The lock file sits beside the
         directory (``.<name>.writer``), so ``--run.overwrite`` moving the directory aside does not
         move the claim with it."""
-        return WriterLock(
-            self.path.with_name(f".{self.path.name}.writer"), f"run {self.path}"
-        ).acquire()
+        return WriterLock(self._writer_file(), f"run {self.path}").acquire()
+
+    def _writer_file(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.writer")
 
     def training_by(self) -> str | None:
         """The process that holds this run's :meth:`writer` claim now, a ``fit`` training it
         (``pid N on HOST since HH:MM:SS``), or ``None``: nothing of the claim is changed."""
-        path = self.path.with_name(f".{self.path.name}.writer")
         try:
-            with open(path) as file:
+            with open(self._writer_file()) as file:
                 try:
                     fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -472,7 +478,8 @@ class RunDir:
                 raise
             log.debug("%s: read without a reader's claim (%s)", self.path, err)
             return None
-        atexit.register(release_reader, lock)
+        # At the process's end its file goes (a killed reader's: at the next refuse_readers).
+        atexit.register(lock.release, remove=True)
         return lock
 
     def _reader_file(self, pid: int) -> Path:

@@ -71,7 +71,6 @@ from segbench.rundir import (
     RunDir,
     WriterLock,
     atomic_write_text,
-    release_reader,
 )
 from segbench.task import DEFAULT_OPTIMIZER, SegmentationTask
 from segbench.trial import TrialPruning
@@ -220,7 +219,8 @@ class SegbenchCLI(LightningCLI):
         finally:
             if self._writer is not None:
                 self._writer.release()
-            release_reader(self._reader)
+            if self._reader is not None:
+                self._reader.release(remove=True)
             if self._smoke_dir is not None:
                 shutil.rmtree(self._smoke_dir, ignore_errors=True)
 

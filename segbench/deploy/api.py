@@ -41,7 +41,7 @@ from segbench.data.files import batches_by_size, image_tensor, prepare_image, re
 from segbench.data.transforms import eval_transform
 from segbench.errors import DataError
 from segbench.numerics import resolve_precision
-from segbench.rundir import RunDir, release_reader
+from segbench.rundir import RunDir
 from segbench.task import SegmentationTask
 from segbench.visualize import colourise, overlay
 
@@ -252,7 +252,8 @@ def load(
     loaded = load_model([str(run_dir)], ckpt=ckpt)
     # The weights are in memory and nothing is written into the run: a notebook holding the
     # model does not keep the run from a `fit --run.overwrite` (RunDir.reader) until it exits.
-    release_reader(RunDir.given(run_dir).reader())
+    if (claim := RunDir.given(run_dir).reader()) is not None:
+        claim.release(remove=True)
     trainer = loaded.config.get("trainer") or {}
     precision = resolve_precision(trainer.get("precision") or "32-true", torch.device(device).type)
     return Segmenter(
