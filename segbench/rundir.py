@@ -105,9 +105,16 @@ def _dead(pid: int) -> bool:
     return False
 
 
+#: A temporary file named without its host (``.NAME.tmp-PID-RANDOM``, segbench before
+#: 2026-12-07) cannot be told to be of a dead process: it is taken as left behind once it has
+#: not been written to for this many seconds (a write in progress touches it all the time).
+LEGACY_TEMP_AGE_S = 3600.0
+
+
 def _stale_temps(folder: Path) -> dict[str, list[Path]]:
     """The temporary files in ``folder`` (:func:`temp_path`) of processes of this host that no
-    longer run, by the name of the file each was to become."""
+    longer run, and those of the older host-less name untouched for an hour, by the name of the
+    file each was to become."""
     prefix = f".tmp-{socket.gethostname().replace('/', '_')}-"
     found: dict[str, list[Path]] = {}
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
@@ -116,7 +123,24 @@ def _stale_temps(folder: Path) -> dict[str, list[Path]]:
             pid, _, tag = rest.partition("-")
             if sep and name.startswith(".") and pid.isdigit() and len(tag) == 6 and _dead(int(pid)):
                 found.setdefault(name[1:], []).append(Path(entry.path))
+            elif _legacy_stale(entry):
+                found.setdefault(entry.name[1:].rpartition(".tmp-")[0], []).append(Path(entry.path))
     return found
+
+
+def _legacy_stale(entry: os.DirEntry[str]) -> bool:
+    """``entry`` is a temporary file of the older name, ``.NAME.tmp-PID-RANDOM``, not written to
+    for :data:`LEGACY_TEMP_AGE_S`."""
+    name, sep, rest = entry.name.rpartition(".tmp-")
+    pid, _, tag = rest.partition("-")
+    if not (sep and name.startswith(".") and len(name) > 1 and pid.isdigit() and len(tag) == 6):
+        return False
+    if any(c not in "0123456789abcdef" for c in tag):
+        return False
+    try:
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime > LEGACY_TEMP_AGE_S
+    except OSError:
+        return False
 
 
 def remove_stale_temps(path: Path) -> None:

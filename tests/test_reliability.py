@@ -472,6 +472,27 @@ def test_a_temporary_file_left_by_a_kill_is_removed_by_the_next_write(tmp_path):
     assert RunDir(tmp_path).section("fit") == {"finished": True}
 
 
+def test_a_temporary_file_of_the_older_hostless_name_goes_once_an_hour_untouched(tmp_path):
+    """Before the host was in the name (``.NAME.tmp-PID-RANDOM``), a killed writer's file cannot
+    be told from a running writer's on another host; once untouched for an hour it is left
+    behind, and the next write of its file removes it. A recent one, and a host-named one that
+    looks alike, stay."""
+    target = tmp_path / "metrics.json"
+    old = tmp_path / ".metrics.json.tmp-4242-0a1b2c"
+    recent = tmp_path / ".metrics.json.tmp-4243-0a1b2c"
+    numeric_host = tmp_path / ".metrics.json.tmp-12345-999999-0a1b2c"  # host "12345", live?
+    for path in (old, recent, numeric_host):
+        path.write_text("half")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    os.utime(numeric_host, (hours_ago, hours_ago))
+    RunDir(tmp_path).write_section("fit", {"finished": True})
+    assert not old.exists()
+    assert recent.exists()
+    assert numeric_host.exists()
+    assert json.loads(target.read_text())["fit"] == {"finished": True}
+
+
 def test_writing_many_files_into_a_folder_lists_it_once(tmp_path, monkeypatch):
     """The cleanup of killed writers' temporary files listed the folder at every write, so N
     predictions into one folder cost N listings of a growing folder (N^2); it lists a folder once
