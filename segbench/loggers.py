@@ -23,7 +23,8 @@ keeps the file and starts from its header: rows are only ever appended, or re-wr
 columns, never fewer; every rewrite is atomic. Every write is made under the run's record lock
 (:meth:`segbench.rundir.RunDir.record_lock`) in the columns of the file as it is then, so two
 commands writing one run at once (a ``segbench test`` of a run still training) keep each other's
-rows and columns; ``hparams.yaml`` is written whole too.
+rows and columns; ``hparams.yaml`` is written whole too, by the fit (a ``validate`` / ``test`` /
+``predict`` leaves the fit's as it is).
 
 **W&B** never blocks a run: :func:`choose_wandb_mode` never picks a mode that prompts for a key or
 waits on a server that does not answer (see ``run.wandb`` in :class:`segbench.config.RunConfig`).
@@ -94,6 +95,7 @@ class _ResumableWriter(ExperimentWriter):
         super().__init__(log_dir)
         self._run = RunDir(log_dir)
         self._drop_from_first_step = mode == "resume"
+        self._keeps_hparams = mode == "append"
         self._written_ahead: tuple[dict[str, float], int | None] | None = None
         if mode == "new" and os.path.isfile(self.metrics_file_path):
             os.remove(self.metrics_file_path)  # a fresh run never continues an old file
@@ -103,9 +105,14 @@ class _ResumableWriter(ExperimentWriter):
 
     def log_hparams(self, params: dict[str, Any]) -> None:
         """``hparams.yaml`` written whole (Lightning truncates it, then writes: a kill between
-        the two left it empty)."""
+        the two left it empty). A ``validate``/``test``/``predict`` (mode ``append``) leaves the
+        fit's file as it is: it logs only the task's hyper-parameters, and its file replaced the
+        fit's, which also holds the run's whole config (found with a ``segbench validate`` of a
+        run beside its fit: 162 lines became 31). It writes one only where the run has none."""
         self.hparams.update(params)
         path = os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)
+        if self._keeps_hparams and os.path.isfile(path):
+            return
         with atomic_paths(path) as (tmp,):
             save_hparams_to_yaml(tmp, self.hparams)
 

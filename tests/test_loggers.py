@@ -137,7 +137,7 @@ def test_hparams_yaml_is_never_left_half_written(tmp_path, monkeypatch):
     empty. A write that dies part-way now leaves the earlier file whole."""
     from lightning.pytorch.core import saving
 
-    logger = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", mode="append")
+    logger = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", mode="resume")
     logger.log_hyperparams({"lr": 0.01})
     before = (tmp_path / "hparams.yaml").read_text()
 
@@ -155,6 +155,26 @@ def test_hparams_yaml_is_never_left_half_written(tmp_path, monkeypatch):
         logger.log_hyperparams({"lr": 0.02})
     assert (tmp_path / "hparams.yaml").read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["hparams.yaml"]  # no temporary file
+
+
+def test_an_evaluation_leaves_the_fits_hparams_yaml_as_it_is(tmp_path):
+    """A ``segbench validate`` / ``test`` / ``predict`` of a run (beside its fit or after it)
+    logs the task's hyper-parameters only: it replaced the fit's hparams.yaml, which also holds
+    the run's whole config (SaveRunConfig logs it flat), with them. It writes one only where the
+    run has none."""
+    fit = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="")
+    fit.log_hyperparams({"lr": 0.01})
+    fit.log_hyperparams({"model.net.init_args.variant": "8s", "trainer.max_epochs": 3})
+    before = (tmp_path / "hparams.yaml").read_text()
+    assert "model.net.init_args.variant: 8s" in before
+    validate = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", mode="append")
+    validate.log_hyperparams({"lr": 0.01})
+    assert (tmp_path / "hparams.yaml").read_text() == before
+    elsewhere = tmp_path / "elsewhere"  # a test into a directory without a fit: its own
+    ResumableCSVLogger(save_dir=str(elsewhere), name="", version="", mode="append").log_hyperparams(
+        {"lr": 0.01}
+    )
+    assert (elsewhere / "hparams.yaml").read_text() == "lr: 0.01\n"
 
 
 # -- TensorBoard and MLflow -----------------------------------------------------------------------
