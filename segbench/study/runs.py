@@ -119,7 +119,13 @@ class Row:
 
 
 def find_runs(paths: Iterable[str]) -> list[Path]:
-    """The ``metrics.json`` files under the given runs, directories or globs, in order."""
+    """The ``metrics.json`` files under the given runs, directories or globs, in order.
+
+    Below a directory given, hidden folders are not searched: they are segbench's own, chiefly
+    the earlier run that ``fit --run.overwrite`` (each new run of a sweep) moves aside to
+    ``.NAME.replaced-TIME`` until the new one trains, which a report or ``claims`` read meanwhile
+    (or for good, after a kill there) took for a run: the old model's numbers beside the new
+    run's, under its name and seed. A hidden folder named on the command line is read."""
     found: list[Path] = []
     for pattern in paths:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
@@ -129,7 +135,13 @@ def find_runs(paths: Iterable[str]) -> list[Path]:
             elif (m / METRICS_FILE).is_file():
                 found.append(m / METRICS_FILE)
             elif m.is_dir():
-                found.extend(sorted(m.rglob(METRICS_FILE)))
+                found.extend(
+                    sorted(
+                        f
+                        for f in m.rglob(METRICS_FILE)
+                        if not any(part.startswith(".") for part in f.relative_to(m).parts)
+                    )
+                )
     unique: dict[Path, Path] = {}  # each file once, as first named
     for p in found:
         unique.setdefault(p.resolve(), p)

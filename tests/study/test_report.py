@@ -65,6 +65,21 @@ def test_rows_group_seeds_with_mean_and_std(runs):
     assert any(line.startswith("| fcn8s | 8s | 2 | 60.50 ± 0.71 |") for line in lines)
 
 
+def test_a_run_set_aside_by_an_overwrite_is_not_reported(runs, caplog):
+    """``fit --run.overwrite`` (every new run of a sweep) moves the earlier run aside to
+    ``.NAME.replaced-TIME`` until the new one trains, and a kill meanwhile leaves it there. Found
+    live (a report while a sweep started a run again): the report took it for a run, 'stopped',
+    beside the new one; of a finished run, its old numbers were averaged in as the same seed."""
+    aside = runs / ".fcn8s-s0.replaced-20261207-183028"
+    (runs / "fcn8s-s0").rename(aside)
+    fake_run(runs, "8s", 0, 0.10)  # the new run, under the same name and seed
+    text = report([str(runs)], metrics=["test/mIoU"])
+    assert any(line.startswith("| fcn8s | 8s | 2 | 35.50 ± 36.06 |") for line in text.splitlines())
+    assert "runs of seed 0" not in caplog.text
+    named = report([str(aside)], metrics=["test/mIoU"])  # read when named
+    assert "| fcn8s | 1 | 60.00 |" in named
+
+
 def test_runs_of_one_seed_count_once(tmp_path, caplog):
     """Four runs of the same config and seed under other names are one seed (their mean), not
     n = 4 with a spread of 0: n and the spread are what the claims' statistics read."""
