@@ -328,14 +328,26 @@ class RunMLFlowLogger(MLFlowLogger):
     * Hyperparameters are logged once: MLflow refuses to change a parameter's value, so a
       resume logs only keys new to the run, and a changed value
       (``run.resume_with_changes``) as the tag ``changed.<key>`` = ``old -> new``.
+    * Only a ``fit`` ends the MLflow run (``ends_run``): a ``validate`` / ``test`` / ``predict``
+      logs into the fit's run and leaves its status as it is. (Ending it, one beside a fit still
+      training marked the run FINISHED, and it stayed so when the fit was killed; a failed test
+      marked a finished run FAILED.)
     """
 
-    def __init__(self, *, id_file: Path, resume: bool, **kwargs: Any) -> None:
+    def __init__(
+        self, *, id_file: Path, resume: bool, ends_run: bool = True, **kwargs: Any
+    ) -> None:
         run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
         with _store_lock(kwargs.get("tracking_uri") or ""):
             super().__init__(run_id=run_id, **kwargs)
         self._id_file = id_file
         self._id_written = run_id is not None
+        self._ends_run = ends_run
+
+    def finalize(self, status: str = "success") -> None:
+        """Set the MLflow run's status (FINISHED, FAILED), for a ``fit`` only (``ends_run``)."""
+        if self._ends_run:
+            super().finalize(status)
 
     @property
     def experiment(self) -> Any:
@@ -420,6 +432,7 @@ def make_loggers(
             RunMLFlowLogger(
                 id_file=run.path / RunDir.MLFLOW_ID,
                 resume=resume,
+                ends_run=csv_mode != "append",  # a validate / test / predict: the fit's run
                 experiment_name=run_cfg.group,
                 run_name=run_cfg.name,
                 tracking_uri=mlflow_uri(root, run_cfg.mlflow_uri),

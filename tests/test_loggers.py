@@ -15,13 +15,15 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from segbench.cli import main
 from segbench.errors import ConfigError
-from segbench.loggers import ResumableCSVLogger, check_loggers
+from segbench.loggers import CSVMode, ResumableCSVLogger, check_loggers
+from segbench.rundir import RunDir
 from tests.helpers import REPO, tiny_args
 
 
@@ -327,6 +329,43 @@ def test_a_run_logs_to_a_real_mlflow_server(tmp_path, mlflow_store):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@needs_mlflow
+def test_an_evaluation_leaves_the_mlflow_runs_status_as_it_is(tmp_path, mlflow_store):
+    """A ``segbench validate`` / ``test`` / ``predict`` logs into the fit's MLflow run. Found
+    live: a validate beside a fit still training marked that run FINISHED, and it stayed
+    FINISHED when the fit was then killed (a failed test marked a finished run FAILED). Only a
+    fit ends its run now."""
+    from mlflow import MlflowClient
+
+    from segbench.loggers import make_loggers
+
+    shutil.copy(mlflow_store, tmp_path / "mlflow.db")
+    run = RunDir(tmp_path / "g" / "r")
+    run.path.mkdir(parents=True)
+    cfg = SimpleNamespace(
+        wandb="disabled", root=str(tmp_path), group="g", name="r", tags=[], mlflow_uri=None
+    )
+
+    def mlflow(mode: CSVMode) -> Any:
+        loggers = make_loggers(["mlflow"], run=run, run_cfg=cfg, csv_mode=mode,
+                               resume=mode != "new", purge_step=None)  # fmt: skip
+        return next(lg for lg in loggers if not isinstance(lg, ResumableCSVLogger))
+
+    fit = mlflow("new")
+    fit.log_metrics({"val/mIoU": 0.5}, step=3)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for status in ("success", "failed"):
+        validate = mlflow("append")  # beside the fit
+        assert validate.run_id == fit.run_id
+        validate.log_metrics({"val/mIoU": 0.4}, step=0)
+        validate.finalize(status)
+        assert client.get_run(fit.run_id).info.status == "RUNNING"
+    fit.finalize("success")
+    assert client.get_run(fit.run_id).info.status == "FINISHED"
+    mlflow("append").finalize("failed")  # a test of the finished run that failed
+    assert client.get_run(fit.run_id).info.status == "FINISHED"
 
 
 @needs_mlflow
