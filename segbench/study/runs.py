@@ -165,12 +165,22 @@ def load_run(path: Path) -> Run:
 
 def unfinished(data: dict[str, Any], run: RunDir | None = None) -> str | None:
     """What became of a run whose training did not finish (``None`` if it did): the process
-    training it now, when one does (``run`` given)."""
+    training it now, when one does (``run`` given); and of a run that finished training whose
+    fit is still running its test after fit (``run.test_after_fit``), which reads as finished
+    without test numbers otherwise (found live: a report beside a sweep at that point showed
+    the row finished, its test cells empty, without a word)."""
     fit = data.get("fit")
     if fit is None and (data.get("test") or data.get("validate")):
         return None
     if fit is not None and fit.get("finished", True):  # recorded before the key was: not known
-        return None
+        testing = (
+            fit.get("finished")
+            and not fit.get("test")
+            and (data.get("config") or {}).get("run.test_after_fit")
+            and run is not None
+            and run.training_by()
+        )
+        return f"trained, its test after fit still running, by {testing}" if testing else None
     epochs = (fit or {}).get("completed_epochs")
     at = f" after {epochs} epoch{'s' * (epochs != 1)}" if epochs is not None else ""
     training = run.training_by() if run is not None else None
