@@ -390,6 +390,8 @@ def make_loggers(
     data: str | None = None,
 ) -> list[Logger]:
     """The loggers of ``run.loggers`` (see the module), the CSV run record always among them.
+    A ``validate`` / ``test`` / ``predict`` (``csv_mode`` ``append``) of a run that a fit is
+    training now is not logged to W&B, whose run that fit is writing (said in a warning).
 
     ``run_cfg`` is the run section (:class:`segbench.config.RunConfig`); ``run_cfg.wandb`` is
     the W&B mode already chosen (``disabled``: no W&B logger). ``purge_step``: a resume's first
@@ -399,7 +401,21 @@ def make_loggers(
     """
     check_loggers(names)
     loggers: list[Logger] = []
-    if "wandb" in names and run_cfg.wandb != "disabled":
+    # A validate / test / predict (csv_mode append) logs into the fit's W&B run, under its id;
+    # while a fit trains the run and logs there itself, a second process on that id is what W&B
+    # says gives unexpected results (online: two writers of one run, the first to end marking it
+    # finished; offline: two folders of one id, of which a sync may keep one history).
+    training = run.training_by() if csv_mode == "append" else None
+    if "wandb" in names and run_cfg.wandb != "disabled" and training:
+        log.warning(
+            "W&B: %s is being trained by %s, which logs to its W&B run: this command is not "
+            "logged to W&B (one process per W&B run); its numbers go to %s and %s",
+            run.path,
+            training,
+            run.metrics_file,
+            run.csv,
+        )
+    elif "wandb" in names and run_cfg.wandb != "disabled":
         loggers.append(
             WandbLogger(
                 project=run_cfg.project,

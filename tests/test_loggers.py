@@ -179,6 +179,37 @@ def test_an_evaluation_leaves_the_fits_hparams_yaml_as_it_is(tmp_path):
     assert (elsewhere / "hparams.yaml").read_text() == "lr: 0.01\n"
 
 
+def test_an_evaluation_beside_a_training_fit_is_not_logged_to_its_wandb_run(tmp_path, caplog):
+    """A ``segbench test`` of a run still training opened the fit's W&B run (its stored id) in a
+    second process: offline, found live, a second offline-run folder of that id (a sync may keep
+    one history of the two); online, two writers of one run, which W&B says gives unexpected
+    results. It is not logged to W&B while a fit holds the run, and says so; after, it is."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from segbench.loggers import make_loggers
+
+    run = RunDir(tmp_path / "g" / "r")
+    run.path.mkdir(parents=True)
+    run.wandb_id(resume=False)
+    cfg = SimpleNamespace(wandb="offline", project="p", group="g", name="r", tags=[])
+
+    def wandb(mode: CSVMode) -> list[Any]:
+        loggers = make_loggers(["wandb", "csv"], run=run, run_cfg=cfg, csv_mode=mode,
+                               resume=mode != "new", purge_step=None)  # fmt: skip
+        return [lg for lg in loggers if isinstance(lg, WandbLogger)]
+
+    claim = run.writer()  # a fit training the run (this process)
+    try:
+        with caplog.at_level("WARNING", logger="segbench"):
+            assert wandb("append") == []
+        assert f"W&B: {run.path} is being trained by pid {os.getpid()} on " in caplog.text
+        assert "this command is not logged to W&B" in caplog.text
+    finally:
+        claim.release()
+    (after,) = wandb("append")  # the fit has ended: the test joins its W&B run
+    assert after._wandb_init["id"] == run.wandb_id(resume=True)
+
+
 # -- TensorBoard and MLflow -----------------------------------------------------------------------
 needs_tensorboard = pytest.mark.skipif(
     importlib.util.find_spec("tensorboard") is None,
