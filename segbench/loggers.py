@@ -23,7 +23,8 @@ keeps the file and starts from its header: rows are only ever appended, or re-wr
 columns, never fewer; every rewrite is atomic. Every write is made under the run's record lock
 (:meth:`segbench.rundir.RunDir.record_lock`) in the columns of the file as it is then, so two
 commands writing one run at once (a ``segbench test`` of a run still training) keep each other's
-rows and columns; ``hparams.yaml`` is written whole too.
+rows and columns; ``hparams.yaml`` is written whole too, by the fit (a ``validate`` / ``test`` /
+``predict`` leaves the fit's as it is).
 
 **W&B** never blocks a run: :func:`choose_wandb_mode` never picks a mode that prompts for a key or
 waits on a server that does not answer (see ``run.wandb`` in :class:`segbench.config.RunConfig`).
@@ -94,6 +95,7 @@ class _ResumableWriter(ExperimentWriter):
         super().__init__(log_dir)
         self._run = RunDir(log_dir)
         self._drop_from_first_step = mode == "resume"
+        self._keeps_hparams = mode == "append"
         self._written_ahead: tuple[dict[str, float], int | None] | None = None
         if mode == "new" and os.path.isfile(self.metrics_file_path):
             os.remove(self.metrics_file_path)  # a fresh run never continues an old file
@@ -103,9 +105,14 @@ class _ResumableWriter(ExperimentWriter):
 
     def log_hparams(self, params: dict[str, Any]) -> None:
         """``hparams.yaml`` written whole (Lightning truncates it, then writes: a kill between
-        the two left it empty)."""
+        the two left it empty). A ``validate``/``test``/``predict`` (mode ``append``) leaves the
+        fit's file as it is: it logs only the task's hyper-parameters, and its file replaced the
+        fit's, which also holds the run's whole config (found with a ``segbench validate`` of a
+        run beside its fit: 162 lines became 31). It writes one only where the run has none."""
         self.hparams.update(params)
         path = os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)
+        if self._keeps_hparams and os.path.isfile(path):
+            return
         with atomic_paths(path) as (tmp,):
             save_hparams_to_yaml(tmp, self.hparams)
 
@@ -321,14 +328,26 @@ class RunMLFlowLogger(MLFlowLogger):
     * Hyperparameters are logged once: MLflow refuses to change a parameter's value, so a
       resume logs only keys new to the run, and a changed value
       (``run.resume_with_changes``) as the tag ``changed.<key>`` = ``old -> new``.
+    * Only a ``fit`` ends the MLflow run (``ends_run``): a ``validate`` / ``test`` / ``predict``
+      logs into the fit's run and leaves its status as it is. (Ending it, one beside a fit still
+      training marked the run FINISHED, and it stayed so when the fit was killed; a failed test
+      marked a finished run FAILED.)
     """
 
-    def __init__(self, *, id_file: Path, resume: bool, **kwargs: Any) -> None:
+    def __init__(
+        self, *, id_file: Path, resume: bool, ends_run: bool = True, **kwargs: Any
+    ) -> None:
         run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
         with _store_lock(kwargs.get("tracking_uri") or ""):
             super().__init__(run_id=run_id, **kwargs)
         self._id_file = id_file
         self._id_written = run_id is not None
+        self._ends_run = ends_run
+
+    def finalize(self, status: str = "success") -> None:
+        """Set the MLflow run's status (FINISHED, FAILED), for a ``fit`` only (``ends_run``)."""
+        if self._ends_run:
+            super().finalize(status)
 
     @property
     def experiment(self) -> Any:
@@ -371,6 +390,8 @@ def make_loggers(
     data: str | None = None,
 ) -> list[Logger]:
     """The loggers of ``run.loggers`` (see the module), the CSV run record always among them.
+    A ``validate`` / ``test`` / ``predict`` (``csv_mode`` ``append``) of a run that a fit is
+    training now is not logged to W&B, whose run that fit is writing (said in a warning).
 
     ``run_cfg`` is the run section (:class:`segbench.config.RunConfig`); ``run_cfg.wandb`` is
     the W&B mode already chosen (``disabled``: no W&B logger). ``purge_step``: a resume's first
@@ -380,7 +401,21 @@ def make_loggers(
     """
     check_loggers(names)
     loggers: list[Logger] = []
-    if "wandb" in names and run_cfg.wandb != "disabled":
+    # A validate / test / predict (csv_mode append) logs into the fit's W&B run, under its id;
+    # while a fit trains the run and logs there itself, a second process on that id is what W&B
+    # says gives unexpected results (online: two writers of one run, the first to end marking it
+    # finished; offline: two folders of one id, of which a sync may keep one history).
+    training = run.training_by() if csv_mode == "append" else None
+    if "wandb" in names and run_cfg.wandb != "disabled" and training:
+        log.warning(
+            "W&B: %s is being trained by %s, which logs to its W&B run: this command is not "
+            "logged to W&B (one process per W&B run); its numbers go to %s and %s",
+            run.path,
+            training,
+            run.metrics_file,
+            run.csv,
+        )
+    elif "wandb" in names and run_cfg.wandb != "disabled":
         loggers.append(
             WandbLogger(
                 project=run_cfg.project,
@@ -413,6 +448,7 @@ def make_loggers(
             RunMLFlowLogger(
                 id_file=run.path / RunDir.MLFLOW_ID,
                 resume=resume,
+                ends_run=csv_mode != "append",  # a validate / test / predict: the fit's run
                 experiment_name=run_cfg.group,
                 run_name=run_cfg.name,
                 tracking_uri=mlflow_uri(root, run_cfg.mlflow_uri),

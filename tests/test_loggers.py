@@ -15,13 +15,15 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from segbench.cli import main
 from segbench.errors import ConfigError
-from segbench.loggers import ResumableCSVLogger, check_loggers
+from segbench.loggers import CSVMode, ResumableCSVLogger, check_loggers
+from segbench.rundir import RunDir
 from tests.helpers import REPO, tiny_args
 
 
@@ -137,7 +139,7 @@ def test_hparams_yaml_is_never_left_half_written(tmp_path, monkeypatch):
     empty. A write that dies part-way now leaves the earlier file whole."""
     from lightning.pytorch.core import saving
 
-    logger = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", mode="append")
+    logger = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", mode="resume")
     logger.log_hyperparams({"lr": 0.01})
     before = (tmp_path / "hparams.yaml").read_text()
 
@@ -155,6 +157,57 @@ def test_hparams_yaml_is_never_left_half_written(tmp_path, monkeypatch):
         logger.log_hyperparams({"lr": 0.02})
     assert (tmp_path / "hparams.yaml").read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["hparams.yaml"]  # no temporary file
+
+
+def test_an_evaluation_leaves_the_fits_hparams_yaml_as_it_is(tmp_path):
+    """A ``segbench validate`` / ``test`` / ``predict`` of a run (beside its fit or after it)
+    logs the task's hyper-parameters only: it replaced the fit's hparams.yaml, which also holds
+    the run's whole config (SaveRunConfig logs it flat), with them. It writes one only where the
+    run has none."""
+    fit = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="")
+    fit.log_hyperparams({"lr": 0.01})
+    fit.log_hyperparams({"model.net.init_args.variant": "8s", "trainer.max_epochs": 3})
+    before = (tmp_path / "hparams.yaml").read_text()
+    assert "model.net.init_args.variant: 8s" in before
+    validate = ResumableCSVLogger(save_dir=str(tmp_path), name="", version="", mode="append")
+    validate.log_hyperparams({"lr": 0.01})
+    assert (tmp_path / "hparams.yaml").read_text() == before
+    elsewhere = tmp_path / "elsewhere"  # a test into a directory without a fit: its own
+    ResumableCSVLogger(save_dir=str(elsewhere), name="", version="", mode="append").log_hyperparams(
+        {"lr": 0.01}
+    )
+    assert (elsewhere / "hparams.yaml").read_text() == "lr: 0.01\n"
+
+
+def test_an_evaluation_beside_a_training_fit_is_not_logged_to_its_wandb_run(tmp_path, caplog):
+    """A ``segbench test`` of a run still training opened the fit's W&B run (its stored id) in a
+    second process: offline, found live, a second offline-run folder of that id (a sync may keep
+    one history of the two); online, two writers of one run, which W&B says gives unexpected
+    results. It is not logged to W&B while a fit holds the run, and says so; after, it is."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from segbench.loggers import make_loggers
+
+    run = RunDir(tmp_path / "g" / "r")
+    run.path.mkdir(parents=True)
+    run.wandb_id(resume=False)
+    cfg = SimpleNamespace(wandb="offline", project="p", group="g", name="r", tags=[])
+
+    def wandb(mode: CSVMode) -> list[Any]:
+        loggers = make_loggers(["wandb", "csv"], run=run, run_cfg=cfg, csv_mode=mode,
+                               resume=mode != "new", purge_step=None)  # fmt: skip
+        return [lg for lg in loggers if isinstance(lg, WandbLogger)]
+
+    claim = run.writer()  # a fit training the run (this process)
+    try:
+        with caplog.at_level("WARNING", logger="segbench"):
+            assert wandb("append") == []
+        assert f"W&B: {run.path} is being trained by pid {os.getpid()} on " in caplog.text
+        assert "this command is not logged to W&B" in caplog.text
+    finally:
+        claim.release()
+    (after,) = wandb("append")  # the fit has ended: the test joins its W&B run
+    assert after._wandb_init["id"] == run.wandb_id(resume=True)
 
 
 # -- TensorBoard and MLflow -----------------------------------------------------------------------
@@ -307,6 +360,43 @@ def test_a_run_logs_to_a_real_mlflow_server(tmp_path, mlflow_store):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@needs_mlflow
+def test_an_evaluation_leaves_the_mlflow_runs_status_as_it_is(tmp_path, mlflow_store):
+    """A ``segbench validate`` / ``test`` / ``predict`` logs into the fit's MLflow run. Found
+    live: a validate beside a fit still training marked that run FINISHED, and it stayed
+    FINISHED when the fit was then killed (a failed test marked a finished run FAILED). Only a
+    fit ends its run now."""
+    from mlflow import MlflowClient
+
+    from segbench.loggers import make_loggers
+
+    shutil.copy(mlflow_store, tmp_path / "mlflow.db")
+    run = RunDir(tmp_path / "g" / "r")
+    run.path.mkdir(parents=True)
+    cfg = SimpleNamespace(
+        wandb="disabled", root=str(tmp_path), group="g", name="r", tags=[], mlflow_uri=None
+    )
+
+    def mlflow(mode: CSVMode) -> Any:
+        loggers = make_loggers(["mlflow"], run=run, run_cfg=cfg, csv_mode=mode,
+                               resume=mode != "new", purge_step=None)  # fmt: skip
+        return next(lg for lg in loggers if not isinstance(lg, ResumableCSVLogger))
+
+    fit = mlflow("new")
+    fit.log_metrics({"val/mIoU": 0.5}, step=3)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for status in ("success", "failed"):
+        validate = mlflow("append")  # beside the fit
+        assert validate.run_id == fit.run_id
+        validate.log_metrics({"val/mIoU": 0.4}, step=0)
+        validate.finalize(status)
+        assert client.get_run(fit.run_id).info.status == "RUNNING"
+    fit.finalize("success")
+    assert client.get_run(fit.run_id).info.status == "FINISHED"
+    mlflow("append").finalize("failed")  # a test of the finished run that failed
+    assert client.get_run(fit.run_id).info.status == "FINISHED"
 
 
 @needs_mlflow

@@ -4,7 +4,9 @@ of every ablation found (``experiments/*/*/ablation.yaml``, each claim's ``id``,
 the runs under ``ROOT/<group>[-<scale>]``: the five papers in one table.
 
 Each verdict compares the runs of ``a`` and ``b`` seed by seed: the difference of means with a
-95% interval from Student's t (paired by seed when both ran the same seeds, else Welch's).
+95% interval from Student's t (paired by seed when both ran the same seeds, else Welch's);
+a run that has not finished training (one a sweep is still writing) is left out, named in the
+verdict's note.
 *reproduced*: the interval excludes 0 in the paper's direction; *contradicted*: it excludes 0 the
 other way; *inconclusive*: neither (the table gives the smallest difference the sweep could have
 detected). ``equal`` claims use the 90% interval against their margin. A variant is *flat* when

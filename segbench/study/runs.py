@@ -119,7 +119,13 @@ class Row:
 
 
 def find_runs(paths: Iterable[str]) -> list[Path]:
-    """The ``metrics.json`` files under the given runs, directories or globs, in order."""
+    """The ``metrics.json`` files under the given runs, directories or globs, in order.
+
+    Below a directory given, hidden folders are not searched: they are segbench's own, chiefly
+    the earlier run that ``fit --run.overwrite`` (each new run of a sweep) moves aside to
+    ``.NAME.replaced-TIME`` until the new one trains, which a report or ``claims`` read meanwhile
+    (or for good, after a kill there) took for a run: the old model's numbers beside the new
+    run's, under its name and seed. A hidden folder named on the command line is read."""
     found: list[Path] = []
     for pattern in paths:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
@@ -129,7 +135,13 @@ def find_runs(paths: Iterable[str]) -> list[Path]:
             elif (m / METRICS_FILE).is_file():
                 found.append(m / METRICS_FILE)
             elif m.is_dir():
-                found.extend(sorted(m.rglob(METRICS_FILE)))
+                found.extend(
+                    sorted(
+                        f
+                        for f in m.rglob(METRICS_FILE)
+                        if not any(part.startswith(".") for part in f.relative_to(m).parts)
+                    )
+                )
     unique: dict[Path, Path] = {}  # each file once, as first named
     for p in found:
         unique.setdefault(p.resolve(), p)
@@ -153,12 +165,22 @@ def load_run(path: Path) -> Run:
 
 def unfinished(data: dict[str, Any], run: RunDir | None = None) -> str | None:
     """What became of a run whose training did not finish (``None`` if it did): the process
-    training it now, when one does (``run`` given)."""
+    training it now, when one does (``run`` given); and of a run that finished training whose
+    fit is still running its test after fit (``run.test_after_fit``), which reads as finished
+    without test numbers otherwise (found live: a report beside a sweep at that point showed
+    the row finished, its test cells empty, without a word)."""
     fit = data.get("fit")
     if fit is None and (data.get("test") or data.get("validate")):
         return None
     if fit is not None and fit.get("finished", True):  # recorded before the key was: not known
-        return None
+        testing = (
+            fit.get("finished")
+            and not fit.get("test")
+            and (data.get("config") or {}).get("run.test_after_fit")
+            and run is not None
+            and run.training_by()
+        )
+        return f"trained, its test after fit still running, by {testing}" if testing else None
     epochs = (fit or {}).get("completed_epochs")
     at = f" after {epochs} epoch{'s' * (epochs != 1)}" if epochs is not None else ""
     training = run.training_by() if run is not None else None

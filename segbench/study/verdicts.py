@@ -141,8 +141,22 @@ def seed_values(rows: Sequence[Row], label: str, metrics: Sequence[str]) -> dict
 
 
 def judge_claims(claims: Sequence[Claim], rows: Sequence[Row]) -> list[Judgement]:
-    """Each claim's verdict from the rows of its two variants, with their curves' last-quarter
-    gains."""
+    """Each claim's verdict from the finished runs of its two variants, with their curves'
+    last-quarter gains.
+
+    A run that has not finished training (still training, in a sweep that is writing its runs;
+    stopped or interrupted) is left out, and the verdict's note names it: its numbers are of a
+    model not trained to the recipe's end (a ``segbench test`` of its best checkpoint while it
+    trains, which the report shows as not finished), and were counted as a seed of the verdict
+    without a word."""
+    left_out: dict[str, list[str]] = {}
+    for row in rows:
+        for r in row.runs:
+            if r.unfinished:
+                left_out.setdefault(row.label, []).append(f"{r.name} ({r.unfinished})")
+    rows = [
+        dataclasses.replace(row, runs=[r for r in row.runs if not r.unfinished]) for row in rows
+    ]
 
     def gain(label: str) -> float | None:
         return last_quarter_gain(
@@ -155,6 +169,10 @@ def judge_claims(claims: Sequence[Claim], rows: Sequence[Row]) -> list[Judgement
                   report_scale(c.metrics[0]))  # fmt: skip
         if j.verdict == "not run":
             j = dataclasses.replace(j, note=not_run_note(c, rows))
+        unfinished = [name for label in (c.a, c.b) for name in left_out.get(label, [])]
+        if unfinished:
+            said = f"not finished, left out: {'; '.join(unfinished)}"
+            j = dataclasses.replace(j, note=f"{j.note}; {said}" if j.note else said)
         out.append(dataclasses.replace(j, gains=(gain(c.a), gain(c.b))))
     return out
 

@@ -65,6 +65,21 @@ def test_rows_group_seeds_with_mean_and_std(runs):
     assert any(line.startswith("| fcn8s | 8s | 2 | 60.50 ± 0.71 |") for line in lines)
 
 
+def test_a_run_set_aside_by_an_overwrite_is_not_reported(runs, caplog):
+    """``fit --run.overwrite`` (every new run of a sweep) moves the earlier run aside to
+    ``.NAME.replaced-TIME`` until the new one trains, and a kill meanwhile leaves it there. Found
+    live (a report while a sweep started a run again): the report took it for a run, 'stopped',
+    beside the new one; of a finished run, its old numbers were averaged in as the same seed."""
+    aside = runs / ".fcn8s-s0.replaced-20261207-183028"
+    (runs / "fcn8s-s0").rename(aside)
+    fake_run(runs, "8s", 0, 0.10)  # the new run, under the same name and seed
+    text = report([str(runs)], metrics=["test/mIoU"])
+    assert any(line.startswith("| fcn8s | 8s | 2 | 35.50 ± 36.06 |") for line in text.splitlines())
+    assert "runs of seed 0" not in caplog.text
+    named = report([str(aside)], metrics=["test/mIoU"])  # read when named
+    assert "| fcn8s | 1 | 60.00 |" in named
+
+
 def test_runs_of_one_seed_count_once(tmp_path, caplog):
     """Four runs of the same config and seed under other names are one seed (their mean), not
     n = 4 with a spread of 0: n and the spread are what the claims' statistics read."""
@@ -403,18 +418,29 @@ def test_runs_that_did_not_finish_are_named_under_the_table(runs, caplog):
     stop("fcn32s-s2", lambda d: d["fit"].update(finished=False, completed_epochs=1))
     stop("fcn32s-s0", lambda d: d["fit"].update(finished=True))
     stop("fcn8s-s0", lambda d: d["fit"].update(finished=False, completed_epochs=1))
-    claim = RunDir(runs / "fcn8s-s0").writer()  # a fit training it now (this process)
+
+    def testing(d: dict) -> None:  # trained; its fit tests the best checkpoint now
+        d["fit"].update(finished=True, completed_epochs=5)
+        d["fit"].pop("test")
+        d["config"]["run.test_after_fit"] = True
+
+    stop("fcn32s-s1", testing)
+    claims = [RunDir(runs / n).writer() for n in ("fcn8s-s0", "fcn32s-s1")]  # fits (this process)
     try:
         with caplog.at_level("WARNING", logger="segbench"):
             text = report([str(runs)])
     finally:
-        claim.release()
-    assert "**Not finished: 3 of 5 runs**" in text
+        for claim in claims:
+            claim.release()
+    assert "**Not finished: 4 of 5 runs**" in text
     assert f"fcn8s-s0 still training after 1 epoch, by pid {os.getpid()} on " in text
     assert "fcn8s-s1 interrupted (SIGTERM) after 2 epochs" in text
     assert "fcn32s-s2 stopped after 1 epoch (killed, failed or running)" in text
+    assert f"fcn32s-s1 trained, its test after fit still running, by pid {os.getpid()} on " in text
     assert "fcn32s-s0" not in text.split("Not finished")[1]
-    assert "3 of 5 runs did not finish training" in caplog.text
+    assert "4 of 5 runs did not finish training" in caplog.text
+    # Once its fit has ended (tested or not), it is finished.
+    assert "fcn32s-s1" not in report([str(runs)]).split("Not finished")[1]
 
 
 def test_a_separate_test_of_the_runs_checkpoint_on_its_own_data_is_reported(tmp_path, caplog):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,35 @@ def test_the_report_judges_claims_from_its_rows():
     assert "| a beats b (c) | 62.7 vs 62.4; FCN table 2 | test/mIoU: a > b |" in table
     assert "**reproduced**" in table
     assert "62.75 ± 2.75 (n=4)" in table
+
+
+def test_a_run_not_finished_is_left_out_of_a_verdict_and_named():
+    """A sweep writing its runs while ``segbench claims`` or ``report`` reads them: a run still
+    training that a ``segbench test`` of its best checkpoint gave test numbers (found live: the
+    claim was judged from it, 'n=1', without a word) is not a seed of the verdict; its note names
+    it. With it, seed 4 of ``a`` (0.40, half trained) turned a reproduced claim inconclusive."""
+    rows = [Row("a", {}), Row("b", {})]
+    for row, values in zip(rows, (A, B), strict=True):
+        for seed, v in values.items():
+            config = {"seed_everything": seed, "run.name": f"{row.label}-s{seed}"}
+            run = Run(Path(f"runs/g/{row.label}-s{seed}"), config, {"test/mIoU": v})
+            row.runs.append(run)
+    still = "still training after 1 epoch, by pid 7 on host since 10:00:00"
+    rows[0].runs.append(Run(Path("runs/g/a-s4"), {"seed_everything": 4, "run.name": "a-s4"},
+                            {"test/mIoU": 0.40}, unfinished=still))  # fmt: skip
+    (j,) = judge_claims([claim()], rows)
+    assert j.verdict == "reproduced"
+    assert j.a[2] == 4  # the four finished seeds
+    assert j.note == f"not finished, left out: a-s4 ({still})"
+    assert f"**reproduced**; not finished, left out: a-s4 ({still})" in claims_table([j])
+    # A variant whose only runs are unfinished is not run, and says so.
+    rows[1].runs = [
+        dataclasses.replace(r, unfinished="stopped after 1 epoch") for r in rows[1].runs
+    ]
+    (j,) = judge_claims([claim()], rows)
+    assert j.verdict == "not run"
+    assert j.note.startswith(f"no finished run of b; not finished, left out: a-s4 ({still}); ")
+    assert "; b-s0 (stopped after 1 epoch); b-s1 (stopped after 1 epoch);" in j.note
 
 
 def test_a_claim_with_a_typo_fails_when_its_ablation_loads(tmp_path, capsys):
