@@ -24,6 +24,7 @@ import io
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -375,8 +376,9 @@ class SegbenchCLI(LightningCLI):
         raise ConfigError(
             f"--ckpt_path {path}: not a checkpoint of {run.path} (the run this fit writes); a "
             f"fit resumes its own run from {run.checkpoints}. To resume the run it belongs to: "
-            f"--config {owner / RunDir.CONFIG} --ckpt_path last; to start a new run from its "
-            f"weights: --model.init_from {path} without --ckpt_path."
+            f"--config {shlex.quote(str(owner / RunDir.CONFIG))} --ckpt_path last; to start a "
+            f"new run from its weights: --model.init_from {shlex.quote(str(path))} without "
+            "--ckpt_path."
         )
 
     def before_instantiate_classes(self) -> None:
@@ -753,17 +755,20 @@ class SegbenchCLI(LightningCLI):
         lines.append(f"run directory: {self.run_dir.resolve()}")
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and os.environ.get("WANDB_MODE") == "offline":
+                # Commands to copy: each path quoted for the shell (a space or a quote in it).
                 lines.append(
                     f"W&B (offline): {self.run_dir.resolve() / 'wandb'}; upload with "
-                    f"`wandb sync {self.run_dir / 'wandb'}/offline-run-*`"
+                    f"`wandb sync {shlex.quote(str(self.run_dir / 'wandb'))}/offline-run-*`"
                 )
             elif isinstance(logger, TensorBoardLogger):
-                lines.append(f"TensorBoard: tensorboard --logdir {Path(self.cfg.run.root)}")
+                logdir = shlex.quote(str(Path(self.cfg.run.root)))
+                lines.append(f"TensorBoard: tensorboard --logdir {logdir}")
             elif isinstance(logger, MLFlowLogger):
                 uri = mlflow_uri(self.cfg.run.root, self.cfg.run.mlflow_uri)
+                ui = f" (mlflow ui --backend-store-uri {shlex.quote(uri)})"
                 lines.append(
                     f"MLflow: experiment {self.cfg.run.group!r}, run {logger.run_id} in {uri}"
-                    + ("" if self.cfg.run.mlflow_uri else f" (mlflow ui --backend-store-uri {uri})")
+                    + ("" if self.cfg.run.mlflow_uri else ui)
                 )
         log.info("\n".join(lines))
 
