@@ -402,8 +402,12 @@ class SegbenchCLI(LightningCLI):
                     "linked into the task and the network; remove it from the config and "
                     "the command line"
                 )
-        check_loggers(cfg.run.loggers)
-        mode = choose_wandb_mode(cfg.run.wandb if "wandb" in cfg.run.loggers else "disabled")
+        # predict logs nothing, so it starts no logger (instantiate_trainer): they rewrote the
+        # run's hparams.yaml and opened a W&B run, and failed on a run this user may read but
+        # not write (someone else's, a read-only copy) even with --out elsewhere.
+        loggers = cfg.run.loggers if self.subcommand != "predict" else []
+        check_loggers(loggers)
+        mode = choose_wandb_mode(cfg.run.wandb if "wandb" in loggers else "disabled")
         cfg.run.wandb = mode
         if mode in ("online", "offline"):
             os.environ["WANDB_MODE"] = mode
@@ -633,7 +637,7 @@ class SegbenchCLI(LightningCLI):
         trainer_cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else {}
         run, cfg = self.run, self.cfg.run
         if trainer_cfg.get("logger") in (None, True):
-            kwargs["logger"] = self._loggers()
+            kwargs["logger"] = self._loggers() if self.subcommand != "predict" else False
         kwargs["default_root_dir"] = str(run.path)
         plugins = trainer_cfg.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
