@@ -237,8 +237,59 @@ def wandb_reachable(timeout: float | None = None) -> str | None:
     return result[0] if result else f"no answer within {timeout:.0f} s"
 
 
+def _unwritable(folder: Path) -> str | None:
+    """Why this user cannot write ``folder`` or make it (the nearest existing folder above it
+    decides), else ``None``; nothing is made."""
+    probe = folder.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable by this user"
+    return None
+
+
+def wandb_folders_problem() -> str | None:
+    """Why W&B could not write the folders it keeps outside the run, else ``None``: its data
+    folder (where it stages the tables and pictures a run logs: a run that cannot write there
+    fails at its first validation) and its cache. Both default to the home folder (the XDG
+    folders under it)."""
+    from wandb import env
+
+    for variable, folder in (
+        (env.DATA_DIR, Path(env.get_data_dir())),
+        (env.CACHE_DIR, Path(env.get_cache_dir())),
+    ):
+        why = _unwritable(folder)
+        if why is not None:
+            return f"its folder {folder} ({variable}): {why}"
+    return None
+
+
 def choose_wandb_mode(requested: str) -> str:
-    """The W&B mode to run in; never one that prompts or waits on an unreachable server."""
+    """The W&B mode to run in; never one that prompts or waits on an unreachable server, or
+    that cannot write its folders (:func:`wandb_folders_problem`): ``auto`` then logs without
+    W&B, saying so, and ``online`` or ``offline`` fail at once."""
+    mode = _wandb_mode(requested)
+    if mode == "disabled":
+        return mode
+    why = wandb_folders_problem()
+    if why is None:
+        return mode
+    advice = (
+        "set WANDB_DATA_DIR and WANDB_CACHE_DIR (or XDG_DATA_HOME and XDG_CACHE_HOME) to "
+        "folders this user can write"
+    )
+    if requested == "auto":
+        log.warning("W&B cannot write %s: logging without W&B (%s)", why, advice)
+        return "disabled"
+    raise ConfigError(
+        f"run.wandb {requested}: W&B cannot write {why}; {advice}, or use run.wandb disabled"
+    )
+
+
+def _wandb_mode(requested: str) -> str:
     if requested == "disabled":
         return "disabled"
     env = os.environ.get("WANDB_MODE")
