@@ -374,18 +374,25 @@ def test_disk_full_on_checkpoint_names_the_file_and_keeps_the_previous(small_dis
 
 def test_a_place_this_user_cannot_write_is_one_line_naming_it(tiny, capsys, monkeypatch):
     """A run root without write permission (or on a read-only file system) is a user error that
-    names the folder, not a traceback. As root the permission bits do not bind, so the denial is
-    made where the folder is created."""
+    names the folder, not a traceback. The run root lies in a folder without write permission;
+    as root the permission bits do not bind, so there the denial is made where the folder is
+    created."""
     locked = tiny.root / "locked"
-    mkdir = Path.mkdir
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.access(locked, os.W_OK):  # root
+        mkdir = Path.mkdir
 
-    def denied(self: Path, *args, **kwargs):
-        if self == locked or locked in self.parents:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return mkdir(self, *args, **kwargs)
+        def denied(self: Path, *args, **kwargs):
+            if self == locked or locked in self.parents:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return mkdir(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "mkdir", denied)
-    err = fails(["fit", *tiny_args(locked)], capsys)
+        monkeypatch.setattr(Path, "mkdir", denied)
+    try:
+        err = fails(["fit", *tiny_args(locked / "runs")], capsys)
+    finally:
+        locked.chmod(0o755)
     assert f"{locked}" in err
     assert "permission denied: give this user access" in err
     assert "Traceback" not in err
