@@ -997,12 +997,17 @@ def test_a_run_this_user_cannot_write_beside_is_read_without_a_claim(tmp_path, m
 
     run = RunDir(tmp_path / "group" / "run")
     run.path.mkdir(parents=True)
+    run.path.parent.chmod(0o555)
+    if os.access(run.path.parent, os.W_OK):  # root: the bits do not bind; the claim is denied
 
-    def denied(path):
-        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        def denied(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(rundir, "file_lock", denied)
-    assert run.reader() is None
+        monkeypatch.setattr(rundir, "file_lock", denied)
+    try:
+        assert run.reader() is None
+    finally:
+        run.path.parent.chmod(0o755)
     assert not list(tmp_path.rglob(".*reader*"))
 
 
