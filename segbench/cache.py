@@ -28,16 +28,36 @@ CACHE_ENV = "SEGBENCH_CACHE"
 
 
 def cache_root(cache_dir: str | None = None) -> Path:
-    """``cache_dir``, else ``$SEGBENCH_CACHE``, else ``~/.cache/segbench``."""
-    env = os.environ.get(CACHE_ENV)
+    """``cache_dir``, else ``$SEGBENCH_CACHE``, else ``$XDG_CACHE_HOME/segbench``, else
+    ``~/.cache/segbench``; made if missing. A folder this user cannot make (a home that is not
+    theirs or is read-only, ``HOME=/nonexistent``) is a :class:`ConfigError` naming it and the
+    variable that moves it."""
+    env, xdg = os.environ.get(CACHE_ENV), os.environ.get("XDG_CACHE_HOME")
     if cache_dir:
         root, what = Path(cache_dir).expanduser(), f"the cache folder {cache_dir}"
     elif env:
         root, what = Path(env).expanduser(), f"{CACHE_ENV}={env}"
+    elif xdg and Path(xdg).is_absolute():  # the XDG rule: a relative one is ignored
+        root, what = Path(xdg) / "segbench", f"the cache folder (XDG_CACHE_HOME={xdg})"
     else:
-        root, what = Path.home() / ".cache" / "segbench", "the cache folder"
+        try:
+            home = Path.home()
+        except RuntimeError as err:  # no HOME and no home in the user database
+            raise ConfigError(
+                f"the cache folder: {err} (it is ~/.cache/segbench); set {CACHE_ENV} to a "
+                "folder this user can write"
+            ) from err
+        root, what = home / ".cache" / "segbench", "the cache folder (~/.cache/segbench)"
     if root.exists() and not root.is_dir():
         raise ConfigError(f"{what}: {root} is a file, not a folder; point it at a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"{what}: {root} cannot be made ({err.filename}: "
+            f"{(err.strerror or 'not allowed').lower()}); set {CACHE_ENV} to a folder this user "
+            "can write"
+        ) from err
     return root
 
 

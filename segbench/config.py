@@ -29,8 +29,10 @@ class RunConfig:
         root: directory under which runs are written.
         wandb: ``auto``: online if an API key is configured (``WANDB_API_KEY`` or ``wandb
             login``) and the W&B server answers within seconds, otherwise offline (files only;
-            sync later with ``wandb sync``); ``online``: fails at once without a key or a
-            reachable server; ``offline``; ``disabled`` (no W&B logger). Never a prompt.
+            sync later with ``wandb sync``), and without W&B when it cannot write its folders
+            (``WANDB_DATA_DIR``, ``WANDB_CACHE_DIR``: a home that is not writable);
+            ``online``: fails at once without a key, a reachable server or its folders;
+            ``offline``; ``disabled`` (no W&B logger). Never a prompt.
         overwrite: a fresh ``fit`` into a directory that already holds checkpoints fails
             unless this is true, in which case the old run is moved aside and deleted once the
             new run has started training (put back if it fails before). Resuming

@@ -23,14 +23,14 @@ keeps the file and starts from its header: rows are only ever appended, or re-wr
 columns, never fewer; every rewrite is atomic. Every write is made under the run's record lock
 (:meth:`segbench.rundir.RunDir.record_lock`) in the columns of the file as it is then, so two
 commands writing one run at once (a ``segbench test`` of a run still training) keep each other's
-rows and columns; ``hparams.yaml`` is written whole too, by the fit (a ``validate`` / ``test`` /
-``predict`` leaves the fit's as it is).
+rows and columns; ``hparams.yaml`` is written whole too, by the fit (a ``validate`` or ``test``
+leaves the fit's as it is; ``predict`` starts no logger).
 
 **W&B** never blocks a run: :func:`choose_wandb_mode` never picks a mode that prompts for a key or
 waits on a server that does not answer (see ``run.wandb`` in :class:`segbench.config.RunConfig`).
 
-Three modes: ``"new"`` (a fresh ``fit``: a new file), ``"append"`` (``validate`` / ``test`` /
-``predict`` on a trained run: its rows are added, the training history is kept) and ``"resume"``
+Three modes: ``"new"`` (a fresh ``fit``: a new file), ``"append"`` (``validate`` / ``test``
+on a trained run: its rows are added, the training history is kept) and ``"resume"``
 (``fit --ckpt_path``): the rows that the interrupted attempt logged after its checkpoint are
 dropped first, those with a step at or past the first step the resumed run logs. Those steps are
 trained and logged again, so the file ends with one row per step, as if never interrupted.
@@ -105,7 +105,7 @@ class _ResumableWriter(ExperimentWriter):
 
     def log_hparams(self, params: dict[str, Any]) -> None:
         """``hparams.yaml`` written whole (Lightning truncates it, then writes: a kill between
-        the two left it empty). A ``validate``/``test``/``predict`` (mode ``append``) leaves the
+        the two left it empty). A ``validate`` or ``test`` (mode ``append``) leaves the
         fit's file as it is: it logs only the task's hyper-parameters, and its file replaced the
         fit's, which also holds the run's whole config (found with a ``segbench validate`` of a
         run beside its fit: 162 lines became 31). It writes one only where the run has none."""
@@ -244,8 +244,59 @@ def wandb_reachable(timeout: float | None = None) -> str | None:
     return result[0] if result else f"no answer within {timeout:.0f} s"
 
 
+def _unwritable(folder: Path) -> str | None:
+    """Why this user cannot write ``folder`` or make it (the nearest existing folder above it
+    decides), else ``None``; nothing is made."""
+    probe = folder.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable by this user"
+    return None
+
+
+def wandb_folders_problem() -> str | None:
+    """Why W&B could not write the folders it keeps outside the run, else ``None``: its data
+    folder (where it stages the tables and pictures a run logs: a run that cannot write there
+    fails at its first validation) and its cache. Both default to the home folder (the XDG
+    folders under it)."""
+    from wandb import env
+
+    for variable, folder in (
+        (env.DATA_DIR, Path(env.get_data_dir())),
+        (env.CACHE_DIR, Path(env.get_cache_dir())),
+    ):
+        why = _unwritable(folder)
+        if why is not None:
+            return f"its folder {folder} ({variable}): {why}"
+    return None
+
+
 def choose_wandb_mode(requested: str) -> str:
-    """The W&B mode to run in; never one that prompts or waits on an unreachable server."""
+    """The W&B mode to run in; never one that prompts or waits on an unreachable server, or
+    that cannot write its folders (:func:`wandb_folders_problem`): ``auto`` then logs without
+    W&B, saying so, and ``online`` or ``offline`` fail at once."""
+    mode = _wandb_mode(requested)
+    if mode == "disabled":
+        return mode
+    why = wandb_folders_problem()
+    if why is None:
+        return mode
+    advice = (
+        "set WANDB_DATA_DIR and WANDB_CACHE_DIR (or XDG_DATA_HOME and XDG_CACHE_HOME) to "
+        "folders this user can write"
+    )
+    if requested == "auto":
+        log.warning("W&B cannot write %s: logging without W&B (%s)", why, advice)
+        return "disabled"
+    raise ConfigError(
+        f"run.wandb {requested}: W&B cannot write {why}; {advice}, or use run.wandb disabled"
+    )
+
+
+def _wandb_mode(requested: str) -> str:
     if requested == "disabled":
         return "disabled"
     env = os.environ.get("WANDB_MODE")
@@ -328,7 +379,7 @@ class RunMLFlowLogger(MLFlowLogger):
     * Hyperparameters are logged once: MLflow refuses to change a parameter's value, so a
       resume logs only keys new to the run, and a changed value
       (``run.resume_with_changes``) as the tag ``changed.<key>`` = ``old -> new``.
-    * Only a ``fit`` ends the MLflow run (``ends_run``): a ``validate`` / ``test`` / ``predict``
+    * Only a ``fit`` ends the MLflow run (``ends_run``): a ``validate`` or ``test``
       logs into the fit's run and leaves its status as it is. (Ending it, one beside a fit still
       training marked the run FINISHED, and it stayed so when the fit was killed; a failed test
       marked a finished run FAILED.)
@@ -390,7 +441,7 @@ def make_loggers(
     data: str | None = None,
 ) -> list[Logger]:
     """The loggers of ``run.loggers`` (see the module), the CSV run record always among them.
-    A ``validate`` / ``test`` / ``predict`` (``csv_mode`` ``append``) of a run that a fit is
+    A ``validate`` or ``test`` (``csv_mode`` ``append``) of a run that a fit is
     training now is not logged to W&B, whose run that fit is writing (said in a warning).
 
     ``run_cfg`` is the run section (:class:`segbench.config.RunConfig`); ``run_cfg.wandb`` is
@@ -401,7 +452,7 @@ def make_loggers(
     """
     check_loggers(names)
     loggers: list[Logger] = []
-    # A validate / test / predict (csv_mode append) logs into the fit's W&B run, under its id;
+    # A validate or test (csv_mode append) logs into the fit's W&B run, under its id;
     # while a fit trains the run and logs there itself, a second process on that id is what W&B
     # says gives unexpected results (online: two writers of one run, the first to end marking it
     # finished; offline: two folders of one id, of which a sync may keep one history).
@@ -448,7 +499,7 @@ def make_loggers(
             RunMLFlowLogger(
                 id_file=run.path / RunDir.MLFLOW_ID,
                 resume=resume,
-                ends_run=csv_mode != "append",  # a validate / test / predict: the fit's run
+                ends_run=csv_mode != "append",  # a validate or test: the fit's run
                 experiment_name=run_cfg.group,
                 run_name=run_cfg.name,
                 tracking_uri=mlflow_uri(root, run_cfg.mlflow_uri),

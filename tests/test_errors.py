@@ -566,6 +566,28 @@ def test_a_cache_folder_that_is_a_file_is_one_paragraph(world, capsys, monkeypat
     assert "Traceback" not in err
 
 
+def test_a_home_this_user_cannot_write_is_one_paragraph_naming_the_cache(
+    world, capsys, monkeypatch
+):
+    """Without SEGBENCH_CACHE the cache is ~/.cache/segbench; a home this user cannot write
+    (HOME=/nonexistent, someone else's, read-only) failed where the first scenes were cached: a
+    traceback, or as a user 'HOME: permission denied ... (run.root, --root, --out)', which named
+    neither the cache nor SEGBENCH_CACHE. Here HOME lies under a file (so that root cannot write
+    it either)."""
+    home = Path(world.file("not-a-home", "x")) / "home"
+    monkeypatch.delenv("SEGBENCH_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *world.args()])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1
+    assert f"the cache folder (~/.cache/segbench): {home}/.cache/segbench cannot be made" in err
+    assert "set SEGBENCH_CACHE to a folder this user can write" in err
+    assert "Traceback" not in err
+
+
 def test_the_catalogue_is_long_enough():
     assert len(CASES) >= 30
 

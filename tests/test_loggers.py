@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -24,7 +26,7 @@ from segbench.cli import main
 from segbench.errors import ConfigError
 from segbench.loggers import CSVMode, ResumableCSVLogger, check_loggers
 from segbench.rundir import RunDir
-from tests.helpers import REPO, tiny_args
+from tests.helpers import REPO, segbench_log, tiny_args
 
 
 def rows(path) -> list[dict[str, str]]:
@@ -302,6 +304,33 @@ def test_tensorboard_and_mlflow_get_what_wandb_gets_and_a_killed_run_stays_one_r
     with (run / "metrics.csv").open(newline="") as f:
         logged_steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
     assert logged_steps == list(range(8))
+
+
+@needs_tensorboard
+@needs_mlflow
+def test_the_commands_a_fit_prints_at_its_end_quote_their_paths(tmp_path, mlflow_store):
+    """A fit ends with the commands that open its loggers' records (wandb sync, tensorboard,
+    mlflow ui); under a run root with a space in its name they split into the wrong words when
+    copied to a shell, as the paths were not quoted."""
+    root = tmp_path / "my runs" / "résultats"
+    root.mkdir(parents=True)
+    shutil.copy(mlflow_store, root / "mlflow.db")
+    loggers = ["--run.loggers", "[wandb, tensorboard, mlflow, csv]"]
+    args = tiny_args(root, name="my run", wandb="offline", extra=loggers)
+    with segbench_log() as lines:
+        main(
+            ["fit", *args, "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
+        )
+    (end,) = [line for line in lines if "run directory:" in line]
+    commands = dict(re.findall(r"(wandb sync|tensorboard --logdir|mlflow ui) ([^`)\n]+)", end))
+    assert set(commands) == {"wandb sync", "tensorboard --logdir", "mlflow ui"}
+    (offline,) = shlex.split(commands["wandb sync"])
+    assert offline == f"{root / 'test' / 'my run' / 'wandb'}/offline-run-*"
+    assert shlex.split(commands["tensorboard --logdir"]) == [str(root)]
+    assert shlex.split(commands["mlflow ui"]) == [
+        "--backend-store-uri",
+        f"sqlite:///{root}/mlflow.db",
+    ]
 
 
 def test_a_logger_whose_package_is_missing_fails_first_saying_how_to_install(monkeypatch):

@@ -289,3 +289,36 @@ def test_an_images_files_are_one_prediction(tiny):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [n for n in first if not n.endswith(("_overlay.png", "_probs.npy"))] + ["notes.txt"]
     )
+
+
+def test_predict_with_out_elsewhere_leaves_the_run_alone(tiny):
+    """predict logs nothing, yet it started the run's loggers: they rewrote its hparams.yaml (and
+    opened a W&B run in it), so predicting with someone else's run, or a read-only copy, failed
+    with 'permission denied' even with --out in a folder of one's own (found as a non-root
+    user). The run's folders are made read-only here: as a user that binds; as root, which
+    writes anyway, the run's files are checked unchanged."""
+    import stat
+
+    run_main(["fit", *tiny()])
+    run = tiny.root / "test" / "tiny"
+    images = tiny.root / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(images / "a.png")
+
+    def files() -> dict[str, int]:
+        return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("*")}
+
+    before = files()
+    folders = [run.parent, *[p for p in run.rglob("*") if p.is_dir()], run]
+    modes = {p: p.stat().st_mode for p in folders}
+    for folder in folders:
+        folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
+    try:
+        out = tiny.root / "out"
+        run_main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", "best",
+                  "--images", str(images), "--out", str(out)])  # fmt: skip
+        assert (out / "a.png").is_file()
+        assert files() == before
+    finally:
+        for folder, mode in modes.items():
+            folder.chmod(mode)

@@ -266,7 +266,10 @@ def test_wandb_auto_falls_back_to_offline_when_the_server_does_not_answer(
         loggers.choose_wandb_mode("online")
 
 
-def test_wandb_refused_connection_and_no_key(wandb_key, monkeypatch, capsys):
+def test_wandb_refused_connection_and_no_key(wandb_key, monkeypatch, capsys, tmp_path):
+    # HOME=/nonexistent below hides ~/.netrc; W&B's own folders stay writable.
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -285,6 +288,34 @@ def test_wandb_refused_connection_and_no_key(wandb_key, monkeypatch, capsys):
     assert "WANDB_MODE=online but no API key: logging offline" in capsys.readouterr().err
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert loggers.choose_wandb_mode("auto") == "disabled"
+
+
+def test_wandb_that_cannot_write_its_folders_is_left_out_or_refused_at_start(
+    tiny, monkeypatch, capsys
+):
+    """W&B stages the tables a run logs in its data folder (WANDB_DATA_DIR, by default under
+    the home folder): with a home this user cannot write (HOME=/nonexistent, found as a
+    non-root user) a fit trained its first epoch, then died at the validation with 'permission
+    denied: /nonexistent ... (run.root, --root, --out)'. Now ``auto`` logs without W&B, saying
+    so, and ``offline`` / ``online`` fail at once naming the folder. The folder lies under a
+    file here, which root cannot write either."""
+    from segbench.cli import configure_logging
+
+    configure_logging()
+    blocked = tiny.root / "a-file"
+    blocked.write_text("x")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(blocked / "wandb"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    capsys.readouterr()
+    fit(tiny(wandb="auto", extra=["--trainer.limit_val_batches", "1"]))
+    err = capsys.readouterr().err
+    assert f"W&B cannot write its folder {blocked / 'wandb'} (WANDB_DATA_DIR)" in err
+    assert "logging without W&B" in err
+    run = RunDir(tiny.root / "test" / "tiny")
+    assert run.section("fit")["finished"]  # trained through its validations
+    assert not (run.path / "wandb").exists()
+    with pytest.raises(ConfigError, match=r"run.wandb offline: W&B cannot write .*WANDB_DATA_DIR"):
+        loggers.choose_wandb_mode("offline")
 
 
 def test_wandb_answering_server_means_online(wandb_key, monkeypatch):
@@ -343,18 +374,25 @@ def test_disk_full_on_checkpoint_names_the_file_and_keeps_the_previous(small_dis
 
 def test_a_place_this_user_cannot_write_is_one_line_naming_it(tiny, capsys, monkeypatch):
     """A run root without write permission (or on a read-only file system) is a user error that
-    names the folder, not a traceback. As root the permission bits do not bind, so the denial is
-    made where the folder is created."""
+    names the folder, not a traceback. The run root lies in a folder without write permission;
+    as root the permission bits do not bind, so there the denial is made where the folder is
+    created."""
     locked = tiny.root / "locked"
-    mkdir = Path.mkdir
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.access(locked, os.W_OK):  # root
+        mkdir = Path.mkdir
 
-    def denied(self: Path, *args, **kwargs):
-        if self == locked or locked in self.parents:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return mkdir(self, *args, **kwargs)
+        def denied(self: Path, *args, **kwargs):
+            if self == locked or locked in self.parents:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return mkdir(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "mkdir", denied)
-    err = fails(["fit", *tiny_args(locked)], capsys)
+        monkeypatch.setattr(Path, "mkdir", denied)
+    try:
+        err = fails(["fit", *tiny_args(locked / "runs")], capsys)
+    finally:
+        locked.chmod(0o755)
     assert f"{locked}" in err
     assert "permission denied: give this user access" in err
     assert "Traceback" not in err
@@ -980,12 +1018,17 @@ def test_a_run_this_user_cannot_write_beside_is_read_without_a_claim(tmp_path, m
 
     run = RunDir(tmp_path / "group" / "run")
     run.path.mkdir(parents=True)
+    run.path.parent.chmod(0o555)
+    if os.access(run.path.parent, os.W_OK):  # root: the bits do not bind; the claim is denied
 
-    def denied(path):
-        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        def denied(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(rundir, "file_lock", denied)
-    assert run.reader() is None
+        monkeypatch.setattr(rundir, "file_lock", denied)
+    try:
+        assert run.reader() is None
+    finally:
+        run.path.parent.chmod(0o755)
     assert not list(tmp_path.rglob(".*reader*"))
 
 

@@ -24,6 +24,7 @@ import io
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -375,8 +376,9 @@ class SegbenchCLI(LightningCLI):
         raise ConfigError(
             f"--ckpt_path {path}: not a checkpoint of {run.path} (the run this fit writes); a "
             f"fit resumes its own run from {run.checkpoints}. To resume the run it belongs to: "
-            f"--config {owner / RunDir.CONFIG} --ckpt_path last; to start a new run from its "
-            f"weights: --model.init_from {path} without --ckpt_path."
+            f"--config {shlex.quote(str(owner / RunDir.CONFIG))} --ckpt_path last; to start a "
+            f"new run from its weights: --model.init_from {shlex.quote(str(path))} without "
+            "--ckpt_path."
         )
 
     def before_instantiate_classes(self) -> None:
@@ -400,8 +402,12 @@ class SegbenchCLI(LightningCLI):
                     "linked into the task and the network; remove it from the config and "
                     "the command line"
                 )
-        check_loggers(cfg.run.loggers)
-        mode = choose_wandb_mode(cfg.run.wandb if "wandb" in cfg.run.loggers else "disabled")
+        # predict logs nothing, so it starts no logger (instantiate_trainer): they rewrote the
+        # run's hparams.yaml and opened a W&B run, and failed on a run this user may read but
+        # not write (someone else's, a read-only copy) even with --out elsewhere.
+        loggers = cfg.run.loggers if self.subcommand != "predict" else []
+        check_loggers(loggers)
+        mode = choose_wandb_mode(cfg.run.wandb if "wandb" in loggers else "disabled")
         cfg.run.wandb = mode
         if mode in ("online", "offline"):
             os.environ["WANDB_MODE"] = mode
@@ -631,7 +637,7 @@ class SegbenchCLI(LightningCLI):
         trainer_cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else {}
         run, cfg = self.run, self.cfg.run
         if trainer_cfg.get("logger") in (None, True):
-            kwargs["logger"] = self._loggers()
+            kwargs["logger"] = self._loggers() if self.subcommand != "predict" else False
         kwargs["default_root_dir"] = str(run.path)
         plugins = trainer_cfg.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
@@ -753,17 +759,20 @@ class SegbenchCLI(LightningCLI):
         lines.append(f"run directory: {self.run_dir.resolve()}")
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and os.environ.get("WANDB_MODE") == "offline":
+                # Commands to copy: each path quoted for the shell (a space or a quote in it).
                 lines.append(
                     f"W&B (offline): {self.run_dir.resolve() / 'wandb'}; upload with "
-                    f"`wandb sync {self.run_dir / 'wandb'}/offline-run-*`"
+                    f"`wandb sync {shlex.quote(str(self.run_dir / 'wandb'))}/offline-run-*`"
                 )
             elif isinstance(logger, TensorBoardLogger):
-                lines.append(f"TensorBoard: tensorboard --logdir {Path(self.cfg.run.root)}")
+                logdir = shlex.quote(str(Path(self.cfg.run.root)))
+                lines.append(f"TensorBoard: tensorboard --logdir {logdir}")
             elif isinstance(logger, MLFlowLogger):
                 uri = mlflow_uri(self.cfg.run.root, self.cfg.run.mlflow_uri)
+                ui = f" (mlflow ui --backend-store-uri {shlex.quote(uri)})"
                 lines.append(
                     f"MLflow: experiment {self.cfg.run.group!r}, run {logger.run_id} in {uri}"
-                    + ("" if self.cfg.run.mlflow_uri else f" (mlflow ui --backend-store-uri {uri})")
+                    + ("" if self.cfg.run.mlflow_uri else ui)
                 )
         log.info("\n".join(lines))
 

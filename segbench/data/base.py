@@ -185,7 +185,8 @@ class SegmentationDataModule(L.LightningDataModule):
         num_workers: loader worker processes per split (0: load in the main process).
         augment: training augmentation (``None``: none, only normalisation).
         cache: keep what is costly to produce per sample (decoded files, rendered scenes) in
-            the cache folder (``$SEGBENCH_CACHE``, default ``~/.cache/segbench``).
+            the cache folder (``$SEGBENCH_CACHE``, default ``$XDG_CACHE_HOME/segbench`` or
+            ``~/.cache/segbench``).
     """
 
     #: Names of the K classes, in label order.

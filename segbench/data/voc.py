@@ -44,6 +44,7 @@ VOC2012's test labels are not public, so the test stage reads ``val`` by default
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -192,7 +193,7 @@ class PascalVOC(SegmentationDataModule):
     def _sbd_hint(self, sbd: Path) -> str:
         return (
             f"SBD's labels are read as PNGs from {sbd / self.sbd_mask_dir}: convert the .mat "
-            f"files once with `segbench convert-sbd {sbd}` (needs scipy)."
+            f"files once with `segbench convert-sbd {shlex.quote(str(sbd))}` (needs scipy)."
         )
 
     def voc_pairs(self, name: str) -> list[tuple[Path, Path]]:

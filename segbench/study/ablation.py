@@ -379,4 +379,10 @@ def find_ablation(name: str, root: Path = EXPERIMENTS) -> Ablation:
         by_paper = [a for a in by_paper if a.folder.name == "synthetic"] or by_paper
     if len(by_paper) == 1:
         return by_paper[0]
-    raise ConfigError(f"no ablation '{name}' under {root}; found: {', '.join(found) or 'none'}")
+    where = str(root) if root.is_absolute() else f"{root} ({root.resolve()})"
+    if not root.is_dir():  # the default is relative: segbench run from another folder
+        raise ConfigError(
+            f"no ablation '{name}': {where} is not a folder; run segbench from the repository's "
+            "root folder, or give the ablation.yaml's path"
+        )
+    raise ConfigError(f"no ablation '{name}' under {where}; found: {', '.join(found) or 'none'}")

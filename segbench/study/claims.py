@@ -93,7 +93,10 @@ def main(argv: list[str]) -> None:
                      "are never published; write them with --out")  # fmt: skip
     experiments = Path(args.experiments)
     if not experiments.is_dir():
-        raise MissingFileError(f"--experiments {experiments}: no such folder")
+        raise MissingFileError(
+            f"--experiments {experiments}: no such folder ({experiments.resolve()}); run segbench "
+            "from the repository's root folder, or give --experiments the folder of the ablations"
+        )
     if not find_ablations(experiments):
         raise MissingFileError(
             f"--experiments {experiments}: no ablation in it (none at "

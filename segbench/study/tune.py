@@ -681,11 +681,12 @@ def _results(
         # The run goes beside the trials (ROOT/GROUP/best): under the base config's own name it
         # would meet that config's earlier run, and fit refuses a run that has checkpoints.
         where = ["--run.root", str(group_dir.parent), "--run.group", group_dir.name]
+        best_yaml = ["--config", str(group_dir / "best.yaml")]
         header_text = (
             f"# The best trial of {group_dir.name} (trial {best.number}: {space.metric} "
             f"{best.value:.4f}, {space.mode} epoch). Compose it after the base config:\n"
-            f"#   segbench fit {shlex.join(fit_args)} --config {group_dir / 'best.yaml'} "
-            f"{shlex.join([*where, '--run.name', 'best'])}\n"
+            f"#   segbench fit {shlex.join(fit_args)} "
+            f"{shlex.join([*best_yaml, *where, '--run.name', 'best'])}\n"
         )
         writes[group_dir / "best.yaml"] = text_writer(header_text + text)
         lines += [

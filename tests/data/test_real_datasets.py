@@ -8,6 +8,8 @@ writes), Cityscapes' city folders and labelIds, ADE20K's 0..150 maps, PASCAL-Con
 from __future__ import annotations
 
 import contextlib
+import re
+import shlex
 import sys
 import types
 from pathlib import Path
@@ -173,9 +175,13 @@ def test_voc_errors_say_what_was_expected_where(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"\$SEGBENCH_SBD"):
         PascalVOC(root=voc, num_workers=0).setup("fit")
     # SBD without its converted labels: the error gives the command that writes them.
-    sbd = sbd_tree(tmp_path / "sbd", converted=False)
-    with pytest.raises(FileNotFoundError, match=r"(?s)3 listed file\(s\) missing.*convert-sbd"):
+    sbd = sbd_tree(tmp_path / "my sbd", converted=False)
+    with pytest.raises(
+        FileNotFoundError, match=r"(?s)3 listed file\(s\) missing.*convert-sbd"
+    ) as err:
         PascalVOC(root=voc, sbd_root=str(sbd), num_workers=0).setup("fit")
+    command = re.search(r"`(segbench convert-sbd .*?)`", str(err.value)).group(1)
+    assert shlex.split(command)[2] == str(sbd)  # a command to copy: the path quoted
     with pytest.raises(FileNotFoundError, match=r"split list not found: .*nosuch\.txt"):
         PascalVOC(root=voc, val_split="nosuch", num_workers=0).setup("validate")
     (sbd / "train.txt").unlink()

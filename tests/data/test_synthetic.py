@@ -282,3 +282,17 @@ def test_a_cache_folder_that_is_a_file_is_named(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match=r"SEGBENCH_CACHE=.*file is a file, not a folder"):
         cache_root()
+
+
+def test_the_cache_follows_xdg_cache_home(tmp_path, monkeypatch):
+    """Without SEGBENCH_CACHE the cache goes where XDG_CACHE_HOME says (as W&B's, matplotlib's
+    and torch's do), made if missing: a user whose home is not writable points them all there."""
+    from segbench.cache import cache_root
+
+    monkeypatch.delenv("SEGBENCH_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "segbench"
+    assert cache_root().is_dir()
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # ignored, as the XDG rule says
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "segbench"

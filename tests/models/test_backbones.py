@@ -113,6 +113,18 @@ def test_unreachable_download_says_where_to_put_the_file(monkeypatch):
         VGG16(width=1 / 16, weights="IMAGENET1K_V1")
 
 
+def test_a_torch_download_folder_this_user_cannot_write_names_torch_home(tmp_path, monkeypatch):
+    """torch downloads weights into $TORCH_HOME (default ~/.cache/torch): with a home this user
+    cannot write (HOME=/nonexistent, found as a non-root user) the error said 'could not
+    download' and to put the file in that same unwritable folder. Here TORCH_HOME lies under a
+    file, which root cannot write either; nothing is downloaded (the folder fails first)."""
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "a-file" / "torch"))
+    with pytest.raises(ValueError, match=r"torch's download folder .*a-file/torch/hub/checkpoints "
+                       r"cannot be written .*set TORCH_HOME"):  # fmt: skip
+        VGG16(width=1 / 16, weights="IMAGENET1K_V1")
+
+
 def test_unknown_weights_name_is_an_error():
     with pytest.raises(ValueError, match="unknown backbone weights 'IMAGENET_V9'"):
         VGG16(width=1 / 16, weights="IMAGENET_V9")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -100,7 +101,10 @@ def test_sbatch_parameters_and_the_fit_layout_follow_the_options(tmp_path):
     cpu = slurm_parameters(**_cpu_kwargs())
     assert cpu["ntasks_per_node"] == 1
     assert "gpus_per_node" not in cpu
-    script = sbatch_script(params, tmp_path, count=5)
+    folder = tmp_path / "my jobs é"  # the job's command quotes the folder, as submitit does
+    script = sbatch_script(params, folder, count=5)
+    (command,) = [line for line in script.splitlines() if "submitit.core._submit" in line]
+    assert shlex.split(command)[-1] == f"{folder}/%j"
     for line in (
         "#SBATCH --array=0-4%3",
         "#SBATCH --partition=gpu",

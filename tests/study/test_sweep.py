@@ -101,6 +101,9 @@ def test_an_ablation_is_found_by_name_or_paper_and_typos_are_named(tmp_path):
     assert find_ablation("probing-camvid", tmp_path).group == "probe-camvid"
     with pytest.raises(ConfigError, match="no ablation 'nope'"):
         find_ablation("nope", tmp_path)
+    # segbench run outside the repository: the default, relative, names where it looked and why.
+    with pytest.raises(ConfigError, match=r"experiments \(/.+/experiments\) is not a folder; run "):
+        find_ablation("probing", Path(os.path.relpath(tmp_path / "elsewhere" / "experiments")))
     (folder / "ablation.yaml").write_text("name: probing\ngroup: probe\nmetrix: [a]\n")
     with pytest.raises(ConfigError, match=r"unknown keys \['metrix'\]"):
         find_ablation("probing", tmp_path)

@@ -232,9 +232,12 @@ def trials_of(group_dir: Path) -> list[dict[str, str]]:
 
 
 def test_a_study_runs_its_trials_starts_from_the_base_and_writes_what_it_found(tmp_path, capsys):
-    out, logged = run_tune(tune_command(tmp_path, "--trials", "2", "--pruner", "none"), capsys)
+    # Under a folder whose name has a space and an accent: best.yaml's command quotes its paths.
+    root = tmp_path / "a study é"
+    root.mkdir()
+    out, logged = run_tune(tune_command(root, "--trials", "2", "--pruner", "none"), capsys)
     assert logged.count("starting") == 2  # a line per trial's fit (none in the call below)
-    group = tmp_path / "runs" / "space-tune"
+    group = root / "runs" / "space-tune"
     rows = trials_of(group)
     assert [r["state"] for r in rows] == ["complete", "complete"]
     # trial 0 is the base config's own values (quickstart: lr 0.05, weight decay 1e-4)
@@ -267,7 +270,7 @@ def test_a_study_runs_its_trials_starts_from_the_base_and_writes_what_it_found(t
     records = {p: p.stat().st_mtime_ns for p in group.glob("trial-*/metrics.json")}
     dead = group / ".tune-elsewhere-99999.worker"  # a tune killed with -9, none of its trials left
     dead.write_text("pid 99999 on elsewhere\n")
-    _, again = run_tune(tune_command(tmp_path, "--trials", "2", "--pruner", "none"), capsys)
+    _, again = run_tune(tune_command(root, "--trials", "2", "--pruner", "none"), capsys)
     assert not list(group.glob(".tune-*.worker"))  # its own and the dead one's are removed
     assert "starting" not in again
     assert len(trials_of(group)) == 2

@@ -9,6 +9,7 @@ initialisation, which is what runs offline.
 from __future__ import annotations
 
 import logging
+import urllib.error
 from pathlib import Path
 
 import torch
@@ -46,6 +47,14 @@ def load_state_dict(weights: str, enum_name: str) -> dict[str, Tensor]:
         return entry.get_state_dict(progress=True)
     except OSError as err:  # URLError is an OSError: no network, proxy, DNS, ...
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
+        if err.filename is not None and not isinstance(err, urllib.error.URLError):
+            # Not the network: torch's download folder (by default in the home folder, which
+            # may not be this user's to write) could not be made or written.
+            raise ConfigError(
+                f"{enum_name}.{weights}: torch's download folder {cache.parent} cannot be "
+                f"written ({err}); set TORCH_HOME to a folder this user can write, or pass the "
+                "weights file's path as the weights"
+            ) from err
         raise UnavailableError(
             f"could not download {enum_name}.{weights} from {entry.url} ({err}). Offline, put the "
             f"file at {cache}, or pass its path as the weights, or set weights to null to start "

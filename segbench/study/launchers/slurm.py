@@ -133,7 +133,9 @@ def sbatch_script(params: Mapping[str, Any], folder: Path, count: int) -> str:
     """The sbatch file submitit would write for ``count`` runs (``--dry-run``)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {folder}/%j"
+    # As submitit writes it: the folder quoted (a space in it).
+    jobs = shlex.quote(str(folder / "%j"))
+    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {jobs}"
     return _make_sbatch_string(
         command=command,
         folder=str(folder / "%j"),
