@@ -9,6 +9,7 @@ effective batch differs from its recipe's is the most common reproduction mistak
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import socket
@@ -22,6 +23,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 _PACKAGES = (
     "torch",
@@ -51,24 +54,31 @@ def _version(name: str) -> str | None:
 @cache
 def git_state() -> dict[str, Any]:
     """The commit of segbench's source tree and whether it had uncommitted changes."""
-    src = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(src), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
+    return source_state(Path(__file__).resolve().parent)
+
+
+def source_state(src: Path) -> dict[str, Any]:
+    """The commit of the git work tree holding ``src`` and whether it had uncommitted changes;
+    where git cannot tell, ``None`` for both and ``git_error``, git's reason. A tree git refuses
+    to read (``dubious ownership``: a checkout of another user's, where ``safe.directory`` does
+    not name it) is also a warning: the run records no commit. A tree outside git (segbench
+    installed from a wheel) is not."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(src), *args], capture_output=True, text=True, timeout=10, check=True
         ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except subprocess.CalledProcessError as err:
+        why = next(iter((err.stderr or "").strip().splitlines()), f"exit status {err.returncode}")
+        if "not a git repository" not in why:
+            log.warning("the run records no commit of segbench's source %s: git says %s", src, why)
+        return {"commit": None, "dirty": None, "git_error": why}
+    except (OSError, subprocess.SubprocessError) as err:  # no git, or it hung
+        return {"commit": None, "dirty": None, "git_error": str(err)}
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
