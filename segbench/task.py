@@ -58,6 +58,9 @@ Stage = Literal["val", "test"]
 
 #: ``torch.compile``'s modes (``model.compile``).
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+#: ``torch.compile``'s backends (``model.compile_backend``): Inductor generates kernels; the
+#: other two stop before it, as torch's guide to a compile problem bisects it.
+CompileBackend = Literal["inductor", "aot_eager", "eager"]
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -123,6 +126,11 @@ class SegmentationTask(L.LightningModule):
             checkpoints, exact resume, export and ``segbench.load`` are those of the eager
             network (no ``_orig_mod.`` prefix). The first steps of each input size pay the
             compilation; whether it pays on a machine: ``segbench benchmark --what compile``.
+        compile_backend: ``torch.compile``'s backend when ``compile`` is on: ``inductor`` (the
+            one that makes it faster; the mode applies to it only), or, to find which stage of a
+            compile problem fails, ``aot_eager`` (graph capture and autograd tracing, no
+            kernels) and ``eager`` (graph capture only). Neither of the two is faster than
+            the network uncompiled.
     """
 
     def __init__(
@@ -151,6 +159,7 @@ class SegmentationTask(L.LightningModule):
         channels_last: bool = False,
         boundary_ratio: float = 0.02,
         compile: bool | CompileMode = False,
+        compile_backend: CompileBackend = "inductor",
     ) -> None:
         super().__init__()
         _check_values(
@@ -197,6 +206,7 @@ class SegmentationTask(L.LightningModule):
         self.compile_mode: CompileMode | None = (
             ("default" if compile is True else compile) if compile else None
         )
+        self.compile_backend = compile_backend
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             to_channels_last(self.net)
@@ -231,8 +241,14 @@ class SegmentationTask(L.LightningModule):
     # -- set-up ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if self.compile_mode and getattr(self.net, "_compiled_call_impl", None) is None:
-            self.net.compile(mode=self.compile_mode)  # in place: the state-dict keys stay
-            log.info("model.compile: the network is compiled (mode %s)", self.compile_mode)
+            # In place: the state-dict keys stay. Only Inductor takes a mode.
+            inductor = self.compile_backend == "inductor"
+            mode = {"mode": self.compile_mode} if inductor else {}
+            self.net.compile(backend=self.compile_backend, **mode)
+            log.info(
+                "model.compile: the network is compiled (%s)",
+                f"mode {self.compile_mode}" if inductor else f"backend {self.compile_backend}",
+            )
         if stage != "fit":
             return
         # Runs before Lightning restores a --ckpt_path, so a resumed run keeps its own weights.

@@ -72,19 +72,34 @@ def test_an_unknown_precision_is_still_refused(tiny, capsys):
     assert "trainer.precision" in capsys.readouterr().err
 
 
-def test_a_compiled_run_keeps_eager_checkpoints_and_resumes_after_a_kill(tmp_path):
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "aot_eager",
+        # Inductor's kernels: ~95 s of C++ compilation on two cores with an empty cache, for
+        # what torch tests; segbench's part (in place, keys, resume, load) is the same above.
+        pytest.param("inductor", marks=pytest.mark.slow),
+    ],
+)
+def test_a_compiled_run_keeps_eager_checkpoints_and_resumes_after_a_kill(tmp_path, backend):
     """``model.compile``: the network is compiled in place, so the checkpoints hold the eager
     network's keys (no ``_orig_mod.``), a killed run resumes, and ``segbench.load`` and the
     export path read it as any run."""
     # Killed at step 3 of 4, before any validation: the killed process compiles the training
     # graph only (Inductor takes seconds a graph), the resumed one the training and eval graphs.
-    extra = ["--model.compile", "true", "--run.checkpoint_every_n_steps", "1"]
+    extra = ["--model.compile", "true", "--model.compile_backend", backend]
+    extra += ["--run.checkpoint_every_n_steps", "1"]
     args = tiny_args(tmp_path, name="compiled", epochs=1, extra=extra)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=3"]
     fit = [sys.executable, "-m", "segbench.cli", "fit", *args]
     assert subprocess.run([*fit, *kill], cwd=REPO, env=env).returncode == -9
-    assert subprocess.run([*fit, "--ckpt_path", "last"], cwd=REPO, env=env).returncode == 0
+    resumed = subprocess.run(
+        [*fit, "--ckpt_path", "last"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    said = "the network is compiled (" + ("mode default" if backend == "inductor" else "backend")
+    assert said in resumed.stderr, resumed.stderr[-3000:]
     run = tmp_path / "test" / "compiled"
     for name in ("best", "last"):
         state = torch.load(run / "checkpoints" / f"{name}.ckpt", weights_only=True)["state_dict"]
@@ -93,6 +108,7 @@ def test_a_compiled_run_keeps_eager_checkpoints_and_resumes_after_a_kill(tmp_pat
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["config"]["model.compile"] is True
+    assert metrics["config"]["model.compile_backend"] == backend
     assert len(metrics["provenance"]["attempts"]) == 2  # killed, then resumed
     model = segbench.load(run)  # built without a trainer: eager, the same weights
     assert getattr(model.task.net, "_compiled_call_impl", None) is None
