@@ -123,7 +123,7 @@ def test_gpu_evidence_dry_run_runs_every_stage_on_the_cpu(tmp_path):
     assert not any(n.endswith(".ckpt") for n in names)
 
 
-@pytest.mark.slow  # ~40 s of Inductor compilation; the compiled run is tested in make test
+@pytest.mark.slow  # ~40 s of Inductor compilation; make test compiles a run with aot_eager
 def test_segbench_benchmark_times_eager_and_compiled_alternately(tmp_path):
     from segbench.cli import main
     from tests.helpers import tiny_args
