@@ -265,24 +265,28 @@ class RunFiles(Callback):
         metrics = getattr(pl_module, "metrics", {})
         split = "val" if stage == "validate" else "test"
         confusion = getattr(metrics[split], "last_confusion", None) if split in metrics else None
-        if confusion is not None:
-            write_confusion(self.run, stage, confusion, list(pl_module.class_names))
         protocols = getattr(pl_module, "protocols", {})
         protocol = protocols.get("val" if stage == "validate" else "test")
         prefix = "val/" if stage == "validate" else "test/"
-        self.run.write_section(
-            stage,
-            {
-                "metrics": _floats(trainer.callback_metrics, prefix),
-                "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
-                "checkpoint_step": _measured_step(trainer),
-                "protocol": protocol.to_dict() if protocol is not None else None,
-                "eval_timing": self._eval_seconds(),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "data": self.data,
-                "data_changes": self._data_changes(stage),
-            },
-        )
+        # The confusion files and the section under one hold of the record: two commands of one
+        # stage at once (two validates) leave one's pair, never one's files beside the other's
+        # section.
+        with self.run.record_lock():
+            if confusion is not None:
+                write_confusion(self.run, stage, confusion, list(pl_module.class_names))
+            self.run.write_section(
+                stage,
+                {
+                    "metrics": _floats(trainer.callback_metrics, prefix),
+                    "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+                    "checkpoint_step": _measured_step(trainer),
+                    "protocol": protocol.to_dict() if protocol is not None else None,
+                    "eval_timing": self._eval_seconds(),
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "data": self.data,
+                    "data_changes": self._data_changes(stage),
+                },
+            )
 
     def _data_changes(self, stage: str) -> dict[str, list[Any]] | None:
         """``key -> [the run's, this command's]`` for the data keys that differ from the data the

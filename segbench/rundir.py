@@ -45,6 +45,7 @@ import pickle
 import shutil
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -69,16 +70,29 @@ log = logging.getLogger("segbench")
 
 
 # -- atomic files ------------------------------------------------------------------------------
+#: The lock files this thread holds (:func:`file_lock`), so that it can take one again inside.
+_held = threading.local()
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on ``path`` (created), held for the block: one process at a time
-    (an advisory ``flock``, which the kernel drops when the holder dies)."""
+    (an advisory ``flock``, which the kernel drops when the holder dies), and one thread of it.
+    A thread that holds it takes it again at once (a block that writes several files under the
+    run's record lock, each write taking it too)."""
+    key = os.path.abspath(path)
+    held: set[str] = _held.__dict__.setdefault("paths", set())
+    if key in held:
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
+        held.add(key)
         try:
             yield
         finally:
+            held.discard(key)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import fcntl
 import json
 import os
 import pickle
@@ -1055,3 +1056,54 @@ def test_a_look_at_a_claim_does_not_refuse_the_fit_taking_it(tmp_path, monkeypat
     with pytest.raises(BusyError, match="is being written by pid"):
         run.writer()
     claim.release()
+
+
+def test_the_record_lock_is_taken_again_by_its_holder_and_holds_off_other_threads(tmp_path):
+    """A block holding the run's record writes several files, each write taking the lock too
+    (:meth:`RunDir.update`): the holder's thread takes it again at once; another thread waits."""
+    run = RunDir(tmp_path)
+    taken = threading.Event()
+
+    def other() -> None:
+        with run.record_lock():
+            taken.set()
+
+    with run.record_lock():
+        run.write_section("validate", {"metrics": {}})  # inside: no deadlock
+        thread = threading.Thread(target=other, daemon=True)
+        thread.start()
+        assert not taken.wait(0.3)  # held off while this thread holds it
+    thread.join(timeout=60)
+    assert taken.is_set()
+    assert run.section("validate") == {"metrics": {}}
+
+
+def test_an_evaluation_writes_its_confusion_files_and_section_under_one_hold(tmp_path, monkeypatch):
+    """Two evaluations of one stage at once (two ``segbench validate`` of a run) each wrote their
+    confusion files, then their section, each under its own hold of the record: one's files
+    could end beside the other's section. Both are now written under one hold."""
+    from segbench import callbacks
+    from segbench.rundir import file_lock
+
+    main(["fit", *tiny_args(tmp_path)])
+    run = RunDir(tmp_path / "test" / "tiny")
+    seen: list[bool] = []
+    write = callbacks.write_confusion
+
+    def probing(*args, **kwargs):  # is the record held while the files are written?
+        with open(run.path / ".metrics.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                seen.append(True)
+            else:
+                fcntl.flock(f, fcntl.LOCK_UN)
+                seen.append(False)
+        write(*args, **kwargs)
+
+    monkeypatch.setattr(callbacks, "write_confusion", probing)
+    main(["validate", "--config", str(run.config), "--ckpt_path", "last"])
+    assert seen == [True]
+    assert run.section("validate")["checkpoint"].endswith("last.ckpt")
+    with file_lock(run.path / ".metrics.lock"):  # released after
+        pass
