@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from segbench.rundir import file_lock
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS_TOOLS = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
 
@@ -73,12 +75,11 @@ def _missing_docs_tools() -> list[str]:
     return missing
 
 
-# The site takes ~13 s to build: under pytest-xdist (make test runs --dist loadgroup) its tests
-# go to one worker, which builds it once.
-pytestmark = pytest.mark.xdist_group("docs-site")
-
-
-@pytest.fixture(scope="module")
+# The site takes ~13 s to build (~30 s beside other tests), once per make test: the first
+# pytest-xdist worker to need it builds it into the run's shared temporary folder, under a lock
+# the other waits on. (An xdist_group did not keep these tests on one worker: under pytest 9.2
+# and pytest-xdist 3.8 the group is not honoured, and each worker built the site.)
+@pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     missing = _missing_docs_tools()
     if missing:
@@ -86,7 +87,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
             f"the docs tools are not installed ({', '.join(missing)}): "
             "pip install -e '.[docs]' (make venv installs them)"
         )
-    out = tmp_path_factory.mktemp("site")
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder of every worker's own
+    out, built = shared / "docs-site", shared / "docs-site.built"
+    with file_lock(shared / "docs-site.lock"):
+        if not built.is_file():
+            _build_site(out)
+            built.touch()
+    return out
+
+
+def _build_site(out: Path) -> None:
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=path, NO_MKDOCS_2_WARNING="1")
     done = subprocess.run(
@@ -108,7 +120,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=600,
     )
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stderr[-6000:]}"
-    return out
 
 
 def test_the_site_builds_strictly_with_every_key_page(site: Path) -> None:
