@@ -345,14 +345,22 @@ def test_a_diverging_trial_is_told_as_pruned_so_the_sampler_avoids_it(tmp_path, 
     assert "1 pruned (1 of them diverged)" in out
 
 
-def test_a_changed_space_is_refused_on_an_existing_study(tmp_path, capsys):
-    run_tune(tune_command(tmp_path, "--trials", "1", "--pruner", "none", epochs=1), capsys)
+def test_a_changed_space_is_refused_on_an_existing_study(tmp_path):
     cmd = tune_command(tmp_path, "--trials", "2", "--pruner", "none", epochs=1)
     args = cmd[cmd.index("tune") + 1 :]
+    # The study as the command's first run makes it (its trials' fits add nothing to the check):
+    # opened again with the same space, as the command opens it, it is taken.
+    space = tune.SearchSpace.load(space_file(tmp_path))
+    group = tmp_path / "runs" / "space-tune"
+    fit_args = [*args[:2], *args[args.index("--") + 1 :]]
+    trains = tune.trained_config(fit_args, space)
+    tune.open_study(group, group.name, space, pruner=PRUNER, trains=trains)
+    tune.open_study(group, group.name, space, pruner=PRUNER, trains=trains)
     changed = {**SPACE, "mode": "last"}
     space_file(tmp_path, changed)
     with pytest.raises(ConfigError, match=r"study.journal was made with another search \(mode"):
         tune.main(args)
+    assert not (group / "trial-000").exists()
 
 
 def test_a_page_written_while_a_trial_runs_says_so(tmp_path):
@@ -420,20 +428,21 @@ def test_a_study_refuses_trials_trained_otherwise_than_its_own(tmp_path, capsys)
     assert "continue it with the arguments it was made with" in said
     assert len(trials_of(group)) == 1
     assert not (group / "trial-001").exists()
-    # where the runs are logged is no difference in what they train: the study goes on
+    # Where the runs are logged is no difference in what they train: the study is taken (the
+    # check comes before any trial; a budget already spent trains none).
     logged_elsewhere = ("--run.tags", "[again]", "--run.checkpoint_every_minutes", "5")
-    cmd = tune_command(tmp_path, "--trials", "2", "--pruner", "none", epochs=1,
+    cmd = tune_command(tmp_path, "--trials", "1", "--pruner", "none", epochs=1,
                        extra=logged_elsewhere)  # fmt: skip
     run_tune(cmd, capsys)
-    assert [r["state"] for r in trials_of(group)] == ["complete", "complete"]
+    assert [r["state"] for r in trials_of(group)] == ["complete"]
     # a study made before studies recorded this takes the command's settings as its own
     study = optuna.load_study(study_name=None, storage=tune.journal(group / tune.STUDY_FILE))
     study.set_user_attr(tune.TRAINS_ATTR, None)
-    cmd = tune_command(tmp_path, "--trials", "3", "--pruner", "none", epochs=1,
+    cmd = tune_command(tmp_path, "--trials", "1", "--pruner", "none", epochs=1,
                        extra=("--seed_everything", "5"))  # fmt: skip
     _, logged = run_tune(cmd, capsys)
     assert "made before studies recorded what their trials train" in logged
-    assert len(trials_of(group)) == 3
+    assert len(trials_of(group)) == 1
     study = optuna.load_study(study_name=None, storage=tune.journal(group / tune.STUDY_FILE))
     assert study.user_attrs[tune.TRAINS_ATTR]["seed_everything"] == 5
 
