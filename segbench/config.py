@@ -5,6 +5,7 @@ module as ``segbench fit`` parses it; ``segbench.cli`` imports this module, neve
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,35 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {key: tree if isinstance(tree, int | float | str | bool) or tree is None else str(tree)}
 
 
+#: The flat keys of the folders a data module reads (``data.init_args.root``, ``sbd_root``, ...).
+DATA_ROOT_KEY = re.compile(r"^data\.init_args\.(\w+_)?root$")
+
+
+def absolute_root(value: Any) -> Any:
+    """A data folder as a run records it: a relative path made absolute from the current folder
+    (where the command reads it), so the run's ``config.yaml`` names the same data from any
+    folder a later ``validate``, ``test`` or resume starts in. A path from the home folder
+    (``~/data``) stays so, and ``None`` (the data set's environment variable) stays ``None``."""
+    if (
+        not isinstance(value, str)
+        or not value
+        or value.startswith("~")
+        or Path(value).is_absolute()
+    ):
+        return value
+    return os.path.abspath(value)
+
+
+def absolute_data_roots(data: Namespace | None) -> None:
+    """Make the data module's folders (:data:`DATA_ROOT_KEY`) absolute, in place."""
+    init_args = data.get("init_args") if isinstance(data, Namespace) else None
+    if not isinstance(init_args, Namespace):
+        return
+    for key in list(init_args.keys()):
+        if DATA_ROOT_KEY.match(f"data.init_args.{key}"):
+            init_args[key] = absolute_root(init_args[key])
+
+
 def config_changes(
     recorded: dict[str, Any],
     new: dict[str, Any],
@@ -128,12 +158,21 @@ def config_changes(
 ) -> dict[str, list[Any]]:
     """``key -> [recorded, new]`` for the keys of two flattened configs whose values differ,
     leaving out those beginning with ``may_change``. Only keys of both count, unless
-    ``one_sided``: then a key of one side is a change too, ``None`` standing for the other."""
+    ``one_sided``: then a key of one side is a change too, ``None`` standing for the other. A
+    data folder given relative (a run recorded before :func:`absolute_root`) is the same as
+    that folder given absolute from here."""
     keys = recorded.keys() | new.keys() if one_sided else recorded.keys() & new.keys()
+
+    def same(key: str) -> bool:
+        old, now = recorded.get(key), new.get(key)
+        if DATA_ROOT_KEY.match(key):  # a run recorded before roots were made absolute
+            return bool(absolute_root(old) == absolute_root(now))
+        return bool(old == now)
+
     return {
         key: [recorded.get(key), new.get(key)]
         for key in sorted(keys)
-        if recorded.get(key) != new.get(key) and not key.startswith(may_change)
+        if not same(key) and not key.startswith(may_change)
     }
 
 

@@ -439,6 +439,54 @@ def test_a_runs_config_yaml_names_its_own_run_wherever_it_lies(tiny, monkeypatch
     assert record(elsewhere / "runs" / "test" / "eval-apart")["validate"]["checkpoint"] == str(kept)
 
 
+def test_a_data_folder_given_relative_is_recorded_absolute_and_read_from_anywhere(
+    tiny, monkeypatch
+):
+    """``--data.init_args.root data/mine`` (relative to where the fit starts) was recorded as
+    given: a ``test --config RUN/config.yaml`` from another folder looked for ``data/mine``
+    there. The run records the folder absolute; a run recorded before (relative root) still
+    resumes from the folder it was made in, its root not taken for a change."""
+    monkeypatch.chdir(tiny.root)
+    data = tiny.root / "data" / "mine"
+    for folder in ("images", "masks"):
+        (data / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            data / "images" / f"{i}.png"
+        )
+        Image.fromarray(rng.integers(0, 3, (32, 32), dtype=np.uint8)).save(
+            data / "masks" / f"{i}.png"
+        )
+    for split in ("train", "val", "test"):
+        (data / f"{split}.txt").write_text("0\n1\n2\n3\n")
+    folder = ["--data", "segbench.data.FolderSegmentation", "--data.init_args.root", "data/mine",
+              "--data.init_args.num_classes", "3", "--data.init_args.image_suffix", ".png",
+              "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+              "--model.class_weights", "null"]  # fmt: skip
+    run_main(["fit", *tiny(), *folder])
+    run_dir = tiny.root / "test" / "tiny"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["data"]["init_args"]["root"] == str(data)
+    assert metrics(run_dir)["config"]["data.init_args.root"] == str(data)
+
+    elsewhere = tiny.root / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run_main(["test", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "best"])
+    measured = json.loads((run_dir / "metrics.json").read_text())["test"]
+    assert measured["data_changes"] == {}
+    assert measured["data"]["data.init_args.root"] == str(data)
+
+    # A run recorded before: its metrics.json and config.yaml name the folder as it was given.
+    record = json.loads((run_dir / "metrics.json").read_text())
+    record["config"]["data.init_args.root"] = "data/mine"
+    (run_dir / "metrics.json").write_text(json.dumps(record))
+    monkeypatch.chdir(tiny.root)
+    run_main(["fit", *tiny(), *folder, "--ckpt_path", "last"])  # finished: not refused
+    assert metrics(run_dir)["finished"] is True
+
+
 def test_a_test_on_other_data_records_the_data_it_measured_on(tiny, caplog):
     """``test --config RUN/config.yaml --config other_data.yaml`` replaces the run's ``test``
     section; the section says which data its numbers are of (the data keys, flat, and those that

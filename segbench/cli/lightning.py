@@ -56,6 +56,7 @@ from segbench.cli.commands import COMMANDS
 from segbench.config import (
     LINKS,
     RunConfig,
+    absolute_data_roots,
     config_changes,
     config_files,
     flatten,
@@ -269,6 +270,14 @@ class SegbenchCLI(LightningCLI):
     @property
     def run_dir(self) -> Path:
         return self.run.path
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # A data folder given relative to where this command starts is recorded absolute (the
+        # run's config.yaml, metrics.json, the loggers' hyper-parameters), so that a validate,
+        # test or resume from another folder reads the data the run trained on.
+        sub = self.config.get("subcommand")
+        absolute_data_roots((self.config[sub] if sub else self.config).get("data"))
 
     def _parse_ckpt_path(self) -> None:
         # "best" / "last" name the files of this run's directory, also in a fresh process
