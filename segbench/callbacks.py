@@ -93,6 +93,19 @@ def _measured_step(trainer: L.Trainer) -> int | None:
     return checkpoint_step(trainer.ckpt_path)
 
 
+def evaluation_log_step(trainer: L.Trainer) -> int | None:
+    """The step at which the loggers get an evaluation of a checkpoint (``segbench validate`` /
+    ``test``, and the test after a fit): the step at which the fit logged its validation of
+    those weights, one before the checkpoint's step (Lightning logs an epoch's end at its last
+    optimiser step). Lightning's own, the fit loop's step count, is 0 in a command that only
+    evaluates: TensorBoard, MLflow and W&B drew the best checkpoint's score at the start of the
+    run's curve. ``None`` while fitting, or without a checkpoint."""
+    if trainer.state.fn == TrainerFn.FITTING:
+        return None
+    step = _measured_step(trainer)
+    return None if step is None else max(step - 1, 0)
+
+
 def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for k, v in sorted(metrics.items()):
@@ -351,6 +364,21 @@ class RunFiles(Callback):
         self.fit["global_step"] = trainer.global_step
         self.fit["finished"] = _fit_loop_done(trainer) and not trainer.interrupted
         self._write_fit(trainer)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log_at_checkpoint_step(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log_at_checkpoint_step(trainer, pl_module)
+
+    @staticmethod
+    def _log_at_checkpoint_step(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """An evaluation's metrics go to the loggers at :func:`evaluation_log_step`: a value
+        logged as ``step`` is the step Lightning logs the others at (and is not logged itself).
+        Its ``metrics.csv`` row has no epoch, so the learning curves leave it out."""
+        step = evaluation_log_step(trainer)
+        if step is not None and not trainer.sanity_checking:
+            pl_module.log("step", float(step), on_step=False, on_epoch=True)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.command != "fit":
@@ -809,10 +837,11 @@ class SegmentationVisualizer(Callback):
         metrics = getattr(pl_module, "metrics", {})
         confusion = getattr(metrics["val"], "last_confusion", None) if "val" in metrics else None
         # The step Lightning logs this validation's metrics at: during fit, that of the last
-        # optimiser step, so a resume's purge (from the checkpoint's step on) keeps them.
+        # optimiser step, so a resume's purge (from the checkpoint's step on) keeps them; in
+        # segbench validate, the step the fit logged these weights' validation at.
         log_validation_pictures(
             trainer.loggers,
-            step=max(trainer.global_step - 1, 0) if fitting else trainer.global_step,
+            step=max(trainer.global_step - 1, 0) if fitting else evaluation_log_step(trainer) or 0,
             examples=np.asarray(picture),
             masks=(pictures, targets, preds),
             confusion=confusion,

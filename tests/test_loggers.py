@@ -249,6 +249,44 @@ def tensorboard_events(log_dir: Path) -> Any:
 
 
 @needs_tensorboard
+def test_an_evaluation_is_logged_at_the_step_of_its_checkpoint_not_at_step_0(tmp_path):
+    """``segbench validate --ckpt_path best`` logged its metrics at step 0 (Lightning's step
+    count of a command that only evaluates): TensorBoard, MLflow and W&B drew the best
+    checkpoint's score as the first point of the run's curve. An evaluation is logged at the step
+    the fit logged its validation of the same weights at; its metrics.csv row has no epoch, so
+    the report's learning curve stays the fit's."""
+    import json
+
+    from segbench.study.runs import learning_curve
+
+    extra = ["--run.loggers", "[tensorboard, csv]"]
+    main(["fit", *tiny_args(tmp_path, name="evaluated", epochs=2, extra=extra)])
+    run = tmp_path / "test" / "evaluated"
+    fitted = {e.step: e.value for e in tensorboard_events(run / "tensorboard").Scalars("val/mIoU")}
+    assert list(fitted) == [3, 7]  # each epoch's end: one before the checkpoint's step (4, 8)
+    curve = learning_curve(run)
+    config = ["--config", str(run / "config.yaml")]
+    main(["validate", *config, "--ckpt_path", "best"])
+    main(["test", *config, "--ckpt_path", "last"])
+
+    best = json.loads((run / "metrics.json").read_text())["validate"]["checkpoint_step"]
+    assert best in (4, 8)
+    events = tensorboard_events(run / "tensorboard")
+    val = [(e.step, e.value) for e in events.Scalars("val/mIoU")]
+    assert val[:2] == list(fitted.items())
+    assert val[2] == (best - 1, pytest.approx(fitted[best - 1], abs=1e-6))  # the same weights
+    assert [e.step for e in events.Scalars("test/mIoU")] == [7]
+    assert [e.step for e in events.Images("val/examples")] == [3, 7, best - 1]
+    assert "step" not in events.Tags()["scalars"]
+    assert learning_curve(run) == curve
+    evaluations = [r for r in rows(run / "metrics.csv") if not r["epoch"]]
+    assert [(r["step"], bool(r["val/mIoU"]), bool(r["test/mIoU"])) for r in evaluations] == [
+        (str(best - 1), True, False),
+        ("7", False, True),
+    ]
+
+
+@needs_tensorboard
 @needs_mlflow
 def test_tensorboard_and_mlflow_get_what_wandb_gets_and_a_killed_run_stays_one_run(
     tmp_path, mlflow_store

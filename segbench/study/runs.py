@@ -197,9 +197,10 @@ def learning_curve(run_dir: Path, key: str = "val/mIoU") -> dict[int, float]:
     """``{epoch: value}`` of one per-epoch key in a run's ``metrics.csv`` (empty if none).
 
     A resumed run logs the epoch it resumed in again; the last value logged for an epoch wins.
-    Rows at step 0 are left out: training logs after at least one step, and ``segbench
-    validate`` / ``test`` of a checkpoint append their numbers as epoch 0, step 0 (they once
-    replaced the first epoch's validation by the best checkpoint's on ``report``'s curves).
+    Rows without an epoch are left out: ``segbench validate`` / ``test`` of a checkpoint append
+    their numbers so, at the checkpoint's step. Rows at step 0 too: runs evaluated before that
+    have them as epoch 0, step 0 (which once replaced the first epoch's validation by the best
+    checkpoint's on ``report``'s curves); training logs after at least one step.
     A last line without its end is left out: a run still training (a sweep's) may be appending
     it as the report reads, and its last value cut short read as another number ('0.4' of
     '0.4521').
