@@ -716,6 +716,13 @@ class SegbenchCLI(LightningCLI):
         # Lightning's own use of torch's pytree API (lightning/pytorch/utilities/_pytree.py),
         # deprecated in torch 2.14: printed at every fit, nothing a user can act on.
         warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        # Under DDP Lightning advises sync_dist=True for every value logged at an epoch's end:
+        # about 100 lines a run. The evaluation's values are torchmetrics results, already
+        # reduced over the processes, and the evaluation's step is the same on each; the advice
+        # on the training values (each process's own losses) stays.
+        warnings.filterwarnings(
+            "ignore", r"It is recommended to use `self\.log\('(val/|test/|step')"
+        )
         # Mixed precision keeps the parameters in float32, which the summary's size assumes
         # when it warns that it cannot tell.
         warnings.filterwarnings("ignore", r"Precision \S+-mixed is not supported by the model summ")
