@@ -120,15 +120,16 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {key: tree if isinstance(tree, int | float | str | bool) or tree is None else str(tree)}
 
 
-#: The flat keys of the folders a data module reads (``data.init_args.root``, ``sbd_root``, ...).
-DATA_ROOT_KEY = re.compile(r"^data\.init_args\.(\w+_)?root$")
+#: The flat keys of the files and folders a run reads, given as paths: the data module's folders
+#: (``data.init_args.root``, ``sbd_root``, ...) and the weights it starts from.
+PATH_KEY = re.compile(r"^(data\.init_args\.(\w+_)?root|model\.init_from)$")
 
 
-def absolute_root(value: Any) -> Any:
-    """A data folder as a run records it: a relative path made absolute from the current folder
-    (where the command reads it), so the run's ``config.yaml`` names the same data from any
-    folder a later ``validate``, ``test`` or resume starts in. A path from the home folder
-    (``~/data``) stays so, and ``None`` (the data set's environment variable) stays ``None``."""
+def absolute_path(value: Any) -> Any:
+    """A path as a run records it: a relative path made absolute from the current folder (where
+    the command reads it), so the run's ``config.yaml`` names the same file from any folder a
+    later ``validate``, ``test`` or resume starts in. A path from the home folder (``~/data``)
+    stays so, and ``None`` (a data set's environment variable) stays ``None``."""
     if (
         not isinstance(value, str)
         or not value
@@ -139,14 +140,18 @@ def absolute_root(value: Any) -> Any:
     return os.path.abspath(value)
 
 
-def absolute_data_roots(data: Namespace | None) -> None:
-    """Make the data module's folders (:data:`DATA_ROOT_KEY`) absolute, in place."""
-    init_args = data.get("init_args") if isinstance(data, Namespace) else None
-    if not isinstance(init_args, Namespace):
-        return
-    for key in list(init_args.keys()):
-        if DATA_ROOT_KEY.match(f"data.init_args.{key}"):
-            init_args[key] = absolute_root(init_args[key])
+def absolute_paths(cfg: Namespace) -> None:
+    """Make a command's :data:`PATH_KEY` values absolute, in place."""
+    for section in ("data", "model"):
+        node = cfg.get(section)
+        if section == "data" and isinstance(node, Namespace):
+            node = node.get("init_args")
+        if not isinstance(node, Namespace):
+            continue
+        for key in list(node.keys()):
+            flat = f"data.init_args.{key}" if section == "data" else f"model.{key}"
+            if PATH_KEY.match(flat):
+                node[key] = absolute_path(node[key])
 
 
 def config_changes(
@@ -159,14 +164,14 @@ def config_changes(
     """``key -> [recorded, new]`` for the keys of two flattened configs whose values differ,
     leaving out those beginning with ``may_change``. Only keys of both count, unless
     ``one_sided``: then a key of one side is a change too, ``None`` standing for the other. A
-    data folder given relative (a run recorded before :func:`absolute_root`) is the same as
-    that folder given absolute from here."""
+    path given relative (:data:`PATH_KEY`, in a run recorded before :func:`absolute_path`) is the
+    same as that path given absolute from here."""
     keys = recorded.keys() | new.keys() if one_sided else recorded.keys() & new.keys()
 
     def same(key: str) -> bool:
         old, now = recorded.get(key), new.get(key)
-        if DATA_ROOT_KEY.match(key):  # a run recorded before roots were made absolute
-            return bool(absolute_root(old) == absolute_root(now))
+        if PATH_KEY.match(key):  # a run recorded before paths were made absolute
+            return bool(absolute_path(old) == absolute_path(now))
         return bool(old == now)
 
     return {

@@ -203,6 +203,7 @@ class SegmentationTask(L.LightningModule):
         self.step_epochs, self.step_gamma = step_epochs, step_gamma
         self.warmup_iters, self.warmup_factor = warmup_iters, warmup_factor
         self.init_from = init_from
+        self.resuming = False  # set by segbench fit --ckpt_path: init_from is not read
         self.compile_mode: CompileMode | None = (
             ("default" if compile is True else compile) if compile else None
         )
@@ -251,8 +252,9 @@ class SegmentationTask(L.LightningModule):
             )
         if stage != "fit":
             return
-        # Runs before Lightning restores a --ckpt_path, so a resumed run keeps its own weights.
-        if self.init_from:
+        # A resume takes every weight from its checkpoint: the file it started from is not
+        # read, and may since have been moved, deleted or trained again.
+        if self.init_from and not self.resuming:
             self.load_matching(self.init_from)
         # Lightning sets trainer.datamodule for each stage without declaring it on Trainer.
         datamodule = getattr(self.trainer, "datamodule", None)

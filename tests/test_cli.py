@@ -487,6 +487,25 @@ def test_a_data_folder_given_relative_is_recorded_absolute_and_read_from_anywher
     assert metrics(run_dir)["finished"] is True
 
 
+def test_a_resume_does_not_read_the_weights_its_run_started_from(tiny, monkeypatch):
+    """``model.init_from`` given relative is recorded absolute, and a resume takes every weight
+    from its checkpoint: it read the file its run started from again (then overwrote what it
+    loaded), and failed when that file had since been moved or deleted."""
+    monkeypatch.chdir(tiny.root)
+    run_main(["fit", *tiny(name="start")])
+    start = tiny.root / "test" / "start" / "checkpoints" / "best.ckpt"
+    longer = ["--model.lr_schedule", "constant"]  # a schedule a resume may train longer
+    args = [*tiny(name="staged"), *longer, "--model.init_from", "test/start/checkpoints/best.ckpt"]
+    run_main(["fit", *args])
+    run_dir = tiny.root / "test" / "staged"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["init_from"] == str(start)
+    shutil.rmtree(start.parent.parent)
+    run_main(["fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert metrics(run_dir)["completed_epochs"] == 2
+    assert metrics(run_dir)["finished"] is True
+
+
 def test_a_test_on_other_data_records_the_data_it_measured_on(tiny, caplog):
     """``test --config RUN/config.yaml --config other_data.yaml`` replaces the run's ``test``
     section; the section says which data its numbers are of (the data keys, flat, and those that

@@ -56,7 +56,7 @@ from segbench.cli.commands import COMMANDS
 from segbench.config import (
     LINKS,
     RunConfig,
-    absolute_data_roots,
+    absolute_paths,
     config_changes,
     config_files,
     flatten,
@@ -273,11 +273,11 @@ class SegbenchCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
-        # A data folder given relative to where this command starts is recorded absolute (the
-        # run's config.yaml, metrics.json, the loggers' hyper-parameters), so that a validate,
-        # test or resume from another folder reads the data the run trained on.
+        # A data folder or model.init_from given relative to where this command starts is
+        # recorded absolute (the run's config.yaml, metrics.json, the loggers' hyper-parameters),
+        # so that a validate, test or resume from another folder reads what the run read.
         sub = self.config.get("subcommand")
-        absolute_data_roots((self.config[sub] if sub else self.config).get("data"))
+        absolute_paths(self.config[sub] if sub else self.config)
 
     def _parse_ckpt_path(self) -> None:
         # "best" / "last" name the files of this run's directory, also in a fresh process
@@ -664,6 +664,8 @@ class SegbenchCLI(LightningCLI):
             ExactResume(),
             LambdaCallback(on_train_start=self._discard_aside),
         ]
+        if self.subcommand == "fit" and self._ckpt_progress is not None:
+            self.model.resuming = True
         if self._resume_changes:
             callbacks.append(ResumeWithChanges(run, self._resume_changes))
         if self.subcommand == "fit" and (cfg.study is not None or cfg.trial is not None):
