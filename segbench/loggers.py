@@ -467,18 +467,20 @@ def make_loggers(
             run.csv,
         )
     elif "wandb" in names and run_cfg.wandb != "disabled":
-        loggers.append(
-            WandbLogger(
-                project=run_cfg.project,
-                name=run_cfg.name,
-                group=run_cfg.group,
-                tags=[*run_cfg.tags, *([f"data:{data}"] if data else [])],
-                save_dir=str(run.path),
-                id=run.wandb_id(resume=resume),
-                resume="allow",
-                log_model=False,
-            )
+        wandb_logger = WandbLogger(
+            project=run_cfg.project,
+            name=run_cfg.name,
+            group=run_cfg.group,
+            tags=[*run_cfg.tags, *([f"data:{data}"] if data else [])],
+            save_dir=str(run.path),
+            id=run.wandb_id(resume=resume),
+            resume="allow",
+            log_model=False,
         )
+        # Lightning passes wandb.init an `anonymous` setting (None) that W&B no longer has, and
+        # W&B printed "The anonymous setting has no effect" at every command: left out.
+        wandb_logger._wandb_init.pop("anonymous", None)
+        loggers.append(wandb_logger)
     if "tensorboard" in names:
         loggers.append(
             TensorBoardLogger(

@@ -254,8 +254,13 @@ def test_a_fit_shows_lightnings_messages_but_not_its_tips(tiny):
     assert not [w for w in caught if "not supported by the model summary" in str(w.message)]
 
 
-def test_wandb_offline_run_logs_the_flat_config_without_network(tiny):
+def test_wandb_offline_run_logs_the_flat_config_without_network(tiny, monkeypatch):
+    import wandb
+
+    warned: list[str] = []
+    monkeypatch.setattr(wandb, "termwarn", lambda text, *a, **k: warned.append(text))
     run_main(["fit", *tiny(wandb="offline")])
+    assert not [w for w in warned if "anonymous" in w]  # no warning about Lightning's arguments
     run_dir = tiny.root / "test" / "tiny"
     runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
