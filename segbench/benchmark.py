@@ -177,14 +177,15 @@ class _StepTimes(L.Callback):
 
 
 def loop_times(args: list[str], steps: int) -> tuple[list[float], int]:
-    """Per-step seconds of ``segbench fit args`` for ``steps`` steps, validation off, in a
-    temporary run directory."""
+    """Per-step seconds of ``segbench fit args`` for ``steps`` steps, validation and
+    checkpoints off (nothing to monitor, and no save inside the timed steps), in a temporary
+    run directory."""
     timer = _StepTimes()
     with tempfile.TemporaryDirectory(prefix="segbench-benchmark-") as root:
         overrides = [
             "--run.root", root, "--run.wandb", "disabled", "--run.name", "loop",
             "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
-            "--trainer.num_sanity_val_steps", "0",
+            "--trainer.num_sanity_val_steps", "0", "--trainer.enable_checkpointing", "false",
         ]  # fmt: skip
         SegbenchCLI(
             args=["fit", *args, *overrides],
