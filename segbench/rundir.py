@@ -133,26 +133,34 @@ def _stale_temps(folder: Path) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {}
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
-            name, sep, rest = entry.name.rpartition(prefix)
-            pid, _, tag = rest.partition("-")
-            if sep and name.startswith(".") and pid.isdigit() and len(tag) == 6 and _dead(int(pid)):
-                found.setdefault(name[1:], []).append(Path(entry.path))
-            elif _legacy_stale(entry):
-                found.setdefault(entry.name[1:].rpartition(".tmp-")[0], []).append(Path(entry.path))
+            if (ours := _temp_of(entry.name, prefix)) is not None:
+                stale, target = _dead(ours[1]), ours[0]
+            elif (legacy := _temp_of(entry.name, ".tmp-", hex_tag=True)) is not None:
+                stale, target = _untouched(entry, LEGACY_TEMP_AGE_S), legacy[0]
+            else:
+                continue
+            if stale:
+                found.setdefault(target, []).append(Path(entry.path))
     return found
 
 
-def _legacy_stale(entry: os.DirEntry[str]) -> bool:
-    """``entry`` is a temporary file of the older name, ``.NAME.tmp-PID-RANDOM``, not written to
-    for :data:`LEGACY_TEMP_AGE_S`."""
-    name, sep, rest = entry.name.rpartition(".tmp-")
+def _temp_of(name: str, marker: str, *, hex_tag: bool = False) -> tuple[str, int] | None:
+    """``(the file it was to become, its writer's pid)`` of a temporary file named
+    ``.NAME<marker>PID-RANDOM`` (six characters; hexadecimal in the older name), else ``None``."""
+    target, sep, rest = name.rpartition(marker)
     pid, _, tag = rest.partition("-")
-    if not (sep and name.startswith(".") and len(name) > 1 and pid.isdigit() and len(tag) == 6):
-        return False
-    if any(c not in "0123456789abcdef" for c in tag):
-        return False
+    if not (sep and target.startswith(".") and len(target) > 1 and pid.isdigit() and len(tag) == 6):
+        return None
+    if hex_tag and any(c not in "0123456789abcdef" for c in tag):
+        return None
+    return target[1:], int(pid)
+
+
+def _untouched(entry: os.DirEntry[str], seconds: float) -> bool:
+    """``entry`` was not written to for ``seconds`` (a write in progress touches it all the
+    time)."""
     try:
-        return time.time() - entry.stat(follow_symlinks=False).st_mtime > LEGACY_TEMP_AGE_S
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime > seconds
     except OSError:
         return False
 

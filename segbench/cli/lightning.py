@@ -664,8 +664,6 @@ class SegbenchCLI(LightningCLI):
             ExactResume(),
             LambdaCallback(on_train_start=self._discard_aside),
         ]
-        if self.subcommand == "fit" and self._ckpt_progress is not None:
-            self.model.resuming = True
         if self._resume_changes:
             callbacks.append(ResumeWithChanges(run, self._resume_changes))
         if self.subcommand == "fit" and (cfg.study is not None or cfg.trial is not None):
@@ -738,6 +736,8 @@ class SegbenchCLI(LightningCLI):
                 self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=str(best))
             self._finish()
             return
+        if subcommand == "fit" and self._ckpt_progress is not None:
+            self.model.resuming = True  # every weight comes from the checkpoint
         super()._run_subcommand(subcommand)
 
     def after_fit(self) -> None:
