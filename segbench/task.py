@@ -391,9 +391,20 @@ class SegmentationTask(L.LightningModule):
         n = batch["image"].shape[0]
         loss = terms.pop("loss")
         self._check_finite(loss, terms, batch_idx)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
-        for name, value in terms.items():
-            self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=n)
+        # Under DDP each value is reduced over the processes (a no-op in one process): a step's
+        # value is the mean of every process's batch, an epoch's the mean over every sample.
+        # Each process keeps its own running sums (those ExactResume saves); the reduction is
+        # of copies.
+        for name, value in {"loss": loss, **terms}.items():
+            self.log(
+                f"train/{name}",
+                value,
+                prog_bar=name == "loss",
+                on_step=True,
+                on_epoch=True,
+                batch_size=n,
+                sync_dist=True,
+            )
         self.log(
             "train/lr",
             self.trainer.optimizers[0].param_groups[0]["lr"],

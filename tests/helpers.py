@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 from segbench.cli import main
@@ -66,6 +67,23 @@ def tiny_args(
         "0",
         *(extra or []),
     ]
+
+
+class RecordTrainingLosses(Callback):
+    """Appends each process's training losses to ``<out>/losses-<rank>.txt``, one line a step:
+    ``epoch batch_size loss`` (what each process computed, before any logging reduces it).
+
+    Args:
+        out: the folder of the files.
+    """
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        line = f"{trainer.current_epoch} {batch['image'].shape[0]} {float(outputs['loss']):.9g}\n"
+        with open(self.out / f"losses-{trainer.global_rank}.txt", "a") as f:
+            f.write(line)
 
 
 def run_main(args: list[str]) -> None:

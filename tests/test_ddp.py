@@ -1,4 +1,5 @@
-"""DDP on CPU (gloo): training works, and evaluation metrics equal single-process metrics exactly.
+"""DDP on CPU (gloo): the training values are means over every process, and evaluation metrics
+equal single-process metrics exactly.
 
 Lightning's DistributedSampler pads a split with repeated samples so that every process gets the
 same number; segbench's evaluation loaders use an unrepeated sampler instead, so no image is
@@ -7,6 +8,7 @@ counted twice. With 7 validation images and 2 processes, padding would count one
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -16,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from segbench.cli import main
-from tests.helpers import tiny_args
+from tests.helpers import REPO, tiny_args
 
 
 def segbench(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-m", "segbench.cli", *args],
         cwd=cwd,
@@ -43,18 +45,45 @@ DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.acceler
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP on CPU is exercised on Linux")
 def test_ddp_fit_and_exact_evaluation(tmp_path):
+    record = ["--trainer.callbacks+=tests.helpers.RecordTrainingLosses"]
+    record += [f"--trainer.callbacks.out={tmp_path}"]
     fit = tiny_args(
         tmp_path,
         name="ddp-fit",
-        extra=[*DDP, "--data.init_args.num_val", "7", "--data.init_args.val_batch_size", "2"],
+        epochs=2,
+        extra=[
+            *DDP,
+            *record,
+            "--data.init_args.num_val",
+            "7",
+            "--data.init_args.val_batch_size",
+            "2",
+        ],
     )
     said = segbench("fit", *fit, cwd=tmp_path)
-    # Lightning's advice to sync every value logged at an epoch's end (about 100 lines a run)
-    # is silenced for the evaluation's, reduced over the processes by torchmetrics already.
-    assert "It is recommended to use `self.log('train/loss'" in said
-    assert "self.log('val/" not in said
     ckpt = tmp_path / "test" / "ddp-fit" / "checkpoints" / "best.ckpt"
     assert ckpt.is_file()
+
+    # The epoch's training loss is the mean over every process's samples, not process 0's.
+    steps: dict[int, list[tuple[int, float]]] = {0: [], 1: []}
+    for rank in (0, 1):
+        for line in (tmp_path / f"losses-{rank}.txt").read_text().splitlines():
+            epoch, n, loss = line.split()
+            steps[int(epoch)].append((int(n), float(loss)))
+    assert len(steps[0]) == len(steps[1]) == 4  # 2 processes x 2 steps
+    with (tmp_path / "test" / "ddp-fit" / "metrics.csv").open() as f:
+        logged = {
+            int(row["epoch"]): float(row["train/loss_epoch"])
+            for row in csv.DictReader(f)
+            if row.get("train/loss_epoch")
+        }
+    assert sorted(logged) == [0, 1]
+    for epoch, losses in steps.items():
+        mean = sum(n * loss for n, loss in losses) / sum(n for n, _ in losses)
+        assert logged[epoch] == pytest.approx(mean, rel=1e-5), epoch
+    # Lightning's advice to sync values logged at an epoch's end (about 100 lines a run) has
+    # nothing left to advise: every value is reduced over the processes.
+    assert "It is recommended to use `self.log(" not in said
 
     results = {}
     for name, extra in (("one", ["--trainer.devices", "1"]), ("two", DDP)):

@@ -593,6 +593,9 @@ def test_sigkill_under_ddp_then_resume_is_bit_identical(tmp_path):
     assert load(tmp_path / "test" / "killed" / "checkpoints" / "last.ckpt")["global_step"] == 9
     assert run_process([*killed, "--ckpt_path", "last"]) == 0
     assert_identical_runs(tmp_path / "test" / "whole", tmp_path / "test" / "killed")
+    # Every logged value, each one reduced over both processes; the interrupted epoch's
+    # train/loss_epoch adds each process's saved sums to its own before the reduction.
+    assert csv_rows(tmp_path / "test" / "killed") == csv_rows(tmp_path / "test" / "whole")
 
 
 # -- one writer per run directory ------------------------------------------------------------------

@@ -718,8 +718,9 @@ class SegbenchCLI(LightningCLI):
         warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         # Under DDP Lightning advises sync_dist=True for every value logged at an epoch's end:
         # about 100 lines a run. The evaluation's values are torchmetrics results, already
-        # reduced over the processes, and the evaluation's step is the same on each; the advice
-        # on the training values (each process's own losses) stays.
+        # reduced over the processes, and the evaluation's step is the same on each (the
+        # training values are logged with sync_dist); the advice on a subclass's own values
+        # stays.
         warnings.filterwarnings(
             "ignore", r"It is recommended to use `self\.log\('(val/|test/|step')"
         )
