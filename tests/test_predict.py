@@ -238,7 +238,7 @@ def test_a_prediction_that_dies_mid_write_leaves_whole_files(tiny, monkeypatch):
     the earlier prediction's file whole and no temporary file behind."""
     import io
 
-    import segbench.callbacks as callbacks
+    from segbench.callbacks import predictions as writer_module
 
     run_main(["fit", *tiny()])
     config = str(tiny.root / "test" / "tiny" / "config.yaml")
@@ -262,8 +262,8 @@ def test_a_prediction_that_dies_mid_write_leaves_whole_files(tiny, monkeypatch):
                 fp.write(data)
             raise OSError("the write died half-way")
 
-    real = callbacks.overlay
-    monkeypatch.setattr(callbacks, "overlay", lambda *a, **k: HalfWritten(real(*a, **k)))
+    real = writer_module.overlay
+    monkeypatch.setattr(writer_module, "overlay", lambda *a, **k: HalfWritten(real(*a, **k)))
     with pytest.raises((OSError, SystemExit)):
         main(args)
     after = {p.name: p.read_bytes() for p in out.iterdir()}

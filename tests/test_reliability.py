@@ -1085,13 +1085,13 @@ def test_an_evaluation_writes_its_confusion_files_and_section_under_one_hold(tmp
     """Two evaluations of one stage at once (two ``segbench validate`` of a run) each wrote their
     confusion files, then their section, each under its own hold of the record: one's files
     could end beside the other's section. Both are now written under one hold."""
-    from segbench import callbacks
+    from segbench.callbacks import records
     from segbench.rundir import file_lock
 
     main(["fit", *tiny_args(tmp_path)])
     run = RunDir(tmp_path / "test" / "tiny")
     seen: list[bool] = []
-    write = callbacks.write_confusion
+    write = records.write_confusion
 
     def probing(*args, **kwargs):  # is the record held while the files are written?
         with open(run.path / ".metrics.lock", "a") as f:
@@ -1104,7 +1104,7 @@ def test_an_evaluation_writes_its_confusion_files_and_section_under_one_hold(tmp
                 seen.append(False)
         write(*args, **kwargs)
 
-    monkeypatch.setattr(callbacks, "write_confusion", probing)
+    monkeypatch.setattr(records, "write_confusion", probing)
     main(["validate", "--config", str(run.config), "--ckpt_path", "last"])
     assert seen == [True]
     assert run.section("validate")["checkpoint"].endswith("last.ckpt")
