@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +196,50 @@ def test_the_last_checkpoint_of_an_epoch_knows_the_best_one_written_then(tmp_pat
     (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
     assert state["best_model_path"] == str(run / "checkpoints" / "best.ckpt")
     assert float(state["best_model_score"]) == section(run)["best_val"]["val/mIoU"]
+
+
+def test_a_moved_run_resumes_knowing_its_best_checkpoint(tmp_path, monkeypatch):
+    """A run directory moved (or copied) and resumed there: Lightning dropped the best
+    checkpoint's record (its folder was another), so the resumed run's next validation
+    replaced best.ckpt whatever its score, and a worse model became the run's best while
+    metrics.json still named the better validation. The record follows the directory now."""
+    from segbench.metrics import SegmentationMetrics
+
+    # 2 epochs of 4 steps, killed in the second: last.ckpt is epoch 1's end (step 4).
+    args = tiny_args(tmp_path / "here", epochs=2)
+    kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=5"]
+    assert run_process([*args, *kill]) == -9
+    moved = tmp_path / "there" / "test" / "tiny"
+    shutil.copytree(tmp_path / "here" / "test" / "tiny", moved)
+    first = section(moved)["best_val"]
+    assert first["step"] == 4
+    assert load(moved / "checkpoints" / "best.ckpt")["global_step"] == 4
+
+    real = SegmentationMetrics.compute
+
+    def worse(self):  # the resumed epoch scores below the first, whatever it learnt
+        return {**real(self), "mIoU": torch.tensor(-1.0)}
+
+    monkeypatch.setattr(SegmentationMetrics, "compute", worse)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        fit(
+            [
+                "--config",
+                str(moved / "config.yaml"),
+                "--trainer.callbacks=[]",
+                "--ckpt_path",
+                "last",
+            ]
+        )
+    assert not [w for w in said if "dirpath has changed" in str(w.message)]
+    assert section(moved)["global_step"] == 8
+    assert section(moved)["best_val"] == first
+    assert load(moved / "checkpoints" / "best.ckpt")["global_step"] == 4  # not replaced
+    last = load(moved / "checkpoints" / "last.ckpt")
+    (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert state["best_model_path"] == str(moved / "checkpoints" / "best.ckpt")
+    assert float(state["best_model_score"]) == first["val/mIoU"]
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ predictions, one module each.
   run was made). ``segbench report`` builds its tables from these files.
 * :class:`LastCheckpoint` (:mod:`~segbench.callbacks.checkpoints`) writes
   ``checkpoints/last.ckpt``, the latest training state, at the end of every epoch and every N
-  steps or minutes, so a crash costs minutes, not epochs.
+  steps or minutes, so a crash costs minutes, not epochs; :class:`BestCheckpoint` keeps
+  ``checkpoints/best.ckpt``, the best validation, also in a run directory that has moved.
 * :class:`ExactResume` (:mod:`~segbench.callbacks.resume`) stores every random generator in the
   checkpoints and restores them, and the training loader's position, on resume; with the data
   order and augmentation as pure functions of (seed, epoch, index) (:mod:`segbench.data.base`),
@@ -22,13 +23,14 @@ predictions, one module each.
   predict``'s label maps as palette PNGs.
 """
 
-from segbench.callbacks.checkpoints import LastCheckpoint
+from segbench.callbacks.checkpoints import BestCheckpoint, LastCheckpoint
 from segbench.callbacks.figures import SegmentationVisualizer
 from segbench.callbacks.predictions import PredictionWriter
 from segbench.callbacks.records import RunFiles
 from segbench.callbacks.resume import ExactResume, ResumeWithChanges
 
 __all__ = [
+    "BestCheckpoint",
     "ExactResume",
     "LastCheckpoint",
     "PredictionWriter",

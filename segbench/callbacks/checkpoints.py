@@ -1,5 +1,7 @@
-"""``checkpoints/last.ckpt``: :class:`LastCheckpoint` writes the latest training state at the end
-of every epoch and every N steps or minutes, so a crash costs minutes, not epochs.
+"""The run's two checkpoints: :class:`LastCheckpoint` writes ``checkpoints/last.ckpt``, the latest
+training state, at the end of every epoch and every N steps or minutes, so a crash costs minutes,
+not epochs; :class:`BestCheckpoint` keeps ``checkpoints/best.ckpt``, the best validation so far,
+and knows it when the run directory has moved.
 """
 
 from __future__ import annotations
@@ -13,12 +15,68 @@ from typing import Any
 
 import lightning as L
 from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from segbench.loggers import ResumableCSVLogger
 
 log = logging.getLogger("segbench")
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """``checkpoints/best.ckpt``: the weights of the best validation so far (highest
+    ``val/mIoU``), one file, replaced when a validation beats it.
+
+    Lightning's ``ModelCheckpoint``, which keeps in every checkpoint its record of the best so far
+    (its score and file) under the folder it wrote to. Lightning drops that record, with a
+    warning, when a resumed run's folder is another: a run directory moved or copied (runs
+    brought home from a cluster, a root renamed) and resumed there wrote its next validation
+    to ``best.ckpt`` whatever its score, so a worse model replaced the best one while the run's
+    ``metrics.json`` still named the best validation. A fit resumes only its own checkpoints
+    (``--ckpt_path`` is checked to lie in the run's ``checkpoints/``), so the folder recorded
+    is this one under its old path: the record's files are taken as the same names here, and
+    the record is kept. (An evaluation never writes ``best.ckpt``; the same holds there.)
+
+    Args:
+        dirpath: the run's ``checkpoints/`` folder.
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename="best",
+            monitor="val/mIoU",
+            mode="max",
+            save_top_k=1,
+            save_last=False,
+            auto_insert_metric_name=False,
+            # best.ckpt is the run's one best file: a resumed run whose checkpoint predates a
+            # killed process's best.ckpt replaces it (with the same weights, the resume being
+            # exact) instead of writing best-v1.ckpt beside it, which left best.ckpt stale for
+            # the test stage and the tools.
+            enable_version_counter=False,
+        )
+
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's key, so the checkpoints written before this class resume with it.
+        return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and Path(old) != Path(new):  # the run directory has moved
+
+            def here(path: str) -> str:
+                """A file of the old folder, under the same name in this one."""
+                return str(Path(new) / Path(path).name) if Path(path).parent == Path(old) else path
+
+            best_k = state_dict.get("best_k_models", {})
+            state_dict = {**state_dict, "dirpath": new}
+            state_dict["best_k_models"] = {here(path): score for path, score in best_k.items()}
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if state_dict.get(key):
+                    state_dict[key] = here(state_dict[key])
+        super().load_state_dict(state_dict)
 
 
 class LastCheckpoint(Checkpoint):

@@ -38,13 +38,14 @@ from unittest import mock
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import LambdaCallback, ModelCheckpoint
+from lightning.pytorch.callbacks import LambdaCallback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from segbench.callbacks import (
+    BestCheckpoint,
     ExactResume,
     LastCheckpoint,
     PredictionWriter,
@@ -689,22 +690,7 @@ class SegbenchCLI(LightningCLI):
             # A fit finds checkpoints in the run only when it resumes them (a fresh fit into a
             # run that has some is refused), so Lightning's warning is noise here.
             warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=run.checkpoints,
-                    filename="best",
-                    monitor="val/mIoU",
-                    mode="max",
-                    save_top_k=1,
-                    save_last=False,
-                    auto_insert_metric_name=False,
-                    # best.ckpt is the run's one best file: a resumed run whose checkpoint
-                    # predates a killed process's best.ckpt replaces it (with the same weights,
-                    # the resume being exact) instead of writing best-v1.ckpt beside it, which
-                    # left best.ckpt stale for the test stage and the tools.
-                    enable_version_counter=False,
-                )
-            )
+            callbacks.append(BestCheckpoint(run.checkpoints))
             callbacks.append(
                 LastCheckpoint(
                     run.checkpoint("last"),
