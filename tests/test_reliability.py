@@ -132,17 +132,25 @@ def csv_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
-    # 8 steps per epoch, 2 epochs; killed after step 11 (mid-epoch 2, one step after the save
-    # at step 9... of 16), resumed with --ckpt_path last.
-    whole = tiny_args(tmp_path, name="whole", epochs=2, extra=RANDOM)
-    killed = tiny_args(tmp_path, name="killed", epochs=2, extra=RANDOM)
+    # 8 steps per epoch, 2 epochs, validated every half epoch (after steps 4, 8, 12 and 16);
+    # killed after step 13 (mid-epoch 2), resumed with --ckpt_path last.
+    extra = [*RANDOM, "--trainer.val_check_interval", "0.5"]
+    whole = tiny_args(tmp_path, name="whole", epochs=2, extra=extra)
+    killed = tiny_args(tmp_path, name="killed", epochs=2, extra=extra)
     assert run_process(whole) == 0
-    kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=11"]
+    kill = ["--trainer.callbacks+=tests.faults.kill.KillAtStep", "--trainer.callbacks.step=13"]
     assert run_process([*killed, *kill]) == -9
     interrupted = load(tmp_path / "test" / "killed" / "checkpoints" / "last.ckpt")
-    assert interrupted["global_step"] == 9  # mid-epoch: the every-3-steps save
+    # The every-3-steps save: at step 9, not 12. A save before a validation was resumed past
+    # it (Lightning counts it done), so the resumed run never saw that validation's score and
+    # a later, worse one replaced best.ckpt.
+    assert interrupted["global_step"] == 9
     assert run_process([*killed, "--ckpt_path", "last"]) == 0
     assert_identical_runs(tmp_path / "test" / "whole", tmp_path / "test" / "killed")
+    best = [
+        load(tmp_path / "test" / run / "checkpoints" / "best.ckpt") for run in ("whole", "killed")
+    ]
+    assert best[0]["global_step"] == best[1]["global_step"]
     # metrics.csv: one row per step, as if never interrupted.
     steps = csv_steps(tmp_path / "test" / "killed")
     assert steps == sorted(set(steps)) == csv_steps(tmp_path / "test" / "whole")

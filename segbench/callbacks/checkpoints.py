@@ -87,7 +87,9 @@ class LastCheckpoint(Checkpoint):
     epoch's end ``best.ckpt`` is written first and ``last.ckpt`` holds its state as it is then.
 
     Written at the end of every training epoch (after that epoch's validation), and within an
-    epoch every ``every_n_steps`` optimiser steps and/or every ``every_minutes`` minutes. The
+    epoch every ``every_n_steps`` optimiser steps and/or every ``every_minutes`` minutes; a save
+    due where the state does not resume exactly (half-way through accumulated batches, or on a
+    batch that a validation follows, ``trainer.val_check_interval``) is made one batch later. The
     file is replaced atomically (:class:`segbench.rundir.RunCheckpointIO`), so a kill while it is
     written leaves the previous one. The ``metrics.csv`` row of the state saved is on disk before
     the checkpoint, so the resumed run continues the file without gaps or repeats.
@@ -125,6 +127,7 @@ class LastCheckpoint(Checkpoint):
         #: A second Ctrl-C stopped the fit at once (no checkpoint of where it was).
         self.stopped_at_once = False
         self._pending = False  # asked to stop where the state could not be saved
+        self._owed = False  # a save was due where the state could not be saved
         self._sigint_before: Any = None
         #: The optimiser step of the last save (``None``: none in this process).
         self.saved_step: int | None = None
@@ -160,7 +163,8 @@ class LastCheckpoint(Checkpoint):
 
     def _due(self, trainer: L.Trainer) -> bool:
         n = self.every_n_steps
-        due = n is not None and n > 0 and trainer.global_step % n == 0
+        step = trainer.global_step  # the same over accumulated batches: saved once
+        due = n is not None and n > 0 and step % n == 0 and step != self.saved_step
         if self.every_minutes is not None:
             due |= time.monotonic() - self._last_save >= 60 * self.every_minutes
         # Every process must save together (the dump is collective): rank 0 decides.
@@ -220,17 +224,35 @@ class LastCheckpoint(Checkpoint):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        # The epoch's last batch is followed by validation and the end-of-epoch save.
-        last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
-        can_save = not last_of_epoch and not trainer.fit_loop._should_accumulate()
+        # Not saved: half-way through accumulated batches, the epoch's last batch (followed by
+        # validation and the end-of-epoch save), and a batch that a validation follows
+        # (trainer.val_check_interval): a resume from it skips that validation, as done.
+        can_save = not (
+            batch_idx + 1 >= trainer.num_training_batches
+            or trainer.fit_loop._should_accumulate()
+            or self._validates_next(trainer)
+        )
         if self._stop_asked(trainer):
             if can_save:
                 self._save(trainer)
             # Stop after this batch where it was saved; else hold the stop until it can be.
             self._pending = not can_save
             self._set_stop(trainer, can_save)
-        elif can_save and self._due(trainer):
-            self._save(trainer)
+        elif self._due(trainer) or self._owed:
+            # A save due where the state cannot be saved is made at the next batch that can.
+            self._owed = not can_save
+            if can_save:
+                self._save(trainer)
+
+    @staticmethod
+    def _validates_next(trainer: L.Trainer) -> bool:
+        """Whether Lightning validates right after this batch (its own decision, asked of it)."""
+        loop = trainer.fit_loop
+        return (
+            trainer.enable_validation
+            and loop._data_fetcher is not None
+            and loop.epoch_loop._should_check_val_fx(loop._data_fetcher)
+        )
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         # A stop asked during a fit's validation waits for the epoch's end, which is saved.
