@@ -831,23 +831,27 @@ def test_an_interrupted_fit_saves_the_step_it_stopped_at_and_resumes(tmp_path, s
 
 
 @pytest.mark.parametrize(
-    ("where", "saved_at"),
+    ("where", "validation", "saved_at"),
     [
         # 16 images in batches of 4, 2 accumulated: 2 optimiser steps an epoch; the signal after
         # batch 0 (half a step) waits for the step's end.
-        (["--trainer.callbacks.batch=0"], 1),
+        (["--trainer.callbacks.batch=0"], [], 1),
         # during epoch 0's validation (after its batch 1 of 3): the epoch's end, after 2 steps.
-        (["--trainer.callbacks.val_batch=1"], 2),
+        (["--trainer.callbacks.val_batch=1"], [], 2),
+        # after step 1, which a validation follows (every 2 batches): a resume from there would
+        # skip that validation, so the next state that can be saved is taken, the epoch's end.
+        (["--trainer.callbacks.batch=1"], ["--trainer.val_check_interval", "2"], 2),
     ],
-    ids=["mid-accumulation", "during-validation"],
+    ids=["mid-accumulation", "during-validation", "before-a-validation"],
 )
 def test_a_stop_asked_where_the_state_cannot_be_saved_waits_for_the_next_one(
-    tmp_path, where, saved_at
+    tmp_path, where, validation, saved_at
 ):
-    """An interrupt half-way through an accumulated step, or during validation, stops at the end
-    of that step or epoch, saved there (the save an interrupt makes at a step's end, as above),
-    and the resume ends as an uninterrupted run does, to the last bit."""
+    """An interrupt half-way through an accumulated step, during validation or just before one,
+    stops at the end of that step or epoch, saved there (the save an interrupt makes at a step's
+    end, as above), and the resume ends as an uninterrupted run does, to the last bit."""
     accumulate = ["--trainer.accumulate_grad_batches", "2", "--data.init_args.val_batch_size", "4"]
+    accumulate += validation
     whole = tiny_args(tmp_path, name="whole", epochs=2, extra=accumulate)
     args = tiny_args(tmp_path, epochs=2, extra=accumulate)
     signal_ = [
