@@ -16,7 +16,7 @@ from PIL import Image
 
 from segbench.cli import main
 from segbench.config import config_changes
-from tests.helpers import EXPERIMENTS, REPO, dataset_section, metrics, run_main
+from tests.helpers import EXPERIMENTS, REPO, dataset_section, metrics, run_main, segbench_log
 
 
 def read_confusion(path: Path) -> np.ndarray:
@@ -110,6 +110,35 @@ def test_fit_says_once_why_it_stopped(tiny, caplog):
         run_main(["fit", *tiny()])
     assert caplog.text.count("`Trainer.fit` stopped: `max_epochs=") == 1
     assert metrics(tiny.root / "test" / "tiny")["finished"] is True
+
+
+@pytest.mark.parametrize(
+    ("limits", "validated"),
+    [
+        # 16 images in batches of 4: 4 batches an epoch.
+        (["--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "2"], True),
+        (["--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "2"], False),
+        (["--trainer.max_epochs", "3", "--trainer.max_steps", "6"], False),  # inside epoch 2
+        (["--trainer.max_epochs", "1", "--trainer.val_check_interval", "0.75"], False),
+        (["--trainer.max_epochs", "3", "--trainer.max_steps", "6",
+          "--trainer.val_check_interval", "3", "--trainer.check_val_every_n_epoch", "null"], True),
+        (["--trainer.max_epochs", "2", "--trainer.accumulate_grad_batches", "3",
+          "--trainer.max_steps", "3"], False),  # steps of 3 + 1 batches: step 3 is in epoch 2
+    ],
+)  # fmt: skip
+def test_a_fit_whose_final_weights_go_unvalidated_says_so_at_its_start(tiny, limits, validated):
+    """A fit that ends where Lightning does not validate (``max_epochs`` not a multiple of
+    ``check_val_every_n_epoch``, ``max_steps`` inside an epoch) never measures its final
+    weights; it is said when training starts. What was said is checked against the run."""
+    with segbench_log() as said:
+        run_main(["fit", *tiny(extra=limits)])
+    warned = [line for line in said if "final weights are never validated" in line]
+    run = tiny.root / "test" / "tiny"
+    with (run / "metrics.csv").open() as f:
+        last_validation = max(int(r["step"]) for r in csv.DictReader(f) if r.get("val/mIoU"))
+    # A validation is logged at the step before the optimiser step count it follows.
+    assert (last_validation + 1 == metrics(run)["global_step"]) is validated
+    assert bool(warned) is not validated, said
 
 
 def test_fit_then_test_writes_a_complete_run_directory(tiny):

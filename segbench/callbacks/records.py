@@ -86,6 +86,54 @@ def _fit_loop_done(trainer: L.Trainer) -> bool:
         rank_zero.disabled = was
 
 
+def unvalidated_end(trainer: L.Trainer) -> str | None:
+    """Why a fit's final weights will not be validated, or ``None`` when they will be (or it
+    cannot be told: time-based validation, a loader without a length).
+
+    Lightning validates after batch ``b`` (0-based) of epoch ``e`` when ``e + 1`` is a multiple
+    of ``check_val_every_n_epoch`` and ``b + 1`` of ``val_check_batch`` (with
+    ``check_val_every_n_epoch`` null: when the count of batches over all epochs is a multiple of
+    it). A fit ending elsewhere (``max_epochs`` not a multiple of ``check_val_every_n_epoch``,
+    ``max_steps`` inside an epoch) never validates its final weights: ``best.ckpt`` and the
+    test after fit come from an earlier validation, and the paper's number, the final model's,
+    is not measured."""
+    n, v = trainer.num_training_batches, trainer.val_check_batch
+    every = trainer.check_val_every_n_epoch
+    if not trainer.enable_validation or getattr(trainer, "_val_check_time_interval", None):
+        return None
+    if not isinstance(v, int) or not isinstance(n, int) or n < 1:
+        return None
+    accumulate = trainer.accumulate_grad_batches
+    per_epoch = math.ceil(n / accumulate)  # an epoch's last batch always steps
+    limits = []  # the optimiser steps each limit allows
+    if trainer.max_epochs not in (None, -1):
+        limits.append(trainer.max_epochs * per_epoch)
+    if trainer.max_steps > 0:
+        limits.append(trainer.max_steps)
+    if not limits:
+        return None
+    steps = min(limits)
+    epoch, in_epoch = divmod(steps - 1, per_epoch)  # the epoch of the last step, its index there
+    last_batch = min((in_epoch + 1) * accumulate, n) - 1
+    if every is None:
+        validated = (epoch * n + last_batch + 1) % v == 0
+        how = f"trainer.val_check_interval {v} batches"
+    else:
+        validated = (epoch + 1) % every == 0 and (last_batch + 1) % v == 0
+        how = f"trainer.check_val_every_n_epoch {every}"
+        if v != n:
+            how += f", validating after every {v} of an epoch's {n} batches"
+    if validated:
+        return None
+    return (
+        f"the fit ends at step {steps} (batch {last_batch + 1} of {n} in epoch {epoch + 1}) and "
+        f"its final weights are never validated ({how}): best.ckpt and the test after fit "
+        "come from an earlier validation. Make trainer.max_epochs a multiple of "
+        "check_val_every_n_epoch or, to train by steps, set trainer.val_check_interval to a "
+        "number of batches that divides trainer.max_steps and check_val_every_n_epoch to null"
+    )
+
+
 class RunFiles(Callback):
     """Maintain the run's sections of ``metrics.json`` (global rank 0 only).
 
@@ -168,6 +216,11 @@ class RunFiles(Callback):
         attempts = (data.get("provenance") or {}).get("attempts", [])
         data["provenance"] = {**info, "attempts": [*attempts, info["attempt"]]}
         del data["provenance"]["attempt"]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        why = unvalidated_end(trainer)
+        if why and trainer.is_global_zero:
+            log.warning(why)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._tick = time.perf_counter()
