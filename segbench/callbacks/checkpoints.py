@@ -96,8 +96,9 @@ class LastCheckpoint(Checkpoint):
 
     An interrupted fit (SIGTERM from ``kill``, ``timeout`` or a scheduler; SIGINT from Ctrl-C)
     stops at the next state that resumes exactly and saves it there: the end of the optimiser
-    step under way (after its accumulated batches) or, when the signal comes during an epoch's
-    last batch or its validation, the end of the epoch (a run whose last epoch it was finishes).
+    step under way (after its accumulated batches); when the signal comes on a batch that a
+    validation follows or during a validation, the first step's end after that validation, or
+    the epoch's end for the epoch's own validation (a run whose last epoch it was finishes).
     Lightning stops the loop (its SIGTERM flag, which SIGINT here raises too); the decision is
     every process's (any of them asked). A second Ctrl-C stops at once, losing the steps since
     the last checkpoint. :attr:`interrupted_by` names the signal.
@@ -137,6 +138,7 @@ class LastCheckpoint(Checkpoint):
         trainer.save_checkpoint(self.path, weights_only=self.save_weights_only)
         self._last_save = time.monotonic()
         self.saved_step = trainer.global_step
+        self._owed = False
 
     @staticmethod
     def _write_ahead(trainer: L.Trainer, *, epoch_end: bool) -> None:
