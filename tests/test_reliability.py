@@ -87,6 +87,25 @@ def test_last_checkpoint_also_every_n_steps(tiny):
     assert not list(run.checkpoints.glob(".*tmp*"))  # no temporary file left behind
 
 
+def test_a_save_due_before_a_validation_is_made_one_batch_later_and_once(tiny, monkeypatch):
+    """4 batches an epoch, validated after every 2, saved every 2 steps: the saves due at steps
+    2 and 6 come before a validation (a resume would skip it) and are made at steps 3 and 7;
+    the one due at step 4, the epoch's last batch, is the end-of-epoch save, not made again."""
+    from segbench.callbacks import LastCheckpoint
+
+    saved: list[int] = []
+    real = LastCheckpoint._save
+
+    def recording(self, trainer, **kwargs):
+        saved.append(trainer.global_step)
+        real(self, trainer, **kwargs)
+
+    monkeypatch.setattr(LastCheckpoint, "_save", recording)
+    every = ["--trainer.val_check_interval", "2", "--run.checkpoint_every_n_steps", "2"]
+    fit(tiny(epochs=2, extra=every))
+    assert saved == [3, 4, 7, 8]
+
+
 # -- exact resume ---------------------------------------------------------------------------------
 #: Augmentation (flip, scale, crop) and dropout: the data path and the step both draw random
 #: numbers, so the resume is only exact if every generator and the data order are restored.
