@@ -29,6 +29,25 @@ from segbench.cli import main  # noqa: E402
 from tests.helpers import fresh_args, tiny_args  # noqa: E402
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--dist loadgroup`` (make test) runs the tests marked ``xdist_group(NAME)`` on one worker,
+    so that the module fixture they share is built once: pytest-xdist 3.8 names the group in the
+    node id through ``item._nodeid``, which pytest 9 no longer reads (its ``item._id``), and the
+    group went unheeded. Only the schedule depends on this, never a result."""
+    if not getattr(config.option, "loadgroup", False):  # set in the workers of loadgroup
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        marks = item.iter_markers("xdist_group")
+        names = sorted(
+            {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks}
+        )
+        if names and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")
+
+
 @pytest.fixture
 def tiny(tmp_path: Path):
     """A factory of tiny-run arguments rooted in this test's temporary directory."""

@@ -77,8 +77,8 @@ def _missing_docs_tools() -> list[str]:
 
 # The site takes ~13 s to build (~30 s beside other tests), once per make test: the first
 # pytest-xdist worker to need it builds it into the run's shared temporary folder, under a lock
-# the other waits on. (An xdist_group did not keep these tests on one worker: under pytest 9.2
-# and pytest-xdist 3.8 the group is not honoured, and each worker built the site.)
+# the other waits on: the site is built once with any pytest-xdist schedule (an xdist_group is
+# heeded only under --dist loadgroup, and there through tests/conftest.py).
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     missing = _missing_docs_tools()

@@ -507,6 +507,7 @@ CASES: list[tuple[str, Args, int, str]] = [
 @pytest.mark.parametrize(
     ("args", "code", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
+@pytest.mark.xdist_group("errors_world")  # its fixture: once
 def test_bad_input(world, capsys, args, code, message):
     (world.scratch / "m").mkdir(exist_ok=True)
     argv = args(world)

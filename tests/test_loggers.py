@@ -288,6 +288,7 @@ def test_an_evaluation_is_logged_at_the_step_of_its_checkpoint_not_at_step_0(tmp
 
 @needs_tensorboard
 @needs_mlflow
+@pytest.mark.xdist_group("mlflow_store")  # its fixture: once
 def test_tensorboard_and_mlflow_get_what_wandb_gets_and_a_killed_run_stays_one_run(
     tmp_path, mlflow_store
 ):
@@ -346,6 +347,7 @@ def test_tensorboard_and_mlflow_get_what_wandb_gets_and_a_killed_run_stays_one_r
 
 @needs_tensorboard
 @needs_mlflow
+@pytest.mark.xdist_group("mlflow_store")  # its fixture: once
 def test_the_commands_a_fit_prints_at_its_end_quote_their_paths(tmp_path, mlflow_store):
     """A fit ends with the commands that open its loggers' records (wandb sync, tensorboard,
     mlflow ui); under a run root with a space in its name they split into the wrong words when
@@ -388,6 +390,7 @@ def free_port() -> int:
 
 
 @needs_mlflow
+@pytest.mark.xdist_group("mlflow_store")  # its fixture: once
 def test_a_run_logs_to_a_real_mlflow_server(tmp_path, mlflow_store):
     """``mlflow server`` on 127.0.0.1 (its own store and artifact folder), the run pointed at
     it by ``run.mlflow_uri``: what the server holds afterwards."""
@@ -430,6 +433,7 @@ def test_a_run_logs_to_a_real_mlflow_server(tmp_path, mlflow_store):
 
 
 @needs_mlflow
+@pytest.mark.xdist_group("mlflow_store")  # its fixture: once
 def test_an_evaluation_leaves_the_mlflow_runs_status_as_it_is(tmp_path, mlflow_store):
     """A ``segbench validate`` / ``test`` / ``predict`` logs into the fit's MLflow run. Found
     live: a validate beside a fit still training marked that run FINISHED, and it stayed
@@ -467,6 +471,7 @@ def test_an_evaluation_leaves_the_mlflow_runs_status_as_it_is(tmp_path, mlflow_s
 
 
 @needs_mlflow
+@pytest.mark.xdist_group("mlflow_store")  # its fixture: once
 def test_the_mlflow_store_is_opened_by_one_process_at_a_time(tmp_path, mlflow_store, monkeypatch):
     """MLflow creates (migrates) a local store as its client is made, in the logger's
     ``__init__``: three fits started at once on a new store under one ``run.root`` left two

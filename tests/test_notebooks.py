@@ -16,6 +16,9 @@ from segbench.cli import main
 from segbench.numerics import resolve_precision
 from tests.helpers import REPO, tiny_args
 
+# One worker builds their runs (a module or session fixture) for all these tests (make test).
+pytestmark = pytest.mark.xdist_group("notebooks")
+
 
 def execute(notebook: Path, env: dict[str, str]) -> nbformat.NotebookNode:
     nb = nbformat.read(notebook, as_version=4)

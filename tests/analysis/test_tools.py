@@ -23,6 +23,9 @@ from segbench.cli import COMMANDS, main
 from segbench.models import architectures
 from segbench.options import split_argv
 
+# One worker trains the runs of conftest.trained_run for all these tests (make test).
+pytestmark = pytest.mark.xdist_group("trained_run")
+
 
 def analysis_tools() -> dict[str, Tool]:
     found = {}

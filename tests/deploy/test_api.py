@@ -18,6 +18,9 @@ from segbench.cli.lightning import build
 from segbench.errors import DataError
 from tests.helpers import REPO, run_main, tiny_args
 
+# One worker builds its run (a module or session fixture) for all these tests (make test).
+pytestmark = pytest.mark.xdist_group("api")
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:

@@ -251,6 +251,7 @@ def test_a_run_directory_exports_its_checkpoint_and_records_the_check(trained_ru
     assert record["values"]["export/torchscript/label_agreement"] == 1.0
 
 
+@pytest.mark.xdist_group("trained_run")  # its runs: once
 def test_an_export_of_a_run_still_training_says_so(trained_run, tmp_path):
     """An export of a run that a ``fit`` is training (its claim held: here by this process) says
     in its side-car and a warning that the checkpoint is not the run's final model, with its

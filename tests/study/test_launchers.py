@@ -227,6 +227,7 @@ def parallel_grid(tmp_path_factory):
     return tmp, first, spans
 
 
+@pytest.mark.xdist_group("parallel_grid")  # its fixture: once
 def test_two_runs_at_once_all_finish_really_overlap_and_are_skipped_after(parallel_grid):
     tmp, first, spans = parallel_grid
     assert first.returncode == 0, first.stderr[-3000:]
@@ -261,6 +262,7 @@ def test_two_runs_at_once_all_finish_really_overlap_and_are_skipped_after(parall
     assert "resuming" not in again
 
 
+@pytest.mark.xdist_group("parallel_grid")  # its fixture: once
 def test_submitit_local_executor_resumes_a_partial_run_and_starts_a_new_one(parallel_grid):
     """The SLURM path (submitit) rehearsed with its local executor, on the same grid: one run
     made partial (its test after fit lost, its last checkpoint kept), one removed."""
