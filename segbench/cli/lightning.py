@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 from unittest import mock
 
 import yaml
-from jsonargparse import Namespace
+from jsonargparse import Namespace, class_from_function
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import LambdaCallback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -179,10 +179,12 @@ class SegbenchCLI(LightningCLI):
         # ``(`` or ``:``), not by the first line of Lightning's Trainer method.
         self._subcommand_parsers: dict[str, LightningArgumentParser] = {}
         commands = parser.add_subcommands()
+        trainer = self.trainer_class
+        trainer = trainer if isinstance(trainer, type) else class_from_function(trainer)
         asked = _Parser.argv[:1] if _Parser.argv[:1] and _Parser.argv[0] in _SAID else _SAID
         for name in asked:
             sub = self._prepare_subcommand_parser(
-                self.trainer_class, name, **{"description": _SAID[name], **kwargs.get(name, {})}
+                trainer, name, **{"description": _SAID[name], **kwargs.get(name, {})}
             )
             self._subcommand_parsers[name] = sub
             commands.add_subcommand(name, sub, help=re.split(r" \(|:", _SAID[name], maxsplit=1)[0])
