@@ -16,6 +16,7 @@ import pytest
 
 from segbench.errors import ConfigError, SegbenchError
 from segbench.rundir import RunDir
+from segbench.study.ablation import metric_problem
 from segbench.study.launchers.base import device_slots, slot_envs, threads_per_job, visible_devices
 from segbench.study.launchers.slurm import (
     import_submitit,
@@ -237,6 +238,10 @@ def test_two_runs_at_once_all_finish_really_overlap_and_are_skipped_after(parall
         assert "== " in log_text
         assert "exit 0" in log_text
     assert "| fcn32s | 32s | 2 |" in (tmp / "results" / f"{GROUP}.md").read_text()
+    # Every number a run reports is a name an ablation's claim may use (what load checks).
+    numbers = RunDir(tmp / "runs" / GROUP / "fcn8s-s0").results()
+    assert {"test/bIoU", "test/ECE", "val/mIoU", "params"} <= set(numbers)
+    assert [m for m in numbers if metric_problem(m)] == []
     # One line per start and finish, with progress, and no fit output on the sweep's stderr.
     assert first.stderr.count(": starting (OMP_NUM_THREADS=") == 4
     assert first.stderr.count(": finished in ") == 4

@@ -1,4 +1,5 @@
-"""segbench sweep end to end: variants x seeds, report, and a second call that skips done runs."""
+"""segbench sweep: an ablation end to end (its steps, variants x seeds, report, and a second call
+that skips done runs; tests/study/test_launchers.py runs a grid two at a time), and its parts."""
 
 from __future__ import annotations
 
@@ -11,28 +12,11 @@ from pathlib import Path
 import pytest
 
 from segbench.rundir import RunDir
-from segbench.study.ablation import RECORDS, metric_problem
+from segbench.study.ablation import RECORDS
 from segbench.study.launchers.local import ProcessLauncher
 from segbench.study.plan import fit_command, run_state
 from segbench.study.runs import METRICS_FILE
-from tests.helpers import REPO, segbench_in_process, segbench_log, sweep_command
-
-
-def test_sweep_runs_reports_and_skips_finished_runs(tmp_path, monkeypatch):
-    cmd = sweep_command(tmp_path, "skips")
-    monkeypatch.chdir(tmp_path)
-    segbench_in_process(cmd)
-    table = (tmp_path / "results" / "skips.md").read_text()
-    assert "| fcn32s | 32s | 1 |" in table
-    assert "| fcn8s | 8s | 1 |" in table
-    for v in ("fcn32s", "fcn8s"):
-        assert run_state(tmp_path / "runs" / "skips" / f"{v}-s0") == "done"
-    # Every number a run reports is a name an ablation's claim may use (what load checks).
-    numbers = RunDir(tmp_path / "runs" / "skips" / "fcn8s-s0").results()
-    assert {"test/bIoU", "test/ECE", "val/mIoU", "params"} <= set(numbers)
-    assert [m for m in numbers if metric_problem(m)] == []
-
-    assert segbench_in_process(cmd).count("done, skipped") == 2
+from tests.helpers import REPO, segbench_in_process, segbench_log
 
 
 def test_interrupted_runs_resume_from_last(tmp_path):
