@@ -150,16 +150,20 @@ def fresh_args(root: Path, arch: str) -> list[str]:
 
 
 def sweep_command(
-    tmp: Path, group: str, *options: str, seeds: tuple[str, ...] = ("0",)
+    tmp: Path,
+    group: str,
+    *options: str,
+    seeds: tuple[str, ...] = ("0",),
+    variants: tuple[str, ...] = ("32s", "8s"),
 ) -> list[str]:
-    """``segbench sweep`` of FCN-32s and FCN-8s on the tiny config (its run naming left to the
-    sweep), runs under ``tmp/runs``, the report at ``tmp/results/<group>``; ``options`` go
-    before ``--``."""
-    variants = []
-    for v in ("32s", "8s"):
+    """``segbench sweep`` of FCN-32s and FCN-8s (or the FCN ``variants`` given) on the tiny
+    config (its run naming left to the sweep), runs under ``tmp/runs``, the report at
+    ``tmp/results/<group>``; ``options`` go before ``--``."""
+    files = []
+    for v in variants:
         path = tmp / f"fcn{v}.yaml"
         path.write_text(f"model:\n  net:\n    init_args:\n      variant: {v}\n")
-        variants.append(str(path))
+        files.append(str(path))
     fit_args = tiny_args(tmp, name="unused")
     base, extra = fit_args[1], fit_args[2:]
     keep = [
@@ -168,7 +172,7 @@ def sweep_command(
         if not (a.startswith("--run.") or (i and extra[i - 1].startswith("--run.")))
     ]
     cmd = [sys.executable, "-m", "segbench.cli", "sweep", "--group", group, "--base", base]
-    cmd += ["--variants", *variants, "--seeds", *seeds, "--root", str(tmp / "runs")]
+    cmd += ["--variants", *files, "--seeds", *seeds, "--root", str(tmp / "runs")]
     cmd += ["--out", str(tmp / "results" / group), *options, "--", *keep]
     return [*cmd, "--run.wandb", "disabled"]
 

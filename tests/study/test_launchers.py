@@ -370,10 +370,10 @@ def test_a_sweep_killed_with_sigkill_takes_its_fits_with_it(tmp_path):
 
 
 def _waiting_sweep(tmp_path: Path, group: str) -> tuple[list[str], dict[str, str], Path]:
-    """``(command, environment, release file)`` of a sweep whose fits wait after step 2 until
-    the release file exists."""
+    """``(command, environment, release file)`` of a sweep of FCN-32s (one run) whose fit waits
+    after step 2 until the release file exists."""
     release = tmp_path / "release"
-    cmd = sweep_command(tmp_path, group)
+    cmd = sweep_command(tmp_path, group, variants=("32s",))
     cmd += ["--trainer.callbacks+=tests.faults.kill.WaitAtStep", "--trainer.callbacks.step=2",
             f"--trainer.callbacks.release={release}"]  # fmt: skip
     return cmd, {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}, release
@@ -393,7 +393,7 @@ def _ends_within(pid: int, seconds: float) -> bool:
 
 def test_the_same_sweep_started_twice_runs_once(tmp_path, capsys, monkeypatch):
     """Two sweeps of one group (a process, then this one): the second is refused at once,
-    naming the first (its pid), while the first trains; the first finishes its runs alone."""
+    naming the first (its pid), while the first trains; the first finishes its run alone."""
     cmd, env, release = _waiting_sweep(tmp_path, "twice")
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
     try:
@@ -413,4 +413,4 @@ def test_the_same_sweep_started_twice_runs_once(tmp_path, capsys, monkeypatch):
         if first.poll() is None:
             first.kill()
     runs = sorted(p.parent.name for p in (tmp_path / "runs" / "twice").glob("*/metrics.json"))
-    assert runs == ["fcn32s-s0", "fcn8s-s0"]
+    assert runs == ["fcn32s-s0"]
