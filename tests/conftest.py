@@ -30,22 +30,18 @@ from tests.helpers import fresh_args, tiny_args  # noqa: E402
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """``--dist loadgroup`` (make test) runs the tests marked ``xdist_group(NAME)`` on one worker,
-    so that the module fixture they share is built once: pytest-xdist 3.8 names the group in the
-    node id through ``item._nodeid``, which pytest 9 no longer reads (its ``item._id``), and the
-    group went unheeded. Only the schedule depends on this, never a result."""
-    if not getattr(config.option, "loadgroup", False):  # set in the workers of loadgroup
-        return
+    so that the module fixture they share is built once. pytest-xdist 3.8 names the group in the
+    node id it writes to ``item._nodeid``, which pytest 9 no longer reads (its ``item._id``): the
+    group went unheeded. Its node id is passed on here (after xdist's hook). Only the schedule
+    depends on this, never a result."""
     from _pytest.nodeid import NodeId
 
     for item in items:
-        marks = item.iter_markers("xdist_group")
-        names = sorted(
-            {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks}
-        )
-        if names and "@" not in item.nodeid:
-            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")
+        named = getattr(item, "_nodeid", None)
+        if named is not None and named != item.nodeid:
+            item._id = NodeId.parse(named)
 
 
 @pytest.fixture
